@@ -1,0 +1,39 @@
+"""minidark: darknet, the C deep-learning framework, in Python on numpy.
+
+Public API (stable)::
+
+    net = minidark.load_network("cfg/mnist_mlp.cfg", weights=None)
+    net.forward(x, truth=None, train=False); net.backward(); net.update()
+    probs = net.predict(x)
+    minidark.save_weights(net, "mlp.weights")
+    minidark.register_layer("name", make_fn)
+"""
+from .errors import ConfigError, DataError, MinidarkError, WeightsError
+from .layer import Layer
+from .network import Network
+from .parser import parse_network, parse_network_cfg, read_sections
+from .registry import register_layer
+from .weights import load_weights, save_weights
+
+__version__ = "0.1.0"
+
+
+def load_network(cfg, weights=None, *, batch=None, clear=False, strict=False, seed=None,
+                 verbose=False):
+    """Build the Network described by a .cfg/.yaml file and optionally load weights.
+
+    ``batch`` overrides the cfg's batch (for inference); ``clear`` resets
+    ``seen`` like darknet's -clear; ``seed`` makes initialisation and dropout
+    reproducible; ``verbose`` prints darknet's layer table to stderr.
+    """
+    net = parse_network_cfg(cfg, batch=batch, strict=strict, seed=seed, verbose=verbose)
+    if weights:
+        load_weights(net, weights)
+    if clear:
+        net.seen = 0
+    return net
+
+
+__all__ = ["ConfigError", "DataError", "Layer", "MinidarkError", "Network", "WeightsError",
+           "load_network", "load_weights", "parse_network", "parse_network_cfg",
+           "read_sections", "register_layer", "save_weights", "__version__"]

@@ -1,0 +1,1 @@
+"""Data loaders: MNIST IDX files, darknet image lists, .data files."""

@@ -1,0 +1,38 @@
+"""[activation]: apply an activation function (activation_layer.c).
+
+``output = f(input)``; backward ``delta *= f'(output)`` then
+``net.delta += delta``. cfg keys: ``activation`` (linear). Deliberate fix:
+darknet *overwrites* net.delta here, which breaks a layer whose output feeds
+several consumers (route, shortcut); minidark accumulates, like every layer.
+"""
+import numpy as np
+
+from ..activations import activate, gradient
+from ..layer import Layer
+from ..registry import register_layer
+
+
+@register_layer("activation")
+def make_activation(options, params):
+    batch, inputs = params.batch, params.inputs
+    l = Layer(type="activation", batch=batch, inputs=inputs, outputs=inputs,
+              h=params.h, w=params.w, c=params.c,
+              out_h=params.h, out_w=params.w, out_c=params.c,
+              activation=options.activation("activation", "linear"))
+    l.output = np.zeros((batch, inputs), np.float32)
+    l.delta = np.zeros((batch, inputs), np.float32)
+    l.desc = l.activation
+    l.flops = inputs
+    l.forward, l.backward = forward_activation, backward_activation
+    return l
+
+
+def forward_activation(l, net):
+    np.copyto(l.output, net.input.reshape(l.output.shape))
+    activate(l.output, l.activation)
+
+
+def backward_activation(l, net):
+    gradient(l.output, l.activation, l.delta)
+    if net.delta is not None:
+        net.delta += l.delta.reshape(net.delta.shape)

@@ -1,0 +1,209 @@
+"""The Network: darknet's forward / backward / update loops.
+
+Data flows one way::
+
+    loader -> net.input, net.truth
+           -> forward:  for each layer, l.forward(l, net); net.input = l.output
+                        (a loss layer, e.g. softmax, writes l.delta = truth - output)
+           -> backward: for each layer from the last, net.input = previous output,
+                        net.delta = previous delta (None for layer 0); l.backward(l, net)
+           -> update:   for each layer with parameters, l.update(l, args)
+
+Conventions, written once here and relied on by every layer:
+
+* Buffers are float32, batch-major ``(batch, outputs)``; image layers view
+  them as NCHW ``(batch, c, h, w)``.
+* ``l.delta`` is the *negative* gradient of the loss with respect to
+  ``l.output`` (darknet's sign): loss layers write ``truth - output`` and
+  the update *adds* ``rate * updates``.
+* ``backward`` *accumulates* into ``net.delta`` (``+=``/axpy), never
+  assigns, because a layer's delta may have several consumers (route,
+  shortcut). ``forward`` in training mode zeroes every delta first.
+* ``*_updates`` buffers hold sums over the batch; ``update`` scales them by
+  ``learning_rate / (batch * subdivisions)`` and then by momentum.
+"""
+import sys
+
+import numpy as np
+
+from . import policy
+
+
+class UpdateArgs:
+    """darknet's update_args: what every l.update(l, args) receives."""
+
+    def __init__(self, learning_rate, momentum, decay, batch, t=0):
+        self.learning_rate, self.momentum, self.decay = learning_rate, momentum, decay
+        self.batch, self.t = batch, t
+
+
+class Network:
+    """Layers in order, the buffers between them, and training state."""
+
+    def __init__(self):
+        self.layers = []
+        self.batch = 1
+        self.subdivisions = 1
+        self.inputs = 0
+        self.h = self.w = self.c = 0
+        self.seen = 0                 # images trained on, darknet's *net.seen
+        self.t = 0                    # number of updates, darknet's *net.t
+        self.cost = 0.0               # mean of the loss layers' summed costs
+        self.train = False
+        self.input = None             # what the current layer reads
+        self.truth = None             # truth of the current batch, or None
+        self.delta = None             # what the current layer's backward accumulates into
+        self.rng = np.random.default_rng()
+        self.cfg_file = None
+
+    # ------------------------------------------------------------------ build
+    def finalize(self):
+        """Allocate the network-level buffers once the layers exist."""
+        last = self.output_layer
+        self.outputs = last.outputs
+        self.truths = getattr(last, "truths", last.outputs)
+        self.input_buffer = np.zeros((self.batch, self.inputs), np.float32)
+        self.truth_buffer = np.zeros((self.batch, self.truths), np.float32)
+        size = max((getattr(l, "workspace_size", 0) for l in self.layers), default=0)
+        self.workspace = np.empty(size, np.float32)
+        self.input = self.input_buffer
+
+    @property
+    def output_layer(self):
+        """The last layer that is not a [cost] layer (darknet's get_network_output)."""
+        for layer in reversed(self.layers):
+            if layer.type != "cost":
+                return layer
+        return self.layers[-1]
+
+    @property
+    def output(self):
+        return self.output_layer.output
+
+    def seed(self, seed):
+        """Seed the generator used by dropout, crop and the random policy."""
+        self.rng = np.random.default_rng(seed)
+
+    # ------------------------------------------------------------ the passes
+    def forward(self, x=None, truth=None, train=False):
+        """Run every layer forward; return the output layer's output.
+
+        ``x`` has ``batch`` rows shaped ``(batch, inputs)`` or ``(batch, c, h, w)``;
+        ``truth`` (``(batch, truths)``) makes loss layers compute cost and delta.
+        """
+        if x is not None:
+            self._load(self.input_buffer, x, "input")
+        if truth is not None:
+            self._load(self.truth_buffer, truth, "truth")
+        self.truth = self.truth_buffer if truth is not None else None
+        self.train = train
+        self.input = self.input_buffer
+        for layer in self.layers:
+            if train and layer.delta is not None:
+                layer.delta.fill(0)
+            layer.forward(layer, self)
+            self.input = layer.output
+        costs = [l.cost for l in self.layers if l.cost is not None]
+        self.cost = float(sum(costs) / len(costs)) if costs else 0.0
+        return self.output
+
+    def backward(self):
+        """Run every layer backward, from the last, accumulating deltas."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if layer.stopbackward:
+                break
+            if i == 0:
+                self.input, self.delta = self.input_buffer, None
+            else:
+                previous = self.layers[i - 1]
+                self.input, self.delta = previous.output, previous.delta
+            layer.backward(layer, self)
+        self.delta = None
+
+    def update(self):
+        """Apply one SGD step to every layer with parameters."""
+        args = UpdateArgs(self.current_rate(), self.momentum, self.decay,
+                          self.batch * self.subdivisions, self.t)
+        self.t += 1
+        for layer in self.layers:
+            if layer.update is not None:
+                layer.update(layer, args)
+
+    # ----------------------------------------------------------- training
+    def current_rate(self):
+        return policy.current_rate(self, self.rng)
+
+    @property
+    def current_batch(self):
+        return policy.current_batch(self)
+
+    def train_datum(self, x, truth):
+        """One mini-batch (darknet's train_network_datum): returns its summed cost."""
+        self.seen += self.batch
+        self.forward(x, truth, train=True)
+        self.backward()
+        if (self.seen // self.batch) % self.subdivisions == 0:
+            self.update()
+        return self.cost
+
+    def train_step(self, x, truth):
+        """darknet's train_network: ``x`` holds ``n * batch`` rows, trained as n
+        consecutive mini-batches (one update per ``subdivisions``). Returns the
+        mean loss per image."""
+        x = np.asarray(x)
+        rows = x.shape[0]
+        if rows % self.batch:
+            raise ValueError(f"train_step needs a multiple of batch={self.batch} rows, got {rows}")
+        total = 0.0
+        for start in range(0, rows, self.batch):
+            total += self.train_datum(x[start:start + self.batch], truth[start:start + self.batch])
+        return total / rows
+
+    # ----------------------------------------------------------- inference
+    def predict(self, x):
+        """Outputs for any number of rows, in chunks of ``batch`` (inference mode)."""
+        x = np.asarray(x, dtype=np.float32)
+        rows = x.shape[0]
+        x = x.reshape(rows, -1)
+        result = np.empty((rows, self.outputs), np.float32)
+        for start in range(0, rows, self.batch):
+            chunk = x[start:start + self.batch]
+            n = chunk.shape[0]
+            self.input_buffer[:n] = chunk
+            if n < self.batch:
+                self.input_buffer[n:] = 0
+            self.forward(train=False)
+            result[start:start + n] = self.output.reshape(self.batch, -1)[:n]
+        return result
+
+    def _load(self, buffer, array, what):
+        array = np.asarray(array)
+        if array.shape[0] != self.batch or array.size != buffer.size:
+            raise ValueError(f"{what} must have {self.batch} rows of {buffer.shape[1]} values "
+                             f"(batch={self.batch}), got shape {array.shape}")
+        np.copyto(buffer, array.reshape(buffer.shape), casting="same_kind")
+
+    # -------------------------------------------------------------- display
+    @property
+    def params(self):
+        return sum(l.params for l in self.layers)
+
+    def summary(self):
+        """darknet's layer table, with parameters and FLOPs per image."""
+        lines = [f"{'layer':>5} {'type':<14} {'details':<18} {'input':>16}    {'output':>16}"
+                 f" {'params':>10} {'BFLOPs':>8}"]
+        for l in self.layers:
+            lines.append(f"{l.index:>5} {l.type:<14} {l.desc:<18} "
+                         f"{l.w:>4} x{l.h:>4} x{l.c:>5} -> {l.out_w:>4} x{l.out_h:>4} x{l.out_c:>5}"
+                         f" {l.params:>10,} {l.flops / 1e9:>8.3f}")
+        flops = sum(l.flops for l in self.layers)
+        lines.append(f"batch {self.batch} (x{self.subdivisions} subdivisions), "
+                     f"{self.params:,} parameters, {flops / 1e9:.3f} BFLOPs per image")
+        return "\n".join(lines)
+
+    def print_summary(self, file=sys.stderr):
+        print(self.summary(), file=file)
+
+    def __repr__(self):
+        return f"<Network {len(self.layers)} layers, batch {self.batch}, inputs {self.inputs}>"
