@@ -169,3 +169,5 @@ def format_results(results):
         lines.append(f"{r.index:>5} {r.type:<14} {r.array:<18} {r.error:>14.2e}  "
                      f"{'ok' if r.passed else 'FAIL'}{'  ' + r.note if r.note else ''}")
     return "\n".join(lines)
+
+from .reference import ArrayCheck, ReplayReport, check_darknet_predictions, compare_arrays, refdata_root, replay_vectors, vector_dirs  # noqa: E402,F401,E501

@@ -1,0 +1,588 @@
+"""Replay darknet's reference vectors and compare every array (issue 5).
+
+A *vector directory* holds what the original C darknet computed for a tiny
+network (layout: ``../shared/refdata/README.md``)::
+
+    net.cfg  index.json  weights_before.weights  weights_after_sN.weights
+    input_sN.npy  truth_sN.npy  cost_sN.npy  infer_Lxx_<type>_output.npy
+    Lxx_<type>_<what>_sN.npy          e.g. L00_connected_weight_updates_grad_s1
+
+Usage, on the shared vectors or on your own darknet dumps::
+
+    from minidark.testing import replay_vectors, vector_dirs
+    for directory in vector_dirs():          # $MINIDARK_REFDATA/vectors or ../shared/refdata/vectors
+        report = replay_vectors(directory)
+        print(report.summary())
+        report.assert_passed()               # AssertionError listing every failing array
+
+What ``replay_vectors`` does, in darknet's order:
+
+1. build the network from ``net.cfg`` and read ``weights_before.weights`` with
+   minidark's reader; writing it back must give the same bytes;
+2. inference pass (``train=False``) on ``input_s1``, every layer's output
+   captured right after its own forward (and ``net.predict`` checked against
+   the output layer);
+3. for each step N: recorded dropout uniforms are handed to the layer
+   (``layer.next_rand``), parameters are captured (``_before``), then
+   ``net.train_datum(input_sN, truth_sN)`` runs (``seen += batch``, forward,
+   backward, update) with spies on each layer's forward (output, BN
+   internals, maxpool indexes, loss, cost, uniforms: captured *immediately*,
+   because dropout later changes the previous layer's output in place) and
+   backward (``delta_in`` before, ``delta_out`` after), and on
+   ``net.backward`` (``*_updates`` after backward: ``_grad``); afterwards the
+   parameters (``_after``) and update buffers (``_momentum``) are captured;
+4. ``.weights`` checks per step: (a) darknet's own ``_after_sN`` parameter
+   arrays loaded into a fresh network and written by minidark's writer must be
+   byte-identical to darknet's ``weights_after_sN.weights`` (this pins the file
+   format, layer order and header); (b) the file minidark writes for *its
+   own* trained network, read back, must equal darknet's file within the
+   tolerance (bit equality is impossible: darknet's float32 sums run in a
+   different order than numpy/OpenBLAS; a_mlp differs by up to ~128 ULPs).
+
+Every recorded array is compared with ``|ours - ref| <= rtol*max|ref| + atol``
+(``rtol=1e-4``, ``atol=1e-6``); integer arrays (maxpool indexes) must be
+equal. An array whose ``max|ref|`` is below ``noise_floor`` (1e-5) is rounding
+noise of an analytically zero quantity (e.g. a conv bias gradient through
+batch norm) and is compared with the absolute tolerance ``noise_atol``
+(1e-5) only. An array the harness cannot obtain from minidark is a failure,
+never a skip.
+"""
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+
+RTOL, ATOL = 1e-4, 1e-6
+NOISE_FLOOR, NOISE_ATOL = 1e-5, 1e-5
+
+_LAYER_FILE = re.compile(r"^(?P<infer>infer_)?L(?P<layer>\d+)_(?P<type>[A-Za-z0-9]+)_(?P<what>.+?)"
+                         r"(?:_s(?P<step>\d+))?$")
+_NET_FILE = re.compile(r"^(?P<what>input|truth|cost)_s(?P<step>\d+)$")
+_WEIGHTS_AFTER = "weights_after_s{}.weights"
+_PHASE_SUFFIXES = (("_before", "before"), ("_after", "after"), ("_grad", "grad"),
+                   ("_momentum", "momentum"))
+# what -> layer attribute, captured right after the layer's own forward
+_FORWARD = {"output": "output", "indexes": "indexes", "loss": "loss", "cost": "cost",
+            "rand": "rand"}
+
+
+# ---------------------------------------------------------------- locations
+def refdata_root():
+    """``$MINIDARK_REFDATA`` if set, else ``<repo>/../shared/refdata``."""
+    env = os.environ.get("MINIDARK_REFDATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / ".." / "shared" / "refdata"
+
+
+def vector_dirs(root=None):
+    """Sorted vector directories (those holding a ``net.cfg``) under ``root/vectors``
+    (``root`` defaults to :func:`refdata_root`); ``root`` may also be the
+    ``vectors`` folder itself or a single vector directory. Empty if none."""
+    root = Path(root) if root is not None else refdata_root()
+    if (root / "net.cfg").is_file():
+        return [root]
+    base = root / "vectors" if (root / "vectors").is_dir() else root
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if (p / "net.cfg").is_file())
+
+
+# --------------------------------------------------------------- comparison
+class ArrayCheck:
+    """The result of comparing one array (or one byte/exact check)."""
+
+    def __init__(self, name, passed, *, max_abs=0.0, max_rel=0.0, ref_max=0.0,
+                 tolerance=0.0, index=None, ours=None, ref=None, note=""):
+        self.name, self.passed = name, bool(passed)
+        self.max_abs, self.max_rel, self.ref_max = max_abs, max_rel, ref_max
+        self.tolerance, self.index, self.ours, self.ref, self.note = (
+            tolerance, index, ours, ref, note)
+
+    def describe(self):
+        text = f"{self.name}: {'ok' if self.passed else 'FAIL'}"
+        if self.tolerance or self.max_abs:
+            text += (f"  max abs {self.max_abs:.3e}  max rel {self.max_rel:.3e}"
+                     f"  (max|ref| {self.ref_max:.3e}, tol {self.tolerance:.3e})")
+        if self.index is not None:
+            text += f"  first differing index {self.index}: ours {self.ours!r} ref {self.ref!r}"
+        if self.note:
+            text += f"  [{self.note}]"
+        return text
+
+    def __repr__(self):
+        return f"<ArrayCheck {self.describe()}>"
+
+
+def compare_arrays(name, ours, ref, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
+                   noise_atol=NOISE_ATOL):
+    """Compare ``ours`` with darknet's ``ref``; returns an :class:`ArrayCheck`.
+
+    Floats pass when ``|ours - ref| <= rtol * max|ref| + atol`` everywhere, or,
+    when ``max|ref| < noise_floor``, ``|ours - ref| <= noise_atol``. ``max_rel``
+    is ``max|ours - ref| / max|ref|``. Integers must be equal. A missing
+    value (``None``), a size mismatch or a non-finite value fails.
+    """
+    ref = np.asarray(ref)
+    if ours is None:
+        return ArrayCheck(name, False, note="minidark has no such array")
+    ours = np.asarray(ours)
+    if ours.size != ref.size:
+        return ArrayCheck(name, False, note=f"size mismatch: ours {ours.shape}, ref {ref.shape}")
+    ours = ours.reshape(ref.shape)
+    if ref.dtype.kind in "iub":
+        diff = ours.astype(np.int64) != ref.astype(np.int64)
+        if not diff.any():
+            return ArrayCheck(name, True, note="exact")
+        first = np.unravel_index(np.argmax(diff), ref.shape)
+        return ArrayCheck(name, False, index=tuple(int(i) for i in first),
+                          ours=ours[first].item(), ref=ref[first].item(),
+                          note=f"integers differ in {int(diff.sum())} of {ref.size} places")
+    ref64, ours64 = ref.astype(np.float64), ours.astype(np.float64)
+    ref_max = float(np.abs(ref64).max()) if ref.size else 0.0
+    note = ""
+    if ref_max < noise_floor:
+        tolerance = noise_atol
+        note = f"max|ref| < {noise_floor:g}: rounding noise, absolute tolerance only"
+    else:
+        tolerance = rtol * ref_max + atol
+    err = np.abs(ours64 - ref64)
+    err[~np.isfinite(ours64)] = np.inf
+    max_abs = float(err.max()) if err.size else 0.0
+    max_rel = max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else np.inf)
+    bad = err > tolerance
+    if not bad.any():
+        return ArrayCheck(name, True, max_abs=max_abs, max_rel=max_rel, ref_max=ref_max,
+                          tolerance=tolerance, note=note)
+    first = np.unravel_index(np.argmax(bad), ref.shape)
+    return ArrayCheck(name, False, max_abs=max_abs, max_rel=max_rel, ref_max=ref_max,
+                      tolerance=tolerance, index=tuple(int(i) for i in first),
+                      ours=float(ours64[first]), ref=float(ref64[first]),
+                      note=(note + "; " if note else "") +
+                      f"{int(bad.sum())} of {ref.size} values out of tolerance")
+
+
+def compare_bytes(name, ours, ref, layout=None):
+    """Byte identity; on failure names the first differing offset (and, with
+    ``layout`` = [(start, end, label)], which array it falls in)."""
+    if ours == ref:
+        return ArrayCheck(name, True, note=f"byte-identical, {len(ref)} bytes")
+    n = min(len(ours), len(ref))
+    first = next((i for i in range(n) if ours[i] != ref[i]), n)
+    where = ""
+    for start, end, label in layout or ():
+        if start <= first < end:
+            where = f" in {label} (float {(first - start) // 4})"
+    return ArrayCheck(name, False, index=(first,), note=f"bytes differ from offset {first}{where}; "
+                      f"sizes ours {len(ours)}, darknet {len(ref)}")
+
+
+# ------------------------------------------------------------------ reports
+class ReplayReport:
+    """All checks of one vector directory."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.checks = []
+
+    def add(self, check):
+        self.checks.append(check)
+        return check
+
+    @property
+    def passed(self):
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self):
+        return [c for c in self.checks if not c.passed]
+
+    def worst(self, exclude_noise=True):
+        """The float check with the largest max_rel (ignoring noise-level arrays)."""
+        floats = [c for c in self.checks if c.tolerance and
+                  not (exclude_noise and c.note.startswith("max|ref| <"))]
+        return max(floats, key=lambda c: c.max_rel, default=None)
+
+    def summary(self):
+        lines = [f"{self.directory.name}: {len(self.checks)} checks, "
+                 f"{len(self.failures)} failed"]
+        worst = self.worst()
+        if worst is not None:
+            lines.append(f"  largest relative error: {worst.max_rel:.3e} ({worst.name})")
+        lines += ["  " + c.describe() for c in self.failures]
+        return "\n".join(lines)
+
+    def table(self):
+        return "\n".join(c.describe() for c in self.checks)
+
+    def assert_passed(self):
+        if not self.passed:
+            raise AssertionError(f"darknet reference vectors {self.directory}:\n{self.summary()}")
+
+
+# ------------------------------------------------------------------- replay
+class _Entry:
+    def __init__(self, file, step, layer, type, what):
+        self.file, self.step, self.layer, self.type, self.what = file, step, layer, type, what
+
+    @property
+    def label(self):
+        return Path(self.file).stem
+
+
+def _parse_name(file, layer_types):
+    """File name -> _Entry; step 0 = inference, layer -1 = network level."""
+    stem = Path(file).stem
+    m = _NET_FILE.match(stem)
+    if m:
+        return _Entry(file, int(m["step"]), -1, None, m["what"])
+    m = _LAYER_FILE.match(stem)
+    if not m:
+        return _Entry(file, None, None, None, stem)
+    layer = int(m["layer"])
+    type_ = layer_types.get(layer, m["type"])
+    prefix = f"{'infer_' if m['infer'] else ''}L{m['layer']}_{type_}_"
+    if not stem.startswith(prefix):   # index.json type disagrees with the file name
+        type_ = m["type"]
+        prefix = f"{'infer_' if m['infer'] else ''}L{m['layer']}_{type_}_"
+    rest = stem[len(prefix):]
+    if m["infer"]:
+        return _Entry(file, 0, layer, type_, rest)
+    step = re.search(r"_s(\d+)$", rest)
+    if not step:
+        return _Entry(file, None, layer, type_, rest)
+    return _Entry(file, int(step[1]), layer, type_, rest[:step.start()])
+
+
+def _locate(entry):
+    """(phase, attribute) where minidark holds ``entry``'s array, or None."""
+    what = entry.what
+    if entry.step == 0:
+        return ("infer", _FORWARD.get(what)) if what in _FORWARD else None
+    for suffix, phase in _PHASE_SUFFIXES:
+        if what.endswith(suffix):
+            return phase, what[:-len(suffix)]
+    if what == "delta_in":
+        return "delta_in", "delta"
+    if what == "delta_out":
+        return "delta_out", "delta"
+    if what.startswith("bn_"):
+        return "forward", what[3:]     # bn_x, bn_x_norm, bn_mean, bn_variance
+    if what in _FORWARD:
+        return "forward", _FORWARD[what]
+    return None
+
+
+def _snapshot(layer, attribute):
+    value = getattr(layer, attribute, None)
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        return np.array([value], np.float64)
+    return None
+
+
+def _header_seen(data):
+    major, minor, _ = struct.unpack_from("<iii", data, 0)
+    if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
+        return struct.unpack_from("<Q", data, 12)[0]
+    return struct.unpack_from("<i", data, 12)[0]
+
+
+def _layout(net):
+    """(start, end, 'layer i [type] name') byte ranges of a .weights file."""
+    out, offset = [(0, 20, "header")], 20
+    for layer in net.layers:
+        if not layer.saved or layer.dontsave:
+            continue
+        for name in layer.saved:
+            size = 4 * getattr(layer, name).size
+            out.append((offset, offset + size, f"layer {layer.index} [{layer.type}] {name}"))
+            offset += size
+    return out
+
+
+def _fresh(cfg):
+    from . import load_network
+    return load_network(cfg, seed=0)
+
+
+def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
+                   noise_atol=NOISE_ATOL):
+    """Replay one darknet vector directory with minidark; returns a ReplayReport.
+
+    Raises only when the network cannot be built or loaded at all (e.g. an
+    unknown layer type); every other disagreement is a failed check.
+    """
+    from . import load_network
+    from .weights import load_weights, weights_bytes
+
+    directory = Path(directory)
+    report = ReplayReport(directory)
+    tol = dict(rtol=rtol, atol=atol, noise_floor=noise_floor, noise_atol=noise_atol)
+
+    def compare(name, ours, ref):
+        return report.add(compare_arrays(name, ours, ref, **tol))
+
+    index_path = directory / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    layer_info = {int(l["index"]): l for l in index.get("layers", [])}
+    layer_types = {i: l["type"] for i, l in layer_info.items()}
+
+    listed = [f["file"] for f in index.get("files", [])]
+    present = sorted(p.name for p in directory.glob("*.npy"))
+    for name in listed:
+        if name not in present:
+            report.add(ArrayCheck(name, False, note="listed in index.json but missing"))
+    entries = [_parse_name(name, layer_types) for name in
+               dict.fromkeys(listed + present) if name in present]
+    data = {e.file: np.load(directory / e.file) for e in entries}
+
+    cfg = directory / "net.cfg"
+    before_path = directory / "weights_before.weights"
+    net = load_network(cfg, weights=before_path, seed=0)
+    before_bytes = before_path.read_bytes()
+    report.add(compare_bytes("weights_before.weights rewritten by minidark",
+                             weights_bytes(net), before_bytes, _layout(net)))
+
+    # structure: same layer types and sizes as darknet reports
+    if layer_info:
+        report.add(ArrayCheck("layer count", len(net.layers) == len(layer_info),
+                              note=f"ours {len(net.layers)}, darknet {len(layer_info)}"))
+    for i, info in layer_info.items():
+        if i >= len(net.layers):
+            continue
+        layer = net.layers[i]
+        ours = (layer.type, layer.inputs, layer.outputs)
+        ref = (info["type"], info.get("inputs", layer.inputs), info.get("outputs", layer.outputs))
+        out_chw = info.get("out_chw")
+        if out_chw and all(out_chw) and layer.out_h * layer.out_w > 1:
+            ours += ((layer.out_c, layer.out_h, layer.out_w),)
+            ref += (tuple(out_chw),)
+        report.add(ArrayCheck(f"layer {i} type/inputs/outputs[/out chw]", ours == ref,
+                              note=f"ours {ours}, darknet {ref}"))
+
+    # which array is captured where
+    wanted = {}        # (step, phase, layer) -> {attribute}
+    targets = []       # (entry, step, phase, layer, attribute)
+    inputs = {}        # (what, step) -> array
+    for e in entries:
+        if e.step is None or e.layer is None:
+            report.add(ArrayCheck(e.label, False, note="file name not in the documented "
+                                  "layout (Lxx_<type>_<what>_sN / infer_Lxx_<type>_<what>)"))
+            continue
+        if e.layer == -1:
+            if e.what in ("input", "truth"):
+                inputs[e.what, e.step] = data[e.file]
+            else:
+                targets.append((e, e.step, "net", -1, e.what))
+            continue
+        if e.layer >= len(net.layers):
+            report.add(ArrayCheck(e.label, False, note=f"layer {e.layer} does not exist "
+                                  f"(minidark built {len(net.layers)} layers)"))
+            continue
+        located = _locate(e)
+        if located is None:
+            report.add(ArrayCheck(e.label, False, note=f"the harness does not know how to get "
+                                  f"'{e.what}' from a minidark layer"))
+            continue
+        phase, attribute = located
+        wanted.setdefault((e.step, phase, e.layer), set()).add(attribute)
+        targets.append((e, e.step, phase, e.layer, attribute))
+
+    captured = {}      # (step, phase, layer, attribute) -> array
+
+    def capture(step, phase, i):
+        for attribute in wanted.get((step, phase, i), ()):
+            captured[step, phase, i, attribute] = _snapshot(net.layers[i], attribute)
+
+    def capture_all(step, phase):
+        for i in range(len(net.layers)):
+            capture(step, phase, i)
+
+    def spy(step):
+        """Wrap each layer's forward/backward to capture at the right moment."""
+        originals = []
+        for i, layer in enumerate(net.layers):
+            fwd, bwd = layer.forward, layer.backward
+            originals.append((layer, fwd, bwd))
+
+            def forward(l, n, _f=fwd, _i=i):
+                _f(l, n)
+                capture(step, "infer" if step == 0 else "forward", _i)
+
+            def backward(l, n, _b=bwd, _i=i):
+                capture(step, "delta_in", _i)
+                _b(l, n)
+                capture(step, "delta_out", _i)
+
+            layer.forward, layer.backward = forward, backward
+        return originals
+
+    def unspy(originals):
+        for layer, fwd, bwd in originals:
+            layer.forward, layer.backward = fwd, bwd
+
+    # 1. inference on input_s1 with the initial weights
+    steps = sorted({s for (_, s) in inputs if s > 0})
+    if ("input", 1) in inputs:
+        x = inputs["input", 1]
+        originals = spy(0)
+        try:
+            net.forward(x, train=False)
+        finally:
+            unspy(originals)
+        out_layer = net.output_layer
+        ref_entry = next((e for e in entries if e.step == 0 and e.layer == out_layer.index
+                          and e.what == "output"), None)
+        if ref_entry is not None:
+            compare(f"net.predict(input_s1) vs {ref_entry.label}", net.predict(x),
+                    data[ref_entry.file])
+    elif any(e.step == 0 for e in entries):
+        report.add(ArrayCheck("input_s1", False, note="inference outputs recorded but no input_s1"))
+
+    # 2. training steps
+    returns = index.get("checks", {}).get("train_network_datum_returns", [])
+    for step in steps:
+        if ("truth", step) not in inputs:
+            report.add(ArrayCheck(f"truth_s{step}", False, note="missing"))
+            continue
+        for e, s, phase, i, attribute in targets:
+            if s == step and attribute == "rand" and phase == "forward":
+                layer = net.layers[i]
+                if not hasattr(layer, "next_rand"):
+                    report.add(ArrayCheck(e.label, False, note=f"layer {i} [{layer.type}] takes "
+                                          "no recorded uniforms (no next_rand)"))
+                    continue
+                layer.next_rand = data[e.file]
+        capture_all(step, "before")
+        originals = spy(step)
+        net_backward = net.backward
+
+        def backward_spy(_b=net_backward, _s=step):
+            _b()
+            capture_all(_s, "grad")
+
+        net.backward = backward_spy
+        try:
+            returned = net.train_datum(inputs["input", step], inputs["truth", step])
+        finally:
+            del net.backward
+            unspy(originals)
+        capture_all(step, "after")
+        capture_all(step, "momentum")
+        captured[step, "net", -1, "cost"] = np.array([net.cost])
+        if len(returns) >= step:
+            compare(f"train_datum() return value s{step} vs darknet's train_network_datum",
+                    np.array([returned]), np.array([returns[step - 1]], np.float64))
+
+        # .weights after this step
+        after_path = directory / _WEIGHTS_AFTER.format(step)
+        if not after_path.is_file():
+            report.add(ArrayCheck(after_path.name, False, note="missing"))
+            continue
+        darknet_bytes = after_path.read_bytes()
+        report.add(ArrayCheck(f"seen after s{step}", net.seen == _header_seen(darknet_bytes),
+                              note=f"ours {net.seen}, darknet {_header_seen(darknet_bytes)}"))
+        # (a) darknet's own _after arrays, written by minidark's writer
+        copy, missing = _fresh(cfg), []
+        for layer in copy.layers:
+            if not layer.saved or layer.dontsave:
+                continue
+            for name in layer.saved:
+                file = f"L{layer.index:02d}_{layer_types.get(layer.index, layer.type)}_{name}_after_s{step}.npy"
+                if file not in data:
+                    missing.append(file)
+                    continue
+                getattr(layer, name)[...] = data[file].reshape(getattr(layer, name).shape)
+        copy.seen = net.seen
+        if missing:
+            report.add(ArrayCheck(f"{after_path.name} from darknet's arrays", False,
+                                  note=f"parameter dumps missing: {', '.join(missing)}"))
+        else:
+            report.add(compare_bytes(f"{after_path.name} written by minidark from darknet's "
+                                     f"_after_s{step} arrays", weights_bytes(copy), darknet_bytes,
+                                     _layout(copy)))
+        # (b) our own trained network's file, read back, vs darknet's file
+        ours_net, ref_net = _fresh(cfg), _fresh(cfg)
+        _load_bytes(ours_net, weights_bytes(net), load_weights, directory)
+        load_weights(ref_net, after_path)
+        report.add(ArrayCheck(f"our weights_after_s{step} seen", ours_net.seen == ref_net.seen,
+                              note=f"ours {ours_net.seen}, darknet {ref_net.seen}"))
+        for ours_layer, ref_layer in zip(ours_net.layers, ref_net.layers):
+            for name in ours_layer.saved:
+                compare(f"our weights_after_s{step}.weights L{ours_layer.index:02d} {name}",
+                        getattr(ours_layer, name), getattr(ref_layer, name))
+
+    # 3. compare everything captured
+    for e, step, phase, i, attribute in targets:
+        key = (step, phase, i, attribute)
+        if key not in captured:
+            why = ("no training step ran for it" if step not in steps and step != 0
+                   else "not captured")
+            report.add(ArrayCheck(e.label, False, note=why))
+            continue
+        value = captured[key]
+        if value is None:
+            layer = net.layers[i] if i >= 0 else None
+            who = f"layer {i} [{layer.type}]" if layer is not None else "the network"
+            report.add(ArrayCheck(e.label, False, note=f"{who} has no array '{attribute}'"))
+            continue
+        compare(e.label, value, data[e.file])
+    return report
+
+
+def _load_bytes(net, data, load_weights, directory):
+    """Read ``.weights`` bytes into ``net`` through minidark's file reader."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ours.weights"
+        path.write_bytes(data)
+        load_weights(net, path)
+
+
+# -------------------------------------------------- darknet-trained weights
+def check_darknet_predictions(cfg, weights, probs_npy, images=None, labels=None, *,
+                              data_dir=None, atol=1e-5, batch=1000):
+    """Predict with darknet-trained ``weights`` and compare with darknet's probabilities.
+
+    ``images`` default to the 10k MNIST test images (``data_dir``, default
+    ``<repo>/data/mnist``), pixel/255, one plane, IDX order; ``labels`` to
+    their labels. Returns a dict: ``max_abs`` (max |ours - darknet|),
+    ``passed`` (max_abs <= atol), ``top1``/``top2`` (our accuracy),
+    ``darknet_top1``/``darknet_top2`` (from darknet's probabilities),
+    ``argmax_agree`` (fraction of images where both pick the same class) and
+    ``probs`` (ours).
+    """
+    from . import load_network
+    from .data.mnist import load_mnist
+
+    if images is None:
+        data_dir = data_dir or Path(__file__).resolve().parents[1] / "data" / "mnist"
+        images, mnist_labels = load_mnist(data_dir, "test")
+        labels = mnist_labels if labels is None else labels
+    ref = np.load(probs_npy)
+    if ref.shape[0] != len(images):
+        raise ValueError(f"{probs_npy} holds {ref.shape[0]} rows of probabilities "
+                         f"but {len(images)} images were given")
+    net = load_network(cfg, weights, batch=min(batch, len(images)))
+    probs = net.predict(images)
+    result = {"probs": probs, "max_abs": float(np.abs(probs.astype(np.float64) - ref).max()),
+              "argmax_agree": float(np.mean(probs.argmax(1) == ref.argmax(1)))}
+    result["passed"] = result["max_abs"] <= atol
+    if labels is not None:
+        labels = np.asarray(labels)
+        for k in (1, 2):
+            result[f"top{k}"] = _topk(probs, labels, k)
+            result[f"darknet_top{k}"] = _topk(ref, labels, k)
+    return result
+
+
+def _topk(probs, labels, k):
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float(np.mean((top == labels[:, None]).any(axis=1)))
