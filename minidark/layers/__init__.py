@@ -1,3 +1,4 @@
 """Built-in layers. Each module registers its make function on import, exactly
 as a user's plugin does (see docs/extending.md)."""
 from . import activation, connected, cost, dropout, softmax  # noqa: F401
+from . import avgpool, batchnorm, convolutional, maxpool  # noqa: F401

@@ -1,0 +1,179 @@
+"""[convolutional] (alias [conv]): 2-D convolution by im2col + GEMM (convolutional_layer.c).
+
+    output = activation(conv(input, weights) + biases)    or, with batch_normalize,
+    output = activation(BN(conv(input, weights)))         (biases are BN's shift)
+
+cfg keys (darknet defaults): ``filters`` (1), ``size`` (1), ``stride`` (1),
+``pad`` (0; nonzero means ``padding = size / 2``, overriding ``padding``),
+``padding`` (0), ``groups`` (1), ``activation`` (logistic), ``batch_normalize`` (0).
+Output size: ``out = (in + 2 padding - size) / stride + 1``, ``filters`` channels.
+Weights ``[filters][c / groups][size][size]`` (darknet's order, kept in
+``l.weights`` and in .weights files), initialised N(0, 1) * sqrt(2 / (size^2 c / groups));
+biases 0. .weights order: biases, [scales, rolling_mean, rolling_variance], weights.
+
+Dims legend: B batch, C input channels, N filters, g groups, k size, s stride,
+M = rows of a chunk = images * out_h * out_w, K = k*k*C/g. The batch is
+processed in chunks of ``l.chunk`` images so the columns (M x K) stay in
+cache; per chunk and group (``minidark/im2col.py`` for the layout)::
+
+    forward:  cols = im2col(input)             y (M, N/g) = cols @ W_g.T
+    backward: dy (M, N) = delta (NHWC)         weight_updates_g += dy_g.T @ cols
+              cols = dy_g @ W_g                net.delta += col2im(cols)     (if net.delta)
+
+with ``W_g`` the group's weights reordered to (N/g, ky, kx, c). The columns
+are recomputed in backward instead of being kept (80 MB for LeNet's second
+conv): from cache, that costs less than reading them back from memory.
+Scratch lives in ``net.workspace`` (``l.workspace_size`` floats).
+
+Deliberately fixed: darknet's ``size == 1`` shortcut ignored stride and
+padding and *overwrote* ``net.delta``; here 1x1 convolutions take the
+general path (skipping only the im2col copy when stride is 1), and backward
+always accumulates. A window larger than the padded input is an error.
+"""
+import numpy as np
+
+from ..activations import activate, gradient
+from ..bn import backward_bn, forward_bn, make_bn
+from ..im2col import add_from_padded_nhwc, col2im, conv_output_size, im2col, to_padded_nhwc
+from ..layer import Layer
+from ..registry import register_layer
+from ..sgd import sgd_update
+
+CHUNK_BYTES = 4 << 20        # target size of one chunk's columns
+
+
+@register_layer("convolutional", "conv")
+def make_convolutional(options, params):
+    params.require_image(options)
+    n = options.int("filters", 1)
+    k = options.int("size", 1)
+    stride = options.int("stride", 1)
+    padding = options.int("padding", 0)
+    if options.int("pad", 0):
+        padding = k // 2
+    groups = options.int("groups", 1)
+    h, w, c, batch = params.h, params.w, params.c, params.batch
+    for key, value in (("filters", n), ("size", k), ("stride", stride), ("groups", groups)):
+        if value < 1:
+            raise options.error(f"{key} must be >= 1, got {value}", key)
+    if padding < 0:
+        raise options.error(f"padding must be >= 0, got {padding}", "padding")
+    if c % groups or n % groups:
+        raise options.error(f"groups={groups} must divide the input channels ({c}) "
+                            f"and filters ({n})", "groups")
+    if h + 2 * padding < k or w + 2 * padding < k:
+        raise options.error(f"size={k} is larger than the padded input "
+                            f"{w}x{h} (padding {padding})", "size")
+    out_h, out_w = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
+    l = Layer(type="convolutional", batch=batch, h=h, w=w, c=c, n=n, size=k, stride=stride,
+              pad=padding, groups=groups, out_h=out_h, out_w=out_w, out_c=n,
+              inputs=h * w * c, outputs=out_h * out_w * n,
+              activation=options.activation("activation", "logistic"),
+              batch_normalize=options.bool("batch_normalize", False))
+    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.delta = np.zeros((batch, l.outputs), np.float32)
+    cg, ng, kk = c // groups, n // groups, k * k * (c // groups)
+    scale = np.sqrt(2.0 / kk)
+    l.weights = (params.net.rng.standard_normal((n, cg, k, k)) * scale).astype(np.float32)
+    l.biases = np.zeros(n, np.float32)
+    l.weight_updates = np.zeros_like(l.weights)
+    l.bias_updates = np.zeros_like(l.biases)
+    l.ordered = np.zeros((n, k, k, cg), np.float32)           # weights as (n, ky, kx, c)
+    l.ordered_grad = np.zeros((n, k, k, cg), np.float32)      # this batch's weight gradient
+    l.chunk_grad = np.zeros((ng, kk), np.float32)             # one chunk's, one group's
+    l.saved = ("biases", "weights")
+    if l.batch_normalize:
+        make_bn(l, n, out_h * out_w)
+        l.saved = ("biases", "scales", "rolling_mean", "rolling_variance", "weights")
+    # 1x1, stride 1, one group: the padded NHWC input already is the columns matrix
+    l.direct = k == 1 and stride == 1 and groups == 1
+    rows = out_h * out_w
+    l.chunk = int(max(1, min(batch, CHUNK_BYTES // (4 * rows * max(kk, n)))))
+    padded = (h + 2 * padding) * (w + 2 * padding) * c
+    l.workspace_size = l.chunk * (2 * padded + rows * (n + (0 if l.direct else kk)))
+    l.desc = f"{n} {k}x{k}/{stride}" + (f" g{groups}" if groups > 1 else "")
+    l.flops = 2 * n * kk * rows
+    l.forward, l.backward, l.update = forward_convolutional, backward_convolutional, update_convolutional
+    return l
+
+
+def scratch(l, net, images):
+    """Views of net.workspace for one chunk: xpad, dxpad, y, cols."""
+    hp, wp, rows = l.h + 2 * l.pad, l.w + 2 * l.pad, images * l.out_h * l.out_w
+    sizes = (images * hp * wp * l.c,) * 2 + (rows * l.n, 0 if l.direct else rows * l.size ** 2 * l.c // l.groups)
+    views, start = [], 0
+    for size in sizes:
+        views.append(net.workspace[start:start + size])
+        start += size
+    xpad, dxpad, y, cols = views
+    xpad, dxpad = xpad.reshape(images, hp, wp, l.c), dxpad.reshape(images, hp, wp, l.c)
+    y = y.reshape(rows, l.n)
+    cols = xpad.reshape(rows, l.c) if l.direct else cols.reshape(rows, -1)
+    return xpad, dxpad, y, cols
+
+
+def chunks(l):
+    for start in range(0, l.batch, l.chunk):
+        yield start, min(start + l.chunk, l.batch)
+
+
+def forward_convolutional(l, net):
+    k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
+    np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+    ordered = l.ordered.reshape(l.n, -1)
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    out = l.output.reshape(l.batch, l.n, rows)
+    for b0, b1 in chunks(l):
+        xpad, _, y, cols = scratch(l, net, b1 - b0)
+        to_padded_nhwc(x[b0:b1], l.pad, xpad)
+        for g in range(l.groups):
+            if not l.direct:
+                im2col(xpad[..., g * cg:(g + 1) * cg], k, s, l.out_h, l.out_w, cols)
+            np.matmul(cols, ordered[g * ng:(g + 1) * ng].T, out=y[:, g * ng:(g + 1) * ng])
+        np.copyto(out[b0:b1], y.reshape(b1 - b0, rows, l.n).transpose(0, 2, 1))
+    if l.batch_normalize:
+        forward_bn(l, l.output, net.train)
+    else:
+        out += l.biases[:, None]
+    activate(l.output, l.activation)
+
+
+def backward_convolutional(l, net):
+    k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
+    gradient(l.output, l.activation, l.delta)
+    delta = l.delta.reshape(l.batch, l.n, rows)
+    if l.batch_normalize:
+        backward_bn(l, l.delta)
+    else:
+        l.bias_updates += delta.sum(axis=2).sum(axis=0)
+    ordered = l.ordered.reshape(l.n, -1)
+    grad = l.ordered_grad.reshape(l.n, -1)
+    grad.fill(0)
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    dx = None if net.delta is None else net.delta.reshape(l.batch, l.c, l.h, l.w)
+    for b0, b1 in chunks(l):
+        xpad, dxpad, dy, cols = scratch(l, net, b1 - b0)
+        np.copyto(dy.reshape(b1 - b0, rows, l.n), delta[b0:b1].transpose(0, 2, 1))
+        to_padded_nhwc(x[b0:b1], l.pad, xpad)
+        if dx is not None and not l.direct:
+            dxpad.fill(0)
+        for g in range(l.groups):
+            group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+            if not l.direct:
+                im2col(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
+            np.matmul(dy[:, group].T, cols, out=l.chunk_grad)
+            grad[group] += l.chunk_grad
+            if dx is None:
+                continue
+            if l.direct:       # the columns are the padded input itself
+                np.matmul(dy, ordered, out=dxpad.reshape(cols.shape))
+            else:
+                np.matmul(dy[:, group], ordered[group], out=cols)
+                col2im(cols, k, s, l.out_h, l.out_w, dxpad[..., channels])
+        if dx is not None:
+            add_from_padded_nhwc(dxpad, l.pad, dx[b0:b1])
+    l.weight_updates += l.ordered_grad.transpose(0, 3, 1, 2)
+
+
+def update_convolutional(l, args):
+    sgd_update(l, args)
