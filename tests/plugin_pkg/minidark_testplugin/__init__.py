@@ -1,0 +1,1 @@
+"""Test fixture for minidark's entry-point plugin loading (see layers.py)."""

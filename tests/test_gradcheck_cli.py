@@ -1,0 +1,254 @@
+"""`minidark gradcheck` and minidark.testing.gradcheck as a user sees them:
+prelu passes, prelu_broken fails with a table, exit codes, --layer,
+--inference, expected gaps (batch norm, softmax temperature, dropout) and a
+layer's own gradcheck_gap hook."""
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minidark
+from minidark import gradcheck_cli, plugins, registry
+from minidark.errors import MinidarkError
+from minidark.plugins import load_plugins
+from minidark.testing import KnownGap, format_results, gradcheck, learned_arrays, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+PRELU = str(ROOT / "examples" / "prelu.py")
+PRELU_BROKEN = str(ROOT / "examples" / "prelu_broken.py")
+PRELU_MNIST = str(ROOT / "examples" / "prelu_mnist.cfg")
+
+# a small image net: prelu has 3 channels of 4x4 pixels each
+PRELU_IMAGE = """
+[net]
+batch=2
+height=4
+width=4
+channels=3
+
+[prelu]
+slope=-0.3
+
+[connected]
+output=4
+activation=tanh
+
+[softmax]
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_registry(monkeypatch):
+    registry._ensure_builtins()
+    saved = dict(registry._REGISTRY), dict(registry._ORIGIN)
+    modules = set(sys.modules)
+    monkeypatch.setattr(plugins, "_state", plugins._State())
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved[0])
+    registry._ORIGIN.clear()
+    registry._ORIGIN.update(saved[1])
+    for name in set(sys.modules) - modules:
+        if name.startswith("minidark_plugin_"):
+            del sys.modules[name]
+
+
+def cli(*argv):
+    parser = gradcheck_cli.add_arguments(argparse.ArgumentParser())
+    parser.add_argument("--plugin", action="append", default=[])
+    return gradcheck_cli.run(parser.parse_args([str(a) for a in argv]))
+
+
+ROW = re.compile(r"^\s*(\d+) (\S+)\s+(.+?)\s+(\S+e[+-]\d+)\s+(\S+)\s+(ok|FAIL|gap|skip)\s*(.*)$")
+
+
+def rows(text):
+    """{(layer, array): (result, note)} from the printed table."""
+    table = {}
+    for line in text.splitlines():
+        match = ROW.match(line)
+        if match:
+            index, _, array, _, _, result, note = match.groups()
+            table[(int(index), array)] = (result, note)
+    return table
+
+
+# ------------------------------------------------------------------ prelu
+def test_prelu_passes_from_python(tmp_path, write_cfg):
+    load_plugins([PRELU])
+    results = gradcheck(write_cfg(tmp_path, PRELU_IMAGE))
+    assert [(r.index, r.array) for r in results] == [
+        (0, "input"), (0, "slopes"), (1, "input"), (1, "biases"), (1, "weights"), (2, "input")]
+    assert all(r.status == "ok" for r in results), format_results(results)
+    assert max(r.error for r in results) < 1e-7
+
+
+def test_prelu_broken_fails_from_python(tmp_path, write_cfg):
+    load_plugins([PRELU_BROKEN])
+    results = gradcheck(write_cfg(tmp_path, PRELU_IMAGE), layer=0)
+    by_array = {r.array: r for r in results}
+    assert by_array["input"].status == "ok"
+    assert by_array["slopes"].status == "FAIL" and by_array["slopes"].error > 0.1
+    table = format_results(results)
+    assert "slopes" in table and "FAIL" in table
+    assert summarize(results) == "FAILED: 1 of 2 arrays (layer 0 slopes)"
+
+
+def test_gradcheck_accepts_cfg_text():
+    load_plugins([PRELU])
+    results = gradcheck(PRELU_IMAGE, layer=-1)
+    assert [(r.index, r.type, r.status) for r in results] == [(2, "softmax", "ok")]
+
+
+def test_cli_passes_on_prelu_mnist_cfg(capsys):
+    assert cli(PRELU_MNIST, "--plugin", PRELU) == 0
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert table[(1, "slopes")][0] == "ok"
+    assert table[(1, "input")][0] == "ok"
+    assert len(table) == 9 and all(result == "ok" for result, _ in table.values())
+    assert out.rstrip().endswith("passed: 9 of 9 arrays")
+
+
+def test_cli_fails_on_prelu_broken_with_a_table(capsys):
+    assert cli(PRELU_MNIST, "--plugin", PRELU_BROKEN) == 1
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert table[(1, "slopes")][0] == "FAIL"
+    assert [key for key, (result, _) in table.items() if result == "FAIL"] == [(1, "slopes")]
+    assert "max rel error" in out and "bound" in out
+    assert out.rstrip().endswith("FAILED: 1 of 9 arrays (layer 1 slopes)")
+
+
+def test_cli_one_layer(capsys):
+    assert cli(PRELU_MNIST, "--plugin", PRELU_BROKEN, "--layer", "2") == 0
+    out = capsys.readouterr().out
+    assert set(rows(out)) == {(2, "input"), (2, "biases"), (2, "weights")}
+    assert "layer 2 of 4" in out
+
+
+def test_cli_errors(capsys):
+    with pytest.raises(MinidarkError, match="unknown section type \\[prelu\\]"):
+        cli(PRELU_MNIST)
+    with pytest.raises(MinidarkError, match=r"--layer 4: .* has 4 layers \(0-3\)"):
+        cli(PRELU_MNIST, "--plugin", PRELU, "--layer", "4")
+    with pytest.raises(MinidarkError, match="--batch must be >= 1"):
+        cli(PRELU_MNIST, "--batch", "0")
+    # standalone entry point: one line on stderr, exit code 1 (as the minidark CLI)
+    assert gradcheck_cli.main([PRELU_MNIST, "--plugin", "examples/no_such_plugin.py"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_plugin.py" in err and "no such file" in err
+
+
+def test_standalone_main_exit_codes(capsys):
+    assert gradcheck_cli.main([PRELU_MNIST, "--plugin", PRELU, "--layer", "1"]) == 0
+    registry.unregister_layer("prelu")
+    assert gradcheck_cli.main([PRELU_MNIST, "--plugin", PRELU_BROKEN, "--layer", "1"]) == 1
+    capsys.readouterr()
+
+
+# ---------------------------------------------------------- expected gaps
+BN_CFG = """
+[net]
+batch=4
+inputs=6
+
+[connected]
+output=5
+activation=leaky
+batch_normalize=1
+
+[dropout]
+probability=0.3
+
+[softmax]
+temperature=2
+"""
+
+
+def test_expected_gaps_in_training(tmp_path, write_cfg, capsys):
+    path = write_cfg(tmp_path, BN_CFG)
+    assert cli(path, "--batch", "8") == 0
+    table = rows(capsys.readouterr().out)
+    assert table[(0, "input")][0] == "gap" and "BN backward uses 1/N" in table[(0, "input")][1]
+    assert table[(0, "weights")][0] == "gap"
+    assert table[(0, "biases")] == ("ok", "") and table[(0, "scales")] == ("ok", "")
+    assert table[(1, "input")] == ("ok", "")
+    assert table[(2, "input")][0] == "gap" and "lacks 1/T" in table[(2, "input")][1]
+    # at batch 2 there are 2 values per channel: too few to tell the gap from a bug
+    assert cli(path, "--batch", "2") == 0
+    table = rows(capsys.readouterr().out)
+    assert table[(0, "weights")][0] == "skip" and "use batch >= 8" in table[(0, "weights")][1]
+
+
+def test_bn_gap_bound_and_temperature_scaling(tmp_path, write_cfg):
+    results = gradcheck(write_cfg(tmp_path, BN_CFG), batch=16)
+    by = {(r.index, r.array): r for r in results}
+    assert by[(0, "input")].tolerance == pytest.approx(4 / 16 + 1e-3)
+    assert 1e-4 < by[(0, "weights")].error < by[(0, "weights")].tolerance
+    assert by[(2, "input")].error < 1e-7    # exact once the numeric side is scaled by T
+
+
+def test_inference_mode(tmp_path, write_cfg, capsys):
+    assert cli(write_cfg(tmp_path, BN_CFG), "--inference") == 0
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert "inference mode" in out
+    assert table[(0, "input")] == ("ok", "")          # inference BN is an exact affine map
+    assert table[(1, "input")][0] == "skip"           # dropout's backward is training-only
+
+
+def test_a_layer_declares_its_own_gap(tmp_path, write_cfg):
+    load_plugins([PRELU_BROKEN])
+    net = minidark.load_network(write_cfg(tmp_path, PRELU_IMAGE))
+    net.layers[0].gradcheck_gap = KnownGap("expected gap: demo", tolerance=math.inf,
+                                           arrays=("slopes",))
+    results = gradcheck(net, layer=0)
+    assert [(r.array, r.status, r.note) for r in results] == [
+        ("input", "ok", ""), ("slopes", "skip", "expected gap: demo")]
+    net.layers[0].gradcheck_gap = lambda layer, train: None    # opt out of any gap
+    assert [r.status for r in gradcheck(net, layer=0)] == ["ok", "FAIL"]
+
+
+def test_learned_arrays_follow_saved_and_sgd_params(tmp_path, write_cfg):
+    load_plugins([PRELU])
+    net = minidark.load_network(write_cfg(tmp_path, PRELU_IMAGE))
+    assert learned_arrays(net.layers[0]) == [("slopes", "slope_updates")]
+    assert learned_arrays(net.layers[1]) == [("biases", "bias_updates"),
+                                             ("weights", "weight_updates")]
+
+
+def test_gradcheck_really_compares_numbers(tmp_path, write_cfg):
+    """A backward that is off by 1% must fail: the check is not vacuous."""
+    load_plugins([PRELU])
+    net = minidark.load_network(write_cfg(tmp_path, PRELU_IMAGE))
+    layer = net.layers[0]
+    original = layer.backward
+
+    def slightly_wrong(l, n):
+        original(l, n)
+        l.slope_updates *= 1.01
+
+    layer.backward = slightly_wrong
+    results = gradcheck(net, layer=0)
+    assert [r.status for r in results] == ["ok", "FAIL"]
+    assert 0.005 < results[1].error < 0.02
+    assert np.isfinite(results[1].error)
+
+
+# ------------------------------------------------------------- minidark CLI
+def test_minidark_gradcheck_command(capsys):
+    from minidark.cli import main
+    assert main(["gradcheck", PRELU_MNIST, "--plugin", PRELU]) == 0
+    assert "passed: 9 of 9 arrays" in capsys.readouterr().out
+    registry.unregister_layer("prelu")
+    assert main(["gradcheck", PRELU_MNIST, "--plugin", PRELU_BROKEN, "--layer", "1"]) == 1
+    assert rows(capsys.readouterr().out)[(1, "slopes")][0] == "FAIL"
+    assert main(["gradcheck", PRELU_MNIST, "--plugin", "examples/no_such_plugin.py"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_plugin.py" in err
+    assert main(["gradcheck", PRELU_MNIST, "--layer", "x"]) == 2     # bad argument
