@@ -67,11 +67,15 @@ def layer_names():
 
 
 def suggest(name):
-    """' (did you mean [x]?)' or '' for an unknown section name."""
+    """' (did you mean [x]?)' or a hint to load a plugin, for an unknown section name."""
     close = difflib.get_close_matches(name, layer_names(), n=1)
-    return f" (did you mean [{close[0]}]?)" if close else ""
+    return (f" (did you mean [{close[0]}]?)" if close else
+            "; if it is a plugin layer, load it first (--plugin FILE.py or MODULE)")
 
 
 def _ensure_builtins():
-    # Importing the package registers every built-in layer via its decorator.
+    # Importing the package registers every built-in layer via its decorator;
+    # then installed plugins (entry-point group minidark.layers) load, once.
     import minidark.layers  # noqa: F401
+    from .plugins import load_entry_points
+    load_entry_points()
