@@ -123,9 +123,9 @@ class Network:
 
     def update(self):
         """Apply one SGD step to every layer with parameters."""
+        self.t += 1   # darknet: ++*net.t, then a.t = *net.t
         args = UpdateArgs(self.current_rate(), self.momentum, self.decay,
                           self.batch * self.subdivisions, self.t)
-        self.t += 1
         for layer in self.layers:
             if layer.update is not None:
                 layer.update(layer, args)

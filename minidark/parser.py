@@ -21,6 +21,11 @@ under ``type``; list values may be YAML lists::
       steps: [100, 200]
     - type: connected
       output: 10
+    - cost:            # nested form, for a section with its own `type` key
+        type: masked
+
+Writing YAML keeps every option in order, duplicates included, so
+cfg -> YAML -> cfg gives the same sections and the same first-wins values.
 """
 import os
 import sys
@@ -121,12 +126,20 @@ def _split(value):
     return items
 
 
+def _plain(value):
+    # Python's int()/float() also take '1_000' and non-ASCII digits; darknet's
+    # atoi/atof would read those differently, so they are not numbers here.
+    if not value.isascii() or "_" in value:
+        raise ValueError(value)
+    return value
+
+
 def _to_int(value):
-    return int(value, 10)
+    return int(_plain(value), 10)
 
 
 def _to_float(value):
-    result = float(value)
+    result = float(_plain(value))
     if result != result:  # NaN is never a meaningful cfg value
         raise ValueError(value)
     return result
@@ -183,12 +196,20 @@ def read_yaml_text(text, file="<string>"):
         line = node.start_mark.line + 1
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError("each section must be a mapping with a 'type'", file=file, line=line)
-        section, options = None, []
-        for key_node, value_node in node.value:
+        body = node.value[0][1] if len(node.value) == 1 else None
+        nested = isinstance(body, yaml.MappingNode) or (
+            isinstance(body, yaml.ScalarNode) and body.tag.endswith(":null"))
+        if nested:   # - cost: {type: sse}: the key is the section, `type` an option
+            section = _yaml_scalar(node.value[0][0], file, line, None)
+            pairs = body.value if isinstance(body, yaml.MappingNode) else []
+        else:
+            section, pairs = None, node.value
+        options = []
+        for key_node, value_node in pairs:
             key_line = key_node.start_mark.line + 1
             key = _yaml_scalar(key_node, file, key_line, None)
             value = _yaml_value(value_node, file, key_line, key)
-            if key == "type":
+            if key == "type" and not nested and section is None:
                 section = value
             else:
                 options.append(Option(key, value, key_line))
@@ -256,17 +277,33 @@ def _yaml_item(value):
     return value
 
 
+class _Pairs(list):
+    """A YAML mapping as (key, value) pairs: keeps order and duplicate keys."""
+
+
+def _yaml_option(value):
+    items = value.split(",")
+    if len(items) > 1 and all(items):   # an empty item ('100,') stays one string
+        return [_yaml_item(i) for i in items]
+    return _yaml_item(value)
+
+
 def sections_to_yaml(sections):
     import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+    Dumper.add_representer(_Pairs, lambda dumper, pairs: dumper.represent_mapping(
+        "tag:yaml.org,2002:map", pairs))
     docs = []
     for section in sections:
-        mapping = {"type": section.type}
-        for opt in section.options:
-            items = opt.value.split(",")
-            mapping[opt.key] = ([_yaml_item(i) for i in items] if len(items) > 1
-                                else _yaml_item(opt.value))
-        docs.append(mapping)
-    return yaml.safe_dump(docs, sort_keys=False, default_flow_style=None)
+        options = _Pairs((opt.key, _yaml_option(opt.value)) for opt in section.options)
+        if any(opt.key == "type" for opt in section.options):   # [cost] type=sse
+            docs.append(_Pairs([(section.type, options)]))
+        else:
+            docs.append(_Pairs([("type", section.type)] + options))
+    return yaml.dump(docs, Dumper=Dumper, sort_keys=False, default_flow_style=None,
+                     allow_unicode=True)
 
 
 def convert_cfg(source, destination):
@@ -291,6 +328,8 @@ def parse_net_options(section, net):
     batch = s.int("batch", 1)
     net.subdivisions = s.int("subdivisions", 1)
     net.time_steps = s.int("time_steps", 1)
+    if net.time_steps < 1:
+        raise s.error(f"time_steps must be >= 1, got {net.time_steps}", "time_steps")
     if batch < 1:
         raise s.error(f"batch must be >= 1, got {batch}", "batch")
     if net.subdivisions < 1 or net.subdivisions > batch:
@@ -303,6 +342,14 @@ def parse_net_options(section, net):
     net.h = s.int("height", 0)
     net.w = s.int("width", 0)
     net.c = s.int("channels", 0)
+    dims = (("height", net.h), ("width", net.w), ("channels", net.c))
+    for key, size in dims:
+        if size < 0:
+            raise s.error(f"{key} must be >= 0, got {size}", key)
+    if 0 < max(net.h, net.w, net.c) and 0 == min(net.h, net.w, net.c):
+        key = next(k for k, size in dims if size == 0)
+        raise s.error(f"an image input needs height, width and channels all > 0, got "
+                      f"{net.h}x{net.w}x{net.c}; give all three, or only inputs", key)
     net.inputs = s.int("inputs", net.h * net.w * net.c)
     if net.inputs <= 0:
         raise s.error("no input size: give height, width and channels, or inputs")
@@ -433,7 +480,19 @@ def parse_network(sections, *, batch=None, strict=False, verbose=True, file=None
                                 f"(input {params.w}x{params.h}x{params.c})")
         report_unused(section, strict)
         net.layers.append(layer)
+    if not net.layers:
+        raise ConfigError("cfg has no layers after [net]", file=head.file, line=head.line,
+                          section=head.type)
     net.finalize()
+    for layer, section in zip(net.layers, sections[1:]):
+        truths = getattr(layer, "truths", layer.outputs)
+        if layer.cost is not None and not getattr(layer, "noloss", False) \
+                and truths != net.truths:
+            raise section.error(
+                f"layer {layer.index} [{section.type}] computes a loss against the truth, "
+                f"which has {net.truths} values per image (the outputs of layer "
+                f"{net.output_layer.index}), but it has {truths}: make it the output layer "
+                f"(only [cost] layers may follow) or, for a softmax, set noloss=1")
     if verbose:
         print(net.summary(), file=sys.stderr)
     return net

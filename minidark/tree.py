@@ -47,6 +47,8 @@ def read_tree(path, options=None):
             lines = handle.read().splitlines()
     except OSError as exc:
         raise fail(f"cannot read tree file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise fail("tree file is not UTF-8 text") from None
     names, parents = [], []
     for number, line in enumerate(lines, start=1):
         fields = line.split()

@@ -86,6 +86,8 @@ def load_weights(net, path):
             raise WeightsError(f"{path}: header truncated")
         (seen,), offset = struct.unpack_from("<Q", data, 12), 20
     else:
+        if len(data) < 16:
+            raise WeightsError(f"{path}: header truncated")
         (seen,), offset = struct.unpack_from("<i", data, 12), 16
     transpose = major > 1000 or minor > 1000
     for layer in _layers(net, "dontload"):
