@@ -1,0 +1,219 @@
+"""darknet ``.data`` files (and their YAML form): what to train on and where to save.
+
+darknet grammar (``read_data_cfg``): one ``key=value`` per line, ``#`` or
+``;`` starts a comment line, blank lines are skipped, the first duplicate of
+a key wins. Keys read by ``minidark classifier``::
+
+    classes = 10                       number of classes (darknet default 2; minidark
+                                       takes the names file's length when omitted)
+    train   = data/mnist/train-images-idx3-ubyte.gz   or a text file of image paths
+    valid   = data/mnist/t10k-images-idx3-ubyte.gz    (optional for training)
+    labels  = data/mnist.names         one label per line; the class of an image in
+    names   = data/mnist.names         a list is the label occurring in its path.
+                                       ``names`` is what predict/valid print; each
+                                       falls back to the other, as in darknet
+    backup  = backup/                  where checkpoints, log, metrics and chart go
+    top     = 2                        k of the top-k accuracy (darknet default 1)
+
+The YAML form (``.yaml``/``.yml``) is a mapping with the same keys.
+
+Relative paths are resolved in this order, first existing wins: the current
+directory (darknet's rule), the ``.data`` file's folder, that folder's
+parent (darknet's layout: ``cfg/x.data`` naming ``data/...`` relative to
+the project root). A path that exists nowhere resolves against the current
+directory (where a missing MNIST is downloaded to).
+
+Deliberate deviations from darknet: only leading/trailing whitespace is
+stripped (darknet removes every space, breaking paths with spaces); a line
+without ``=``, a non-numeric ``classes``/``top``, or a names file with blank
+or duplicate entries is an error naming file, line and key; unknown keys are
+warned about (errors with ``strict``); ``backup`` defaults to ``backup/``
+(darknet: ``/backup/``, the file-system root).
+"""
+import os
+import warnings
+
+from ..errors import DataError
+
+KNOWN = ("classes", "train", "valid", "labels", "names", "backup", "top")
+IGNORED = ("test", "tree", "tag", "leaves", "eval", "results", "map", "gpus")  # darknet, unused here
+
+
+class DataWarning(UserWarning):
+    """A .data file key that minidark does not use."""
+
+
+def where(file, line=None, key=None):
+    """'file:line: key 'k'' prefix for a message."""
+    text = f"{file}:{line}" if line is not None else str(file)
+    return f"{text}: key '{key}'" if key else text
+
+
+class DataConfig:
+    """A parsed .data file. ``lines`` maps each key to its line number."""
+
+    def __init__(self, path, values, lines):
+        self.path = os.fspath(path)
+        self.folder = os.path.dirname(os.path.abspath(self.path))
+        self.values, self.lines = values, lines
+        self.classes = self._int("classes", None, minimum=1)
+        self.top = self._int("top", 1, minimum=1)
+        self.train = self.resolve(values["train"]) if "train" in values else None
+        self.valid = self.resolve(values["valid"]) if "valid" in values else None
+        self.backup = self.resolve(values.get("backup", "backup/"))
+        # labels: the tokens matched in image paths; names: what is printed.
+        label_key = "labels" if "labels" in values else ("names" if "names" in values else None)
+        name_key = "names" if "names" in values else label_key
+        self.labels_file = self.resolve(values[label_key]) if label_key else None
+        self.names_file = self.resolve(values[name_key]) if name_key else None
+        self.labels = read_names(self.labels_file, self._where(label_key)) if label_key else None
+        self.names = (self.labels if name_key == label_key
+                      else read_names(self.names_file, self._where(name_key)))
+        for key, entries in ((label_key, self.labels), (name_key, self.names)):
+            if entries is None:
+                continue
+            if self.classes is None:
+                self.classes = len(entries)
+            elif len(entries) != self.classes:
+                raise DataError(f"{self._where(key)}: {values[key]} has {len(entries)} "
+                                f"entries but classes={self.classes}")
+
+    def _where(self, key):
+        return where(self.path, self.lines.get(key), key)
+
+    def _int(self, key, default, minimum):
+        if key not in self.values:
+            return default
+        text = self.values[key]
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise DataError(f"{self._where(key)}: expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise DataError(f"{self._where(key)}: must be >= {minimum}, got {value}")
+        return value
+
+    def require(self, key):
+        """The resolved path of ``train``/``valid``, or an error saying it is missing."""
+        value = getattr(self, key)
+        if value is None:
+            raise DataError(f"{self.path}: key '{key}' is missing: add a line "
+                            f"'{key}=<list of image paths or MNIST IDX file>'")
+        return value
+
+    def resolve(self, path):
+        return resolve_path(path, self.folder)
+
+    def __repr__(self):
+        return f"<DataConfig {self.path}: classes={self.classes} train={self.train}>"
+
+
+def resolve_path(path, folder=None):
+    """Resolve a relative path: cwd, then ``folder``, then ``folder``'s parent."""
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.isabs(path):
+        return path
+    candidates = [path]
+    if folder:
+        candidates += [os.path.join(folder, path), os.path.join(os.path.dirname(folder), path)]
+    for candidate in candidates:
+        if os.path.exists(candidate):
+            return candidate
+    return path
+
+
+def read_names(path, origin="names file"):
+    """Labels, one per line, stripped; blank lines skipped; duplicates are an error."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise DataError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{origin}: {path} is not UTF-8 text") from None
+    names, seen = [], {}
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in seen:
+            raise DataError(f"{path}:{number}: label '{name}' repeats line {seen[name]}")
+        seen[name] = number
+        names.append(name)
+    if not names:
+        raise DataError(f"{origin}: {path} has no labels")
+    return names
+
+
+def parse_data_text(text, file="<string>"):
+    """(values, lines) from darknet .data text."""
+    values, lines = {}, {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise DataError(f"{file}:{number}: malformed line '{line}': expected key=value")
+        if not value:
+            raise DataError(f"{where(file, number, key)}: empty value")
+        if key in values:
+            warnings.warn(f"{file}:{number}: key '{key}' repeats line {lines[key]}; "
+                          f"the first one is used (darknet's rule)", DataWarning, stacklevel=2)
+            continue
+        values[key], lines[key] = value, number
+    return values, lines
+
+
+def parse_data_yaml(text, file="<string>"):
+    """(values, lines) from the YAML form: a mapping of the same keys."""
+    import yaml
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise DataError(f"{file}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if root is None:
+        return {}, {}
+    if not isinstance(root, yaml.MappingNode):
+        raise DataError(f"{file}:{root.start_mark.line + 1}: expected a mapping of "
+                        f"key: value (classes, train, valid, names, backup, top)")
+    values, lines = {}, {}
+    for key_node, value_node in root.value:
+        number = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode) or \
+                not isinstance(value_node, yaml.ScalarNode):
+            raise DataError(f"{file}:{number}: expected 'key: value' with a plain value")
+        key, value = key_node.value.strip(), value_node.value.strip()
+        if not value or value_node.tag.endswith(":null"):
+            raise DataError(f"{where(file, number, key)}: empty value")
+        if key in values:
+            raise DataError(f"{where(file, number, key)}: repeats line {lines[key]}")
+        values[key], lines[key] = value, number
+    return values, lines
+
+
+def read_data_file(path, strict=False):
+    """Parse a .data (or .yaml/.yml) file into a DataConfig."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read data file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: data file is not UTF-8 text") from None
+    parse = parse_data_yaml if path.endswith((".yaml", ".yml")) else parse_data_text
+    values, lines = parse(text, file=path)
+    for key in values:
+        if key in KNOWN:
+            continue
+        what = ("is a darknet key minidark does not use" if key in IGNORED
+                else f"is not a data-file key (known: {', '.join(KNOWN)})")
+        message = f"{where(path, lines[key], key)}: {what}"
+        if strict:
+            raise DataError(message)
+        warnings.warn(message, DataWarning, stacklevel=2)
+    return DataConfig(path, values, lines)
