@@ -2,3 +2,4 @@
 as a user's plugin does (see docs/extending.md)."""
 from . import activation, connected, cost, dropout, softmax  # noqa: F401
 from . import avgpool, batchnorm, convolutional, maxpool  # noqa: F401
+from . import crop, l2norm, local, logistic, normalization, reorg, route, shortcut, upsample  # noqa
