@@ -70,12 +70,15 @@ _FORWARD = {"output": "output", "indexes": "indexes", "loss": "loss", "cost": "c
 
 
 # ---------------------------------------------------------------- locations
-def refdata_root():
-    """``$MINIDARK_REFDATA`` if set, else ``<repo>/../shared/refdata``."""
-    env = os.environ.get("MINIDARK_REFDATA")
-    if env:
-        return Path(env)
+def default_refdata_root():
+    """``<repo>/../shared/refdata``, where the project's darknet data lives."""
     return Path(__file__).resolve().parents[1] / ".." / "shared" / "refdata"
+
+
+def refdata_root():
+    """``$MINIDARK_REFDATA`` if set, else :func:`default_refdata_root`."""
+    env = os.environ.get("MINIDARK_REFDATA")
+    return Path(env) if env else default_refdata_root()
 
 
 def vector_dirs(root=None):
