@@ -15,6 +15,12 @@ The loss is the layer's own ``cost`` for loss layers (softmax, cost), else
 exactly ``-dL/d(output)`` in darknet's sign convention. The inputs are
 uniform in [-1, 1] and have the shapes the cfg gives each layer.
 
+Every buffer backward adds into (the input delta, the sources' deltas, the
+``*_updates``) starts at a random value and the check uses what backward
+added, so a backward that assigns instead of accumulating fails; backward is
+also run once with ``net.delta = None`` (as for layer 0) and a crash there
+is a failed row ``net.delta None``.
+
 The error of one array is ``max|numeric - analytic| / max(max|numeric|,
 max|analytic|)`` over up to ``max_checks`` randomly picked entries; it
 passes at ``tolerance`` (1e-4; a correct float64 backward gives ~1e-9).
@@ -227,24 +233,30 @@ def gradcheck_layer(net, index, *, train=True, eps=1e-5, tolerance=1e-4, seed=0,
         layer.forward(layer, net)
         return layer.cost if is_loss else -float(np.sum(weights_r * layer.output))
 
-    # analytic: one forward, delta = R (or the loss layer's own), one backward
+    # analytic: one forward, delta = R (or the loss layer's own), one backward.
+    # Every buffer backward adds into starts at a random value, and the check
+    # uses what was added: a backward that assigns instead of accumulating fails.
     loss()
     if not is_loss:
         layer.delta[...] = weights_r
-    for _, update in learned_arrays(layer):
-        getattr(layer, update).fill(0)
-    input_delta = np.zeros_like(x)
-    for source in sources:
-        source.delta.fill(0)
+    updates = [getattr(layer, update) for _, update in learned_arrays(layer)]
+    input_delta = np.empty_like(x)
+    targets = [input_delta] + [s.delta for s in sources] + updates
+    starts = []
+    for target in targets:
+        target[...] = rng.uniform(-1, 1, target.shape)
+        starts.append(target.copy())
     net.input, net.delta = x, input_delta
     layer.backward(layer, net)
     net.delta = None
+    added = [target - start for target, start in zip(targets, starts)]
     gap = known_gap(layer, train)
 
-    checks = [("input", x, input_delta.copy())]
-    checks += [(f"layer {s.index} output", s.output, s.delta.copy()) for s in sources]
-    checks += [(name, getattr(layer, name), getattr(layer, update).copy())
-               for name, update in learned_arrays(layer)]
+    checks = [("input", x, added[0])]
+    checks += [(f"layer {s.index} output", s.output, d)
+               for s, d in zip(sources, added[1:1 + len(sources)])]
+    checks += [(name, getattr(layer, name), d)
+               for (name, _), d in zip(learned_arrays(layer), added[1 + len(sources):])]
     results = []
     for name, array, analytic in checks:
         flat, grad = array.reshape(-1), analytic.reshape(-1)
@@ -269,6 +281,14 @@ def gradcheck_layer(net, index, *, train=True, eps=1e-5, tolerance=1e-4, seed=0,
         scale = max(np.abs(numeric).max(initial=0), np.abs(grad[picks]).max(initial=0), 1e-12)
         error = float(np.abs(numeric - grad[picks]).max(initial=0) / scale)
         results.append(GradResult(index, layer.type, name, error, bound, note, expected))
+    # as the first layer of a network, backward gets net.delta = None
+    loss()
+    net.input, net.delta = x, None
+    try:
+        layer.backward(layer, net)
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        results.append(GradResult(index, layer.type, "net.delta None", math.inf, tolerance,
+                                  f"backward as layer 0 raised {type(exc).__name__}: {exc}"))
     loss()   # leave the layer's buffers as a forward of the checked input left them
     return results
 

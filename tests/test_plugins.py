@@ -438,3 +438,24 @@ def test_prelu_network_learns(tmp_path, write_cfg):
         last = net.train_step(x, truth)
     assert last < 0.4 * first
     assert not np.allclose(net.layers[1].slopes, 0.1)
+
+
+# ------------------------------------------------------------ the guide
+def test_extending_guide_matches_the_shipped_example(monkeypatch):
+    guide = (ROOT / "docs" / "extending.md").read_text()
+    begin = guide.index("<!-- prelu.py begin")
+    block = guide[begin:guide.index("<!-- prelu.py end -->")]
+    listing = block[block.index("```python\n") + len("```python\n"):block.rindex("```")]
+    assert listing == PRELU.read_text(), "docs/extending.md's listing differs from examples/prelu.py"
+    broken = PRELU_BROKEN.read_text()
+    assert "# BUG (deliberate): d out / d slope_c is min(x, 0), not x" in broken
+    assert 'np.einsum("bcs,bcs->c", delta, _views(l, net.input))' in broken
+    cfg = (ROOT / "examples" / "prelu_mnist.cfg").read_text()
+    assert "[connected]\noutput=256\nactivation=linear\n\n[prelu]\nslope=0.25\n" in cfg
+    # the "in your own tests" example runs as written
+    start = guide.index("from minidark.plugins import load_plugins\nfrom minidark.testing")
+    snippet = guide[start:guide.index("```", start)]
+    monkeypatch.chdir(ROOT)
+    namespace = {}
+    exec(compile(snippet, "docs/extending.md", "exec"), namespace)
+    namespace["test_prelu_gradients"]()
