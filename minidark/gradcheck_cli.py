@@ -64,7 +64,8 @@ def run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="minidark gradcheck", description=__doc__.split("\n\n")[1],
+    parser = argparse.ArgumentParser(prog="minidark gradcheck",
+                                     description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.add_argument("--plugin", action="append", default=[], metavar="SPEC",

@@ -167,10 +167,7 @@ def load_entry_points():
 
 
 def _entry_points():
-    try:
-        return list(importlib.metadata.entry_points(group=GROUP))
-    except TypeError:   # pragma: no cover - Python < 3.10 API, kept for safety
-        return list(importlib.metadata.entry_points().get(GROUP, ()))
+    return list(importlib.metadata.entry_points(group=GROUP))
 
 
 def distribution_of(ep):

@@ -207,7 +207,7 @@ def test_module_plugin(monkeypatch):
     (module,) = load_plugins(["minidark_testplugin.layers"])
     assert module.__name__ == "minidark_testplugin.layers"
     assert registry.get_make("tp_double") is module.make_double
-    assert registry.get_make("tp_negate") is None   # not decorated: only its entry point registers it
+    assert registry.get_make("tp_negate") is None   # undecorated: only its entry point registers it
     assert load_plugin("minidark_testplugin.layers") is module
 
 
@@ -274,6 +274,10 @@ def test_entry_point_clash_with_builtin_names_distribution(tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def installed_plugin_pkg(tmp_path_factory):
     """tests/plugin_pkg really installed (pip, offline) into a folder for PYTHONPATH."""
+    import importlib.util
+    assert importlib.util.find_spec("setuptools"), (
+        "building tests/plugin_pkg offline needs setuptools in this environment "
+        "(python -m pip install setuptools)")
     work = tmp_path_factory.mktemp("plugin_install")
     source = work / "src"
     shutil.copytree(PLUGIN_PKG, source)   # pip builds in place: keep the repo clean
@@ -446,7 +450,7 @@ def test_extending_guide_matches_the_shipped_example(monkeypatch):
     begin = guide.index("<!-- prelu.py begin")
     block = guide[begin:guide.index("<!-- prelu.py end -->")]
     listing = block[block.index("```python\n") + len("```python\n"):block.rindex("```")]
-    assert listing == PRELU.read_text(), "docs/extending.md's listing differs from examples/prelu.py"
+    assert listing == PRELU.read_text(), "docs/extending.md's listing != examples/prelu.py"
     broken = PRELU_BROKEN.read_text()
     assert "# BUG (deliberate): d out / d slope_c is min(x, 0), not x" in broken
     assert 'np.einsum("bcs,bcs->c", delta, _views(l, net.input))' in broken
