@@ -10,7 +10,7 @@ network (layout: ``../shared/refdata/README.md``)::
 Usage, on the shared vectors or on your own darknet dumps::
 
     from minidark.testing import replay_vectors, vector_dirs
-    for directory in vector_dirs():          # $MINIDARK_REFDATA/vectors or ../shared/refdata/vectors
+    for directory in vector_dirs():     # $MINIDARK_REFDATA/vectors, else ../shared/refdata/vectors
         report = replay_vectors(directory)
         print(report.summary())
         report.assert_passed()               # AssertionError listing every failing array
@@ -498,7 +498,8 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
             if not layer.saved or layer.dontsave:
                 continue
             for name in layer.saved:
-                file = f"L{layer.index:02d}_{layer_types.get(layer.index, layer.type)}_{name}_after_s{step}.npy"
+                type_ = layer_types.get(layer.index, layer.type)
+                file = f"L{layer.index:02d}_{type_}_{name}_after_s{step}.npy"
                 if file not in data:
                     missing.append(file)
                     continue
@@ -513,7 +514,7 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
                                      _layout(copy)))
         # (b) our own trained network's file, read back, vs darknet's file
         ours_net, ref_net = _fresh(cfg), _fresh(cfg)
-        _load_bytes(ours_net, weights_bytes(net), load_weights, directory)
+        _save_and_reload(net, ours_net)
         load_weights(ref_net, after_path)
         report.add(ArrayCheck(f"our weights_after_s{step} seen", ours_net.seen == ref_net.seen,
                               note=f"ours {ours_net.seen}, darknet {ref_net.seen}"))
@@ -540,13 +541,15 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
     return report
 
 
-def _load_bytes(net, data, load_weights, directory):
-    """Read ``.weights`` bytes into ``net`` through minidark's file reader."""
+def _save_and_reload(net, into):
+    """``save_weights(net)`` to a temporary file, then ``load_weights`` it into ``into``."""
     import tempfile
+
+    from .weights import load_weights, save_weights
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ours.weights"
-        path.write_bytes(data)
-        load_weights(net, path)
+        save_weights(net, path)
+        load_weights(into, path)
 
 
 # -------------------------------------------------- darknet-trained weights

@@ -9,6 +9,12 @@
   loops) and check that the harness finds, times and compares every file kind
   (batch-norm internals, dropout uniforms, maxpool indexes, strided conv,
   odd pooling, 7x7 inputs) and fails loudly when something is off.
+* ``test_minidark_follows_the_readme_rules``: an independent float64
+  re-derivation of the rules in ``../shared/refdata/README.md`` writes vector
+  directories for networks the shared vectors lack (conv and connected batch
+  norm, dropout, strided conv, 3/2 and odd 2/2 maxpool, 7x7 input); minidark
+  must replay them within the harness tolerance. A cross-check against the
+  documented rules, not a darknet measurement.
 * The gap tests document where a numerical gradient check disagrees with
   darknet by design.
 """
@@ -19,8 +25,7 @@ import numpy as np
 import pytest
 
 import minidark
-from minidark.testing import (ArrayCheck, compare_arrays, refdata_root, replay_vectors,
-                              vector_dirs)
+from minidark.testing import compare_arrays, refdata_root, replay_vectors, vector_dirs
 from minidark.weights import save_weights
 
 VECTORS = vector_dirs()
@@ -128,7 +133,8 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
     for s in range(1, steps + 1):
         xs.append(rng.random((net.batch, net.c, net.h, net.w), dtype=np.float32))
         t = np.zeros((net.batch, groups, net.outputs // groups), np.float32)
-        t[np.arange(net.batch)[:, None], np.arange(groups), rng.integers(0, t.shape[2], (net.batch, groups))] = 1
+        picks = rng.integers(0, t.shape[2], (net.batch, groups))
+        t[np.arange(net.batch)[:, None], np.arange(groups), picks] = 1
         truths.append(t.reshape(net.batch, -1))
         save(f"input_s{s}", xs[-1], s, -1)
         save(f"truth_s{s}", truths[-1], s, -1)
@@ -433,3 +439,314 @@ def test_bn_backward_gap_is_darknets():
         assert _rel(unbiased, numeric) < 1e-4, batch
         gaps.append(_rel(darknet, numeric))
     assert gaps[0] > 0.05 and gaps[0] > gaps[1] > gaps[2], gaps
+
+
+# --------------------- an independent float64 re-derivation of darknet's rules
+# Written from ../shared/refdata/README.md (not from minidark's code), this
+# produces vector directories for networks the shared vectors do not cover
+# (conv and connected batch norm, dropout, strided conv, 3/2 maxpool on a 7x7
+# input). minidark replaying them within tolerance is a cross-check of its
+# semantics against the README's rules -- still not a darknet measurement.
+ACT = {"linear": (lambda x: x, lambda y: np.ones_like(y)),
+       "relu": (lambda x: np.maximum(x, 0), lambda y: (y > 0).astype(float)),
+       "leaky": (lambda x: np.where(x > 0, x, .1 * x), lambda y: np.where(y > 0, 1.0, .1))}
+
+
+def _rules_cfg(net, specs):
+    text = "[net]\n" + "".join(f"{k}={v}\n" for k, v in net.items())
+    for spec in specs:
+        text += f"\n[{spec['type']}]\n" + "".join(f"{k}={v}\n" for k, v in spec.items()
+                                                  if k != "type")
+    return text
+
+
+def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
+    directory.mkdir(parents=True)
+    (directory / "net.cfg").write_text(_rules_cfg(net_opts, specs))
+    rng = np.random.default_rng(seed)
+    B, lr, mom, decay = net_opts["batch"], .1, .9, .0005
+    chw = (net_opts["channels"], net_opts["height"], net_opts["width"])
+    layers, files = [], []
+    f32 = lambda a: np.asarray(a, np.float32).astype(np.float64)   # noqa: E731
+
+    for i, spec in enumerate(specs):       # sizes and parameters
+        L = dict(spec, index=i, in_chw=chw, bn=spec.get("batch_normalize", 0))
+        c, h, w = chw
+        if L["type"] == "convolutional":
+            k, s, n = L["size"], L["stride"], L["filters"]
+            L["pad_px"] = k // 2 if L.get("pad") else 0
+            oh, ow = (h + 2 * L["pad_px"] - k) // s + 1, (w + 2 * L["pad_px"] - k) // s + 1
+            chw, fan_in, wshape = (n, oh, ow), c * k * k, (n, c, k, k)
+        elif L["type"] == "connected":
+            n = L["output"]
+            chw, fan_in, wshape = (n, 1, 1), c * h * w, (n, c * h * w)
+        elif L["type"] == "maxpool":
+            k, s = L["size"], L["stride"]
+            pad = k - 1
+            chw = (c, (h + pad - k) // s + 1, (w + pad - k) // s + 1)
+        if L["type"] in ("convolutional", "connected"):
+            L["weights"] = f32(rng.uniform(-1, 1, wshape) * np.sqrt(6 / fan_in))
+            L["biases"] = f32(rng.uniform(-.1, .1, n))
+            L["weight_updates"], L["bias_updates"] = np.zeros(wshape), np.zeros(n)
+            L["saved"] = ["biases", "weights"] if L["type"] == "connected" else ["biases"]
+            if L["bn"]:
+                L["scales"] = f32(rng.uniform(.5, 1.5, n))
+                L["rolling_mean"] = f32(rng.uniform(-.2, .2, n))
+                L["rolling_variance"] = f32(rng.uniform(.5, 1.5, n))
+                L["scale_updates"] = np.zeros(n)
+                L["saved"] += ["scales", "rolling_mean", "rolling_variance"]
+            if L["type"] == "convolutional":
+                L["saved"].append("weights")
+        L["out_chw"] = chw
+        layers.append(L)
+
+    def save(name, array, step, layer, dtype=np.float32):
+        array = np.asarray(array).astype(dtype)
+        np.save(directory / f"{name}.npy", array)
+        files.append({"file": f"{name}.npy", "step": step, "layer": layer})
+
+    def write_weights(name, seen):
+        parts = [np.array([0, 2, 0], "<i4").tobytes(), np.array([seen], "<u8").tobytes()]
+        for L in layers:
+            parts += [np.asarray(L[a], "<f4").tobytes() for a in L.get("saved", ())]
+        (directory / name).write_bytes(b"".join(parts))
+
+    def tag(L):
+        return f"L{L['index']:02d}_{L['type']}"
+
+    def shaped(L, a):
+        c, h, w = L["out_chw"]
+        return a.reshape(B, c, h, w) if h * w > 1 else a.reshape(B, -1)
+
+    def conv(L, x):        # x (B, c, h, w) -> (B, n, oh, ow); also returns the padded input
+        p, k, s = L["pad_px"], L["size"], L["stride"]
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        n, oh, ow = L["out_chw"]
+        out = np.zeros((B, n, oh, ow))
+        for oy in range(oh):
+            for ox in range(ow):
+                out[:, :, oy, ox] = np.einsum("bckl,nckl->bn", xp[:, :, oy*s:oy*s+k, ox*s:ox*s+k],
+                                              L["weights"])
+        return out
+
+    def forward(L, x, train, rand=None):
+        t = L["type"]
+        if t in ("convolutional", "connected"):
+            z = conv(L, x) if t == "convolutional" else x.reshape(B, -1) @ L["weights"].T
+            z = z.reshape(B, L["out_chw"][0], -1)
+            if L["bn"]:
+                if train:
+                    L["x"] = z.copy()
+                    L["mean"], L["variance"] = z.mean(axis=(0, 2)), z.var(axis=(0, 2), ddof=1)
+                    L["rolling_mean"] = .99 * L["rolling_mean"] + .01 * L["mean"]
+                    L["rolling_variance"] = .99 * L["rolling_variance"] + .01 * L["variance"]
+                    mean, var = L["mean"], L["variance"]
+                else:
+                    mean, var = L["rolling_mean"], L["rolling_variance"]
+                z = (z - mean[:, None]) / (np.sqrt(var) + 1e-6)[:, None]
+                L["x_norm"] = z.copy()
+                z = z * L["scales"][:, None]
+            z = z + L["biases"][:, None]
+            L["output"] = ACT[L["activation"]][0](z).reshape(B, *L["out_chw"])
+        elif t == "maxpool":
+            k, s = L["size"], L["stride"]
+            off = -((k - 1) // 2)
+            c, h, w = L["in_chw"]
+            _, oh, ow = L["out_chw"]
+            out = np.full((B, c, oh, ow), -np.finfo(np.float32).max)
+            idx = np.full((B, c, oh, ow), -1)
+            flat = np.arange(B * c * h * w).reshape(B, c, h, w)
+            for oy in range(oh):
+                for ox in range(ow):
+                    for dy in range(k):
+                        for dx in range(k):
+                            y, xx = oy * s + off + dy, ox * s + off + dx
+                            if 0 <= y < h and 0 <= xx < w:
+                                win = x[:, :, y, xx] > out[:, :, oy, ox]
+                                out[:, :, oy, ox] = np.where(win, x[:, :, y, xx], out[:, :, oy, ox])
+                                idx[:, :, oy, ox] = np.where(win, flat[:, :, y, xx],
+                                                             idx[:, :, oy, ox])
+            L["output"], L["indexes"] = out, idx
+        elif t == "dropout":      # in place on the previous layer's output (x is that buffer)
+            if train:
+                keep = rand.reshape(x.shape) >= np.float32(L["probability"])
+                x *= np.where(keep, 1 / (1 - np.float32(L["probability"])), 0.0)
+                L["keep"] = keep
+            L["output"] = x
+        elif t == "softmax":
+            g = L.get("groups", 1)
+            z = x.reshape(B, g, -1) / L.get("temperature", 1)
+            e = np.exp(z - z.max(axis=2, keepdims=True))
+            L["output"] = (e / e.sum(axis=2, keepdims=True)).reshape(B, -1)
+        return L["output"]
+
+    def backward(L, x, prev):
+        t, d = L["type"], L["delta"]
+        pd = prev["delta"] if prev is not None else None
+        if t == "softmax":
+            if pd is not None:
+                pd += d.reshape(pd.shape)
+        elif t == "dropout":
+            if pd is not None:
+                scale = 1 / (1 - np.float32(L["probability"]))
+                pd *= np.where(L["keep"], scale, 0.0).reshape(pd.shape)
+        elif t == "maxpool":
+            if pd is not None:
+                np.add.at(pd.reshape(-1), L["indexes"].reshape(-1), d.reshape(-1))
+        else:
+            n = L["out_chw"][0]
+            d *= ACT[L["activation"]][1](L["output"])
+            dz = d.reshape(B, n, -1)
+            L["bias_updates"] += dz.sum(axis=(0, 2))
+            if L["bn"]:
+                L["scale_updates"] += (dz * L["x_norm"]).sum(axis=(0, 2))
+                dz *= L["scales"][:, None]
+                N = dz.shape[0] * dz.shape[2]
+                inv = 1 / np.sqrt(L["variance"] + 1e-5)
+                cen = L["x"] - L["mean"][:, None]
+                mean_d = -dz.sum(axis=(0, 2)) * inv
+                var_d = (dz * cen).sum(axis=(0, 2)) * -.5 * inv ** 3
+                dz[...] = dz * inv[:, None] + var_d[:, None] * 2 * cen / N + mean_d[:, None] / N
+            if t == "connected":
+                xin = x.reshape(B, -1)
+                L["weight_updates"] += dz.reshape(B, n).T @ xin
+                if pd is not None:
+                    pd += (dz.reshape(B, n) @ L["weights"]).reshape(pd.shape)
+            else:
+                p, k, s = L["pad_px"], L["size"], L["stride"]
+                xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+                dxp = np.zeros_like(xp)
+                dd = dz.reshape(B, *L["out_chw"])
+                for oy in range(L["out_chw"][1]):
+                    for ox in range(L["out_chw"][2]):
+                        win = (slice(None), slice(None), slice(oy*s, oy*s+k), slice(ox*s, ox*s+k))
+                        L["weight_updates"] += np.einsum("bn,bckl->nckl", dd[:, :, oy, ox], xp[win])
+                        dxp[win] += np.einsum("bn,nckl->bckl", dd[:, :, oy, ox], L["weights"])
+                if pd is not None:
+                    h, w = x.shape[2:]
+                    pd += dxp[:, :, p:p + h, p:p + w].reshape(pd.shape)
+
+    # data
+    c, h, w = net_opts["channels"], net_opts["height"], net_opts["width"]
+    out_n = int(np.prod(layers[-1]["out_chw"]))
+    groups = layers[-1].get("groups", 1)
+    inputs, truths = {}, {}
+    for s in range(1, steps + 1):
+        inputs[s] = rng.random((B, c, h, w), dtype=np.float32)
+        t = np.zeros((B, groups, out_n // groups))
+        picks = rng.integers(0, out_n // groups, (B, groups))
+        t[np.arange(B)[:, None], np.arange(groups), picks] = 1
+        truths[s] = t.reshape(B, -1)
+        save(f"input_s{s}", inputs[s], s, -1)
+        save(f"truth_s{s}", truths[s], s, -1)
+    write_weights("weights_before.weights", 0)
+
+    def run(x, train, s=None):
+        x = inputs[1].astype(np.float64) if x is None else x.astype(np.float64)
+        for i, L in enumerate(layers):
+            rand = None
+            if train and L["type"] == "dropout":
+                rand = rng.random((B, int(np.prod(L["in_chw"]))), dtype=np.float32)
+                save(f"{tag(L)}_rand_s{s}", rand, s, i)
+            x = forward(L, x, train, rand)
+            if train:
+                save(f"{tag(L)}_output_s{s}", shaped(L, x), s, i)
+                if L["bn"]:
+                    save(f"{tag(L)}_bn_x_s{s}", shaped(L, L["x"]), s, i)
+                    save(f"{tag(L)}_bn_x_norm_s{s}", shaped(L, L["x_norm"]), s, i)
+                    save(f"{tag(L)}_bn_mean_s{s}", L["mean"], s, i)
+                    save(f"{tag(L)}_bn_variance_s{s}", L["variance"], s, i)
+                if L["type"] == "maxpool":
+                    save(f"{tag(L)}_indexes_s{s}", L["indexes"], s, i, np.int32)
+            else:
+                save(f"infer_{tag(L)}_output", shaped(L, x), 0, i)
+            # a dropout layer after this one changes this output in place: keep buffers shared
+            x = L["output"] = np.array(x, copy=True) if L["type"] != "dropout" else x
+            if L["type"] == "dropout":
+                layers[i - 1]["output"] = x
+
+    run(None, False)
+    params = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
+    updates = ("weight_updates", "bias_updates", "scale_updates")
+    for s in range(1, steps + 1):
+        for L in layers:
+            for a in params:
+                if a in L:
+                    save(f"{tag(L)}_{a}_before_s{s}", L[a], s, L["index"])
+        run(inputs[s], True, s)
+        sm = layers[-1]
+        p = sm["output"]
+        sm["loss"] = np.where(truths[s] > 0, -np.log(np.maximum(p, 1e-38)), 0.0)
+        save(f"{tag(sm)}_loss_s{s}", sm["loss"], s, sm["index"])
+        save(f"{tag(sm)}_cost_s{s}", [sm["loss"].sum()], s, sm["index"])
+        save(f"cost_s{s}", [sm["loss"].sum()], s, -1)
+        for i, L in enumerate(layers):       # zeroed deltas; dropout shares the previous one
+            L["delta"] = layers[i - 1]["delta"] if L["type"] == "dropout" else np.zeros(
+                (B, *L["out_chw"]) if L["type"] != "softmax" else (B, out_n))
+        sm["delta"][...] = truths[s] - p
+        for i in range(len(layers) - 1, -1, -1):
+            L, prev = layers[i], layers[i - 1] if i else None
+            x = prev["output"] if prev is not None else inputs[s].astype(np.float64)
+            save(f"{tag(L)}_delta_in_s{s}", shaped(L, L["delta"]), s, i)
+            backward(L, x, prev)
+            save(f"{tag(L)}_delta_out_s{s}", shaped(L, L["delta"]), s, i)
+        for L in layers:
+            for a in updates:
+                if a in L:
+                    save(f"{tag(L)}_{a}_grad_s{s}", L[a], s, L["index"])
+        for L in layers:                     # SGD, B = batch
+            if "weights" not in L:
+                continue
+            L["biases"] = f32(L["biases"] + lr / B * L["bias_updates"])
+            L["bias_updates"] *= mom
+            if L["bn"]:
+                L["scales"] = f32(L["scales"] + lr / B * L["scale_updates"])
+                L["scale_updates"] *= mom
+                L["rolling_mean"], L["rolling_variance"] = (f32(L["rolling_mean"]),
+                                                            f32(L["rolling_variance"]))
+            L["weight_updates"] += -decay * B * L["weights"]
+            L["weights"] = f32(L["weights"] + lr / B * L["weight_updates"])
+            L["weight_updates"] *= mom
+            for a in params:
+                if a in L:
+                    save(f"{tag(L)}_{a}_after_s{s}", L[a], s, L["index"])
+            for a in updates:
+                if a in L:
+                    save(f"{tag(L)}_{a}_momentum_s{s}", L[a], s, L["index"])
+        write_weights(f"weights_after_s{s}.weights", B * s)
+    (directory / "index.json").write_text(json.dumps({"files": files, "layers": [
+        {"index": L["index"], "type": L["type"]} for L in layers]}))
+    return directory
+
+
+RULES_NET = {"batch": 4, "height": 7, "width": 7, "channels": 2, "learning_rate": 0.1,
+             "momentum": 0.9, "decay": 0.0005}
+
+
+@pytest.mark.parametrize("name,specs", ids=["conv_bn_dropout_strided_maxpool3",
+                                            "conv_maxpool2_odd_conv_bn"], argvalues=[
+    ("conv_bn_dropout_strided_maxpool3", [
+        {"type": "convolutional", "filters": 3, "size": 3, "stride": 2, "pad": 1,
+         "batch_normalize": 1, "activation": "leaky"},
+        {"type": "dropout", "probability": 0.3},
+        {"type": "maxpool", "size": 3, "stride": 2},
+        {"type": "connected", "output": 6, "batch_normalize": 1, "activation": "relu"},
+        {"type": "dropout", "probability": 0.25},
+        {"type": "connected", "output": 4, "activation": "linear"},
+        {"type": "softmax", "groups": 2, "temperature": 1.5}]),
+    ("conv_maxpool2_odd_conv_bn", [
+        {"type": "convolutional", "filters": 4, "size": 3, "stride": 1, "pad": 1,
+         "activation": "leaky"},
+        {"type": "maxpool", "size": 2, "stride": 2},
+        {"type": "convolutional", "filters": 3, "size": 2, "stride": 1,
+         "batch_normalize": 1, "activation": "relu"},
+        {"type": "connected", "output": 5, "activation": "linear"},
+        {"type": "softmax"}]),
+])
+def test_minidark_follows_the_readme_rules(tmp_path, name, specs):
+    """minidark vs an independent float64 re-derivation of the README's rules."""
+    directory = darknet_rules_vectors(RULES_NET, specs, tmp_path / name)
+    report = replay_vectors(directory)
+    print(report.summary())
+    report.assert_passed()
+    assert len(report.checks) > 100
