@@ -25,7 +25,8 @@ Per cfg (default ``cfg/mnist_mlp.cfg`` and ``cfg/mnist_lenet.cfg``):
   before numpy or torch load, then ``threadpoolctl.threadpool_limits(N)`` and
   ``torch.set_num_threads(N)``; the BLAS library, kernel and thread count the
   worker actually ran with are recorded.
-* **GEMM**: float32 ``np.matmul`` GFLOP/s at ``--gemm-size`` (1024^3), and
+* **GEMM**: float32 ``np.matmul`` GFLOP/s at ``--gemm-size`` (1024^3; the
+  best time, a limit that noise should not lower), and
   each engine's fraction of it: ``img/s * FLOPs/image / GEMM rate``, with
   FLOPs per image the sum of ``l.flops`` (training counts 3x the forward:
   forward, input gradient, weight gradient; less layer 0's input gradient,
@@ -519,7 +520,8 @@ def _torch_eval(twin, data, labels, args, torch):
 
 
 def _time_matmul(np, m, k, n, min_time=0.05, reps=3, torch=None):
-    """Median seconds of one float32 (m, k) @ (k, n) into a preallocated output."""
+    """Best (minimum) seconds of one float32 (m, k) @ (k, n) into a preallocated
+    output: a limit, so noise from other processes should not lower it."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), np.float32)
     b = rng.standard_normal((k, n), np.float32)
@@ -536,7 +538,7 @@ def _time_matmul(np, m, k, n, min_time=0.05, reps=3, torch=None):
         matmul(a, b, out=c)
         times.append(time.perf_counter() - start)
         total += times[-1]
-    return statistics.median(times)
+    return min(times)
 
 
 def _worker_gemm(args, np, torch=None):
@@ -603,7 +605,8 @@ def prepare_data(net, directory, train_batches, eval_rows, seed=0):
         train_x, train_y = load_mnist(mnist, "train")
         eval_x, eval_y = load_mnist(mnist, "test")
         repeat = -(-eval_rows // eval_x.shape[0])
-        eval_x, eval_y = np.tile(eval_x, (repeat, 1))[:eval_rows], np.tile(eval_y, repeat)[:eval_rows]
+        eval_x = np.tile(eval_x, (repeat, 1))[:eval_rows]
+        eval_y = np.tile(eval_y, repeat)[:eval_rows]
         train_x, train_y = train_x[:train_rows], train_y[:train_rows]
         description = (f"MNIST ({train_batches} training batches of {net.batch}, "
                        f"{eval_rows} test rows)")
@@ -678,8 +681,6 @@ METRICS = (("train_img_s", "train", "img_s"), ("eval_img_s", "eval", "img_s"),
 
 def run_bench(cfgs, options, progress=None):
     """Measure every cfg; return the result dictionary (see --json)."""
-    import numpy as np
-
     import minidark
     say = progress or (lambda message: None)
     use_torch = not options.no_torch and torch_available()
@@ -727,9 +728,9 @@ def run_bench(cfgs, options, progress=None):
                             continue
                         entry["runs"][engine].append(run)
     result["meta"]["gemm"] = {
-        "size": options.gemm_size, "gflops": _median(g["gflops"] for g in gemms),
+        "size": options.gemm_size, "gflops": max(g["gflops"] for g in gemms),
         "gflops_runs": [g["gflops"] for g in gemms], "blas": gemms[0]["pools"],
-        "torch_gflops": _median(g["gflops"] for g in torch_gemms),
+        "torch_gflops": max((g["gflops"] for g in torch_gemms), default=None),
         "torch_blas": torch_gemms[0]["pools"][0] if torch_gemms else None}
     for entry, _ in plans:
         summarize(entry, gemms, result["meta"]["gemm"]["gflops"])
@@ -742,7 +743,7 @@ def summarize(entry, gemms, gflops):
     flops = {"train": entry["training_flops"], "eval": entry["forward_flops"]}
     limits = [g["nets"].get(entry["cfg"]) for g in gemms]
     entry["gemm_limit_img_s"] = {
-        kind: entry["batch"] / _median(l[kind] for l in limits if l) if any(
+        kind: entry["batch"] / min(l[kind] for l in limits if l) if any(
             l and l[kind] for l in limits) else None for kind in ("train", "eval")}
     for engine in ENGINES:
         runs = entry["runs"][engine]
@@ -827,7 +828,7 @@ def format_table(result):
              f"threads {meta['threads']}{noisy}",
              f"numpy {meta['numpy']}, {'; '.join(gemm['blas'])}; {torch_text}",
              f"float32 GEMM {gemm['size']}^3: numpy {_fmt(gemm['gflops'], 'int')} GFLOP/s "
-             f"(median of {len(gemm['gflops_runs'])}; the reference for the fractions below)"
+             f"(best of {len(gemm['gflops_runs'])} runs; the reference for the fractions)"
              + (f", PyTorch {_fmt(gemm['torch_gflops'], 'int')} GFLOP/s"
                 if gemm.get("torch_gflops") else ""), ""]
     for entry in result["results"]:
@@ -861,7 +862,7 @@ def format_table(result):
         lines.append("")
     lines.append("img/s: higher is better; RSS: lower is better. Ratios are medians of "
                  "per-pair ratios. Fraction of GEMM rate = img/s x FLOPs per image / GEMM GFLOP/s.")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # ==========================================================================

@@ -164,6 +164,24 @@ def test_lenet_sizes_match_layer_by_layer(tmp_path):
     assert sum(p.numel() for p in twin.model.parameters()) == net.params
 
 
+@pytest.mark.parametrize("name", ["mnist_mlp.cfg", "mnist_lenet.cfg"])
+def test_shipped_cfgs_have_an_exact_torch_twin(name):
+    torch = pytest.importorskip("torch")
+    net = minidark.load_network(os.path.join(ROOT, "cfg", name), batch=3, seed=0)
+    twin = bench.build_torch_model(net)
+    assert sum(p.numel() for p in twin.model.parameters()) == net.params
+    x = torch.zeros(3, net.inputs)
+    sizes = []
+    for module in twin.model:
+        x = module(x)
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+            sizes.append(x.shape[-1])
+    if name == "mnist_lenet.cfg":      # 28 -> conv 5x5 pad 2 -> 28 -> 14 -> 14 -> 7
+        assert sizes == [28, 14, 14, 7]
+    xs, _, _ = batch_of(net)
+    assert close(net.predict(xs), torch_probabilities(twin, xs))
+
+
 @pytest.mark.parametrize("size,stride,padding,h", [
     (2, 2, "", 28), (2, 2, "", 7), (3, 2, "", 7), (3, 1, "padding=0", 7),
     (2, 1, "", 7), (3, 2, "padding=1", 9), (3, 3, "padding=4", 8)])
