@@ -6,13 +6,21 @@
     minidark cfg summary CFG
     minidark cfg convert SRC DST
     minidark data export-mnist OUT [--limit N]
-    minidark gradcheck CFG [--layer N] [--batch B] [--inference]
+    minidark gradcheck CFG ...   (minidark/gradcheck_cli.py)
+    minidark bench ...           (minidark/bench.py)
 
 Every command takes ``--plugin SPEC`` (repeatable: a .py file or a module
 with layers to register) and ``--help``. User mistakes (MinidarkError and
 bad arguments) print one line on stderr and exit non-zero (2 for bad
 arguments, 1 for other errors, 130 when interrupted); warnings print as
 ``minidark: warning: ...``.
+
+Differences from darknet's ``classifier``: ``valid`` and ``predict`` load
+images the way training does (convert to ``channels``, resize to
+``width`` x ``height``) where darknet centre-crops (valid) or letterboxes
+(predict); ``valid`` evaluates the whole set in batches and prints a
+confusion table instead of a line per image; ``train`` without ``--seed``
+draws a seed and prints it, so every run can be repeated.
 
 Adding a subcommand takes one call, e.g.::
 
@@ -123,7 +131,7 @@ def run_train(args):
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     net = minidark.load_network(args.cfg, args.weights, clear=args.clear, strict=args.strict,
-                                seed=seed, verbose=True)
+                                seed=seed)
     check_classes(net, data)
     base = cfg_base(args.cfg)
     if net.max_batches and net.current_batch >= net.max_batches:
@@ -133,6 +141,7 @@ def run_train(args):
         return 0
     train_set = load_split(data, "train", net, args.progress)
     valid_set = load_split(data, "valid", net, args.progress) if data.valid else None
+    print(net.summary(), file=sys.stderr)   # darknet's layer table, once the data is ready
     trainer = Trainer(net, train_set, valid_set, backup_dir=data.backup, base=base,
                       top=data.top, seed=seed, progress=args.progress, verbose=args.verbose,
                       header=f"train {args.data} {args.cfg} {args.weights or ''} seed {seed}")
@@ -159,7 +168,7 @@ def valid_arguments(parser):
     parser.add_argument("data", metavar="DATA", help=".data file (valid=, names=, top=)")
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml")
     parser.add_argument("weights", metavar="WEIGHTS", help="trained .weights")
-    parser.add_argument("--top", type=int, metavar="K", help="k of top-k (default: the "
+    parser.add_argument("--top", type=positive_int, metavar="K", help="k of top-k (default: the "
                         "data file's top=)")
     parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
     parser.add_argument("--verbose", action="store_true", help="print the layer table")
@@ -174,7 +183,7 @@ def run_valid(args):
                                 verbose=args.verbose)
     check_classes(net, data)
     valid_set = load_split(data, "valid", net)
-    top = positive(args.top, "--top") or data.top
+    top = args.top or data.top
     result = evaluate(net, valid_set, top, confusion=True, classes=net.outputs)
     print(f"{valid_set.source}: {format_accuracy(result)}")
     print(confusion_table(result["confusion"], data.names))
@@ -215,7 +224,7 @@ def predict_arguments(parser):
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml")
     parser.add_argument("weights", metavar="WEIGHTS", help="trained .weights")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-    parser.add_argument("--top", type=int, metavar="K", help="how many labels to print "
+    parser.add_argument("--top", type=positive_int, metavar="K", help="how many labels to print "
                         "(default: the data file's top=)")
     parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
     parser.add_argument("--verbose", action="store_true", help="print the layer table")
@@ -236,7 +245,7 @@ def run_predict(args):
         raise DataError(f"{args.cfg}: [net] has no height, width and channels, so images "
                         f"cannot be fed to it")
     names = data.names or [str(i) for i in range(net.outputs)]
-    top = positive(args.top, "--top") or data.top
+    top = args.top or data.top
     failed = 0
     for image in args.images:
         try:
@@ -253,9 +262,14 @@ def run_predict(args):
     return 1 if failed else 0
 
 
-def positive(value, flag):
-    if value is not None and value < 1:
-        raise UsageError(f"{flag} must be >= 1, got {value}")
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -293,7 +307,7 @@ def run_convert(args):
 def export_arguments(parser):
     parser.add_argument("out", metavar="OUT", help="folder for the PNGs, lists, "
                         "mnist.names and mnist.data")
-    parser.add_argument("--limit", type=int, metavar="N",
+    parser.add_argument("--limit", type=positive_int, metavar="N",
                         help="export only the first N images of each split")
     parser.add_argument("--mnist", metavar="DIR", default=None,
                         help="folder with the IDX files (default: data/mnist, "
@@ -302,7 +316,6 @@ def export_arguments(parser):
 
 def run_export(args):
     from .data.export import export_mnist
-    positive(args.limit, "--limit")
     data = export_mnist(args.out, args.mnist, args.limit)
     print(f"wrote MNIST as PNG image lists to {args.out}; train on them with: "
           f"minidark classifier train {data} cfg/mnist_mlp.cfg")

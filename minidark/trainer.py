@@ -189,13 +189,15 @@ class Trainer:
                          disable=not self.progress, dynamic_ncols=True,
                          file=sys.stderr) as self.bar:
                 log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {self.header}\n")
-                while not net.max_batches or net.current_batch < net.max_batches:
-                    if self.stop_requested:
-                        return self._interrupted(iterations, started)
-                    self._iteration(log)
-                    iterations += 1
-                    if self.on_iteration is not None:
-                        self.on_iteration(self)
+                # overflow on the way to a NaN loss is reported by the guard, not numpy
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    while not net.max_batches or net.current_batch < net.max_batches:
+                        if self.stop_requested:
+                            return self._interrupted(iterations, started)
+                        self._iteration(log)
+                        iterations += 1
+                        if self.on_iteration is not None:
+                            self.on_iteration(self)
                 self.bar.close()
                 return self._finish(iterations, started)
         finally:
@@ -323,7 +325,8 @@ class Trainer:
             "dataset_size": np.array(self.n, np.int64),
             "epoch": np.array(self.epoch, np.int64),
             "position": np.array(self.position, np.int64),
-            "order": (self.order if self.order is not None else np.zeros(0, np.int64)),
+            "order": (self.order.astype(np.int32 if self.n < 2**31 else np.int64)
+                      if self.order is not None else np.zeros(0, np.int64)),
             "trainer_rng": np.array(json.dumps(self.rng.bit_generator.state)),
             "net_rng": np.array(json.dumps(net.rng.bit_generator.state)),
             "avg_loss": np.array(np.nan if self.avg_loss is None else self.avg_loss),
@@ -380,7 +383,7 @@ class Trainer:
                 getattr(layer, name)[...] = state[f"layer{layer.index}/{name}"]
         net.t = int(state["t"])
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.order = state["order"] if state["order"].size else None
+        self.order = state["order"].astype(np.int64) if state["order"].size else None
         if self.order is None:
             self.position = self.n
         self.rng.bit_generator.state = json.loads(str(state["trainer_rng"]))

@@ -80,7 +80,8 @@ def test_relative_paths_cwd_then_data_folder_then_parent(tmp_path, monkeypatch):
     config = read_data_file(data)
     assert config.names_file == str(project / "data" / "n.names")      # parent of cfg/
     assert config.labels_file == str(project / "cfg" / "local.names")  # the .data folder
-    assert config.train == "data/missing.list"                         # nowhere: cwd
+    assert config.train == str(project / "data" / "missing.list")      # where data/ is
+    assert resolve_path("nowhere/x.list", str(project / "cfg")) == "nowhere/x.list"
     (elsewhere / "data").mkdir()
     write(elsewhere / "data" / "n.names", "c\nd\n")
     assert read_data_file(data).names == ["c", "d"]                    # cwd first (darknet)

@@ -20,8 +20,10 @@ The YAML form (``.yaml``/``.yml``) is a mapping with the same keys.
 Relative paths are resolved in this order, first existing wins: the current
 directory (darknet's rule), the ``.data`` file's folder, that folder's
 parent (darknet's layout: ``cfg/x.data`` naming ``data/...`` relative to
-the project root). A path that exists nowhere resolves against the current
-directory (where a missing MNIST is downloaded to).
+the project root). A path that exists nowhere resolves where its first
+folder exists, in the same order (``data/mnist/...`` lands in the
+project's ``data/`` when run from elsewhere: where a missing MNIST is
+downloaded to), else against the current directory.
 
 Deliberate deviations from darknet: only leading/trailing whitespace is
 stripped (darknet removes every space, breaking paths with spaces); a line
@@ -109,16 +111,25 @@ class DataConfig:
 
 
 def resolve_path(path, folder=None):
-    """Resolve a relative path: cwd, then ``folder``, then ``folder``'s parent."""
+    """Resolve a relative path: cwd, then ``folder``, then ``folder``'s parent.
+
+    A path that exists nowhere goes where its first folder exists (so
+    ``data/mnist/x.gz`` lands in the project's ``data/`` from anywhere), else
+    against the current directory.
+    """
     path = os.path.expanduser(os.fspath(path))
     if os.path.isabs(path):
         return path
-    candidates = [path]
-    if folder:
-        candidates += [os.path.join(folder, path), os.path.join(os.path.dirname(folder), path)]
+    bases = [""] + ([folder, os.path.dirname(folder)] if folder else [])
+    candidates = [os.path.join(base, path) if base else path for base in bases]
     for candidate in candidates:
         if os.path.exists(candidate):
             return candidate
+    top = path.replace(os.sep, "/").split("/")[0]
+    if top != path and top not in ("", ".", ".."):
+        for base, candidate in zip(bases, candidates):
+            if os.path.isdir(os.path.join(base, top) if base else top):
+                return candidate
     return path
 
 
