@@ -385,3 +385,11 @@ def test_format_table_labels_noise_and_missing_torch():
              "torch": None, "ratios": {}, "gemm_limit_img_s": {"train": 1.0, "eval": 2.0}}
     text = bench.format_table({"meta": meta, "results": [entry]})
     assert "noisy" in text and "PyTorch not installed" in text and "x.cfg" in text
+
+
+def test_cli_wires_the_bench_subcommand(capsys):
+    from minidark import cli
+    assert cli.main(["bench", "--help"]) == 0
+    assert "--no-torch" in capsys.readouterr().out
+    assert cli.main(["bench", "no/such.cfg"]) == 1
+    assert "no such cfg" in capsys.readouterr().err
