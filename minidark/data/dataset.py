@@ -65,7 +65,7 @@ class Dataset:
         if self._gather is None or self._gather.shape[0] < k:
             self._gather = np.empty((k,) + self.shape, np.uint8)
         gathered = self._gather[:k]
-        np.take(self.images, indices, axis=0, out=gathered)
+        np.take(self.images, indices, axis=0, out=gathered, mode="clip")  # unbuffered
         if out is None:
             out = np.empty((k, self.inputs), np.float32)
         np.divide(gathered.reshape(k, -1), np.float32(255), out=out[:k], casting="unsafe")
