@@ -150,13 +150,15 @@ def test_resume_says_already_trained(trained):
     assert "already trained to max_batches=80" in out and "--clear" in out
 
 
-def test_train_on_exported_image_lists(tmp_path):
+def test_train_on_exported_image_lists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                   # the exported .data says backup=backup/
     data = export_mnist(tmp_path / "png", MNIST, limit=256, progress=False)
     cfg = write_cfg(str(tmp_path), max_batches=8)
     status, out, err = run_main("classifier", "train", data, cfg, "--no-progress",
                                 "--seed", "2")
     assert status == 0, err
     assert "test accuracy top-1" in out and "on 256 images" in out
+    assert (tmp_path / "backup" / "mlp.weights").exists()
 
 
 # ------------------------------------------------------------------ error paths
