@@ -165,7 +165,9 @@ class Network:
         """Outputs for any number of rows, in chunks of ``batch`` (inference mode)."""
         x = np.asarray(x, dtype=np.float32)
         rows = x.shape[0]
-        x = x.reshape(rows, -1)
+        if x.size != rows * self.inputs:
+            raise ValueError(f"predict needs rows of {self.inputs} values, got shape {x.shape}")
+        x = x.reshape(rows, self.inputs)
         result = np.empty((rows, self.outputs), np.float32)
         for start in range(0, rows, self.batch):
             chunk = x[start:start + self.batch]
@@ -202,8 +204,8 @@ class Network:
                      f"{self.params:,} parameters, {flops / 1e9:.3f} BFLOPs per image")
         return "\n".join(lines)
 
-    def print_summary(self, file=sys.stderr):
-        print(self.summary(), file=file)
+    def print_summary(self, file=None):
+        print(self.summary(), file=file if file is not None else sys.stderr)
 
     def __repr__(self):
         return f"<Network {len(self.layers)} layers, batch {self.batch}, inputs {self.inputs}>"

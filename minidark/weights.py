@@ -46,6 +46,9 @@ def atomic_write(path, data):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
