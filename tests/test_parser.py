@@ -560,6 +560,32 @@ def test_fuzz_cfg_alphabet_text(text):
     only_network_or_config_error(text)
 
 
+YAML_TEXT = st.text(alphabet="-:[]{},'\"!&*?|>#%@`~ \n\tabcnetypinputs0123456789.", max_size=80)
+
+
+@FUZZ
+@given(st.one_of(st.text(), YAML_TEXT))
+def test_fuzz_yaml_text(text):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            net = parse_network(read_yaml_text(text, "fuzz.yaml"), verbose=False)
+        except ConfigError:
+            return
+    assert isinstance(net, minidark.Network)
+
+
+@FUZZ
+@given(st.one_of(st.text(), st.text(alphabet="[]=#;,.-+ \t\r\nabtypenet0123456789:'\"!&*?|>{}%@`~")))
+def test_fuzz_any_readable_cfg_round_trips_through_yaml(text):
+    try:
+        sections = read_cfg_text(text)
+    except ConfigError:
+        return
+    assert shape(read_yaml_text(sections_to_yaml(sections))) == shape(sections)
+    assert shape(read_cfg_text(sections_to_cfg(sections))) == shape(sections)
+
+
 SECTIONS = ["net", "network", "connected", "conn", "softmax", "soft", "dropout", "cost",
             "activation", "conected", "", "maxpool"]
 KEYS = ["batch", "subdivisions", "inputs", "height", "width", "channels", "time_steps",
@@ -658,12 +684,12 @@ def test_structured_fuzz_builds_networks():
     # The structured strategy must mostly produce networks, or it tests little.
     built = []
 
-    @settings(max_examples=100, deadline=None, database=None)
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True)
     @given(cfg_texts())
     def count(text):
         built.append(only_network_or_config_error(text) is not None)
     count()
-    assert sum(built) >= 20, f"only {sum(built)} of {len(built)} fuzzed cfgs built a network"
+    assert sum(built) >= 30, f"only {sum(built)} of {len(built)} fuzzed cfgs built a network"
 
 
 def test_fuzz_helper_catches_other_exceptions():
