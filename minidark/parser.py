@@ -151,7 +151,10 @@ def _to_float(value):
 def read_cfg_text(text, file="<string>"):
     """Parse darknet cfg text into a list of Sections."""
     sections = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # split on newlines only (files are read with universal newlines): str.splitlines
+    # would also split at form feeds, U+0085, U+2028..., shifting line numbers and
+    # cutting comments in two
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = "".join(raw.split())  # darknet's strip(): whitespace goes everywhere
         if not line or line[0] in "#;":
             continue

@@ -54,6 +54,12 @@ def test_crlf_line_endings_are_read_like_lf():
     assert shape(read_cfg_text("[net]\r\nbatch=2\r\n")) == [("net", [("batch", "2")])]
 
 
+def test_only_newlines_end_lines():
+    # a form feed or U+2028 inside a comment does not end it (nor shift line numbers)
+    sections = read_cfg_text("# a\u2028b\x0cc\u0085d\n[net]\ninputs=2\n")
+    assert sections[0].line == 2 and sections[0].options[0].line == 3
+
+
 def test_comments_only_at_line_start():
     text = "# comment\n; also a comment\n[net]\n  # indented comment\nbatch=2\nactivation=leaky#x\n"
     sections = read_cfg_text(text)
