@@ -81,6 +81,7 @@ def make_convolutional(options, params):
     l.ordered = np.zeros((n, k, k, cg), np.float32)           # weights as (n, ky, kx, c)
     l.ordered_grad = np.zeros((n, k, k, cg), np.float32)      # this batch's weight gradient
     l.chunk_grad = np.zeros((ng, kk), np.float32)             # one chunk's, one group's
+    l.chunk_bias = np.zeros(n, np.float32)
     l.saved = ("biases", "weights")
     if l.batch_normalize:
         make_bn(l, n, out_h * out_w)
@@ -130,22 +131,21 @@ def forward_convolutional(l, net):
             if not l.direct:
                 im2col(xpad[..., g * cg:(g + 1) * cg], k, s, l.out_h, l.out_w, cols)
             np.matmul(cols, ordered[g * ng:(g + 1) * ng].T, out=y[:, g * ng:(g + 1) * ng])
+        if not l.batch_normalize:          # bias and activation while y is in cache
+            y += l.biases
+            activate(y, l.activation)
         np.copyto(out[b0:b1], y.reshape(b1 - b0, rows, l.n).transpose(0, 2, 1))
     if l.batch_normalize:
         forward_bn(l, l.output, net.train)
-    else:
-        out += l.biases[:, None]
-    activate(l.output, l.activation)
+        activate(l.output, l.activation)
 
 
 def backward_convolutional(l, net):
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
-    gradient(l.output, l.activation, l.delta)
-    delta = l.delta.reshape(l.batch, l.n, rows)
-    if l.batch_normalize:
+    if l.batch_normalize:                  # BN needs the whole batch's delta first
+        gradient(l.output, l.activation, l.delta)
         backward_bn(l, l.delta)
-    else:
-        l.bias_updates += delta.sum(axis=2).sum(axis=0)
+    delta = l.delta.reshape(l.batch, l.n, rows)
     ordered = l.ordered.reshape(l.n, -1)
     grad = l.ordered_grad.reshape(l.n, -1)
     grad.fill(0)
@@ -153,7 +153,12 @@ def backward_convolutional(l, net):
     dx = None if net.delta is None else net.delta.reshape(l.batch, l.c, l.h, l.w)
     for b0, b1 in chunks(l):
         xpad, dxpad, dy, cols = scratch(l, net, b1 - b0)
+        if not l.batch_normalize:          # delta *= f'(output), chunk by chunk
+            gradient(l.output[b0:b1], l.activation, l.delta[b0:b1])
         np.copyto(dy.reshape(b1 - b0, rows, l.n), delta[b0:b1].transpose(0, 2, 1))
+        if not l.batch_normalize:
+            np.add.reduce(dy, axis=0, out=l.chunk_bias)
+            l.bias_updates += l.chunk_bias
         to_padded_nhwc(x[b0:b1], l.pad, xpad)
         if dx is not None and not l.direct:
             dxpad.fill(0)
