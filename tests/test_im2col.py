@@ -1,8 +1,9 @@
-"""im2col / col2im against naive loops (channels-innermost layout, see minidark/im2col.py)."""
+"""im2col / col2im in both layouts (channels innermost NHWC, darknet's CNHW) against naive loops."""
 import numpy as np
 import pytest
 
-from minidark.im2col import (add_from_padded_nhwc, col2im, conv_output_size, im2col,
+from minidark.im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im, col2im_cnhw,
+                             conv_output_size, im2col, im2col_cnhw, to_padded_cnhw,
                              to_padded_nhwc)
 
 CASES = [  # (n, c, h, w, k, stride, pad)
@@ -101,3 +102,26 @@ def test_channel_slice_for_groups():
     dx = np.zeros_like(x)
     add_from_padded_nhwc(grad, 1, dx)
     np.testing.assert_allclose(dx[:, 2:4], naive_col2im(cols, (2, 2, 5, 5), 3, 1, 1))
+
+
+def to_cnhw_order(cols_nhwc, n, oh, ow, k, c):
+    """Naive (rows (b,oy,ox), cols (ky,kx,c)) -> darknet order (rows (c,ky,kx), cols (b,oy,ox))."""
+    return cols_nhwc.reshape(n * oh * ow, k, k, c).transpose(3, 1, 2, 0).reshape(c * k * k, -1)
+
+
+@pytest.mark.parametrize("n,c,h,w,k,s,p", CASES)
+def test_cnhw_layout_matches_naive(n, c, h, w, k, s, p):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(n, c, h, w))
+    oh, ow = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
+    xpad = np.full((c, n, h + 2 * p, w + 2 * p), 7.0)      # stale scratch
+    to_padded_cnhw(x, p, xpad)
+    cols = np.empty((c * k * k, n * oh * ow))
+    im2col_cnhw(xpad, k, s, oh, ow, cols)
+    np.testing.assert_array_equal(cols, to_cnhw_order(naive_im2col(x, k, s, p), n, oh, ow, k, c))
+    other = rng.normal(size=(n * oh * ow, k * k * c))             # naive (NHWC) order
+    back = np.zeros_like(xpad)
+    col2im_cnhw(to_cnhw_order(other, n, oh, ow, k, c), k, s, oh, ow, back)
+    dx = np.ones_like(x)
+    add_from_padded_cnhw(back, p, dx)
+    np.testing.assert_allclose(dx, 1 + naive_col2im(other, x.shape, k, s, p), atol=1e-12)

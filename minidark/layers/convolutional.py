@@ -12,16 +12,21 @@ Weights ``[filters][c / groups][size][size]`` (darknet's order, kept in
 biases 0. .weights order: biases, [scales, rolling_mean, rolling_variance], weights.
 
 Dims legend: B batch, C input channels, N filters, g groups, k size, s stride,
-M = rows of a chunk = images * out_h * out_w, K = k*k*C/g. The batch is
+M = columns of a chunk = images * out_h * out_w, K = k*k*C/g. The batch is
 processed in chunks of ``l.chunk`` images so the columns (M x K) stay in
-cache; per chunk and group (``minidark/im2col.py`` for the layout)::
+cache. Per chunk and group, in the NHWC layout (``minidark/im2col.py``)::
 
-    forward:  cols = im2col(input)             y (M, N/g) = cols @ W_g.T
+    forward:  cols (M, K) = im2col(input)      y (M, N/g) = cols @ W_g.T
     backward: dy (M, N) = delta (NHWC)         weight_updates_g += dy_g.T @ cols
               cols = dy_g @ W_g                net.delta += col2im(cols)     (if net.delta)
 
-with ``W_g`` the group's weights reordered to (N/g, ky, kx, c). The columns
-are recomputed in backward instead of being kept (80 MB for LeNet's second
+with ``W_g`` the group's weights reordered to (N/g, ky, kx, c); in darknet's
+CNHW layout, the same transposed: ``y (N/g, M) = W_g @ cols``, ``dW = dy_g @
+cols.T``, ``cols = W_g.T @ dy_g``, with darknet's weights as they are.
+``l.cnhw`` picks CNHW when its contiguous runs (out_w, stride 1) beat NHWC's
+(k*C/g): a first layer with few channels. 1x1 stride-1 convolutions
+(``l.direct``) use the NHWC input itself as the columns. The columns are
+recomputed in backward instead of being kept (80 MB for LeNet's second
 conv): from cache, that costs less than reading them back from memory.
 Scratch lives in ``net.workspace`` (``l.workspace_size`` floats).
 
@@ -34,12 +39,15 @@ import numpy as np
 
 from ..activations import activate, gradient
 from ..bn import backward_bn, forward_bn, make_bn
-from ..im2col import add_from_padded_nhwc, col2im, conv_output_size, im2col, to_padded_nhwc
+from ..im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im_cnhw, col2im_nhwc,
+                      conv_output_size, im2col_cnhw, im2col_nhwc, to_padded_cnhw,
+                      to_padded_nhwc)
 from ..layer import Layer
 from ..registry import register_layer
 from ..sgd import sgd_update
 
 CHUNK_BYTES = 4 << 20        # target size of one chunk's columns
+LAYOUT = "auto"              # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 
 
 @register_layer("convolutional", "conv")
@@ -78,16 +86,19 @@ def make_convolutional(options, params):
     l.biases = np.zeros(n, np.float32)
     l.weight_updates = np.zeros_like(l.weights)
     l.bias_updates = np.zeros_like(l.biases)
-    l.ordered = np.zeros((n, k, k, cg), np.float32)           # weights as (n, ky, kx, c)
-    l.ordered_grad = np.zeros((n, k, k, cg), np.float32)      # this batch's weight gradient
+    # column layout (minidark/im2col.py): darknet's CNHW order when its contiguous runs
+    # (out_w) are longer than the NHWC ones (k*c/groups), e.g. a first layer; else NHWC
+    l.direct = k == 1 and stride == 1 and groups == 1 and LAYOUT != "cnhw"  # 1x1: NHWC = columns
+    l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and stride == 1 and k * cg < out_w
+                                  and not l.direct)
+    l.ordered = None if l.cnhw else np.zeros((n, k, k, cg), np.float32)  # W as (n, ky, kx, c)
+    l.ordered_grad = np.zeros((n, cg, k, k) if l.cnhw else (n, k, k, cg), np.float32)
     l.chunk_grad = np.zeros((ng, kk), np.float32)             # one chunk's, one group's
     l.chunk_bias = np.zeros(n, np.float32)
     l.saved = ("biases", "weights")
     if l.batch_normalize:
         make_bn(l, n, out_h * out_w)
         l.saved = ("biases", "scales", "rolling_mean", "rolling_variance", "weights")
-    # 1x1, stride 1, one group: the padded NHWC input already is the columns matrix
-    l.direct = k == 1 and stride == 1 and groups == 1
     rows = out_h * out_w
     l.chunk = int(max(1, min(batch, CHUNK_BYTES // (4 * rows * max(kk, n)))))
     padded = (h + 2 * padding) * (w + 2 * padding) * c
@@ -99,18 +110,18 @@ def make_convolutional(options, params):
 
 
 def scratch(l, net, images):
-    """Views of net.workspace for one chunk: xpad, dxpad, y, cols."""
+    """Views of net.workspace for one chunk of ``images``: xpad, dxpad, y, cols
+    (y is (rows, n) in NHWC order, (n, rows) in CNHW order)."""
     hp, wp, rows = l.h + 2 * l.pad, l.w + 2 * l.pad, images * l.out_h * l.out_w
-    sizes = (images * hp * wp * l.c,) * 2 + (rows * l.n, 0 if l.direct else rows * l.size ** 2 * l.c // l.groups)
-    views, start = [], 0
-    for size in sizes:
-        views.append(net.workspace[start:start + size])
-        start += size
-    xpad, dxpad, y, cols = views
+    padded = images * hp * wp * l.c
+    ends = np.cumsum([0, padded, padded, rows * l.n, 0 if l.direct else rows * l.size ** 2 * l.c // l.groups])
+    xpad, dxpad, y, cols = (net.workspace[a:b] for a, b in zip(ends[:-1], ends[1:]))
+    if l.cnhw:
+        shape = (l.c, images, hp, wp)
+        return xpad.reshape(shape), dxpad.reshape(shape), y.reshape(l.n, rows), cols.reshape(-1, rows)
     xpad, dxpad = xpad.reshape(images, hp, wp, l.c), dxpad.reshape(images, hp, wp, l.c)
-    y = y.reshape(rows, l.n)
     cols = xpad.reshape(rows, l.c) if l.direct else cols.reshape(rows, -1)
-    return xpad, dxpad, y, cols
+    return xpad, dxpad, y.reshape(rows, l.n), cols
 
 
 def chunks(l):
@@ -118,23 +129,35 @@ def chunks(l):
         yield start, min(start + l.chunk, l.batch)
 
 
+def in_layout(l, array):
+    """A chunk of NCHW rows (images, n, out_h*out_w) viewed in the order of y."""
+    return array.transpose(1, 0, 2) if l.cnhw else array.transpose(0, 2, 1)
+
+
 def forward_convolutional(l, net):
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
-    np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
-    ordered = l.ordered.reshape(l.n, -1)
+    if not l.cnhw:
+        np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+    weights = (l.weights if l.cnhw else l.ordered).reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, rows)
     for b0, b1 in chunks(l):
         xpad, _, y, cols = scratch(l, net, b1 - b0)
-        to_padded_nhwc(x[b0:b1], l.pad, xpad)
+        (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad)
         for g in range(l.groups):
-            if not l.direct:
-                im2col(xpad[..., g * cg:(g + 1) * cg], k, s, l.out_h, l.out_w, cols)
-            np.matmul(cols, ordered[g * ng:(g + 1) * ng].T, out=y[:, g * ng:(g + 1) * ng])
+            group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+            if l.cnhw:       # y (n, rows) = W @ cols
+                im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(weights[group], cols, out=y[group])
+            else:            # y (rows, n) = cols @ W.T
+                if not l.direct:
+                    im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(cols, weights[group].T, out=y[:, group])
         if not l.batch_normalize:          # bias and activation while y is in cache
-            y += l.biases
+            y += l.biases[:, None] if l.cnhw else l.biases
             activate(y, l.activation)
-        np.copyto(out[b0:b1], y.reshape(b1 - b0, rows, l.n).transpose(0, 2, 1))
+        target = in_layout(l, out[b0:b1])
+        np.copyto(target, y.reshape(target.shape))
     if l.batch_normalize:
         forward_bn(l, l.output, net.train)
         activate(l.output, l.activation)
@@ -146,7 +169,7 @@ def backward_convolutional(l, net):
         gradient(l.output, l.activation, l.delta)
         backward_bn(l, l.delta)
     delta = l.delta.reshape(l.batch, l.n, rows)
-    ordered = l.ordered.reshape(l.n, -1)
+    weights = (l.weights if l.cnhw else l.ordered).reshape(l.n, -1)
     grad = l.ordered_grad.reshape(l.n, -1)
     grad.fill(0)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
@@ -155,29 +178,37 @@ def backward_convolutional(l, net):
         xpad, dxpad, dy, cols = scratch(l, net, b1 - b0)
         if not l.batch_normalize:          # delta *= f'(output), chunk by chunk
             gradient(l.output[b0:b1], l.activation, l.delta[b0:b1])
-        np.copyto(dy.reshape(b1 - b0, rows, l.n), delta[b0:b1].transpose(0, 2, 1))
+        source = in_layout(l, delta[b0:b1])
+        np.copyto(dy.reshape(source.shape), source)
         if not l.batch_normalize:
-            np.add.reduce(dy, axis=0, out=l.chunk_bias)
+            np.add.reduce(dy, axis=1 if l.cnhw else 0, out=l.chunk_bias)
             l.bias_updates += l.chunk_bias
-        to_padded_nhwc(x[b0:b1], l.pad, xpad)
+        (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad)
         if dx is not None and not l.direct:
             dxpad.fill(0)
         for g in range(l.groups):
             group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
-            if not l.direct:
-                im2col(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
-            np.matmul(dy[:, group].T, cols, out=l.chunk_grad)
+            if l.cnhw:       # dW = dy @ cols.T;  cols = W.T @ dy
+                im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(dy[group], cols.T, out=l.chunk_grad)
+            else:            # dW = dy.T @ cols;  cols = dy @ W
+                if not l.direct:
+                    im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(dy[:, group].T, cols, out=l.chunk_grad)
             grad[group] += l.chunk_grad
             if dx is None:
                 continue
-            if l.direct:       # the columns are the padded input itself
-                np.matmul(dy, ordered, out=dxpad.reshape(cols.shape))
+            if l.cnhw:
+                np.matmul(weights[group].T, dy[group], out=cols)
+                col2im_cnhw(cols, k, s, l.out_h, l.out_w, dxpad[channels])
+            elif l.direct:     # the columns are the padded input itself
+                np.matmul(dy, weights, out=dxpad.reshape(cols.shape))
             else:
-                np.matmul(dy[:, group], ordered[group], out=cols)
-                col2im(cols, k, s, l.out_h, l.out_w, dxpad[..., channels])
+                np.matmul(dy[:, group], weights[group], out=cols)
+                col2im_nhwc(cols, k, s, l.out_h, l.out_w, dxpad[..., channels])
         if dx is not None:
-            add_from_padded_nhwc(dxpad, l.pad, dx[b0:b1])
-    l.weight_updates += l.ordered_grad.transpose(0, 3, 1, 2)
+            (add_from_padded_cnhw if l.cnhw else add_from_padded_nhwc)(dxpad, l.pad, dx[b0:b1])
+    l.weight_updates += l.ordered_grad if l.cnhw else l.ordered_grad.transpose(0, 3, 1, 2)
 
 
 def update_convolutional(l, args):

@@ -97,7 +97,7 @@ def forward_maxpool(l, net):
         np.multiply(mask, o + 1, out=mask, casting="unsafe")
         np.maximum(winner, mask, out=winner)
         np.fmax(best, cell, out=best)          # NaN never wins, as in darknet's compare
-    np.take(l.table, l.winner, out=l.indexes)
+    np.take(l.table, l.winner, out=l.indexes, mode="wrap")    # (no bounds check)
     l.indexes += l.base
     if not l.winner.all():
         np.copyto(l.indexes, -1, where=l.winner == 0)

@@ -8,6 +8,14 @@ from minidark.parser import parse_network, read_cfg_text
 from minidark.testing import format_results, gradcheck
 
 
+@pytest.fixture(params=["auto", "nhwc", "cnhw"])
+def layout(request, monkeypatch):
+    """Run a test with the per-layer choice of column layout and with each one forced."""
+    import minidark.layers.convolutional as module
+    monkeypatch.setattr(module, "LAYOUT", request.param)
+    return request.param
+
+
 def build(body, h=7, w=7, c=3, batch=2, seed=0):
     text = f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n{body}"
     return parse_network(read_cfg_text(text), verbose=False, seed=seed)
@@ -82,9 +90,10 @@ def test_bad_options_raise(bad):
     (1, 1, 0, 1, 3, 5), (1, 2, 0, 1, 3, 2), (1, 1, 1, 1, 2, 2), (3, 1, 1, 2, 4, 6),
     (3, 2, 1, 4, 4, 4), (4, 3, 2, 1, 2, 3),
 ])
-def test_forward_matches_naive(size, stride, pad, groups, c, filters):
+def test_forward_matches_naive(size, stride, pad, groups, c, filters, layout):
     net = build(conv(filters, size, stride, padding=pad, groups=groups), c=c, batch=3)
     l = net.layers[0]
+    assert l.cnhw == (layout == "cnhw") or layout == "auto"
     rng = np.random.default_rng(1)
     l.biases[:] = rng.normal(size=l.biases.shape)
     x = rng.normal(size=(3, c, 7, 7)).astype(np.float32)
@@ -93,7 +102,7 @@ def test_forward_matches_naive(size, stride, pad, groups, c, filters):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_chunks_do_not_change_results(monkeypatch):
+def test_chunks_do_not_change_results(monkeypatch, layout):
     """A batch split into several chunks gives the same output and gradients as one chunk."""
     import minidark.layers.convolutional as module
     results = []
@@ -124,14 +133,14 @@ def test_chunks_do_not_change_results(monkeypatch):
     conv(3, 1, 2, act="linear"),
     conv(2, 1, 1, padding=1, act="linear"),
 ])
-def test_gradcheck(body):
+def test_gradcheck(body, layout):
     net = build(body, h=7, w=7, c=6 if "groups=3" in body else 2 if "groups=2" in body else 3)
     results = gradcheck(net, tolerance=1e-6)
     assert {r.array for r in results} == {"input", "weights", "biases"}
     assert all(r.passed for r in results), format_results(results)
 
 
-def test_gradcheck_second_layer_accumulates():
+def test_gradcheck_second_layer_accumulates(layout):
     """A conv after another conv: checked via net.delta of the first (accumulated)."""
     net = build(conv(3, 3, 1, pad=1, act="leaky") + conv(2, 3, 2, pad=1, act="leaky"), batch=2)
     results = gradcheck(net, layer=1, tolerance=1e-6)
@@ -139,7 +148,7 @@ def test_gradcheck_second_layer_accumulates():
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_gradcheck_batch_norm(train):
+def test_gradcheck_batch_norm(train, layout):
     """With batch_normalize the parameters after BN (biases = shift, scales) are exact;
     gradients that pass through BN's statistics (input, weights in training) carry
     darknet's backward approximation (N instead of N - 1, two epsilons), a relative
@@ -154,7 +163,7 @@ def test_gradcheck_batch_norm(train):
     assert results["input"].error < bound and results["weights"].error < bound, results
 
 
-def test_backward_accumulates_into_net_delta():
+def test_backward_accumulates_into_net_delta(layout):
     """darknet's 1x1 shortcut overwrote net.delta and ignored stride; minidark adds."""
     for body in (conv(3, 1, 1), conv(3, 1, 2), conv(3, 3, 1, pad=1)):
         net = build(body)
@@ -176,3 +185,11 @@ def test_backward_accumulates_into_net_delta():
         if l.stride == 2:  # stride-2 1x1: odd rows/columns receive nothing
             grid = first.reshape(2, 3, 7, 7)
             assert not grid[:, :, 1::2].any() and grid[:, :, ::2, ::2].any()
+
+
+def test_layout_choice():
+    """darknet's CNHW order for few input channels (long runs of out_w), NHWC otherwise."""
+    net = build(conv(8, 5, 1, pad=1) + conv(16, 5, 1, pad=1) + conv(4, 3, 2, pad=1) + conv(4, 1, 1),
+                h=28, w=28, c=1)
+    assert [l.cnhw for l in net.layers] == [True, False, False, False]
+    assert [l.direct for l in net.layers] == [False, False, False, True]
