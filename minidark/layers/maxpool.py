@@ -17,9 +17,11 @@ Vectorised as a loop over the k*k window offsets only: each offset is one
 strided view of the input over the outputs whose window cell is inside it.
 ``l.winner`` (uint8, or int32 for windows above 254 cells) keeps, per
 output, 1 + the winning offset: ``winner = max(winner, (x > best) * (o + 1))``
-is branch-free because offsets only grow. Backward adds ``delta *
-(winner == o + 1)`` per offset, so overlapping windows (stride < size)
-accumulate correctly without ``np.add.at``.
+is branch-free because offsets only grow. Backward: when windows do not
+overlap (stride >= size) the indexes are unique, and a gather / add /
+scatter (``take``, ``put``) does it; otherwise it adds ``delta * (winner ==
+o + 1)`` per offset, so overlapping windows accumulate correctly without
+``np.add.at``.
 """
 import numpy as np
 
@@ -55,6 +57,7 @@ def make_maxpool(options, params):
     l.winner = np.zeros((batch, l.outputs), kind)
     l.mask = np.zeros((batch, l.outputs), kind)
     l.scratch = np.zeros((batch, l.outputs), np.float32)
+    l.complete = True                  # every window had a winner in the last forward
     # per offset o = dy*size + dx: (output rows, input rows, output cols, input cols) slices
     offset = -(padding // 2)
     l.offsets = [_overlap(offset + dy, stride, out_h, h) + _overlap(offset + dx, stride, out_w, w)
@@ -91,20 +94,27 @@ def forward_maxpool(l, net):
     l.output.fill(LOWEST)
     l.winner.fill(0)
     for o in range(len(l.offsets)):
-        (best, winner, mask), (iy, ix) = _views(l, o, l.output, l.winner, l.mask)
-        cell = x[:, :, iy, ix]
+        (best, winner, mask, cell), (iy, ix) = _views(l, o, l.output, l.winner, l.mask, l.scratch)
+        np.copyto(cell, x[:, :, iy, ix])       # one strided read, then contiguous ops
         np.greater(cell, best, out=mask)
         np.multiply(mask, o + 1, out=mask, casting="unsafe")
         np.maximum(winner, mask, out=winner)
         np.fmax(best, cell, out=best)          # NaN never wins, as in darknet's compare
     np.take(l.table, l.winner, out=l.indexes, mode="wrap")    # (no bounds check)
     l.indexes += l.base
-    if not l.winner.all():
+    l.complete = bool(l.winner.all())
+    if not l.complete:
         np.copyto(l.indexes, -1, where=l.winner == 0)
 
 
 def backward_maxpool(l, net):
     if net.delta is None:
+        return
+    if l.stride >= l.size and l.complete:   # windows apart, indexes unique: gather-add-scatter
+        flat, indexes, part = net.delta.reshape(-1), l.indexes.reshape(-1), l.scratch.reshape(-1)
+        np.take(flat, indexes, out=part)
+        part += l.delta.reshape(-1)
+        flat.put(indexes, part)
         return
     dx = net.delta.reshape(l.batch, l.c, l.h, l.w)
     for o in range(len(l.offsets)):

@@ -94,11 +94,12 @@ def test_ties_first_maximum_wins():
         assert net.layers[0].indexes[0, 0] == winner
 
 
-def test_window_outside_input_has_no_winner():
-    """padding 5 on a 4x4 input with size 2 stride 1: the corner windows see only
-    padding; darknet outputs -FLT_MAX, index -1 (and its backward then writes out
-    of bounds); minidark skips such windows in backward."""
-    net = build(pool(2, 1, 5), h=4, w=4, c=1, batch=1)
+@pytest.mark.parametrize("size,stride,padding", [(2, 1, 5), (2, 2, 6)])
+def test_window_outside_input_has_no_winner(size, stride, padding):
+    """Large padding on a 4x4 input: the corner windows see only padding; darknet
+    outputs -FLT_MAX, index -1 (and its backward then writes out of bounds);
+    minidark skips such windows in backward (both backward paths)."""
+    net = build(pool(size, stride, padding), h=4, w=4, c=1, batch=1)
     l = net.layers[0]
     x = np.arange(16, dtype=np.float32)[None]
     net.forward(x, train=True)
