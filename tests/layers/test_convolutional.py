@@ -132,6 +132,9 @@ def test_chunks_do_not_change_results(monkeypatch, layout):
     conv(3, 1, 1, act="leaky"),
     conv(3, 1, 2, act="linear"),
     conv(2, 1, 1, padding=1, act="linear"),
+    conv(3, 3, 1, padding=0, act="leaky"),
+    conv(2, 4, 1, padding=1, act="linear"),
+    conv(2, 3, 1, padding=3, act="linear"),
 ])
 def test_gradcheck(body, layout):
     net = build(body, h=7, w=7, c=6 if "groups=3" in body else 2 if "groups=2" in body else 3)
@@ -193,3 +196,7 @@ def test_layout_choice():
                 h=28, w=28, c=1)
     assert [l.cnhw for l in net.layers] == [True, False, False, False]
     assert [l.direct for l in net.layers] == [False, False, False, True]
+    # NHWC, stride 1, one group, padding <= size - 1: input gradient by a transposed conv
+    assert [l.transposed for l in net.layers] == [False, True, False, False]
+    net = build(conv(4, 3, 1, padding=3) + conv(4, 3, 1, padding=1, groups=2), c=4)
+    assert [l.transposed for l in net.layers] == [False, False]
