@@ -38,6 +38,8 @@ padding and *overwrote* ``net.delta``; here 1x1 convolutions take the
 general path (skipping only the im2col copy when stride is 1), and backward
 always accumulates. A window larger than the padded input is an error.
 """
+import math
+
 import numpy as np
 
 from ..activations import activate, gradient
@@ -115,7 +117,8 @@ def make_convolutional(options, params):
     sizes = [padded, padded, rows * n, columns,
              (out_h + 2 * q) * (out_w + 2 * q) * n if l.transposed else 0]
     l.chunk = int(max(1, min(batch, CHUNK_BYTES // (4 * max(columns, rows * n)))))
-    l.slots = dict(zip(("xpad", "dxpad", "y", "cols", "dypad"), np.cumsum([0] + sizes) * l.chunk))
+    l.slots = dict(zip(("xpad", "dxpad", "y", "cols", "dypad"),
+                       (int(a) * l.chunk for a in np.cumsum([0] + sizes))))
     l.workspace_size = int(sum(sizes) * l.chunk)
     l.desc = f"{n} {k}x{k}/{stride}" + (f" g{groups}" if groups > 1 else "")
     l.flops = 2 * n * kk * rows
@@ -126,7 +129,7 @@ def make_convolutional(options, params):
 def slot(l, net, name, shape):
     """A view of net.workspace: the named slot (see make), shaped for this chunk."""
     start = l.slots[name]
-    return net.workspace[start:start + int(np.prod(shape))].reshape(shape)
+    return net.workspace[start:start + math.prod(shape)].reshape(shape)
 
 
 def scratch(l, net, images):
