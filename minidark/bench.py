@@ -4,6 +4,8 @@ Usage (the same options through the CLI's ``minidark bench``)::
 
     python -m minidark.bench [CFG ...] [--threads N] [--steps S] [--repeats R]
                              [--json] [--no-torch]
+    python -m minidark.bench [CFG ...] --accuracy EPOCHS [--seeds S,S,...]
+                             [--threads N] [--train-rows N] [--json]
 
 Per cfg (default ``cfg/mnist_mlp.cfg`` and ``cfg/mnist_lenet.cfg``):
 
@@ -49,6 +51,20 @@ optimiser is ``torch.optim.SGD(lr, momentum, weight_decay)`` with decay on
 weights only (biases and BN parameters in a no-decay group), which is
 darknet's update exactly (see minidark/sgd.py). Anything else raises
 ``UnsupportedForTorch``; minidark is then measured alone.
+
+**Accuracy mode** (``--accuracy EPOCHS``; issue 7's "accuracy after the same
+number of epochs"): per cfg and seed, one worker per engine trains from the
+same initial weights (``load_network(cfg, seed=S)``, copied into the twin) on
+the same batch order (``epoch_order``: a fresh permutation of the MNIST
+training rows per epoch, back to back, ``EPOCHS * rows // (batch *
+subdivisions)`` iterations), minidark through ``net.train_step`` (its policy
+sets the rate), PyTorch in ``subdivisions`` accumulated micro-batches then one
+step whose groups' lr is minidark's policy rate at the same ``seen``
+(``rate_at``) times the layer's scale; dropout active in training, eval mode
+for the test top-1 on the 10,000 MNIST test rows. Both report their rates,
+a digest of their initial weights and of the order, which the parent checks
+are identical. ``--seeds`` repeats this per seed: mean ± std per engine and
+of the per-seed differences (points).
 """
 import argparse
 import datetime
@@ -106,18 +122,25 @@ class TorchNet:
 
     def optimizer(self):
         """darknet's SGD: momentum on everything, decay on weights only, per-layer
-        learning_rate scales; groups with equal settings are merged."""
+        learning_rate scales (kept as each group's ``lr_scale``); groups with
+        equal settings are merged."""
         import torch
         groups = {}
         for layer, module, bn in self.pairs:
-            lr = self.learning_rate * layer.learning_rate_scale
+            scale = layer.learning_rate_scale
             no_decay = [module.bias] if bn is None else [bn.weight, bn.bias]
-            groups.setdefault((lr, self.decay), []).append(module.weight)
-            groups.setdefault((lr, 0.0), []).extend(no_decay)
-        params = [{"params": p, "lr": lr, "weight_decay": wd}
-                  for (lr, wd), p in groups.items() if p]
+            groups.setdefault((scale, self.decay), []).append(module.weight)
+            groups.setdefault((scale, 0.0), []).extend(no_decay)
+        params = [{"params": p, "lr": self.learning_rate * scale, "lr_scale": scale,
+                   "weight_decay": wd} for (scale, wd), p in groups.items() if p]
         return torch.optim.SGD(params, lr=self.learning_rate, momentum=self.momentum,
                                weight_decay=0.0)
+
+    @staticmethod
+    def set_learning_rate(optimizer, rate):
+        """The net's rate for the next step, times each group's layer scale."""
+        for group in optimizer.param_groups:
+            group["lr"] = rate * group["lr_scale"]
 
     def loss(self, logits, labels):
         """Mean cross-entropy, divided by subdivisions as darknet's B = batch * subdivisions."""
@@ -416,6 +439,13 @@ def _worker(args):
     if args.worker == "gemm":
         result.update(_limit_threads(args.threads, torch))
         result.update(_worker_gemm(args, np, torch))
+    elif args.worker == "accuracy":
+        result.update(_limit_threads(args.threads, torch))
+        try:
+            result.update(_worker_accuracy(args, np, torch))
+        except UnsupportedForTorch as exc:
+            print(json.dumps({"error": str(exc)}))
+            return 0
     else:
         import minidark
         data = np.load(os.path.join(args.data, f"{args.worker}_x.npy"))
@@ -634,25 +664,33 @@ def worker_environment(threads):
     return env
 
 
-def run_worker(mode, engine, options, cfg=None, data=None, batch=None, shapes=None):
-    """Run one measurement in a fresh process; return its JSON result."""
+def run_worker(mode, engine, options, cfg=None, data=None, batch=None, shapes=None,
+               seed=None, extra=()):
+    """Run one measurement in a fresh process; return its JSON result (with
+    ``wall_s``, the process's wall time, imports and data loading included)."""
+    seed = options.seed if seed is None else seed
     command = [sys.executable, "-m", "minidark.bench", "--worker", mode, "--engine", engine,
                "--threads", str(options.threads), "--steps", str(options.steps),
                "--warmup", str(options.warmup), "--eval-passes", str(options.eval_passes),
-               "--gemm-size", str(options.gemm_size), "--seed", str(options.seed)]
+               "--gemm-size", str(options.gemm_size), "--seed", str(seed)]
     for flag, value in (("--cfg", cfg), ("--data", data), ("--batch", batch),
                         ("--shapes", shapes)):
         if value is not None:
             command += [flag, str(value)]
+    command += [str(e) for e in extra]
     for spec in getattr(options, "plugin", None) or ():
         command += ["--plugin", spec]
+    started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True,
                           env=worker_environment(options.threads))
+    wall = time.perf_counter() - started
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         raise MinidarkError(f"bench worker ({engine} {mode} {cfg or ''}) failed with exit "
                             f"code {done.returncode}:\n{done.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    result.setdefault("wall_s", wall)
+    return result
 
 
 def _median(values):
@@ -783,6 +821,15 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
+def _program():
+    """How this process was started, as a user would type it."""
+    if sys.argv[0].endswith("bench.py"):
+        return "python -m minidark.bench"
+    if sys.argv[0].endswith("__main__.py"):
+        return "python -m minidark"
+    return os.path.basename(sys.argv[0])
+
+
 def machine_info(options, use_torch, started):
     import numpy as np
     info = {"date": started.isoformat(timespec="seconds"), "cpu": _cpu_model(),
@@ -791,8 +838,7 @@ def machine_info(options, use_torch, started):
             "steps": options.steps, "warmup": options.warmup, "repeats": options.repeats,
             "train_batches": options.train_batches, "eval_rows": options.eval_rows,
             "eval_passes": options.eval_passes, "torch": None,
-            "command": " ".join((["python -m minidark.bench"] if sys.argv[0].endswith("bench.py")
-                                 else [os.path.basename(sys.argv[0])]) + sys.argv[1:])}
+            "command": " ".join([_program()] + sys.argv[1:])}
     if use_torch:
         from importlib.metadata import PackageNotFoundError, version
         try:
@@ -800,6 +846,393 @@ def machine_info(options, use_torch, started):
         except PackageNotFoundError:
             info["torch"] = "installed"
     return info
+
+
+# ==========================================================================
+# Accuracy: the same training run in both engines (--accuracy EPOCHS)
+# ==========================================================================
+ORDER_STREAM = 0x6D64          # keeps the data order's random stream apart from the weights'
+ACCURACY_TARGET_POINTS = 0.3   # issue 7: within 0.3 points of PyTorch's top-1
+
+
+def epoch_order(rows, epochs, batch_rows, seed):
+    """Training row indices for ``epochs`` epochs back to back, a fresh random
+    permutation of ``range(rows)`` each (as minidark's Trainer draws them),
+    cut into whole iterations: an ``(iterations, batch_rows)`` int64 array,
+    ``iterations = epochs * rows // batch_rows``. The same for both engines."""
+    import numpy as np
+    rng = np.random.default_rng(np.random.SeedSequence([seed, ORDER_STREAM]))
+    order = np.concatenate([rng.permutation(rows) for _ in range(epochs)]).astype(np.int64)
+    iterations = order.size // batch_rows
+    return order[:iterations * batch_rows].reshape(iterations, batch_rows)
+
+
+def rate_at(net, seen):
+    """minidark's learning rate (``net.current_rate()``, the cfg's policy and
+    burn-in) when ``net.seen == seen``; ``net.seen`` is left as it was."""
+    saved = net.seen
+    net.seen = seen
+    try:
+        return net.current_rate()
+    finally:
+        net.seen = saved
+
+
+def check_accuracy_net(net, cfg):
+    """Raise MinidarkError unless ``net`` can be trained on MNIST by both engines
+    with the same learning rates."""
+    classes = net.output_layer.outputs
+    if net.inputs != 784 or classes != 10:
+        raise MinidarkError(f"{cfg}: --accuracy trains on MNIST, which needs 784 inputs "
+                            f"(28x28x1) and 10 outputs; this cfg has {net.inputs} -> {classes}")
+    if net.policy == "random":
+        raise MinidarkError(f"{cfg}: policy=random draws a new rate at every call, so the two "
+                            f"engines could not get the same rates; use another policy for "
+                            f"--accuracy")
+
+
+def _spy_rates(net, rates):
+    """Make the first layer with parameters record ``args.learning_rate`` of
+    every update; returns a function that undoes it."""
+    layer = next((l for l in net.layers if l.update is not None), None)
+    if layer is None:
+        return lambda: None
+    update = layer.update
+
+    def spy(l, args):
+        rates.append(args.learning_rate)
+        update(l, args)
+
+    layer.update = spy
+    return lambda: setattr(layer, "update", update)
+
+
+def train_minidark(net, images, labels, order, rates=None):
+    """``net.train_step`` on ``images[rows]`` for each row set of ``order``
+    (``batch * subdivisions`` rows: one update each; the rate is whatever
+    minidark's policy gives). Returns the per-iteration mean losses;
+    ``rates``, a list, receives the rate each update used."""
+    import numpy as np
+    rows = order.shape[1]
+    x = np.empty((rows, net.inputs), np.float32)
+    truth = np.zeros((rows, net.truths), np.float32)
+    arange = np.arange(rows)
+    undo = _spy_rates(net, rates) if rates is not None else (lambda: None)
+    losses = []
+    try:
+        for indices in order:
+            np.take(images, indices, axis=0, out=x)
+            truth.fill(0)
+            truth[arange, labels[indices] % net.truths] = 1
+            losses.append(net.train_step(x, truth))
+    finally:
+        undo()
+    return losses
+
+
+def train_torch(twin, net, images, labels, order, rates=None, optimizer=None):
+    """The same iterations in PyTorch: the rows of ``order`` in ``subdivisions``
+    micro-batches of ``batch`` (gradients accumulated, loss divided by
+    subdivisions, like minidark's train_step), then one SGD step whose
+    groups' lr are minidark's policy rate for the seen count minidark's update
+    has at that iteration (``net.seen`` + rows so far, this iteration's
+    included) times each layer's scale. ``net`` only supplies the policy and
+    ``seen``; it is not trained. ``optimizer``: ``twin.optimizer()`` made
+    beforehand (its first construction imports ~1 s of torch modules).
+    Returns the per-iteration mean losses."""
+    import numpy as np
+    import torch
+    rows, batch = order.shape[1], net.batch
+    if rows != net.batch * net.subdivisions:
+        raise ValueError(f"order has {rows} rows per iteration; the net trains "
+                         f"{net.batch} x {net.subdivisions}")
+    model, opt = twin.model, optimizer or twin.optimizer()
+    model.train()
+    buffer = np.empty((rows, images.shape[1]), np.float32)
+    x = torch.from_numpy(buffer)
+    targets = torch.from_numpy(labels.astype(np.int64) % twin.outputs)
+    seen, losses = net.seen, []
+    for indices in order:
+        seen += rows
+        rate = rate_at(net, seen)
+        twin.set_learning_rate(opt, rate)
+        if rates is not None:
+            rates.append(rate)
+        np.take(images, indices, axis=0, out=buffer)
+        y = targets[torch.from_numpy(indices)]
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for start in range(0, rows, batch):
+            loss = twin.loss(model(x[start:start + batch]), y[start:start + batch])
+            loss.backward()
+            total += loss.item()
+        opt.step()
+        losses.append(total)
+    return losses
+
+
+def top1_minidark(net, images, labels):
+    """Fraction of rows whose highest output is the label (``net.predict``)."""
+    return float((net.predict(images).argmax(1) == labels).mean())
+
+
+def top1_torch(twin, images, labels, batch):
+    """The same in eval mode (dropout off), in chunks of ``batch``."""
+    import torch
+    model = twin.model
+    model.eval()
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, x.shape[0], batch):
+            logits = model(x[start:start + batch])
+            correct += int((logits.argmax(1) == y[start:start + batch]).sum())
+    return correct / x.shape[0]
+
+
+def _digest(arrays):
+    import hashlib
+
+    import numpy as np
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _rate_changes(rates):
+    """[[iteration (1-based), rate], ...] where the rate changes."""
+    changes = []
+    for i, rate in enumerate(rates):
+        if not changes or rate != changes[-1][1]:
+            changes.append([i + 1, rate])
+    return changes
+
+
+def _worker_accuracy(args, np, torch):
+    """Train ``args.cfg`` (seed ``args.seed``) on the MNIST rows listed in the
+    order file ``args.data``, then top-1 on the MNIST test set."""
+    import hashlib
+
+    import minidark
+    from .data.mnist import load_mnist
+    order = np.load(args.data)
+    train_x, train_y = load_mnist(args.mnist, "train")
+    test_x, test_y = load_mnist(args.mnist, "test")
+    net = minidark.load_network(args.cfg, seed=args.seed)
+    rates = []
+    if args.engine == "minidark":
+        initial = _digest(a for l in net.layers if getattr(l, "weights", None) is not None
+                          for a in (l.weights, l.biases))
+        setup_s = 0.0
+        start = time.perf_counter()
+        losses = train_minidark(net, train_x, train_y, order, rates)
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        top1 = top1_minidark(net, test_x, test_y)
+    else:
+        torch.manual_seed(args.seed)                 # dropout masks
+        twin = build_torch_model(net)
+        initial = _digest(t.detach().numpy() for _, module, bn in twin.pairs
+                          for t in (module.weight, module.bias if bn is None else bn.bias))
+        start = time.perf_counter()
+        optimizer = twin.optimizer()                 # imports torch.optim's lazy modules
+        setup_s = time.perf_counter() - start
+        start = time.perf_counter()
+        losses = train_torch(twin, net, train_x, train_y, order, rates, optimizer)
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        top1 = top1_torch(twin, test_x, test_y, net.batch)
+    eval_s = time.perf_counter() - start
+    per_epoch = max(1, round((args.train_rows or train_x.shape[0]) / order.shape[1]))
+    return {"seed": args.seed, "iterations": int(order.shape[0]),
+            "rows_per_iteration": int(order.shape[1]), "top1": top1,
+            "test_rows": int(test_x.shape[0]), "train_s": train_s, "eval_s": eval_s,
+            "setup_s": setup_s,
+            "first_loss": losses[0] if losses else None,
+            "last_epoch_loss": statistics.fmean(losses[-per_epoch:]) if losses else None,
+            "rates": rates, "initial_weights": initial,
+            "order": hashlib.sha256(order.tobytes()).hexdigest()[:16]}
+
+
+def _spread(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values), "values": values}
+
+
+def run_accuracy(cfgs, options, progress=None):
+    """Train each cfg for ``options.accuracy`` epochs in both engines, per seed;
+    return the result dictionary (see --json)."""
+    import numpy as np
+
+    import minidark
+    from .data.mnist import find_idx, read_idx
+    say = progress or (lambda message: None)
+    mnist = find_mnist()
+    if mnist is None:
+        raise MinidarkError("--accuracy trains on MNIST: put its four IDX files (.gz or raw) "
+                            "in data/mnist, or in $MINIDARK_DATA/mnist")
+    available = int(read_idx(find_idx(mnist, "train-labels-idx1-ubyte")).shape[0])
+    train_rows = options.train_rows or available
+    if train_rows > available:
+        raise MinidarkError(f"--train-rows {train_rows}: MNIST has {available} training rows")
+    seeds = options.seed_list
+    epochs = options.accuracy
+    use_torch = not options.no_torch and torch_available()
+    started = datetime.datetime.now().astimezone()
+    meta = machine_info(options, use_torch, started)
+    for key in ("steps", "warmup", "repeats", "train_batches", "eval_rows", "eval_passes"):
+        meta.pop(key, None)
+    meta.update(mode="accuracy", epochs=epochs, seeds=seeds, train_rows=train_rows,
+                mnist=mnist, target_points=ACCURACY_TARGET_POINTS)
+    result = {"meta": meta, "results": []}
+    with tempfile.TemporaryDirectory(prefix="minidark-bench-") as tmp:
+        for index, cfg in enumerate(cfgs):
+            net = minidark.load_network(cfg, seed=seeds[0])
+            check_accuracy_net(net, cfg)
+            rows = net.batch * net.subdivisions
+            iterations = epochs * train_rows // rows
+            if iterations < 1:
+                raise MinidarkError(f"{cfg}: {epochs} epoch(s) of {train_rows} rows is less "
+                                    f"than one iteration of {rows} rows")
+            entry = {"cfg": cfg, "batch": net.batch, "subdivisions": net.subdivisions,
+                     "rows_per_iteration": rows, "iterations": iterations,
+                     "params": int(net.params), "policy": net.policy,
+                     "runs": {engine: [] for engine in ENGINES}, "torch_error": None}
+            if not use_torch:
+                entry["torch_error"] = ("disabled (--no-torch)" if options.no_torch else
+                                        "PyTorch not installed: pip install -e '.[bench]'")
+            del net
+            for seed in seeds:
+                order_file = os.path.join(tmp, f"order{index}_{seed}.npy")
+                np.save(order_file, epoch_order(train_rows, epochs, rows, seed))
+                for engine in ENGINES:
+                    if engine == "torch" and entry["torch_error"] is not None:
+                        continue
+                    say(f"{cfg} seed {seed}: {ENGINE_NAMES[engine]}, {iterations} iterations")
+                    run = run_worker("accuracy", engine, options, cfg=cfg, data=order_file,
+                                     seed=seed, extra=("--mnist", mnist,
+                                                       "--train-rows", train_rows))
+                    if "error" in run:
+                        entry["torch_error"] = run["error"]
+                        continue
+                    entry["runs"][engine].append(run)
+            summarize_accuracy(entry)
+            result["results"].append(entry)
+    return result
+
+
+def summarize_accuracy(entry):
+    """Per engine: top-1 (percent) and times, mean/std/min/max over seeds; the
+    per-seed differences in points; whether both engines got the same rates
+    and initial weights. Runs keep their rate change points, not every rate."""
+    runs = entry["runs"]
+    for engine in ENGINES:
+        entry[engine] = None if not runs[engine] else {
+            "top1_pct": _spread([100 * r["top1"] for r in runs[engine]]),
+            "train_s": _spread([r["train_s"] for r in runs[engine]]),
+            "eval_s": _spread([r["eval_s"] for r in runs[engine]]),
+            "wall_s": _spread([r["wall_s"] for r in runs[engine]]),
+            "last_epoch_loss": _spread([r["last_epoch_loss"] for r in runs[engine]]),
+            "pools": runs[engine][0]["pools"]}
+    pairs = list(zip(runs["minidark"], runs["torch"]))
+    entry["difference_points"] = _spread([100 * (a["top1"] - b["top1"]) for a, b in pairs])
+    entry["same_rates"] = all(a["rates"] == b["rates"] for a, b in pairs) if pairs else None
+    entry["same_initial_weights"] = (all(a["initial_weights"] == b["initial_weights"]
+                                         for a, b in pairs) if pairs else None)
+    entry["same_order"] = (all(a["order"] == b["order"] and a["iterations"] ==
+                               b["iterations"] == entry["iterations"] for a, b in pairs)
+                           if pairs else None)
+    first = (runs["minidark"] or runs["torch"] or [None])[0]
+    entry["rate_schedule"] = _rate_changes(first["rates"]) if first else []
+    for run in runs["minidark"] + runs["torch"]:
+        run["rate_changes"] = _rate_changes(run.pop("rates"))
+    diff = entry["difference_points"]
+    entry["within_target"] = (abs(diff["mean"]) <= ACCURACY_TARGET_POINTS
+                              if diff is not None else None)
+
+
+def _pm(spread, digits=2, suffix="", sign=""):
+    """'mean' or 'mean ± std (min to max)'."""
+    if spread is None:
+        return "-"
+    text = f"{spread['mean']:{sign}.{digits}f}{suffix}"
+    if spread["std"] is not None:
+        text += f" ± {spread['std']:.{digits}f} ({spread['min']:{sign}.{digits}f} to " \
+                f"{spread['max']:{sign}.{digits}f})"
+    return text
+
+
+def format_accuracy_table(result):
+    """The human-readable accuracy report."""
+    meta = result["meta"]
+    noisy = "  (more than 1 thread: times are noisy)" if meta["threads"] > 1 else ""
+    lines = [f"minidark bench --accuracy {meta['epochs']}  {meta['date']}  {meta['cpu']} "
+             f"({meta['cpu_count']} cores)", f"threads {meta['threads']}{noisy}"]
+    first = next((e for e in result["results"] if e["minidark"] or e["torch"]), None)
+    if first is not None:
+        pools = (first["minidark"] or {}).get("pools", []) + \
+            [p for p in (first["torch"] or {}).get("pools", []) if p.startswith("torch")]
+        lines.append(f"numpy {meta['numpy']}, {'; '.join(pools)}")
+    lines.append("")
+    for entry in result["results"]:
+        md, pt = entry["minidark"], entry["torch"]
+        epochs = meta["epochs"]
+        lines.append(f"{entry['cfg']}: batch {entry['batch']} x {entry['subdivisions']} "
+                     f"subdivisions, {entry['iterations']} iterations = {epochs} epoch"
+                     f"{'s' if epochs != 1 else ''} of {meta['train_rows']:,} MNIST training "
+                     f"rows (reshuffled each epoch, the same order for both engines)")
+        schedule = ", ".join(f"{rate:g} from iteration {i}" for i, rate in
+                             entry["rate_schedule"][:6])
+        if len(entry["rate_schedule"]) > 6:
+            schedule += f", ... ({len(entry['rate_schedule'])} changes)"
+        lines.append(f"  learning rate ({entry['policy']}): {schedule}")
+        if entry["torch_error"]:
+            lines.append(f"  PyTorch: {entry['torch_error']}")
+        else:
+            same = {True: "yes", False: "NO", None: "-"}
+            lines.append(f"  PyTorch got minidark's rate at every iteration: "
+                         f"{same[entry['same_rates']]}; same initial weights: "
+                         f"{same[entry['same_initial_weights']]}; same batch order: "
+                         f"{same[entry['same_order']]}")
+        lines.append(f"  {'seed':<8}{'minidark top-1':>16}{'PyTorch top-1':>16}"
+                     f"{'difference':>14}{'train s: minidark':>19}{'PyTorch':>9}")
+        by_seed = {}
+        for engine in ENGINES:
+            for run in entry["runs"][engine]:
+                by_seed.setdefault(run["seed"], {})[engine] = run
+        for seed, pair in by_seed.items():
+            a, b = pair.get("minidark"), pair.get("torch")
+            diff = f"{100 * (a['top1'] - b['top1']):+.2f} pts" if a and b else "-"
+            lines.append(f"  {seed:<8}{_fmt(a and 100 * a['top1'], 'f') + '%':>16}"
+                         f"{(_fmt(100 * b['top1'], 'f') + '%') if b else '-':>16}{diff:>14}"
+                         f"{_fmt(a and a['train_s'], 'f'):>19}{_fmt(b and b['train_s'], 'f'):>9}")
+        count = len(by_seed)
+        lines.append(f"  top-1 %, mean over {count} seed{'s' if count != 1 else ''}"
+                     f"{' ± std (min to max)' if count > 1 else ''}:")
+        lines.append(f"    minidark  {_pm(md and md['top1_pct'])}")
+        lines.append(f"    PyTorch   {_pm(pt and pt['top1_pct'])}")
+        lines.append(f"    minidark - PyTorch  "
+                     f"{_pm(entry['difference_points'], suffix=' pts', sign='+')}")
+        lines.append("  wall seconds per run:")
+        for label, key in (("training", "train_s"), ("test pass", "eval_s"),
+                           ("whole worker", "wall_s")):
+            lines.append(f"    {label:<13} minidark {_pm(md and md[key])}, "
+                         f"PyTorch {_pm(pt and pt[key])}")
+        if entry["within_target"] is not None:
+            verdict = "met" if entry["within_target"] else "NOT met"
+            lines.append(f"  target |minidark - PyTorch| <= {meta['target_points']} points "
+                         f"(mean over {count} seed{'s' if count != 1 else ''}): {verdict}"
+                         + ("; one seed: pass --seeds 0,1,2 to see the spread"
+                            if count == 1 else ""))
+        lines.append("")
+    lines.append("Each run trains from the same initial weights (the cfg and seed) in a fresh "
+                 "process; dropout masks differ between engines.")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # ==========================================================================
@@ -892,7 +1325,30 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--no-torch", action="store_true",
                         help="measure minidark only, even if PyTorch is installed")
+    group = parser.add_argument_group(
+        "accuracy mode", "train minidark and its PyTorch twin on MNIST from the same weights, "
+        "batch order and per-iteration learning rates; print both test top-1 accuracies")
+    group.add_argument("--accuracy", type=int, metavar="EPOCHS",
+                       help="train for EPOCHS epochs in each engine instead of timing steps")
+    group.add_argument("--seeds", metavar="S,S,...",
+                       help="comma-separated seeds, one run per engine each (default: --seed)")
+    group.add_argument("--train-rows", type=int, metavar="N",
+                       help="train on the first N MNIST training rows only (quick checks)")
     return parser
+
+
+def parse_seeds(text):
+    """'0,1,2' -> [0, 1, 2] (distinct, in order)."""
+    seeds = []
+    for part in text.split(","):
+        try:
+            seed = int(part.strip())
+        except ValueError:
+            raise MinidarkError(f"--seeds {text!r}: expected comma-separated integers, "
+                                f"e.g. --seeds 0,1,2") from None
+        if seed not in seeds:
+            seeds.append(seed)
+    return seeds
 
 
 def run(args):
@@ -915,8 +1371,19 @@ def run(args):
             raise MinidarkError(f"{cfg}: no such cfg file")
     progress = None if args.json else (lambda m: print(f"... {m}", file=sys.stderr,
                                                       flush=True))
-    result = run_bench(cfgs, args, progress)
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    if args.accuracy is None:
+        if args.seeds is not None or args.train_rows is not None:
+            raise MinidarkError("--seeds and --train-rows need --accuracy EPOCHS")
+        result = run_bench(cfgs, args, progress)
+        print(json.dumps(result, indent=1) if args.json else format_table(result))
+        return 0
+    for name in ("accuracy", "train_rows"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise MinidarkError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    args.seed_list = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    result = run_accuracy(cfgs, args, progress)
+    print(json.dumps(result, indent=1) if args.json else format_accuracy_table(result))
     return 0
 
 
@@ -927,7 +1394,9 @@ def main(argv=None):
                     "PyTorch on the same network when it is installed.")
     add_arguments(parser)
     # internal: one measurement in this (fresh) process
-    parser.add_argument("--worker", choices=("train", "eval", "gemm"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("train", "eval", "gemm", "accuracy"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--mnist", help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=ENGINES, default="minidark", help=argparse.SUPPRESS)
     parser.add_argument("--cfg", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)

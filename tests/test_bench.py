@@ -390,6 +390,174 @@ def test_format_table_labels_noise_and_missing_torch():
 def test_cli_wires_the_bench_subcommand(capsys):
     from minidark import cli
     assert cli.main(["bench", "--help"]) == 0
-    assert "--no-torch" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert "--no-torch" in help_text and "--accuracy" in help_text and "--seeds" in help_text
     assert cli.main(["bench", "no/such.cfg"]) == 1
     assert "no such cfg" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ accuracy mode
+# steps policy with burn-in, 2 subdivisions, and a layer with its own rate scale
+SCHEDULE_CFG = NET + """burn_in=2
+policy=steps
+steps=3,5
+scales=.5,.1
+
+[connected]
+output=16
+activation=relu
+learning_rate=0.5
+
+[connected]
+output=10
+activation=linear
+
+[softmax]
+"""
+# n = seen / (batch * subdivisions) after each iteration's rows: 1, 2, ..., 7
+SCHEDULE = [0.1 * (1 / 2) ** 4, 0.1, 0.05, 0.05, 0.005, 0.005, 0.005]
+
+
+def random_rows(rows, inputs, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((rows, inputs), np.float32), rng.integers(0, 10, rows)
+
+
+def test_epoch_order_is_a_fresh_permutation_per_epoch():
+    order = bench.epoch_order(12, 3, 4, seed=5)
+    assert order.shape == (9, 4) and order.dtype == np.int64
+    epochs = order.reshape(3, 12)
+    assert all(sorted(e) == list(range(12)) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert np.array_equal(order, bench.epoch_order(12, 3, 4, seed=5))
+    assert not np.array_equal(order, bench.epoch_order(12, 3, 4, seed=6))
+    # 2 epochs of 10 rows in iterations of 6: 20 // 6 = 3 iterations, crossing an epoch
+    crossing = bench.epoch_order(10, 2, 6, seed=0)
+    assert crossing.shape == (3, 6) and sorted(crossing.ravel()[:10]) == list(range(10))
+
+
+def test_accuracy_rates_are_minidarks_policy_at_every_iteration(tmp_path):
+    pytest.importorskip("torch")
+    cfg = write(tmp_path, SCHEDULE_CFG, batch=6, subdivisions=2, h=4, w=4)   # 2 x 3 rows
+    net = minidark.load_network(cfg, seed=1)
+    twin = bench.build_torch_model(minidark.load_network(cfg, seed=1))
+    twin_start = {l.index: l.weights.copy() for l, _, _ in twin.pairs}
+    images, labels = random_rows(30, net.inputs)
+    order = bench.epoch_order(30, 2, 6, seed=0)[:len(SCHEDULE)]
+    # minidark: what every layer's update received
+    seen_by_layer = {i: [] for i, l in enumerate(net.layers) if l.update is not None}
+    for i in seen_by_layer:
+        def spy(l, args, update=net.layers[i].update, i=i):
+            seen_by_layer[i].append(args.learning_rate * l.learning_rate_scale)
+            update(l, args)
+        net.layers[i].update = spy
+    md_rates = []
+    bench.train_minidark(net, images, labels, order, md_rates)
+    # PyTorch: every parameter's lr when each step runs
+    opt = twin.optimizer()
+    owner = {id(p): layer.learning_rate_scale for layer, module, _ in twin.pairs
+             for p in (module.weight, module.bias)}
+    stepped = []
+    opt.register_step_pre_hook(lambda o, a, k: stepped.append(
+        [(owner[id(p)], g["lr"]) for g in o.param_groups for p in g["params"]]))
+    pt_rates = []
+    bench.train_torch(twin, minidark.load_network(cfg, seed=1), images, labels, order,
+                      pt_rates, optimizer=opt)
+    assert md_rates == pt_rates == pytest.approx(SCHEDULE, rel=1e-12)
+    assert len(stepped) == len(SCHEDULE)
+    for rate, params in zip(SCHEDULE, stepped):
+        assert {scale for scale, _ in params} == {0.5, 1.0}
+        assert all(lr == pytest.approx(rate * scale, rel=1e-12) for scale, lr in params)
+    for i, rates in seen_by_layer.items():
+        scale = net.layers[i].learning_rate_scale
+        assert rates == pytest.approx([r * scale for r in SCHEDULE], rel=1e-12)
+    # and the changing rates act the same: no dropout here, so the weights agree
+    trained = [l for l in net.layers if getattr(l, "weights", None) is not None]
+    assert len(trained) == len(twin.pairs) == 2
+    for layer, (_, module, _) in zip(trained, twin.pairs):
+        assert not close(layer.weights, twin_start[layer.index], 1e-3)     # they moved
+        assert close(module.weight.detach().numpy().reshape(layer.weights.shape),
+                     layer.weights, 1e-4)
+        assert close(module.bias.detach().numpy(), layer.biases, 1e-4)
+
+
+def test_accuracy_engines_see_the_same_batch_order(tmp_path):
+    pytest.importorskip("torch")
+    cfg = write(tmp_path, MLP_CFG, batch=8, subdivisions=2, h=4, w=4)   # 2 x 4 rows
+    net = minidark.load_network(cfg, seed=0)
+    twin = bench.build_torch_model(minidark.load_network(cfg, seed=0))
+    images, labels = random_rows(24, net.inputs, seed=3)
+    order = bench.epoch_order(24, 2, 8, seed=7)          # 6 iterations of 2 x 4 rows
+    md_x, md_y = [], []
+    train_step = net.train_step
+
+    def spy_step(x, truth):
+        md_x.append(np.array(x))
+        md_y.append(truth.argmax(1))
+        return train_step(x, truth)
+
+    net.train_step = spy_step
+    bench.train_minidark(net, images, labels, order)
+    pt_x, pt_y = [], []
+    twin.model.register_forward_pre_hook(lambda m, inputs: pt_x.append(inputs[0].numpy().copy()))
+    loss = twin.loss
+    twin.loss = lambda logits, y: (pt_y.append(y.numpy().copy()), loss(logits, y))[1]
+    bench.train_torch(twin, minidark.load_network(cfg, seed=0), images, labels, order)
+    assert len(md_x) == 6 and len(pt_x) == 12                  # micro-batches of 4
+    assert np.array_equal(np.concatenate(md_x), images[order.ravel()])
+    assert np.array_equal(np.concatenate(pt_x), images[order.ravel()])
+    assert np.array_equal(np.concatenate(md_y), labels[order.ravel()])
+    assert np.array_equal(np.concatenate(pt_y), labels[order.ravel()])
+
+
+def test_accuracy_run_reports_both_engines_per_seed():
+    pytest.importorskip("torch")
+    # 20 iterations of the MLP on the first 2,560 MNIST rows, two seeds
+    out = json.loads(run_bench(MLP, "--accuracy", "1", "--train-rows", "2560",
+                               "--seeds", "0,1", "--threads", "1", "--json"))
+    meta = out["meta"]
+    assert (meta["mode"], meta["epochs"], meta["seeds"], meta["train_rows"],
+            meta["threads"]) == ("accuracy", 1, [0, 1], 2560, 1)
+    entry, = out["results"]
+    assert entry["iterations"] == 20 and entry["rows_per_iteration"] == 128
+    assert entry["torch_error"] is None
+    assert entry["same_rates"] and entry["same_initial_weights"] and entry["same_order"]
+    assert entry["rate_schedule"] == [[1, 0.2]]             # steps at 400 and 938: not reached
+    for engine in ("minidark", "torch"):
+        runs = entry["runs"][engine]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert all(r["iterations"] == 20 and r["test_rows"] == 10000 for r in runs)
+        assert all(60 < 100 * r["top1"] < 99 and r["train_s"] > 0 and r["eval_s"] > 0
+                   for r in runs)
+        assert all(r["last_epoch_loss"] < r["first_loss"] for r in runs)
+        assert any("(1 threads)" in p for p in runs[0]["pools"])
+        summary = entry[engine]["top1_pct"]
+        assert summary["values"] == pytest.approx([100 * r["top1"] for r in runs])
+        assert summary["std"] is not None and summary["min"] <= summary["mean"] <= summary["max"]
+    # different seeds start from different weights
+    assert entry["runs"]["minidark"][0]["initial_weights"] != \
+        entry["runs"]["minidark"][1]["initial_weights"]
+    diff = entry["difference_points"]
+    assert len(diff["values"]) == 2 and abs(diff["mean"]) < 5
+    assert entry["within_target"] == (abs(diff["mean"]) <= 0.3)
+    text = bench.format_accuracy_table(out)
+    assert "minidark top-1" in text and "PyTorch top-1" in text and "± " in text
+    assert "same initial weights: yes" in text and "target" in text
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--accuracy", "1", "--seeds", "0,x"], "--seeds"),
+    (["--accuracy", "0"], "--accuracy must be >= 1"),
+    (["--seeds", "0,1"], "need --accuracy"),
+    (["--accuracy", "1", "--train-rows", "99999999"], "training rows"),
+])
+def test_accuracy_bad_arguments_are_one_line(capsys, args, needle):
+    assert bench.main([MLP, *args]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and err.strip().count("\n") == 0
+
+
+def test_accuracy_needs_an_mnist_shaped_cfg(tmp_path, capsys):
+    cfg = write(tmp_path, MLP_CFG, h=8, w=8)
+    assert bench.main([cfg, "--accuracy", "1"]) == 1
+    assert "784 inputs" in capsys.readouterr().err
