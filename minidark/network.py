@@ -65,7 +65,7 @@ class Network:
         self.input_buffer = np.zeros((self.batch, self.inputs), np.float32)
         self.truth_buffer = np.zeros((self.batch, self.truths), np.float32)
         size = max((getattr(l, "workspace_size", 0) for l in self.layers), default=0)
-        self.workspace = np.empty(size, np.float32)
+        self.workspace = np.zeros(size, np.float32)  # zeros: no garbage in float64 checks
         self.input = self.input_buffer
 
     @property
