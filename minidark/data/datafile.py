@@ -133,20 +133,23 @@ def resolve_path(path, folder=None):
     return path
 
 
-def read_names(path, origin="names file"):
-    """Labels, one per line, stripped; blank lines skipped; duplicates are an error."""
+def read_stripped_lines(path, what):
+    """[(line number, stripped text)] of a text file, blank lines skipped."""
     try:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
     except OSError as exc:
-        raise DataError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+        raise DataError(f"{what}: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise DataError(f"{origin}: {path} is not UTF-8 text") from None
+        raise DataError(f"{what}: {path} is not UTF-8 text") from None
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1)
+            if line.strip()]
+
+
+def read_names(path, origin="names file"):
+    """Labels, one per line, stripped; blank lines skipped; duplicates are an error."""
     names, seen = [], {}
-    for number, line in enumerate(lines, start=1):
-        name = line.strip()
-        if not name:
-            continue
+    for number, name in read_stripped_lines(path, origin):
         if name in seen:
             raise DataError(f"{path}:{number}: label '{name}' repeats line {seen[name]}")
         seen[name] = number

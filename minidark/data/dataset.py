@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 
 from ..errors import DataError
-from .datafile import DataWarning
+from .datafile import DataWarning, read_stripped_lines
 from .mnist import ensure_mnist, idx_stem, read_idx
 
 IDX_IMAGES = re.compile(r"idx3-ubyte(\.gz)?$")
@@ -163,15 +163,7 @@ def label_error(where, path, labels, matches, labels_file=None):
 
 def read_list(path):
     """[(line number, entry)] of an image list; blanks skipped."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read image list: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: image list is not UTF-8 text") from None
-    entries = [(number, line.strip()) for number, line in enumerate(lines, start=1)
-               if line.strip()]
+    entries = read_stripped_lines(path, "image list")
     if not entries:
         raise DataError(f"{path}: image list is empty")
     return entries
