@@ -133,6 +133,7 @@ class Trainer:
         self.avg_loss = None
         self.history = {"iteration": [], "loss": [], "avg": []}
         self.valid_history = {"iteration": [], "top1": [], "topk": []}
+        self.last_result = None           # the latest evaluation, reused at the end
         self.stop_requested = False
         self.restored = False
         self.bar = None
@@ -256,7 +257,11 @@ class Trainer:
 
     def _finish(self, iterations, started):
         path = self.checkpoint(f"{self.base}.weights")
-        result = self.validate() if self.valid_set is not None else None
+        result = None
+        if self.valid_set is not None:  # reuse a valid_every evaluation of this very iteration
+            done = self.valid_history["iteration"]
+            result = (self.last_result if self.last_result is not None and done
+                      and done[-1] == self.net.current_batch else self.validate())
         self._chart()
         seconds = time.perf_counter() - started
         summary = {"status": "finished", "iterations": iterations, "seen": self.net.seen,
@@ -290,6 +295,7 @@ class Trainer:
                   encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.say(f"{self.base}: iteration {batch}: valid {format_accuracy(result)}")
+        self.last_result = result
         return result
 
     def _chart(self):
