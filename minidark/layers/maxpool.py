@@ -13,22 +13,19 @@ input batch buffer (b, c, h, w), -1 for a window with no winner (entirely
 outside the input, or only NaN / -inf there; darknet then writes out of
 bounds in backward, minidark skips it). Backward: ``net.delta[indexes] += delta``.
 
-Vectorised as a loop over the k*k window offsets only: each offset is one
-strided view of the input over the outputs whose window cell is inside it.
-``l.winner`` (uint8, or int32 for windows above 254 cells) keeps, per
-output, 1 + the winning offset: ``winner = max(winner, (x > best) * (o + 1))``
-is branch-free because offsets only grow. Backward: when windows do not
-overlap (stride >= size) the indexes are unique, and a gather / add /
-scatter (``take``, ``put``) does it; otherwise it adds ``delta * (winner ==
-o + 1)`` per offset, so overlapping windows accumulate correctly without
-``np.add.at``.
+Kernels in ``minidark/pool.py``: an exact scan over the k*k window offsets
+for any geometry, and a faster one when the windows tile the input
+(size == stride, no offset, sizes divisible: LeNet's 2/2 pools), which
+falls back to the first on NaN or a window without winner. ``l.winner``
+(uint8, or int32 for windows above 254 cells) keeps 1 + each winner's
+offset. Backward: a gather / add / scatter when the indexes are unique
+(stride >= size, every window won), else a masked add per offset.
 """
 import numpy as np
 
 from ..layer import Layer
+from ..pool import plan, scan_offsets, scan_tiles, scatter_offsets, scatter_unique, set_indexes
 from ..registry import register_layer
-
-LOWEST = np.finfo(np.float32).min     # darknet's -FLT_MAX
 
 
 @register_layer("maxpool", "max")
@@ -57,69 +54,28 @@ def make_maxpool(options, params):
     l.winner = np.zeros((batch, l.outputs), kind)
     l.mask = np.zeros((batch, l.outputs), kind)
     l.scratch = np.zeros((batch, l.outputs), np.float32)
+    if stride >= size:                 # windows apart: int64 indexes for the scatter
+        l.positions = np.zeros((batch, l.outputs), np.int64)
     l.complete = True                  # every window had a winner in the last forward
-    # per offset o = dy*size + dx: (output rows, input rows, output cols, input cols) slices
-    offset = -(padding // 2)
-    l.offsets = [_overlap(offset + dy, stride, out_h, h) + _overlap(offset + dx, stride, out_w, w)
-                 for dy in range(size) for dx in range(size)]
-    # flat index of each window's (dy, dx) = (0, 0) cell; + dy*w + dx gives the winner
-    ys = (np.arange(out_h) * stride + offset)[:, None] * w + (np.arange(out_w) * stride + offset)
-    cells = (np.arange(batch * c) * h * w)[:, None, None] + ys
-    l.base = cells.reshape(batch, l.outputs).astype(np.int32)
-    table = [dy * w + dx for dy in range(size) for dx in range(size)]
-    l.table = np.array([0] + table, np.int32)        # winner 0 (none) is fixed below
+    plan(l)                            # offsets, base, table, tiled, chunk, workspace_size
     l.desc = f"{size}x{size}/{stride}"
     l.flops = size * size * l.outputs
     l.forward, l.backward = forward_maxpool, backward_maxpool
     return l
 
 
-def _overlap(start, stride, outs, size):
-    """Outputs o whose cell ``o*stride + start`` lies inside [0, size), and those cells."""
-    first = max(0, -(start // stride))
-    last = max(first, min(outs, (size - 1 - start) // stride + 1))
-    if last == first:
-        return slice(0, 0), slice(0, 0)
-    lo = first * stride + start
-    return slice(first, last), slice(lo, lo + (last - first - 1) * stride + 1, stride)
-
-
-def _views(l, o, *arrays):
-    oy, iy, ox, ix = l.offsets[o]
-    return [a.reshape(l.batch, l.c, l.out_h, l.out_w)[:, :, oy, ox] for a in arrays], (iy, ix)
-
-
 def forward_maxpool(l, net):
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
-    l.output.fill(LOWEST)
-    l.winner.fill(0)
-    for o in range(len(l.offsets)):
-        (best, winner, mask, cell), (iy, ix) = _views(l, o, l.output, l.winner, l.mask, l.scratch)
-        np.copyto(cell, x[:, :, iy, ix])       # one strided read, then contiguous ops
-        np.greater(cell, best, out=mask)
-        np.multiply(mask, o + 1, out=mask, casting="unsafe")
-        np.maximum(winner, mask, out=winner)
-        np.fmax(best, cell, out=best)          # NaN never wins, as in darknet's compare
-    np.take(l.table, l.winner, out=l.indexes, mode="wrap")    # (no bounds check)
-    l.indexes += l.base
-    l.complete = bool(l.winner.all())
-    if not l.complete:
-        np.copyto(l.indexes, -1, where=l.winner == 0)
+    l.complete = l.tiled and scan_tiles(l, x, net.workspace)
+    if not l.complete:                 # any geometry, NaN, or a window without winner
+        l.complete = scan_offsets(l, x)
+    set_indexes(l, l.complete)
 
 
 def backward_maxpool(l, net):
     if net.delta is None:
         return
-    if l.stride >= l.size and l.complete:   # windows apart, indexes unique: gather-add-scatter
-        flat, indexes, part = net.delta.reshape(-1), l.indexes.reshape(-1), l.scratch.reshape(-1)
-        np.take(flat, indexes, out=part)
-        part += l.delta.reshape(-1)
-        flat.put(indexes, part)
-        return
-    dx = net.delta.reshape(l.batch, l.c, l.h, l.w)
-    for o in range(len(l.offsets)):
-        (winner, mask, part, delta), (iy, ix) = _views(l, o, l.winner, l.mask, l.scratch, l.delta)
-        np.equal(winner, o + 1, out=mask)
-        np.multiply(delta, mask, out=part)
-        target = dx[:, :, iy, ix]
-        target += part
+    if l.stride >= l.size and l.complete:   # windows apart, indexes unique
+        scatter_unique(l, net.delta)
+    else:
+        scatter_offsets(l, net.delta.reshape(l.batch, l.c, l.h, l.w))

@@ -136,3 +136,53 @@ def test_gradcheck(body):
     results = gradcheck(build(body), tolerance=1e-6)
     assert [r.array for r in results] == ["input"]
     assert all(r.passed for r in results), format_results(results)
+
+
+@pytest.mark.parametrize("h,w,size,padding,tiled", [
+    (28, 28, 2, 1, True), (14, 14, 2, None, True), (6, 9, 3, 0, True), (6, 6, 3, 1, True),
+    (4, 4, 1, 0, True), (7, 7, 2, 1, False), (6, 6, 2, 2, False), (6, 6, 3, 2, False),
+])
+def test_tiled_path_matches_naive(h, w, size, padding, tiled, monkeypatch):
+    """Windows that tile the input (size == stride, no offset) take the planes
+    scan, chunked (a few images per chunk); same output and indexes as the
+    naive scan, ties included (small integers), and the same backward."""
+    import minidark.pool as kernels
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 4 * 2 * h * w * 2)      # 2 images per chunk
+    net = build(pool(size, size, padding), h=h, w=w, batch=5)
+    l = net.layers[0]
+    assert l.tiled == tiled and (l.chunk == 2 or not tiled)
+    x = np.random.default_rng(2).integers(-3, 3, (5, 2, h, w)).astype(np.float32)
+    out = net.forward(x, train=True)
+    ref, idx = naive_maxpool(x, size, size, 1 if padding is None else padding)
+    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+    np.testing.assert_array_equal(l.indexes.reshape(idx.shape), idx)
+    l.delta[:] = np.random.default_rng(3).normal(size=l.delta.shape)
+    dx = np.full((5, l.inputs), 0.5, np.float32)
+    net.input, net.delta = x.reshape(5, -1), dx
+    l.backward(l, net)
+    expected = np.full(dx.size, 0.5, np.float32)
+    expected[idx.ravel()] += l.delta.ravel()
+    np.testing.assert_array_equal(dx.ravel(), expected)
+
+
+@pytest.mark.parametrize("special", [np.nan, -np.inf, LOWEST])
+def test_tiled_path_falls_back_on_nan_and_empty_windows(special):
+    """NaN, -inf and -FLT_MAX never win (darknet's strict >): a NaN anywhere, or a
+    window holding nothing above -FLT_MAX, sends the tiled scan back to the exact
+    one; the next forward without them takes the tiled scan again."""
+    net = build(pool(2, 2), h=4, w=4, c=1, batch=2)
+    l = net.layers[0]
+    assert l.tiled
+    x = np.arange(32, dtype=np.float32).reshape(2, 1, 4, 4)
+    x[0, 0, 0, 0] = special                     # a window with a special cell and others
+    x[1, 0, 2:, 2:] = special                   # a window made only of it
+    x[1, 0, 0, 1] = special
+    out = net.forward(x, train=True)
+    ref, idx = naive_maxpool(x, 2, 2, 1)
+    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+    np.testing.assert_array_equal(l.indexes.reshape(idx.shape), idx)
+    assert idx[1, 0, 1, 1] == -1 and not l.complete
+    net.forward(np.arange(32, dtype=np.float32)[::-1].reshape(2, 16).copy(), train=True)
+    assert l.complete
+    ref, idx = naive_maxpool(np.arange(32, dtype=np.float32)[::-1].reshape(2, 1, 4, 4), 2, 2, 1)
+    np.testing.assert_array_equal(l.indexes.reshape(idx.shape), idx)

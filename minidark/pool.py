@@ -1,0 +1,142 @@
+"""Max-pool kernels behind [maxpool] (minidark/layers/maxpool.py).
+
+Notation: input ``x`` (B, C, h, w) NCHW, windows ``size`` x ``size`` every
+``stride``, window (oy, ox) starting at ``(oy, ox) * stride + start`` with
+``start = -(padding // 2)``; ``o = dy * size + dx`` numbers the window cells
+in darknet's scan order (rows, then columns). ``l.winner`` holds ``1 + o`` of
+each window's winner (0: no winner), and ``l.indexes = l.base + l.table[winner]``
+(``base`` = flat index of cell (0, 0), ``table[1 + o] = dy * w + dx``).
+
+Two forward scans, both exact (strict ``>`` in scan order: the first maximum
+wins; NaN, -inf and -FLT_MAX never win):
+
+* ``scan_offsets`` (any geometry): one strided view of the input per cell
+  offset o, over the outputs whose cell o is inside the input; each view is
+  copied once, then compared contiguously: ``winner = max(winner, (x > best)
+  * (1 + o))`` is branch-free because offsets only grow.
+* ``scan_tiles`` (windows that tile the input exactly: ``size == stride``,
+  ``start == 0``, ``out * size == in``, e.g. LeNet's 2/2 pools): a chunk of
+  images is split into ``size^2`` contiguous planes (one copy), then reduced
+  plane by plane with ``maximum``; ``maximum`` lets NaN through, so a NaN (or
+  a window with nothing above -FLT_MAX) shows in ``min(output)`` and the layer
+  reruns ``scan_offsets``: the fast path only ever returns darknet's answer.
+
+Backward, ``net.delta[indexes] += delta``: with unique indexes (windows
+apart, every window with a winner) a gather / add / scatter through int64
+positions (``take`` and fancy assignment are ~2x faster with int64 than with
+int32 indexes); otherwise one masked add per offset, so overlapping windows
+accumulate without ``np.add.at``.
+"""
+import numpy as np
+
+LOWEST = np.finfo(np.float32).min     # darknet's -FLT_MAX
+CHUNK_BYTES = 1 << 19                 # input bytes per chunk of scan_tiles (stays in L2)
+
+
+def overlap(start, stride, outs, size):
+    """Outputs o whose cell ``o*stride + start`` lies inside [0, size), and those cells."""
+    first = max(0, -(start // stride))
+    last = max(first, min(outs, (size - 1 - start) // stride + 1))
+    if last == first:
+        return slice(0, 0), slice(0, 0)
+    lo = first * stride + start
+    return slice(first, last), slice(lo, lo + (last - first - 1) * stride + 1, stride)
+
+
+def plan(l):
+    """Window geometry of a maxpool layer (sizes already set): per-offset slices,
+    base indexes, the winner -> index table, and the tiled fast path's chunking."""
+    k, s, h, w = l.size, l.stride, l.h, l.w
+    start = -(l.pad // 2)
+    # per offset o = dy*size + dx: (output rows, input rows, output cols, input cols)
+    l.offsets = [overlap(start + dy, s, l.out_h, h) + overlap(start + dx, s, l.out_w, w)
+                 for dy in range(k) for dx in range(k)]
+    ys = (np.arange(l.out_h) * s + start)[:, None] * w + (np.arange(l.out_w) * s + start)
+    cells = (np.arange(l.batch * l.c) * h * w)[:, None, None] + ys
+    l.base = cells.reshape(l.batch, l.outputs).astype(np.int32)
+    l.table = np.array([0] + [dy * w + dx for dy in range(k) for dx in range(k)], np.int32)
+    l.tiled = k == s and start == 0 and l.out_h * k == h and l.out_w * k == w
+    l.chunk = max(1, min(l.batch, CHUNK_BYTES // (4 * l.inputs))) if l.tiled else 0
+    l.workspace_size = l.chunk * l.inputs          # the planes of one chunk
+
+
+def offset_views(l, o, *arrays):
+    """Views (B, C, rows, cols) of per-output arrays over the outputs whose cell o
+    is inside the input, and that cell's (rows, cols) slices of the input."""
+    oy, iy, ox, ix = l.offsets[o]
+    return [a.reshape(l.batch, l.c, l.out_h, l.out_w)[:, :, oy, ox] for a in arrays], (iy, ix)
+
+
+def scan_offsets(l, x):
+    """Exact forward for any geometry: l.output (maxima) and l.winner (1 + offset, 0 none)."""
+    l.output.fill(LOWEST)
+    l.winner.fill(0)
+    for o in range(len(l.offsets)):
+        (best, winner, mask, cell), (iy, ix) = offset_views(l, o, l.output, l.winner,
+                                                            l.mask, l.scratch)
+        np.copyto(cell, x[:, :, iy, ix])       # one strided read, then contiguous ops
+        np.greater(cell, best, out=mask)
+        np.multiply(mask, o + 1, out=mask, casting="unsafe")
+        np.maximum(winner, mask, out=winner)
+        np.fmax(best, cell, out=best)          # NaN never wins, as in darknet's compare
+    return bool(l.winner.all())
+
+
+def scan_tiles(l, x, workspace):
+    """Forward when the windows tile the input (``l.tiled``); False if the result
+    may differ from darknet's (a NaN, or a window with nothing above -FLT_MAX):
+    then l.output / l.winner are garbage and the caller reruns scan_offsets."""
+    k, kk, shape = l.size, l.size * l.size, (l.c, l.out_h, l.out_w)
+    cells = x.reshape(l.batch, l.c, l.out_h, k, l.out_w, k)
+    output = l.output.reshape(l.batch, *shape)
+    winner, mask = (a.reshape(l.batch, *shape) for a in (l.winner, l.mask))
+    for b0 in range(0, l.batch, l.chunk):
+        b1 = min(b0 + l.chunk, l.batch)
+        n = b1 - b0
+        planes = workspace[:n * l.inputs].reshape(k, k, n, *shape)
+        np.copyto(planes, cells[b0:b1].transpose(3, 5, 0, 1, 2, 4))   # (dy, dx, b, c, oy, ox)
+        planes = planes.reshape(kk, n, *shape)
+        best, win, greater = output[b0:b1], winner[b0:b1], mask[b0:b1]
+        if kk == 1:
+            np.copyto(best, planes[0])
+            win.fill(1)
+            continue
+        np.greater(planes[1], planes[0], out=win)
+        np.add(win, 1, out=win)
+        np.maximum(planes[0], planes[1], out=best)
+        for o in range(2, kk):
+            np.greater(planes[o], best, out=greater)
+            np.multiply(greater, o + 1, out=greater, casting="unsafe")
+            np.maximum(win, greater, out=win)
+            np.maximum(best, planes[o], out=best)
+    return bool(l.output.min() > LOWEST)     # False on NaN too
+
+
+def set_indexes(l, complete):
+    """l.indexes from l.winner: flat input index of each winner, -1 for none."""
+    np.take(l.table, l.winner, out=l.indexes, mode="wrap")    # (no bounds check)
+    l.indexes += l.base
+    if not complete:
+        np.copyto(l.indexes, -1, where=l.winner == 0)
+
+
+def scatter_unique(l, dx):
+    """dx (flat) [indexes] += delta, for unique indexes (no window overlaps, all won)."""
+    flat, part = dx.reshape(-1), l.scratch.reshape(-1)
+    positions = l.positions.reshape(-1)
+    np.copyto(positions, l.indexes.reshape(-1))
+    np.take(flat, positions, out=part, mode="clip")
+    part += l.delta.reshape(-1)
+    flat[positions] = part
+
+
+def scatter_offsets(l, dx):
+    """dx (B, C, h, w) += delta at each winner, one masked add per offset
+    (overlapping windows accumulate)."""
+    for o in range(len(l.offsets)):
+        (winner, mask, part, delta), (iy, ix) = offset_views(l, o, l.winner, l.mask,
+                                                             l.scratch, l.delta)
+        np.equal(winner, o + 1, out=mask)
+        np.multiply(delta, mask, out=part)
+        target = dx[:, :, iy, ix]
+        target += part
