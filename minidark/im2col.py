@@ -46,11 +46,12 @@ def conv_output_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
-def to_padded_nhwc(x, pad, xpad):
+def to_padded_nhwc(x, pad, xpad, border=True):
     """Copy ``x`` (n, C, H, W) into the interior of ``xpad`` (n, H+2p, W+2p, C)
-    and zero its border (``xpad`` may be shared scratch)."""
+    and zero its border (``xpad`` may be shared scratch; ``border=False``: the
+    caller knows it is still zero)."""
     n, _, h, w = x.shape
-    if pad:
+    if pad and border:
         xpad[:, :pad] = 0
         xpad[:, pad + h:] = 0
         xpad[:, pad:pad + h, :pad] = 0
@@ -105,11 +106,11 @@ def col2im_nhwc(cols, k, stride, out_h, out_w, xpad):
 im2col, col2im = im2col_nhwc, col2im_nhwc     # the default layout's short names
 
 
-def to_padded_cnhw(x, pad, xpad):
+def to_padded_cnhw(x, pad, xpad, border=True):
     """Copy ``x`` (n, C, H, W) into the interior of ``xpad`` (C, n, H+2p, W+2p)
-    and zero its border."""
+    and zero its border (unless ``border=False``)."""
     n, _, h, w = x.shape
-    if pad:
+    if pad and border:
         xpad[:, :, :pad] = 0
         xpad[:, :, pad + h:] = 0
         xpad[:, :, pad:pad + h, :pad] = 0

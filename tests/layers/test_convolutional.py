@@ -11,7 +11,7 @@ from minidark.testing import format_results, gradcheck
 @pytest.fixture(params=["auto", "nhwc", "cnhw"])
 def layout(request, monkeypatch):
     """Run a test with the per-layer choice of column layout and with each one forced."""
-    import minidark.layers.convolutional as module
+    import minidark.conv as module
     monkeypatch.setattr(module, "LAYOUT", request.param)
     return request.param
 
@@ -102,24 +102,32 @@ def test_forward_matches_naive(size, stride, pad, groups, c, filters, layout):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_chunks_do_not_change_results(monkeypatch, layout):
-    """A batch split into several chunks gives the same output and gradients as one chunk."""
-    import minidark.layers.convolutional as module
+@pytest.mark.parametrize("body", [conv(4, 3, 2, padding=1, act="leaky"),
+                                  conv(4, 3, 1, padding=1, act="leaky"),
+                                  conv(4, 3, 1, padding=1, act="leaky", bn=1)])
+def test_chunks_do_not_change_results(monkeypatch, layout, body):
+    """A batch split into chunks of 1 or 2 images (a shorter last chunk; padded
+    borders zeroed by the first chunk only) gives the same output and gradients
+    as one chunk, as a second layer (input gradient: col2im or, for stride 1,
+    the transposed path) and as layer 0."""
+    import minidark.conv as module
     results = []
-    for chunk_bytes in (1 << 30, 1):
-        monkeypatch.setattr(module, "CHUNK_BYTES", chunk_bytes)
-        net = build(conv(4, 3, 2, padding=1, act="leaky") + "[connected]\noutput=3\n"
-                    "activation=linear\n[softmax]\n", batch=5, seed=3)
-        assert net.layers[0].chunk == (5 if chunk_bytes > 1 else 1)
+    columns = 4 * 9 * (49 if "stride=1" in body else 16)     # floats per image (rows x K)
+    for images in (5, 1, 2):
+        monkeypatch.setattr(module, "CHUNK_BYTES", 4 * columns * images)
+        net = build(conv(4, 3, 1, pad=1, act="leaky") + body + "[connected]\noutput=3\n"
+                    "activation=linear\n[softmax]\n", c=4, batch=5, seed=3)
+        assert net.layers[1].chunk == images
         rng = np.random.default_rng(0)
-        x = rng.normal(size=(5, 3 * 49))
+        x = rng.normal(size=(5, 4 * 49))
         truth = np.eye(3)[rng.integers(0, 3, 5)]
         net.forward(x, truth, train=True)
         net.backward()
-        results.append((net.layers[0].output.copy(), net.layers[0].weight_updates.copy(),
-                        net.layers[0].bias_updates.copy()))
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        results.append([a.copy() for l in net.layers[:2] for a in
+                        (l.output, l.delta, l.weight_updates, l.bias_updates)])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("body", [

@@ -1,0 +1,221 @@
+"""Convolution kernels behind [convolutional] (minidark/layers/convolutional.py).
+
+Dims legend: B batch, C input channels, N filters, g groups, k size, s stride,
+p padding, M = rows of a chunk = images * out_h * out_w, K = k*k*C/g. The
+batch is processed in chunks of ``l.chunk`` images so that a chunk's columns
+stay in cache; scratch lives in ``net.workspace`` as named per-chunk slots
+(``l.slots``: offset of each, ``l.workspace_size`` floats in all).
+
+Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
+
+* NHWC columns (the default): ``cols (M, K) = im2col(x)``, ``y (M, N/g) =
+  cols @ W_g.T`` with the weights reordered to (N, ky, kx, c) in ``l.ordered``;
+  backward ``dW_g = dy_g.T @ cols``, ``net.delta += col2im(dy_g @ W_g)``.
+* ``l.direct``: 1x1 stride-1 ungrouped: the NHWC input itself is the columns.
+* ``l.cnhw``: darknet's CNHW order, the same products transposed with
+  darknet's weights as they are; picked when its contiguous runs (out_w,
+  stride 1) beat NHWC's (k*C/g): a first layer with few channels.
+* ``l.transposed`` (NHWC, stride 1, one group, p <= k-1), backward when
+  there is an input gradient: both gradients come from one im2col, of the
+  delta padded by ``q = k-1-p``, taken at every input pixel::
+
+      D (B h w, k k N) = im2col(delta padded by q)          D[(b,y,x),(a,e,n)] = dy[b, y+a-q, x+e-q, n]
+      dx (B h w, C)    = D @ F,   F[(a,e,n), c] = W[n, c, k-1-a, k-1-e]      (flipped kernel)
+      G (C, k k N)     = x (C, B h w) @ D,   dW[n, c, ky, kx] = G[c, (k-1-ky, k-1-kx, n)]
+
+  (substitute y = oy + ky - p in the definitions). The input is used as it
+  is, channel-major: no padded copy and no im2col of it in backward, whose
+  copies cost more than the input gradient's wider columns save.
+
+The columns are recomputed in backward instead of being kept from forward
+(80 MB for LeNet's second conv): from cache that costs less than reading
+them back from memory.
+"""
+import math
+
+import numpy as np
+
+from .activations import activate, gradient
+from .im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im_cnhw, col2im_nhwc,
+                     im2col_cnhw, im2col_nhwc, to_padded_cnhw, to_padded_nhwc)
+
+CHUNK_BYTES = 4 << 20        # target size of one chunk's columns
+LAYOUT = "auto"              # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
+SLOTS = ("xpad", "dxpad", "y", "cols", "dypad")
+
+
+def plan(l):
+    """Pick the layer's path (module docstring) and size its buffers and workspace."""
+    k, s, n, c, g = l.size, l.stride, l.n, l.c, l.groups
+    cg, ng, kk, rows = c // g, n // g, k * k * (c // g), l.out_h * l.out_w
+    l.direct = k == 1 and s == 1 and g == 1 and LAYOUT != "cnhw"   # 1x1: NHWC = columns
+    l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and s == 1 and k * cg < l.out_w
+                                  and not l.direct)
+    l.transposed = not l.cnhw and not l.direct and s == 1 and g == 1 and l.pad <= k - 1
+    l.ordered = None if l.cnhw else np.zeros((n, k, k, cg), np.float32)  # W as (n, ky, kx, c)
+    l.ordered_grad = np.zeros((n, cg, k, k) if l.cnhw else (n, k, k, cg), np.float32)
+    l.chunk_grad = np.zeros((ng, kk), np.float32)             # one chunk's, one group's
+    if l.transposed:       # F (k, k, n, c), and G (c, k, k, n) of one chunk and summed
+        l.flipped = np.zeros((k, k, n, c), np.float32)
+        l.flipped_grad = np.zeros((c, k, k, n), np.float32)
+        l.chunk_flipped_grad = np.zeros((c, k * k * n), np.float32)
+    # floats per image of each slot; one chunk of images keeps its columns in cache
+    q = k - 1 - l.pad
+    padded = (l.h + 2 * l.pad) * (l.w + 2 * l.pad) * c
+    columns = 0 if l.direct else max(rows * kk, l.h * l.w * k * k * n if l.transposed else 0)
+    sizes = [padded, padded, rows * n, columns,
+             (l.out_h + 2 * q) * (l.out_w + 2 * q) * n if l.transposed else 0]
+    l.chunk = int(max(1, min(l.batch, CHUNK_BYTES // (4 * max(columns, rows * n)))))
+    l.slots = dict(zip(SLOTS, (int(a) * l.chunk for a in np.cumsum([0] + sizes))))
+    l.workspace_size = int(sum(sizes) * l.chunk)
+
+
+def slot(l, net, name, shape):
+    """A view of net.workspace: the named slot (see plan), shaped for this chunk."""
+    start = l.slots[name]
+    return net.workspace[start:start + math.prod(shape)].reshape(shape)
+
+
+def scratch(l, net, images):
+    """This chunk's padded input, its gradient, y and columns; y is (rows, n) in
+    NHWC order, (n, rows) in CNHW order."""
+    hp, wp, rows = l.h + 2 * l.pad, l.w + 2 * l.pad, images * l.out_h * l.out_w
+    kk = l.size ** 2 * l.c // l.groups
+    if l.cnhw:
+        padded = (l.c, images, hp, wp)
+        return (slot(l, net, "xpad", padded), slot(l, net, "dxpad", padded),
+                slot(l, net, "y", (l.n, rows)), slot(l, net, "cols", (kk, rows)))
+    xpad = slot(l, net, "xpad", (images, hp, wp, l.c))
+    cols = xpad.reshape(rows, l.c) if l.direct else slot(l, net, "cols", (rows, kk))
+    return (xpad, slot(l, net, "dxpad", (images, hp, wp, l.c)),
+            slot(l, net, "y", (rows, l.n)), cols)
+
+
+def chunks(l):
+    """(first, end, border) of each chunk of images; ``border`` (the first chunk
+    only): zero the padded slots' borders. Later chunks find them still zero:
+    the slots are stacks of padded planes, whatever the image count."""
+    for start in range(0, l.batch, l.chunk):
+        yield start, min(start + l.chunk, l.batch), start == 0
+
+
+def in_layout(l, array):
+    """A chunk of NCHW rows (images, n, out_h*out_w) viewed in the order of y."""
+    return array.transpose(1, 0, 2) if l.cnhw else array.transpose(0, 2, 1)
+
+
+def forward(l, net, finish):
+    """l.output = W * input; with ``finish``, + biases and the activation, applied
+    chunk by chunk while y is in cache."""
+    k, s, ng, cg = l.size, l.stride, l.n // l.groups, l.c // l.groups
+    if not l.cnhw:
+        np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+    weights = (l.weights if l.cnhw else l.ordered).reshape(l.n, -1)
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    out = l.output.reshape(l.batch, l.n, l.out_h * l.out_w)
+    for b0, b1, border in chunks(l):
+        xpad, _, y, cols = scratch(l, net, b1 - b0)
+        (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
+        for g in range(l.groups):
+            group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+            if l.cnhw:       # y (n, rows) = W @ cols
+                im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(weights[group], cols, out=y[group])
+            else:            # y (rows, n) = cols @ W.T
+                if not l.direct:
+                    im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(cols, weights[group].T, out=y[:, group])
+        if finish:
+            y += l.biases[:, None] if l.cnhw else l.biases
+            activate(y, l.activation)
+        target = in_layout(l, out[b0:b1])
+        np.copyto(target, y.reshape(target.shape))
+
+
+def backward(l, net, finish):
+    """weight_updates (and, with ``finish``, the activation gradient applied to
+    l.delta chunk by chunk, and bias_updates) and net.delta (when not None)."""
+    if l.transposed and net.delta is not None:
+        backward_transposed(l, net, finish)
+        return
+    k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
+    delta = l.delta.reshape(l.batch, l.n, rows)
+    grad = l.ordered_grad.reshape(l.n, -1)
+    grad.fill(0)
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    dx = None if net.delta is None else net.delta.reshape(l.batch, l.c, l.h, l.w)
+    for b0, b1, border in chunks(l):
+        xpad, dxpad, dy, cols = scratch(l, net, b1 - b0)
+        if finish:                         # delta *= f'(output), chunk by chunk
+            gradient(l.output[b0:b1], l.activation, l.delta[b0:b1])
+        source = in_layout(l, delta[b0:b1])
+        np.copyto(dy.reshape(source.shape), source)
+        (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
+        if dx is not None and not l.direct:
+            dxpad.fill(0)
+        for g in range(l.groups):
+            group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+            if l.cnhw:       # dW = dy @ cols.T
+                im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(dy[group], cols.T, out=l.chunk_grad)
+            else:            # dW = dy.T @ cols
+                if not l.direct:
+                    im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(dy[:, group].T, cols, out=l.chunk_grad)
+            grad[group] += l.chunk_grad
+            if dx is not None:
+                input_gradient(l, g, dy, cols, dxpad)
+        if dx is not None:
+            add = add_from_padded_cnhw if l.cnhw else add_from_padded_nhwc
+            add(dxpad, l.pad, dx[b0:b1])
+    if finish:
+        l.bias_updates += np.einsum("bnr->n", delta)
+    l.weight_updates += l.ordered_grad if l.cnhw else l.ordered_grad.transpose(0, 3, 1, 2)
+
+
+def input_gradient(l, g, dy, cols, dxpad):
+    """Accumulate group g's -dL/d(input) of a chunk into dxpad (zeroed by the caller)."""
+    k, s, ng, cg = l.size, l.stride, l.n // l.groups, l.c // l.groups
+    group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+    weights = (l.weights if l.cnhw else l.ordered).reshape(l.n, -1)
+    if l.cnhw:              # cols = W.T @ dy, scattered back
+        np.matmul(weights[group].T, dy[group], out=cols)
+        col2im_cnhw(cols, k, s, l.out_h, l.out_w, dxpad[channels])
+    elif l.direct:          # the columns are the padded input itself
+        np.matmul(dy, weights, out=dxpad.reshape(cols.shape))
+    else:                   # cols = dy @ W, scattered back
+        np.matmul(dy[:, group], weights[group], out=cols)
+        col2im_nhwc(cols, k, s, l.out_h, l.out_w, dxpad[..., channels])
+
+
+def backward_transposed(l, net, finish):
+    """Both gradients from the columns of the padded delta (module docstring)."""
+    k, n, c, q, pixels = l.size, l.n, l.c, l.size - 1 - l.pad, l.h * l.w
+    delta = l.delta.reshape(l.batch, n, l.out_h, l.out_w)
+    x = net.input.reshape(l.batch, c, pixels)
+    dx = net.delta.reshape(l.batch, c, l.h, l.w)
+    np.copyto(l.flipped, l.weights[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))
+    flipped = l.flipped.reshape(-1, c)
+    grad = l.flipped_grad.reshape(c, -1)
+    grad.fill(0)
+    for b0, b1, border in chunks(l):
+        images = b1 - b0
+        if finish:                         # delta *= f'(output), chunk by chunk
+            gradient(l.output[b0:b1], l.activation, l.delta[b0:b1])
+        dypad = slot(l, net, "dypad", (images, l.out_h + 2 * q, l.out_w + 2 * q, n))
+        columns = slot(l, net, "cols", (images * pixels, k * k * n))
+        to_padded_nhwc(delta[b0:b1], q, dypad, border)
+        im2col_nhwc(dypad, k, 1, l.h, l.w, columns)
+        if images == 1:                    # x (C, B h w): one image is already so
+            channel_major = x[b0]
+        else:
+            channel_major = slot(l, net, "xpad", (c, images, pixels))
+            np.copyto(channel_major, x[b0:b1].transpose(1, 0, 2))
+        np.matmul(channel_major.reshape(c, -1), columns, out=l.chunk_flipped_grad)
+        grad += l.chunk_flipped_grad
+        dxn = slot(l, net, "dxpad", (images, l.h, l.w, c))      # dx, NHWC
+        np.matmul(columns, flipped, out=dxn.reshape(-1, c))
+        add_from_padded_nhwc(dxn, 0, dx[b0:b1])
+    if finish:
+        l.bias_updates += np.einsum("bnyx->n", delta)
+    l.weight_updates += l.flipped_grad[:, ::-1, ::-1, :].transpose(3, 0, 1, 2)
