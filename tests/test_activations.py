@@ -159,3 +159,19 @@ def test_connected_layer_gradcheck_with_activation(name):
     results = gradcheck(cfg)
     assert {r.array for r in results} == {"input", "weights", "biases"}
     assert all(r.passed for r in results), format_results(results)
+
+
+@pytest.mark.parametrize("name,slope", [("leaky", 0.1), ("relie", 0.01)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_slope_gradients_are_bit_exact(name, slope, dtype):
+    """leaky/relie multiply delta by exactly 1 or the slope in delta's dtype (the
+    fast arithmetic factor equals np.where's), NaN outputs taking the slope."""
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=1000).astype(dtype)
+    y[:50] = 0
+    y[50:60] = np.nan
+    delta = rng.normal(size=1000).astype(dtype)
+    expected = delta * np.where(y > 0, 1, slope).astype(dtype)
+    gradient(y, name, delta)
+    assert delta.dtype == dtype
+    np.testing.assert_array_equal(delta, expected)
