@@ -175,3 +175,25 @@ def test_slope_gradients_are_bit_exact(name, slope, dtype):
     gradient(y, name, delta)
     assert delta.dtype == dtype
     np.testing.assert_array_equal(delta, expected)
+
+
+@pytest.mark.parametrize("size", [0, 5, 256, 1000, 4096 + 17])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_matches_numpy_maximum_bit_for_bit(size, dtype):
+    """relu runs as rows against a row of zeros plus a scalar tail; it gives exactly
+    np.maximum(x, 0): NaN kept, negatives and -0.0 to the same zero, in place,
+    also on a non-contiguous view."""
+    rng = np.random.default_rng(size)
+    x = rng.normal(size=size).astype(dtype)
+    x[::7] = -0.0
+    x[3::11] = np.nan
+    expected = np.maximum(x, 0)
+    y = x.copy()
+    activate(y, "relu")
+    np.testing.assert_array_equal(y, expected)
+    assert (np.signbit(y) == np.signbit(expected)).all() and y.dtype == dtype
+    grid = np.tile(x, (3, 1))
+    view = grid[:, ::2]
+    activate(view, "relu")
+    np.testing.assert_array_equal(grid[:, ::2], np.tile(expected[::2], (3, 1)))
+    np.testing.assert_array_equal(grid[:, 1::2], np.tile(x[1::2], (3, 1)))
