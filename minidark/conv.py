@@ -66,6 +66,9 @@ def plan(l):
     sizes = [padded, padded, rows * n, columns,
              (l.out_h + 2 * q) * (l.out_w + 2 * q) * n if l.transposed else 0]
     l.chunk = int(max(1, min(l.batch, CHUNK_BYTES // (4 * max(columns, rows * n)))))
+    if l.cnhw:             # per image of a chunk: dW in CNHW takes one GEMM per image
+        l.image_grads = np.zeros((l.chunk, ng, kk), np.float32)
+        l.bias_plane = np.zeros((n, rows), np.float32)   # biases broadcast over pixels
     l.slots = dict(zip(SLOTS, (int(a) * l.chunk for a in np.cumsum([0] + sizes))))
     l.workspace_size = int(sum(sizes) * l.chunk)
 
@@ -107,29 +110,36 @@ def in_layout(l, array):
 def forward(l, net, finish):
     """l.output = W * input; with ``finish``, + biases and the activation, applied
     chunk by chunk while y is in cache."""
-    k, s, ng, cg = l.size, l.stride, l.n // l.groups, l.c // l.groups
+    k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
     if not l.cnhw:
         np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
     weights = (l.weights if l.cnhw else l.ordered).reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
-    out = l.output.reshape(l.batch, l.n, l.out_h * l.out_w)
+    out = l.output.reshape(l.batch, l.n, rows)
+    if l.cnhw and finish:
+        bias_plane = l.bias_plane
+        np.copyto(bias_plane, l.biases[:, None])
     for b0, b1, border in chunks(l):
         xpad, _, y, cols = scratch(l, net, b1 - b0)
         (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
         for g in range(l.groups):
             group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
-            if l.cnhw:       # y (n, rows) = W @ cols
+            if l.cnhw:       # out_b (n, rows) = W @ cols_b, one GEMM per image, in place
                 im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
-                np.matmul(weights[group], cols, out=y[group])
+                np.matmul(weights[group], cols.reshape(-1, b1 - b0, rows).transpose(1, 0, 2),
+                          out=out[b0:b1, group])
             else:            # y (rows, n) = cols @ W.T
                 if not l.direct:
                     im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
                 np.matmul(cols, weights[group].T, out=y[:, group])
-        if finish:
-            y += l.biases[:, None] if l.cnhw else l.biases
+        if l.cnhw:
+            y = out[b0:b1]
+        if finish:        # CNHW: a full plane of biases adds ~2.5x faster than a column
+            y += bias_plane if l.cnhw else l.biases
             activate(y, l.activation)
-        target = in_layout(l, out[b0:b1])
-        np.copyto(target, y.reshape(target.shape))
+        if not l.cnhw:
+            target = in_layout(l, out[b0:b1])
+            np.copyto(target, y.reshape(target.shape))
 
 
 def backward(l, net, finish):
@@ -148,16 +158,20 @@ def backward(l, net, finish):
         xpad, dxpad, dy, cols = scratch(l, net, b1 - b0)
         if finish:                         # delta *= f'(output), chunk by chunk
             gradient(l.output[b0:b1], l.activation, l.delta[b0:b1])
-        source = in_layout(l, delta[b0:b1])
-        np.copyto(dy.reshape(source.shape), source)
+        if dx is not None or not l.cnhw:   # CNHW dW reads delta as it is
+            source = in_layout(l, delta[b0:b1])
+            np.copyto(dy.reshape(source.shape), source)
         (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
         if dx is not None and not l.direct:
             dxpad.fill(0)
         for g in range(l.groups):
             group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
-            if l.cnhw:       # dW = dy @ cols.T
+            if l.cnhw:       # dW = sum over images of delta_b (n, rows) @ cols_b.T
                 im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
-                np.matmul(dy[group], cols.T, out=l.chunk_grad)
+                parts = l.image_grads[:b1 - b0]
+                np.matmul(delta[b0:b1, group], cols.reshape(-1, b1 - b0, rows).transpose(1, 2, 0),
+                          out=parts)
+                np.add.reduce(parts, axis=0, out=l.chunk_grad)
             else:            # dW = dy.T @ cols
                 if not l.direct:
                     im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
