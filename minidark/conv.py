@@ -41,7 +41,7 @@ from .im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im_cnhw, co
 
 CHUNK_BYTES = 4 << 20        # target size of one chunk's columns
 LAYOUT = "auto"              # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
-SLOTS = ("xpad", "dxpad", "y", "cols", "dypad")
+SLOTS = ("xpad", "dxpad", "y", "cols", "dypad", "grads")
 
 
 def plan(l):
@@ -64,11 +64,11 @@ def plan(l):
     padded = (l.h + 2 * l.pad) * (l.w + 2 * l.pad) * c
     columns = 0 if l.direct else max(rows * kk, l.h * l.w * k * k * n if l.transposed else 0)
     sizes = [padded, padded, rows * n, columns,
-             (l.out_h + 2 * q) * (l.out_w + 2 * q) * n if l.transposed else 0]
+             (l.out_h + 2 * q) * (l.out_w + 2 * q) * n if l.transposed else 0,
+             ng * kk if l.cnhw else 0]      # CNHW dW: one GEMM per image
     l.chunk = int(max(1, min(l.batch, CHUNK_BYTES // (4 * max(columns, rows * n)))))
-    if l.cnhw:             # per image of a chunk: dW in CNHW takes one GEMM per image
-        l.image_grads = np.zeros((l.chunk, ng, kk), np.float32)
-        l.bias_plane = np.zeros((n, rows), np.float32)   # biases broadcast over pixels
+    if l.cnhw:             # biases broadcast over the pixels
+        l.bias_plane = np.zeros((n, rows), np.float32)
     l.slots = dict(zip(SLOTS, (int(a) * l.chunk for a in np.cumsum([0] + sizes))))
     l.workspace_size = int(sum(sizes) * l.chunk)
 
@@ -149,6 +149,7 @@ def backward(l, net, finish):
         backward_transposed(l, net, finish)
         return
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
+    kk = k * k * cg
     delta = l.delta.reshape(l.batch, l.n, rows)
     grad = l.ordered_grad.reshape(l.n, -1)
     grad.fill(0)
@@ -168,7 +169,7 @@ def backward(l, net, finish):
             group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
             if l.cnhw:       # dW = sum over images of delta_b (n, rows) @ cols_b.T
                 im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
-                parts = l.image_grads[:b1 - b0]
+                parts = slot(l, net, "grads", (b1 - b0, ng, kk))
                 np.matmul(delta[b0:b1, group], cols.reshape(-1, b1 - b0, rows).transpose(1, 2, 0),
                           out=parts)
                 np.add.reduce(parts, axis=0, out=l.chunk_grad)
