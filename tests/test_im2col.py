@@ -125,3 +125,20 @@ def test_cnhw_layout_matches_naive(n, c, h, w, k, s, p):
     dx = np.ones_like(x)
     add_from_padded_cnhw(back, p, dx)
     np.testing.assert_allclose(dx, 1 + naive_col2im(other, x.shape, k, s, p), atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "cnhw"])
+def test_to_padded_border_flag(layout):
+    """border=True zeroes the border of stale scratch; border=False writes only the
+    interior (the caller knows the border is still zero)."""
+    to_padded = to_padded_nhwc if layout == "nhwc" else to_padded_cnhw
+    x = np.random.default_rng(5).normal(size=(2, 3, 4, 5))
+    shape = (2, 6, 7, 3) if layout == "nhwc" else (3, 2, 6, 7)
+    inner = np.s_[:, 1:5, 1:6] if layout == "nhwc" else np.s_[:, :, 1:5, 1:6]
+    for border in (True, False):
+        xpad = np.full(shape, 7.0)
+        to_padded(x, 1, xpad, border)
+        outside = np.ones(shape, bool)
+        outside[inner] = False
+        assert (xpad[outside] == (0 if border else 7)).all()
+        assert (xpad[inner] != 7).all() and xpad[inner].sum() == pytest.approx(x.sum())
