@@ -12,9 +12,12 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
   cols @ W_g.T`` with the weights reordered to (N, ky, kx, c) in ``l.ordered``;
   backward ``dW_g = dy_g.T @ cols``, ``net.delta += col2im(dy_g @ W_g)``.
 * ``l.direct``: 1x1 stride-1 ungrouped: the NHWC input itself is the columns.
-* ``l.cnhw``: darknet's CNHW order, the same products transposed with
-  darknet's weights as they are; picked when its contiguous runs (out_w,
-  stride 1) beat NHWC's (k*C/g): a first layer with few channels.
+* ``l.cnhw``: darknet's CNHW order, ``cols (K, M)``, darknet's weights as
+  they are; picked when its contiguous runs (out_w, stride 1) beat NHWC's
+  (k*C/g): a first layer with few channels. One GEMM per image (batched by
+  np.matmul): ``out_b (N/g, out_h out_w) = W_g @ cols_b`` lands in the NCHW
+  output directly, ``dW_g = sum_b delta_b @ cols_b.T`` reads the delta as it
+  is; ``net.delta += col2im(W_g.T @ dy_g)``.
 * ``l.transposed`` (NHWC, stride 1, one group, p <= k-1), backward when
   there is an input gradient: both gradients come from one im2col, of the
   delta padded by ``q = k-1-p``, taken at every input pixel::
@@ -80,8 +83,8 @@ def slot(l, net, name, shape):
 
 
 def scratch(l, net, images):
-    """This chunk's padded input, its gradient, y and columns; y is (rows, n) in
-    NHWC order, (n, rows) in CNHW order."""
+    """This chunk's padded input, its gradient, y (or dy) and columns; y is
+    (rows, n) in NHWC order, (n, rows) in CNHW order."""
     hp, wp, rows = l.h + 2 * l.pad, l.w + 2 * l.pad, images * l.out_h * l.out_w
     kk = l.size ** 2 * l.c // l.groups
     if l.cnhw:
