@@ -106,18 +106,19 @@ def test_forward_matches_naive(size, stride, pad, groups, c, filters, layout):
                                   conv(4, 3, 1, padding=1, act="leaky"),
                                   conv(4, 3, 1, padding=1, act="leaky", bn=1)])
 def test_chunks_do_not_change_results(monkeypatch, layout, body):
-    """A batch split into chunks of 1 or 2 images (a shorter last chunk; padded
+    """A batch split into chunks of 1, 2 or 4 images (a shorter last chunk; padded
     borders zeroed by the first chunk only) gives the same output and gradients
     as one chunk, as a second layer (input gradient: col2im or, for stride 1,
     the transposed path) and as layer 0."""
     import minidark.conv as module
     results = []
     columns = 4 * 9 * (49 if "stride=1" in body else 16)     # floats per image (rows x K)
-    for images in (5, 1, 2):
-        monkeypatch.setattr(module, "CHUNK_BYTES", 4 * columns * images)
+    for images in (5, 1, 2):     # backward chunk; forward's is 1, 2 or 4, and 5
+        monkeypatch.setattr(module, "CHUNK_BYTES", 1 if images == 1 else 4 * columns * images)
         net = build(conv(4, 3, 1, pad=1, act="leaky") + body + "[connected]\noutput=3\n"
                     "activation=linear\n[softmax]\n", c=4, batch=5, seed=3)
-        assert net.layers[1].chunk == images
+        l = net.layers[1]
+        assert l.chunk == images and l.forward_chunk == (min(5, 2 * images) if images > 1 else 1)
         rng = np.random.default_rng(0)
         x = rng.normal(size=(5, 4 * 49))
         truth = np.eye(3)[rng.integers(0, 3, 5)]
