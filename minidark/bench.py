@@ -655,10 +655,24 @@ def prepare_data(net, directory, train_batches, eval_rows, seed=0):
     return description
 
 
-def worker_environment(threads):
+# Variables some machines set to pin OpenBLAS to an older kernel (e.g. Haswell's
+# AVX2 on an AVX-512 CPU, for the sake of old OpenBLAS builds); a current numpy
+# runs its native kernel, about twice as fast here, once both are dropped.
+KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def pinned_kernel():
+    """The OpenBLAS kernel forced by the environment, or None."""
+    return os.environ.get("OPENBLAS_CORETYPE") or None
+
+
+def worker_environment(threads, native_blas=False):
     env = dict(os.environ)
     for name in THREAD_VARIABLES:
         env[name] = str(threads)
+    if native_blas:
+        for name in KERNEL_VARIABLES:
+            env.pop(name, None)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + path if path else "")
     return env
@@ -682,7 +696,8 @@ def run_worker(mode, engine, options, cfg=None, data=None, batch=None, shapes=No
         command += ["--plugin", spec]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True,
-                          env=worker_environment(options.threads))
+                          env=worker_environment(options.threads,
+                                                 getattr(options, "native_blas", False)))
     wall = time.perf_counter() - started
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -838,6 +853,8 @@ def machine_info(options, use_torch, started):
             "steps": options.steps, "warmup": options.warmup, "repeats": options.repeats,
             "train_batches": options.train_batches, "eval_rows": options.eval_rows,
             "eval_passes": options.eval_passes, "torch": None,
+            "pinned_kernel": pinned_kernel(),
+            "native_blas": bool(getattr(options, "native_blas", False)),
             "command": " ".join([_program()] + sys.argv[1:])}
     if use_torch:
         from importlib.metadata import PackageNotFoundError, version
@@ -1167,6 +1184,15 @@ def _pm(spread, digits=2, suffix="", sign=""):
     return text
 
 
+def kernel_note(meta):
+    """A line when the environment pins OpenBLAS's kernel and the run kept it."""
+    pinned = meta.get("pinned_kernel")
+    if not pinned or meta.get("native_blas"):
+        return []
+    return [f"note: OPENBLAS_CORETYPE={pinned} is set, so numpy's GEMMs run that kernel; "
+            f"--native-blas measures the CPU's own"]
+
+
 def format_accuracy_table(result):
     """The human-readable accuracy report."""
     meta = result["meta"]
@@ -1178,6 +1204,7 @@ def format_accuracy_table(result):
         pools = (first["minidark"] or {}).get("pools", []) + \
             [p for p in (first["torch"] or {}).get("pools", []) if p.startswith("torch")]
         lines.append(f"numpy {meta['numpy']}, {'; '.join(pools)}")
+    lines += kernel_note(meta)
     lines.append("")
     for entry in result["results"]:
         md, pt = entry["minidark"], entry["torch"]
@@ -1260,6 +1287,7 @@ def format_table(result):
     lines = [f"minidark bench  {meta['date']}  {meta['cpu']} ({meta['cpu_count']} cores)",
              f"threads {meta['threads']}{noisy}",
              f"numpy {meta['numpy']}, {'; '.join(gemm['blas'])}; {torch_text}",
+             *kernel_note(meta),
              f"float32 GEMM {gemm['size']}^3: numpy {_fmt(gemm['gflops'], 'int')} GFLOP/s "
              f"(best of {len(gemm['gflops_runs'])} runs; the reference for the fractions)"
              + (f", PyTorch {_fmt(gemm['torch_gflops'], 'int')} GFLOP/s"
@@ -1323,6 +1351,9 @@ def add_arguments(parser):
                         help="square float32 GEMM size for the GFLOP/s reference")
     parser.add_argument("--seed", type=int, default=0, help="weights/data seed")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--native-blas", action="store_true",
+                        help="drop OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE in the workers so "
+                             "OpenBLAS runs the CPU's own kernel (the table names it)")
     parser.add_argument("--no-torch", action="store_true",
                         help="measure minidark only, even if PyTorch is installed")
     group = parser.add_argument_group(

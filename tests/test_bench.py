@@ -561,3 +561,17 @@ def test_accuracy_needs_an_mnist_shaped_cfg(tmp_path, capsys):
     cfg = write(tmp_path, MLP_CFG, h=8, w=8)
     assert bench.main([cfg, "--accuracy", "1"]) == 1
     assert "784 inputs" in capsys.readouterr().err
+
+
+def test_native_blas_drops_the_pinned_kernel_only_when_asked(monkeypatch):
+    from minidark import bench
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
+    kept = bench.worker_environment(1)
+    assert kept["OPENBLAS_CORETYPE"] == "Haswell" and kept["OPENBLAS_NUM_THREADS"] == "1"
+    native = bench.worker_environment(1, native_blas=True)
+    assert "OPENBLAS_CORETYPE" not in native and "OPENBLAS_L2_SIZE" not in native
+    assert native["OPENBLAS_NUM_THREADS"] == "1"
+    assert "--native-blas" in bench.kernel_note({"pinned_kernel": "Haswell"})[0]
+    assert bench.kernel_note({"pinned_kernel": "Haswell", "native_blas": True}) == []
+    assert bench.kernel_note({"pinned_kernel": None}) == []
