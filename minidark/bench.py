@@ -697,7 +697,7 @@ def run_worker(mode, engine, options, cfg=None, data=None, batch=None, shapes=No
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True,
                           env=worker_environment(options.threads,
-                                                 getattr(options, "native_blas", False)))
+                                                 getattr(options, "native_blas", True)))
     wall = time.perf_counter() - started
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -854,7 +854,7 @@ def machine_info(options, use_torch, started):
             "train_batches": options.train_batches, "eval_rows": options.eval_rows,
             "eval_passes": options.eval_passes, "torch": None,
             "pinned_kernel": pinned_kernel(),
-            "native_blas": bool(getattr(options, "native_blas", False)),
+            "native_blas": bool(getattr(options, "native_blas", True)),
             "command": " ".join([_program()] + sys.argv[1:])}
     if use_torch:
         from importlib.metadata import PackageNotFoundError, version
@@ -1187,10 +1187,13 @@ def _pm(spread, digits=2, suffix="", sign=""):
 def kernel_note(meta):
     """A line when the environment pins OpenBLAS's kernel and the run kept it."""
     pinned = meta.get("pinned_kernel")
-    if not pinned or meta.get("native_blas"):
+    if not pinned:
         return []
-    return [f"note: OPENBLAS_CORETYPE={pinned} is set, so numpy's GEMMs run that kernel; "
-            f"--native-blas measures the CPU's own"]
+    if meta.get("native_blas"):
+        return [f"note: OPENBLAS_CORETYPE={pinned} from the environment was dropped in the "
+                f"workers, so OpenBLAS runs the CPU's own kernel; --keep-blas-kernel keeps it"]
+    return [f"note: OPENBLAS_CORETYPE={pinned} is set, so numpy's GEMMs run that kernel, "
+            f"not the CPU's own (drop --keep-blas-kernel to measure that)"]
 
 
 def format_accuracy_table(result):
@@ -1351,9 +1354,10 @@ def add_arguments(parser):
                         help="square float32 GEMM size for the GFLOP/s reference")
     parser.add_argument("--seed", type=int, default=0, help="weights/data seed")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--native-blas", action="store_true",
-                        help="drop OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE in the workers so "
-                             "OpenBLAS runs the CPU's own kernel (the table names it)")
+    parser.add_argument("--keep-blas-kernel", dest="native_blas", action="store_false",
+                        help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE from the environment "
+                             "in the workers (by default they are dropped, so OpenBLAS runs "
+                             "the CPU's own kernel; the table names the kernel used)")
     parser.add_argument("--no-torch", action="store_true",
                         help="measure minidark only, even if PyTorch is installed")
     group = parser.add_argument_group(

@@ -563,7 +563,7 @@ def test_accuracy_needs_an_mnist_shaped_cfg(tmp_path, capsys):
     assert "784 inputs" in capsys.readouterr().err
 
 
-def test_native_blas_drops_the_pinned_kernel_only_when_asked(monkeypatch):
+def test_workers_drop_a_pinned_blas_kernel_unless_kept(monkeypatch):
     from minidark import bench
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
@@ -572,6 +572,11 @@ def test_native_blas_drops_the_pinned_kernel_only_when_asked(monkeypatch):
     native = bench.worker_environment(1, native_blas=True)
     assert "OPENBLAS_CORETYPE" not in native and "OPENBLAS_L2_SIZE" not in native
     assert native["OPENBLAS_NUM_THREADS"] == "1"
-    assert "--native-blas" in bench.kernel_note({"pinned_kernel": "Haswell"})[0]
-    assert bench.kernel_note({"pinned_kernel": "Haswell", "native_blas": True}) == []
-    assert bench.kernel_note({"pinned_kernel": None}) == []
+    assert "dropped" in bench.kernel_note({"pinned_kernel": "Haswell", "native_blas": True})[0]
+    assert "--keep-blas-kernel" in bench.kernel_note({"pinned_kernel": "Haswell"})[0]
+    assert bench.kernel_note({"pinned_kernel": None, "native_blas": True}) == []
+    import argparse
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert parser.parse_args([]).native_blas is True
+    assert parser.parse_args(["--keep-blas-kernel"]).native_blas is False
