@@ -72,3 +72,14 @@ def mnist():
 
 def one_hot(labels, classes=10):
     return np.eye(classes, dtype=np.float32)[np.asarray(labels)]
+
+
+def mnist_datasets(train_rows, valid_rows):
+    """The first rows of MNIST's training and test sets as trainer Datasets (1x28x28)."""
+    from minidark.data.dataset import load_dataset
+    folder = ROOT / "data" / "mnist"
+    train = load_dataset(str(folder / "train-images-idx3-ubyte.gz"), (1, 28, 28),
+                         progress=False).subset(train_rows)
+    valid = load_dataset(str(folder / "t10k-images-idx3-ubyte.gz"), (1, 28, 28),
+                         progress=False).subset(valid_rows)
+    return train, valid

@@ -13,11 +13,9 @@ import numpy as np
 import pytest
 
 import minidark
-from minidark.data.dataset import load_dataset
+from conftest import mnist_datasets
 from minidark.trainer import Trainer, sidecar_path, train_state_names
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = os.path.join(ROOT, "data", "mnist")
 
 CFG = """[net]
 batch=32
@@ -57,11 +55,7 @@ activation=linear
 
 @pytest.fixture(scope="module")
 def data():
-    train = load_dataset(os.path.join(MNIST, "train-images-idx3-ubyte.gz"), (1, 28, 28),
-                         progress=False).subset(200)          # 6.25 iterations per epoch
-    valid = load_dataset(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz"), (1, 28, 28),
-                         progress=False).subset(100)
-    return train, valid
+    return mnist_datasets(200, 100)          # 6.25 iterations per epoch
 
 
 def trainer_for(tmp_path, data, folder, weights=None, seed=7):

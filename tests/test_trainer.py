@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 import minidark
-from minidark.data.dataset import Dataset, load_dataset
+from conftest import mnist_datasets
+from minidark.data.dataset import Dataset
 from minidark.trainer import (Trainer, TrainingStopped, cfg_base, evaluate, sidecar_path,
                               topk_indices, train_state_names)
 from minidark.weights import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = os.path.join(ROOT, "data", "mnist")
 
 CFG = """[net]
 batch=32
@@ -51,11 +51,7 @@ activation=linear
 
 @pytest.fixture(scope="module")
 def data():
-    train = load_dataset(os.path.join(MNIST, "train-images-idx3-ubyte.gz"), (1, 28, 28),
-                         progress=False).subset(320)          # 10 iterations per epoch
-    valid = load_dataset(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz"), (1, 28, 28),
-                         progress=False).subset(200)
-    return train, valid
+    return mnist_datasets(320, 200)          # 10 iterations per epoch
 
 
 def make_trainer(tmp_path, data, lr=0.1, step=1000, scale=1, max_batches=25,
