@@ -83,3 +83,25 @@ def mnist_datasets(train_rows, valid_rows):
     valid = load_dataset(str(folder / "t10k-images-idx3-ubyte.gz"), (1, 28, 28),
                          progress=False).subset(valid_rows)
     return train, valid
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """Start from the built-in layers and leave no plugin behind (registry, plugin
+    state and imported plugin modules); installed entry points stay off unless a
+    test turns them on."""
+    import sys
+    from minidark import plugins, registry
+    registry._ensure_builtins()
+    saved = dict(registry._REGISTRY), dict(registry._ORIGIN)
+    modules = set(sys.modules)
+    monkeypatch.setattr(plugins, "_state", plugins._State())
+    monkeypatch.setenv(plugins.DISABLE_ENV, "1")
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved[0])
+    registry._ORIGIN.clear()
+    registry._ORIGIN.update(saved[1])
+    for name in set(sys.modules) - modules:
+        if name.startswith(("minidark_plugin_", "minidark_testplugin", "tp_", "clash_")):
+            del sys.modules[name]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minidark
-from minidark import gradcheck_cli, plugins, registry
+from minidark import gradcheck_cli, registry
 from minidark.errors import MinidarkError
 from minidark.plugins import load_plugins
 from minidark.testing import KnownGap, format_results, gradcheck, learned_arrays, summarize
@@ -41,20 +41,7 @@ activation=tanh
 """
 
 
-@pytest.fixture(autouse=True)
-def clean_registry(monkeypatch):
-    registry._ensure_builtins()
-    saved = dict(registry._REGISTRY), dict(registry._ORIGIN)
-    modules = set(sys.modules)
-    monkeypatch.setattr(plugins, "_state", plugins._State())
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved[0])
-    registry._ORIGIN.clear()
-    registry._ORIGIN.update(saved[1])
-    for name in set(sys.modules) - modules:
-        if name.startswith("minidark_plugin_"):
-            del sys.modules[name]
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # conftest.py
 
 
 def cli(*argv):

@@ -47,22 +47,7 @@ activation=linear
 """
 
 
-@pytest.fixture(autouse=True)
-def clean_registry(monkeypatch):
-    """Every test starts from the built-ins and leaves no plugin behind."""
-    registry._ensure_builtins()
-    saved = dict(registry._REGISTRY), dict(registry._ORIGIN)
-    modules = set(sys.modules)
-    monkeypatch.setattr(plugins, "_state", plugins._State())
-    monkeypatch.setenv(plugins.DISABLE_ENV, "1")   # tests opt in to entry points
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved[0])
-    registry._ORIGIN.clear()
-    registry._ORIGIN.update(saved[1])
-    for name in set(sys.modules) - modules:
-        if name.startswith(("minidark_plugin_", "minidark_testplugin", "tp_", "clash_")):
-            del sys.modules[name]
+pytestmark = pytest.mark.usefixtures("isolated_registry")  # conftest.py
 
 
 def make_identity(options, params):
