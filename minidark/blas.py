@@ -34,8 +34,3 @@ def fill(a, x):
 def copy(x, y):
     """y[:] = x."""
     np.copyto(y, _same(x, y))
-
-
-def mul(x, y):
-    """y *= x, elementwise."""
-    np.multiply(y, _same(x, y), out=y)

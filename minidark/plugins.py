@@ -227,8 +227,3 @@ def _describe(exc, path=None):
         if f"already registered by {module}." in text:
             text += f"; {module} was loaded from {source}"
     return text
-
-
-def plugin_sources():
-    """module name -> where it was loaded from (plugin file/module, entry point)."""
-    return dict(_state.sources)
