@@ -17,12 +17,12 @@ With ``delta`` = -dL/d(out) (darknet's sign: the NEGATIVE gradient)::
 cfg keys: ``slope`` (0.25, the initial value of every slope, as in
 PyTorch's nn.PReLU). Output size = input size. Saved in .weights: the
 slopes (one float per channel). The update is darknet's SGD with momentum
-and no weight decay (minidark.sgd.sgd_update), like biases.
+and no weight decay (minidark.optim.sgd.sgd_update), like biases.
 """
 import numpy as np
 
 from minidark import Layer, register_layer
-from minidark.sgd import sgd_update
+from minidark.optim.sgd import sgd_update
 
 
 @register_layer("prelu")

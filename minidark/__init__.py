@@ -11,7 +11,7 @@ Public API (stable)::
 from .errors import ConfigError, DataError, MinidarkError, WeightsError
 from .layer import Layer
 from .network import Network
-from .parser import parse_network, parse_network_cfg, read_sections
+from .cfg.parser import parse_network, parse_network_cfg, read_sections
 from .registry import register_layer
 from .weights import load_weights, save_weights
 

@@ -29,3 +29,7 @@ class WeightsError(MinidarkError):
 
 class DataError(MinidarkError):
     """Missing or malformed data (MNIST files, image lists, .data files)."""
+
+
+class LayerNameClash(MinidarkError, ValueError):
+    """A section name registered twice (by a built-in, a plugin or an entry point)."""

@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from . import policy
+from .optim import policy
 
 
 class UpdateArgs:

@@ -27,8 +27,8 @@ is always an error naming both registrants:
        prelu = "my_package.prelu"            # a module: importing it registers
        swish = "my_package.act:make_swish"   # or a make function, registered as 'swish'
 
-   They are loaded *eagerly*, once, the first time the layer registry is
-   consulted (i.e. when the first cfg is parsed), after the built-ins. Eager
+   They are loaded *eagerly*, once, by :func:`load_layers` (called when the
+   first cfg is parsed), after the built-ins. Eager
    rather than on-demand so that a clash between an installed plugin and a
    built-in or another plugin is reported even when the cfg at hand does not
    use the name. A broken entry point is a ``PluginError`` naming the entry
@@ -147,11 +147,20 @@ def _load_module(spec):
 # --------------------------------------------------------------------------
 # entry points
 # --------------------------------------------------------------------------
+def load_layers():
+    """Register the built-in layers, then every installed entry-point plugin.
+
+    Idempotent; the cfg builder calls it before looking up a section.
+    """
+    from . import layers  # noqa: F401  (importing registers each built-in)
+    return load_entry_points()
+
+
 def load_entry_points():
     """Load every installed ``minidark.layers`` entry point, once per process.
 
-    Called by the registry the first time it is consulted; returns the entry
-    points loaded by this call (empty after the first call).
+    Called by :func:`load_layers`; returns the entry points loaded by this
+    call (empty after the first call).
     """
     if _state.entry_points_done or _state.entry_points_loading:
         return []
@@ -204,13 +213,12 @@ def _load_entry_point(ep):
 def _builtins_first():
     # Built-ins (and installed entry points) register before any plugin, so a
     # plugin reusing their name is the one that gets the clash error.
-    from .registry import _ensure_builtins
-    _ensure_builtins()
+    load_layers()
 
 
 def _describe(exc, path=None):
     """One line for an exception: type, message, and where in the plugin."""
-    if isinstance(exc, MinidarkError) or "clashes with" in str(exc):
+    if isinstance(exc, MinidarkError):
         text = str(exc)   # already says what it is (a register_layer clash names both)
     else:
         text = f"{type(exc).__name__}: {exc}"

@@ -7,6 +7,8 @@ or, for a function defined elsewhere, ``register_layer("prelu", make_prelu)``.
 """
 import difflib
 
+from .errors import LayerNameClash
+
 _REGISTRY = {}   # section name -> make function
 _ORIGIN = {}     # section name -> "module.function" that registered it
 
@@ -20,7 +22,11 @@ def register_layer(*names_and_fn):
 
     ``register_layer("name", make_fn)`` registers now; ``@register_layer("a", "b")``
     decorates. Registering a name twice (a clash with a built-in or another
-    plugin) raises ValueError naming both.
+    plugin) raises :class:`LayerNameClash` naming both.
+
+    The registry is a plain table: it imports no layer. Built-in layers and
+    installed plugins are loaded by :func:`minidark.plugins.load_layers`,
+    which the cfg builder calls before it looks a section up.
     """
     if names_and_fn and callable(names_and_fn[-1]):
         *names, fn = names_and_fn
@@ -42,7 +48,7 @@ def _add(names, fn):
         if name in ("net", "network"):
             raise ValueError(f"'{name}' is reserved for the [net] section")
         if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"layer name '{name}' from {_origin(fn)} clashes with "
+            raise LayerNameClash(f"layer name '{name}' from {_origin(fn)} clashes with "
                              f"'{name}' already registered by {_ORIGIN[name]}")
     for name in names:
         _REGISTRY[name] = fn
@@ -57,12 +63,10 @@ def unregister_layer(name):
 
 def get_make(name):
     """The make function for a section name, or None."""
-    _ensure_builtins()
     return _REGISTRY.get(name)
 
 
 def layer_names():
-    _ensure_builtins()
     return sorted(_REGISTRY)
 
 
@@ -72,10 +76,3 @@ def suggest(name):
     return (f" (did you mean [{close[0]}]?)" if close else
             "; if it is a plugin layer, load it first (--plugin FILE.py or MODULE)")
 
-
-def _ensure_builtins():
-    # Importing the package registers every built-in layer via its decorator;
-    # then installed plugins (entry-point group minidark.layers) load, once.
-    import minidark.layers  # noqa: F401
-    from .plugins import load_entry_points
-    load_entry_points()

@@ -92,7 +92,7 @@ def isolated_registry(monkeypatch):
     test turns them on."""
     import sys
     from minidark import plugins, registry
-    registry._ensure_builtins()
+    plugins.load_layers()
     saved = dict(registry._REGISTRY), dict(registry._ORIGIN)
     modules = set(sys.modules)
     monkeypatch.setattr(plugins, "_state", plugins._State())

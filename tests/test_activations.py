@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from minidark.activations import ACTIVATIONS, activate, gradient
+from minidark.kernels.activations import ACTIVATIONS, activate, gradient
 from minidark.testing import format_results, gradcheck
 
 NAMES = ["logistic", "relu", "relie", "linear", "ramp", "tanh", "plse", "leaky", "elu",

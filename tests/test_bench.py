@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minidark
-from minidark import bench
+from minidark.tools import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "cfg", "mnist_mlp.cfg")
@@ -318,7 +318,7 @@ def test_training_flops_skip_the_first_input_gradient():
 
 # ------------------------------------------------------------ the tool
 def run_bench(*args):
-    done = subprocess.run([sys.executable, "-m", "minidark.bench", *args],
+    done = subprocess.run([sys.executable, "-m", "minidark.tools.bench", *args],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -355,7 +355,7 @@ def test_bench_table_with_torch_prints_ratios():
 def test_worker_sets_threads_and_measures_its_own_peak(tmp_path):
     # the parent holds ~200 MB; on Linux ru_maxrss would carry that into the child
     ballast = np.ones(50_000_000, np.float32)
-    out = subprocess.run([sys.executable, "-m", "minidark.bench", "--worker", "gemm",
+    out = subprocess.run([sys.executable, "-m", "minidark.tools.bench", "--worker", "gemm",
                           "--threads", "2", "--gemm-size", "32"], capture_output=True,
                          text=True, cwd=ROOT, env=bench.worker_environment(2))
     assert out.returncode == 0, out.stderr
@@ -367,7 +367,7 @@ def test_worker_sets_threads_and_measures_its_own_peak(tmp_path):
 
 
 def test_bad_arguments_exit_nonzero_with_one_line():
-    done = subprocess.run([sys.executable, "-m", "minidark.bench", "no/such.cfg"],
+    done = subprocess.run([sys.executable, "-m", "minidark.tools.bench", "no/such.cfg"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and "no such cfg" in done.stderr
@@ -564,7 +564,7 @@ def test_accuracy_needs_an_mnist_shaped_cfg(tmp_path, capsys):
 
 
 def test_workers_drop_a_pinned_blas_kernel_unless_kept(monkeypatch):
-    from minidark import bench
+    from minidark.tools import bench
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
     kept = bench.worker_environment(1)

@@ -14,7 +14,7 @@ import pytest
 
 from minidark import cli
 from minidark.data.export import export_mnist
-from minidark.parser import read_sections
+from minidark.cfg.parser import read_sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, "data", "mnist")

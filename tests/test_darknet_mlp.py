@@ -18,7 +18,7 @@ import pytest
 
 from minidark.data.mnist import load_mnist
 from minidark.testing import check_darknet_predictions, refdata_root
-from minidark.reference import default_refdata_root
+from minidark.tools.reference import default_refdata_root
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "data" / "mnist"

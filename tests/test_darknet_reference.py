@@ -345,7 +345,7 @@ def test_env_var_points_the_harness_elsewhere(bn_dropout_dir, monkeypatch):
 def _softmax_gradients(temperature):
     """darknet's softmax delta vs the true -dL/dx by central differences (float64)."""
     cfg = f"[net]\nbatch=2\ninputs=6\n[softmax]\ngroups=2\ntemperature={temperature}\n"
-    from minidark.parser import parse_network, read_cfg_text
+    from minidark.cfg.parser import parse_network, read_cfg_text
     from minidark.testing import to_float64
     net = to_float64(parse_network(read_cfg_text(cfg), verbose=False))
     l = net.layers[0]
@@ -386,7 +386,7 @@ def _bn_gradients(batch, channels=3, seed=0):
     """-dL/dx of darknet's BN (training) for L = -sum(R * y): darknet's backward,
     central differences of darknet's forward, and darknet's backward with the
     var term divided by N-1 (float64)."""
-    from minidark.bn import backward_bn, forward_bn, make_bn
+    from minidark.kernels.bn import backward_bn, forward_bn, make_bn
     from minidark.layer import Layer
     rng = np.random.default_rng(seed)
     l = Layer(batch=batch)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import minidark
-from minidark import gradcheck_cli, registry
+from minidark import registry
+from minidark.commands import gradcheck as gradcheck_cli
 from minidark.errors import MinidarkError
 from minidark.plugins import load_plugins
 from minidark.testing import KnownGap, format_results, gradcheck, learned_arrays, summarize

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minidark.im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im, col2im_cnhw,
+from minidark.kernels.im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im, col2im_cnhw,
                              conv_output_size, im2col, im2col_cnhw, to_padded_cnhw,
                              to_padded_nhwc)
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import minidark
 from conftest import ROOT, write_cfg
 from minidark.errors import ConfigError
-from minidark.parser import (ConfigWarning, Section, Option, convert_cfg, parse_network,
+from minidark.cfg.parser import (ConfigWarning, Section, Option, convert_cfg, parse_network,
                              read_cfg_text, read_sections, read_yaml_text, sections_to_cfg,
                              sections_to_yaml)
 

@@ -16,7 +16,7 @@ import pytest
 import minidark
 from minidark import plugins, registry
 from minidark.errors import ConfigError, MinidarkError
-from minidark.parser import ConfigWarning
+from minidark.cfg.parser import ConfigWarning
 from minidark.plugins import PluginError, load_plugin, load_plugins, module_name_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,13 +227,14 @@ def test_broken_entry_point_names_the_distribution(tmp_path, monkeypatch):
     monkeypatch.delenv(plugins.DISABLE_ENV)
     for _ in range(2):   # fails every time, not only the first
         with pytest.raises(PluginError) as info:
-            registry.get_make("connected")
+            plugins.load_layers()
         message = str(info.value)
         assert "distribution 'broken-layers 0.3'" in message
         assert "entry point 'warp = tp_missing_module_xyz'" in message
         assert "No module named 'tp_missing_module_xyz'" in message
         assert "\n" not in message
     monkeypatch.setenv(plugins.DISABLE_ENV, "1")      # the escape hatch
+    plugins.load_layers()
     assert registry.get_make("connected") is not None
 
 
@@ -249,7 +250,7 @@ def test_entry_point_clash_with_builtin_names_distribution(tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(plugins.DISABLE_ENV)
     with pytest.raises(PluginError) as info:
-        registry.layer_names()
+        plugins.load_layers()
     message = str(info.value)
     assert "distribution 'clashing-layers 1.0'" in message
     assert "tp_clash_conn.make_conn" in message

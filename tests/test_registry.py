@@ -9,6 +9,7 @@ from conftest import net_from
 from minidark.errors import ConfigError
 from minidark.layer import Layer
 from minidark.testing import format_results, gradcheck
+from minidark.plugins import load_layers
 from minidark.registry import get_make, layer_names, suggest, unregister_layer
 
 
@@ -40,6 +41,7 @@ def cleanup():
 
 
 def test_builtins_are_registered():
+    load_layers()
     names = layer_names()
     for name in ("connected", "conn", "softmax", "soft", "cost", "dropout", "activation"):
         assert name in names

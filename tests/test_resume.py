@@ -14,7 +14,7 @@ import pytest
 
 import minidark
 from conftest import mnist_datasets
-from minidark.trainer import Trainer, sidecar_path, train_state_names
+from minidark.train.trainer import Trainer, sidecar_path, train_state_names
 
 
 CFG = """[net]

@@ -16,7 +16,7 @@ import pytest
 from conftest import net_from, write_cfg
 from minidark.errors import ConfigError
 from minidark.testing import format_results, gradcheck, to_float64
-from minidark.tree import SECRET_NUM, fill_hierarchy, hierarchy_predictions, read_tree
+from minidark.kernels.tree import SECRET_NUM, fill_hierarchy, hierarchy_predictions, read_tree
 
 EPS = 1e-6
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import minidark
-from minidark.parser import read_sections
+from minidark.cfg.parser import read_sections
 from minidark.testing import format_results, gradcheck, to_float64
 
 STOCK = os.path.join(os.path.dirname(__file__), "cfg", "stock")

@@ -14,7 +14,7 @@ from PIL import Image
 import minidark
 from conftest import mnist_datasets
 from minidark.data.dataset import Dataset
-from minidark.trainer import (Trainer, TrainingStopped, cfg_base, evaluate, sidecar_path,
+from minidark.train.trainer import (Trainer, TrainingStopped, cfg_base, evaluate, sidecar_path,
                               topk_indices, train_state_names)
 from minidark.weights import atomic_write
 

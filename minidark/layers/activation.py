@@ -7,7 +7,7 @@ several consumers (route, shortcut); minidark accumulates, like every layer.
 """
 import numpy as np
 
-from ..activations import activate, gradient
+from ..kernels.activations import activate, gradient
 from ..layer import Layer
 from ..registry import register_layer
 

@@ -27,10 +27,10 @@ minidark file does not load in darknet.
 """
 import numpy as np
 
-from ..bn import backward_bn, forward_bn, make_bn
+from ..kernels.bn import backward_bn, forward_bn, make_bn
 from ..layer import Layer
 from ..registry import register_layer
-from ..sgd import sgd_update
+from ..optim.sgd import sgd_update
 
 
 @register_layer("batchnorm")

@@ -17,11 +17,11 @@ order. Backward, with ``delta`` = -dL/d(output)::
 """
 import numpy as np
 
-from ..activations import activate, gradient
-from ..bn import backward_bn, forward_bn, make_bn
+from ..kernels.activations import activate, gradient
+from ..kernels.bn import backward_bn, forward_bn, make_bn
 from ..layer import Layer
 from ..registry import register_layer
-from ..sgd import sgd_update
+from ..optim.sgd import sgd_update
 
 
 @register_layer("connected", "conn")

@@ -28,13 +28,13 @@ always accumulates. A window larger than the padded input is an error.
 """
 import numpy as np
 
-from .. import conv
-from ..activations import activate, gradient
-from ..bn import backward_bn, forward_bn, make_bn
-from ..im2col import conv_output_size
+from ..kernels import conv
+from ..kernels.activations import activate, gradient
+from ..kernels.bn import backward_bn, forward_bn, make_bn
+from ..kernels.im2col import conv_output_size
 from ..layer import Layer
 from ..registry import register_layer
-from ..sgd import sgd_update
+from ..optim.sgd import sgd_update
 
 
 @register_layer("convolutional", "conv")

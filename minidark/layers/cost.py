@@ -20,10 +20,10 @@ nothing.
 """
 import numpy as np
 
-from ..blas import axpy
+from ..kernels.blas import axpy
 from ..layer import Layer
 from ..registry import register_layer
-from ..tree import SECRET_NUM
+from ..kernels.tree import SECRET_NUM
 
 COST_TYPES = ("sse", "masked", "smooth", "L1")
 

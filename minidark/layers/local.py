@@ -17,7 +17,7 @@ cfg keys: ``filters`` (1), ``size`` (1), ``stride`` (1), ``pad`` (0),
 ``activation`` (logistic). Output size, darknet's formula:
 ``out = (h - 1) / s + 1`` with ``pad``, else ``(h - size) / s + 1``.
 Weights ``[L][n][C*k*k]``, biases ``[n][L]`` (one per output element);
-.weights order: biases, weights. Update: darknet's SGD (minidark.sgd).
+.weights order: biases, weights. Update: darknet's SGD (minidark.optim.sgd).
 
 Deliberate fixes of darknet's bugs: (1) darknet initialises only the first
 location's weights (U(-1, 1) * sqrt(2 / (k*k*C))) and leaves the others 0;
@@ -30,11 +30,11 @@ defined. For size 3 (the stock cfgs) the two agree exactly.
 """
 import numpy as np
 
-from ..activations import activate, gradient
-from ..im2col import add_from_padded_nhwc, col2im, to_padded_nhwc, window_view
+from ..kernels.activations import activate, gradient
+from ..kernels.im2col import add_from_padded_nhwc, col2im, to_padded_nhwc, window_view
 from ..layer import Layer
 from ..registry import register_layer
-from ..sgd import sgd_update
+from ..optim.sgd import sgd_update
 
 
 @register_layer("local")

@@ -16,7 +16,7 @@ inf/NaN. Delta and output are darknet's.
 """
 import numpy as np
 
-from ..activations import activate
+from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
 

@@ -24,7 +24,7 @@ offset. Backward: a gather / add / scatter when the indexes are unique
 import numpy as np
 
 from ..layer import Layer
-from ..pool import plan, scan_offsets, scan_tiles, scatter_offsets, scatter_unique, set_indexes
+from ..kernels.pool import plan, scan_offsets, scan_tiles, scatter_offsets, scatter_unique, set_indexes
 from ..registry import register_layer
 
 

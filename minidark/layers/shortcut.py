@@ -29,7 +29,7 @@ shapes differ).
 """
 import numpy as np
 
-from ..activations import activate, gradient
+from ..kernels.activations import activate, gradient
 from ..layer import Layer
 from ..registry import register_layer
 

@@ -27,10 +27,10 @@ finite loss rather than inf.
 """
 import numpy as np
 
-from ..blas import axpy
+from ..kernels.blas import axpy
 from ..layer import Layer
 from ..registry import register_layer
-from ..tree import SECRET_NUM, read_tree
+from ..kernels.tree import SECRET_NUM, read_tree
 
 TINY = np.finfo(np.float32).tiny
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import minidark
-from minidark.parser import parse_network, read_cfg_text
+from minidark.cfg.parser import parse_network, read_cfg_text
 from minidark.testing import format_results, gradcheck
 
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from minidark import ConfigError
-from minidark.parser import parse_network, read_cfg_text
+from minidark.cfg.parser import parse_network, read_cfg_text
 from minidark.testing import format_results, gradcheck
 
 
 @pytest.fixture(params=["auto", "nhwc", "cnhw"])
 def layout(request, monkeypatch):
     """Run a test with the per-layer choice of column layout and with each one forced."""
-    import minidark.conv as module
+    import minidark.kernels.conv as module
     monkeypatch.setattr(module, "LAYOUT", request.param)
     return request.param
 
@@ -110,7 +110,7 @@ def test_chunks_do_not_change_results(monkeypatch, layout, body):
     borders zeroed by the first chunk only) gives the same output and gradients
     as one chunk, as a second layer (input gradient: col2im or, for stride 1,
     the transposed path) and as layer 0."""
-    import minidark.conv as module
+    import minidark.kernels.conv as module
     results = []
     columns = 4 * 9 * (49 if "stride=1" in body else 16)     # floats per image (rows x K)
     for images in (5, 1, 2):     # backward chunk; forward's is 1, 2 or 4, and 5

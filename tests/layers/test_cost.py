@@ -7,7 +7,7 @@ import pytest
 from conftest import net_from
 from minidark.errors import ConfigError
 from minidark.testing import format_results, gradcheck, to_float64
-from minidark.tree import SECRET_NUM
+from minidark.kernels.tree import SECRET_NUM
 
 
 def cost_net(tmp_path, options="", batch=2, inputs=5, head="", seed=0):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from minidark import ConfigError
-from minidark.parser import parse_network, read_cfg_text
+from minidark.cfg.parser import parse_network, read_cfg_text
 from minidark.testing import format_results, gradcheck
 
 LOWEST = np.finfo(np.float32).min
@@ -146,7 +146,7 @@ def test_tiled_path_matches_naive(h, w, size, padding, tiled, monkeypatch):
     """Windows that tile the input (size == stride, no offset) take the planes
     scan, chunked (a few images per chunk); same output and indexes as the
     naive scan, ties included (small integers), and the same backward."""
-    import minidark.pool as kernels
+    import minidark.kernels.pool as kernels
     monkeypatch.setattr(kernels, "CHUNK_BYTES", 4 * 2 * h * w * 2)      # 2 images per chunk
     net = build(pool(size, size, padding), h=h, w=w, batch=5)
     l = net.layers[0]

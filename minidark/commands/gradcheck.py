@@ -1,6 +1,6 @@
 """``minidark gradcheck CFG [--layer N] [--batch B] [--inference] [--plugin SPEC]``.
 
-Runs minidark.testing.gradcheck on every layer of CFG (or one): float64
+Runs minidark.tools.gradcheck.gradcheck on every layer of CFG (or one): float64
 central differences on random inputs of the cfg's shapes, for the input
 and every learnable array; prints a table of max relative errors with the
 bound, ok / FAIL / gap (within an expected gap's documented bound) / skip,
@@ -10,12 +10,13 @@ as for every minidark command; bad arguments exit 2).
 
 The CLI (minidark/cli.py) calls ``add_arguments(parser)`` and ``run(args)``;
 ``--plugin`` is its option on every command, loaded before ``run`` (loading
-again here is harmless). ``python -m minidark.gradcheck_cli`` works alone.
+again here is harmless). ``python -m minidark.commands.gradcheck`` works alone.
 """
 import argparse
 import sys
 
-from .errors import MinidarkError
+from ..errors import MinidarkError
+from .base import add_command
 
 
 def add_arguments(parser):
@@ -37,9 +38,9 @@ def add_arguments(parser):
 
 def run(args):
     """Gradient-check a cfg; returns the exit code (0 pass, 1 fail)."""
-    from .parser import parse_network_cfg
-    from .plugins import load_plugins
-    from .testing import format_results, gradcheck, summarize
+    from ..cfg.parser import parse_network_cfg
+    from ..plugins import load_plugins
+    from ..tools.gradcheck import format_results, gradcheck, summarize
 
     load_plugins(getattr(args, "plugin", None) or [])
     if args.batch < 1:
@@ -77,6 +78,9 @@ def main(argv=None):
         print(f"minidark gradcheck: error: {exc}", file=sys.stderr)
         return 1
 
+
+add_command("gradcheck", "numerical gradient check of every layer (or one) of a cfg",
+            add_arguments, run)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ backward adds the new batch's summed negative gradient to them. For weights
 this is ``torch.optim.SGD(lr, momentum=m, weight_decay=d)`` on the mean loss;
 biases and scales get momentum but no decay.
 """
-from .blas import axpy, scal
+from ..kernels.blas import axpy, scal
 
 
 def sgd_update(layer, args):

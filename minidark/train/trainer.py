@@ -52,9 +52,9 @@ import time
 
 import numpy as np
 
-from . import policy
-from .errors import MinidarkError, WeightsError
-from .weights import atomic_write, weights_bytes
+from ..optim import policy
+from ..errors import MinidarkError, WeightsError
+from ..weights import atomic_write, weights_bytes
 
 STATE_VERSION = 1
 
@@ -141,7 +141,7 @@ class Trainer:
         self.on_iteration = None                            # hook(trainer), for tests
         self.augment = None
         if net.w and net.h and net.c and train_set.shape == (net.c, net.h, net.w):
-            from .data.augment import Augmenter
+            from ..data.augment import Augmenter
             augment = Augmenter(net, train_set.shape)
             self.augment = augment if augment.active else None
         self._display_rng = np.random.default_rng(0)        # for printing a 'random' rate

@@ -31,7 +31,7 @@ import os
 import sys
 import warnings
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 REQUIRED = object()  # default marking a key without a darknet default
 
@@ -105,7 +105,7 @@ class Section:
                           "a comma-separated list of numbers")
 
     def activation(self, key="activation", default="linear"):
-        from .activations import ACTIVATIONS
+        from ..kernels.activations import ACTIVATIONS
         name = self.str(key, default)
         if name not in ACTIVATIONS:
             raise self.error(f"unknown activation '{name}'; known: "
@@ -442,8 +442,10 @@ def parse_network(sections, *, batch=None, strict=False, verbose=True, file=None
     ``batch`` overrides the cfg's batch (and sets subdivisions to 1), so a
     stock cfg can be loaded for inference without allocating for 128 images.
     """
-    from .network import Network
-    from .registry import get_make, suggest
+    from ..network import Network
+    from ..plugins import load_layers
+    from ..registry import get_make, suggest
+    load_layers()
 
     if not sections:
         raise ConfigError("cfg has no sections", file=file)

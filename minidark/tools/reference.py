@@ -9,7 +9,7 @@ network (layout: ``../shared/refdata/README.md``)::
 
 Usage, on the shared vectors or on your own darknet dumps::
 
-    from minidark.testing import replay_vectors, vector_dirs
+    from minidark.tools.gradcheck import replay_vectors, vector_dirs
     for directory in vector_dirs():     # $MINIDARK_REFDATA/vectors, else ../shared/refdata/vectors
         report = replay_vectors(directory)
         print(report.summary())
@@ -72,7 +72,7 @@ _FORWARD = {"output": "output", "indexes": "indexes", "loss": "loss", "cost": "c
 # ---------------------------------------------------------------- locations
 def default_refdata_root():
     """``<repo>/../shared/refdata``, where the project's darknet data lives."""
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "refdata"
+    return Path(__file__).resolve().parents[2] / ".." / "shared" / "refdata"
 
 
 def refdata_root():
@@ -311,7 +311,7 @@ def _layout(net):
 
 
 def _fresh(cfg):
-    from . import load_network
+    from .. import load_network
     return load_network(cfg, seed=0)
 
 
@@ -322,8 +322,8 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
     Raises only when the network cannot be built or loaded at all (e.g. an
     unknown layer type); every other disagreement is a failed check.
     """
-    from . import load_network
-    from .weights import load_weights, weights_bytes
+    from .. import load_network
+    from ..weights import load_weights, weights_bytes
 
     directory = Path(directory)
     report = ReplayReport(directory)
@@ -545,7 +545,7 @@ def _save_and_reload(net, into):
     """``save_weights(net)`` to a temporary file, then ``load_weights`` it into ``into``."""
     import tempfile
 
-    from .weights import load_weights, save_weights
+    from ..weights import load_weights, save_weights
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ours.weights"
         save_weights(net, path)
@@ -565,11 +565,11 @@ def check_darknet_predictions(cfg, weights, probs_npy, images=None, labels=None,
     ``argmax_agree`` (fraction of images where both pick the same class) and
     ``probs`` (ours).
     """
-    from . import load_network
-    from .data.mnist import load_mnist
+    from .. import load_network
+    from ..data.mnist import load_mnist
 
     if images is None:
-        data_dir = data_dir or Path(__file__).resolve().parents[1] / "data" / "mnist"
+        data_dir = data_dir or Path(__file__).resolve().parents[2] / "data" / "mnist"
         images, mnist_labels = load_mnist(data_dir, "test")
         labels = mnist_labels if labels is None else labels
     ref = np.load(probs_npy)

@@ -2,9 +2,9 @@
 
 Usage (the same options through the CLI's ``minidark bench``)::
 
-    python -m minidark.bench [CFG ...] [--threads N] [--steps S] [--repeats R]
+    python -m minidark.tools.bench [CFG ...] [--threads N] [--steps S] [--repeats R]
                              [--json] [--no-torch]
-    python -m minidark.bench [CFG ...] --accuracy EPOCHS [--seeds S,S,...]
+    python -m minidark.tools.bench [CFG ...] --accuracy EPOCHS [--seeds S,S,...]
                              [--threads N] [--train-rows N] [--json]
 
 Per cfg (default ``cfg/mnist_mlp.cfg`` and ``cfg/mnist_lenet.cfg``):
@@ -21,7 +21,7 @@ Per cfg (default ``cfg/mnist_mlp.cfg`` and ``cfg/mnist_lenet.cfg``):
   under ``inference_mode`` plus a softmax. Median of ``--eval-passes``.
 * **peak RSS**: ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of each
   measurement. Every measurement (engine x training/evaluation x repeat) runs
-  in its own fresh process, ``python -m minidark.bench --worker ...``, so
+  in its own fresh process, ``python -m minidark.tools.bench --worker ...``, so
   peaks never mix; the RSS right after the imports is reported beside it.
 * **threads**: the worker's environment sets OPENBLAS/OMP/MKL/... _NUM_THREADS
   before numpy or torch load, then ``threadpoolctl.threadpool_limits(N)`` and
@@ -77,7 +77,7 @@ import sys
 import tempfile
 import time
 
-from .errors import MinidarkError
+from ..errors import MinidarkError
 
 DEFAULT_CFGS = ("cfg/mnist_mlp.cfg", "cfg/mnist_lenet.cfg")
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -85,7 +85,7 @@ THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 TORCH_ACTIVATIONS = ("linear", "relu", "leaky", "logistic", "tanh")
 ENGINES = ("minidark", "torch")
 ENGINE_NAMES = {"minidark": "minidark", "torch": "PyTorch"}
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class UnsupportedForTorch(MinidarkError):
@@ -434,7 +434,7 @@ def _worker(args):
             pass
     result = {"engine": args.engine, "mode": args.worker, "rss_after_import_mb": _rss_now_mb()}
     if args.plugin:
-        from .plugins import load_plugins
+        from ..plugins import load_plugins
         load_plugins(args.plugin)
     if args.worker == "gemm":
         result.update(_limit_threads(args.threads, torch))
@@ -610,7 +610,7 @@ def resolve_cfg(path):
 
 def find_mnist():
     """The MNIST directory (IDX files), or None."""
-    from .data.mnist import FILES, find_idx
+    from ..data.mnist import FILES, find_idx
     candidates = []
     if os.environ.get("MINIDARK_DATA"):
         base = os.environ["MINIDARK_DATA"]
@@ -631,7 +631,7 @@ def prepare_data(net, directory, train_batches, eval_rows, seed=0):
     classes = net.output_layer.outputs
     mnist = find_mnist() if (net.inputs == 784 and classes == 10) else None
     if mnist is not None:
-        from .data.mnist import load_mnist
+        from ..data.mnist import load_mnist
         train_x, train_y = load_mnist(mnist, "train")
         eval_x, eval_y = load_mnist(mnist, "test")
         repeat = -(-eval_rows // eval_x.shape[0])
@@ -683,7 +683,7 @@ def run_worker(mode, engine, options, cfg=None, data=None, batch=None, shapes=No
     """Run one measurement in a fresh process; return its JSON result (with
     ``wall_s``, the process's wall time, imports and data loading included)."""
     seed = options.seed if seed is None else seed
-    command = [sys.executable, "-m", "minidark.bench", "--worker", mode, "--engine", engine,
+    command = [sys.executable, "-m", "minidark.tools.bench", "--worker", mode, "--engine", engine,
                "--threads", str(options.threads), "--steps", str(options.steps),
                "--warmup", str(options.warmup), "--eval-passes", str(options.eval_passes),
                "--gemm-size", str(options.gemm_size), "--seed", str(seed)]
@@ -839,7 +839,7 @@ def _cpu_model():
 def _program():
     """How this process was started, as a user would type it."""
     if sys.argv[0].endswith("bench.py"):
-        return "python -m minidark.bench"
+        return "python -m minidark.tools.bench"
     if sys.argv[0].endswith("__main__.py"):
         return "python -m minidark"
     return os.path.basename(sys.argv[0])
@@ -1032,7 +1032,7 @@ def _worker_accuracy(args, np, torch):
     import hashlib
 
     import minidark
-    from .data.mnist import load_mnist
+    from ..data.mnist import load_mnist
     order = np.load(args.data)
     train_x, train_y = load_mnist(args.mnist, "train")
     test_x, test_y = load_mnist(args.mnist, "test")
@@ -1087,7 +1087,7 @@ def run_accuracy(cfgs, options, progress=None):
     import numpy as np
 
     import minidark
-    from .data.mnist import find_idx, read_idx
+    from ..data.mnist import find_idx, read_idx
     say = progress or (lambda message: None)
     mnist = find_mnist()
     if mnist is None:
@@ -1333,7 +1333,7 @@ def format_table(result):
 # Command line
 # ==========================================================================
 def add_arguments(parser):
-    """The bench options (shared by ``python -m minidark.bench`` and ``minidark bench``)."""
+    """The bench options (shared by ``python -m minidark.tools.bench`` and ``minidark bench``)."""
     parser.add_argument("cfgs", nargs="*", metavar="CFG",
                         help=f"cfg files (default: {' '.join(DEFAULT_CFGS)})")
     parser.add_argument("--threads", type=int, default=1,
@@ -1424,7 +1424,7 @@ def run(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m minidark.bench",
+        prog="python -m minidark.tools.bench",
         description="Training/inference images/s and peak memory of minidark, against "
                     "PyTorch on the same network when it is installed.")
     add_arguments(parser)
@@ -1444,7 +1444,7 @@ def main(argv=None):
         return _worker(args)
     try:
         if args.plugin:
-            from .plugins import load_plugins
+            from ..plugins import load_plugins
             load_plugins(args.plugin)
         return run(args)
     except MinidarkError as exc:

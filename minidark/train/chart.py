@@ -177,7 +177,7 @@ def draw_chart(path, history, valid=None, title="", k=1):
         draw.line([(lx, y), (lx + 24, y)], fill=color, width=3)
         draw.text((lx + 32, y - 8), name, fill=COLORS["text"], font=small)
 
-    from .weights import atomic_write
+    from ..weights import atomic_write
     import io
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -35,7 +35,7 @@ class Tree:
 
 def read_tree(path, options=None):
     """Read a tree file; errors name the file and line (and the cfg key)."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     def fail(message, line=None):
         if options is not None:

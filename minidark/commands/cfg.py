@@ -1,0 +1,37 @@
+"""``minidark cfg summary|convert``: the layer table, and .cfg <-> .yaml."""
+from ..errors import DataError
+from .base import add_command
+
+
+def summary_arguments(parser):
+    parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml")
+    parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
+
+
+def run_summary(args):
+    import minidark
+    net = minidark.load_network(args.cfg, batch=1, strict=args.strict)
+    print(net.summary())
+    return 0
+
+
+def convert_arguments(parser):
+    parser.add_argument("source", metavar="SRC", help="a .cfg or .yaml network")
+    parser.add_argument("destination", metavar="DST",
+                        help="output; .yaml/.yml writes YAML, anything else darknet cfg")
+
+
+def run_convert(args):
+    from ..cfg.parser import convert_cfg
+    try:
+        convert_cfg(args.source, args.destination)
+    except OSError as exc:
+        raise DataError(f"cannot write {args.destination}: {exc.strerror}") from None
+    print(f"wrote {args.destination}")
+    return 0
+
+
+add_command("cfg summary", "layer table, parameters and FLOPs per image",
+            summary_arguments, run_summary)
+add_command("cfg convert", "convert a network between .cfg and .yaml",
+            convert_arguments, run_convert)
