@@ -1,0 +1,147 @@
+"""Machinery shared by the recurrent layers ([rnn], [gru], [lstm], [crnn]).
+
+As in darknet, a recurrent layer owns ordinary sublayers (connected, or
+convolutional for crnn) built by their own ``make_*`` functions with the
+per-step batch B, and walks through the T time steps of a batch by pointing
+the sublayer's per-step buffers at step t of T-step storage::
+
+    sub.output_steps (T, B, outputs)     at_step(sub, t): sub.output = sub.output_steps[t]
+    sub.delta_steps  (T, B, outputs)     ... likewise delta, and batch norm's x, x_norm,
+                                         mean, variance (statistics are per step, as darknet)
+
+so each step calls the sublayer's unchanged forward/backward, and the
+parameter gradients (``*_updates``) sum over all steps. Network buffers are
+step-major: rows t*B .. t*B+B-1 of ``net.input`` are step t.
+
+The parent layer exposes each sublayer array darknet saves as
+``<sub>_<array>`` (the same array object), so ``saved`` lists them in
+darknet's .weights order and the reference harness finds
+``Lxx_<type>_<sub>_<array>_sN``. ``carried`` names the arrays that hold the
+hidden state across batches and calls (``Network.reset_state`` zeroes them).
+"""
+import numpy as np
+
+from ..optim.sgd import sgd_update
+
+STEP_FIELDS = ("output", "delta", "x", "x_norm", "mean", "variance")
+UPDATES = (("biases", "bias_updates"), ("weights", "weight_updates"),
+           ("scales", "scale_updates"))
+
+
+class SubOptions:
+    """The cfg a sublayer's make function reads: fixed values, as darknet passes
+    them in code; errors point at the parent's section."""
+
+    def __init__(self, parent, **values):
+        self.parent, self.values = parent, values
+
+    def _get(self, key, default):
+        return self.values.get(key, default)
+
+    def int(self, key, default=0):
+        return int(self._get(key, default))
+
+    def float(self, key, default=0.0):
+        return float(self._get(key, default))
+
+    def bool(self, key, default=False):
+        return bool(self._get(key, default))
+
+    def str(self, key, default=""):
+        return str(self._get(key, default))
+
+    def activation(self, key="activation", default="linear"):
+        return self._get(key, default)
+
+    def has(self, key):
+        return key in self.values
+
+    def error(self, message, key=None):
+        return self.parent.error(f"in a sublayer: {message}")
+
+
+class SubParams:
+    """darknet's size_params for a sublayer: one step's batch."""
+
+    def __init__(self, params, batch, inputs, h=0, w=0, c=0):
+        self.net, self.index = params.net, params.index
+        self.batch, self.inputs, self.h, self.w, self.c = batch, inputs, h, w, c
+        self.time_steps = 1
+
+    def require_image(self, section):
+        pass
+
+
+def sublayer(make, options, params, steps, batch, inputs, h=0, w=0, c=0, **values):
+    """Build one sublayer for ``batch`` rows per step, with T-step storage."""
+    sub = make(SubOptions(options, **values), SubParams(params, batch, inputs, h, w, c))
+    sub.step_fields = tuple(f for f in STEP_FIELDS if getattr(sub, f, None) is not None)
+    for field in sub.step_fields:
+        array = getattr(sub, field)
+        setattr(sub, field + "_steps", np.zeros((steps,) + array.shape, array.dtype))
+    at_step(sub, 0)
+    return sub
+
+
+def at_step(sub, t):
+    """Point the sublayer's per-step buffers at time step t."""
+    for field in sub.step_fields:
+        setattr(sub, field, getattr(sub, field + "_steps")[t])
+    return sub
+
+
+def adopt(l, subs):
+    """Attach ``subs`` [(name, sublayer)] to ``l`` in darknet's .weights order."""
+    l.sublayers = dict(subs)
+    saved, learned = [], {}
+    for name, sub in subs:
+        for field in sub.saved:
+            setattr(l, f"{name}_{field}", getattr(sub, field))
+            saved.append(f"{name}_{field}")
+        for param, update in UPDATES:
+            if getattr(sub, update, None) is not None:
+                setattr(l, f"{name}_{update}", getattr(sub, update))
+                learned[f"{name}_{param}"] = f"{name}_{update}"
+    l.saved, l.learned = tuple(saved), learned
+    l.workspace_size = max(getattr(sub, "workspace_size", 0) for _, sub in subs)
+    l.flops = sum(sub.flops for _, sub in subs)
+    l.update = update_recurrent
+
+
+def clear_deltas(l):
+    for sub in l.sublayers.values():
+        sub.delta_steps.fill(0)
+
+
+def update_recurrent(l, args):
+    """SGD on every sublayer, with the parent's learning-rate scale (darknet's
+    crnn left its sublayers' scale at 0, so they never learned)."""
+    for sub in l.sublayers.values():
+        sub.learning_rate_scale = l.learning_rate_scale
+        sgd_update(sub, args)
+
+
+class StepNet:
+    """What a sublayer's forward/backward reads of the network at one step."""
+
+    def __init__(self, net):
+        self.train, self.workspace = net.train, net.workspace
+        self.input = self.delta = None
+
+    def at(self, input, delta=None):
+        self.input, self.delta = input, delta
+        return self
+
+
+def steps_of(array, steps, batch):
+    """``array`` (T*B, ...) viewed as (T, B, n)."""
+    return array.reshape(steps, batch, -1)
+
+
+def per_step_batch(options, params):
+    """B = the network batch / time_steps (darknet: batch / steps)."""
+    steps = params.time_steps
+    if params.batch % steps:
+        raise options.error(f"the network batch ({params.batch}) is not a multiple of "
+                            f"time_steps ({steps})")
+    return steps, params.batch // steps

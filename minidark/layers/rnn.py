@@ -1,0 +1,97 @@
+"""[rnn]: darknet's vanilla recurrent layer (rnn_layer.c).
+
+Three connected sublayers, all with the cfg's activation a, hidden size H::
+
+    u_t = a(U x_t + b_U)          input_layer   (inputs -> H)
+    q_t = a(S s_{t-1} + b_S)      self_layer    (H -> H)
+    s_t = u_t + q_t   (+ s_{t-1} with shortcut=1)
+    y_t = a(O s_t + b_O)          output_layer  (H -> H): the layer's output is y, not s
+
+cfg keys: ``output`` (1), ``activation`` (logistic), ``batch_normalize`` (0,
+per-step statistics in every sublayer), ``shortcut`` (0). The network batch is
+B * time_steps rows, step-major; this layer's ``batch`` is B. .weights:
+input_layer, self_layer, output_layer, each a connected block.
+
+``state`` (T+1, B, H) holds s_{-1} .. s_{T-1}; ``hidden`` (B, H) is the
+state carried across batches and inference calls: s_{-1} of the next
+forward is s_{T-1} of this one (darknet's GPU path; its CPU path resets it
+to 0 every training batch). BPTT is truncated at the batch start. Backward,
+t = T-1 .. 0, with g_t = -dL/ds_t accumulated in the self_layer's delta::
+
+    d_O = dy_t a'(y_t);   O_grad += d_O^T s_t;   g_t += d_O O
+    d_U = g_t a'(u_t)                        (input_layer delta, taken before the next line)
+    d_S = g_t a'(q_t);    S_grad += d_S^T s_{t-1};   g_{t-1} += d_S S (+ g_t with shortcut)
+    U_grad += d_U^T x_t;  net.delta_t += d_U U
+
+Deliberately fixed: darknet's CPU backward takes d_U from d_S, i.e. with an
+extra factor a'(q_t) (its GPU path does not); its CPU state buffer is
+allocated for one step and written for T+1 (here T+1 slots); its CPU
+shortcut gradient adds d_S instead of g_t.
+"""
+import numpy as np
+
+from .connected import backward_connected, forward_connected, make_connected
+from .recurrent import StepNet, adopt, at_step, clear_deltas, per_step_batch, steps_of, sublayer
+from ..layer import Layer
+from ..registry import register_layer
+
+
+@register_layer("rnn")
+def make_rnn(options, params):
+    hidden = options.int("output", 1)
+    if hidden < 1:
+        raise options.error(f"output must be >= 1, got {hidden}", "output")
+    activation = options.activation("activation", "logistic")
+    batch_normalize = options.bool("batch_normalize", False)
+    shortcut = options.bool("shortcut", False)
+    steps, batch = per_step_batch(options, params)
+    l = Layer(type="rnn", batch=batch, steps=steps, inputs=params.inputs, outputs=hidden,
+              h=1, w=1, c=params.inputs, out_h=1, out_w=1, out_c=hidden,
+              activation=activation, batch_normalize=batch_normalize, shortcut=shortcut)
+    subs = [(name, sublayer(make_connected, options, params, steps, batch, n_in, output=hidden,
+                            activation=activation, batch_normalize=batch_normalize))
+            for name, n_in in (("input_layer", params.inputs), ("self_layer", hidden),
+                               ("output_layer", hidden))]
+    adopt(l, subs)
+    out = l.sublayers["output_layer"]
+    l.output = out.output_steps.reshape(steps * batch, hidden)
+    l.delta = out.delta_steps.reshape(steps * batch, hidden)
+    l.state = np.zeros((steps + 1, batch, hidden), np.float32)
+    l.hidden = np.zeros((batch, hidden), np.float32)
+    l.carried = ("hidden",)
+    l.desc = f"{params.inputs} -> {hidden} x{steps}"
+    l.forward, l.backward = forward_rnn, backward_rnn
+    return l
+
+
+def forward_rnn(l, net):
+    U, S, O = (l.sublayers[n] for n in ("input_layer", "self_layer", "output_layer"))
+    x = steps_of(net.input, l.steps, l.batch)
+    clear_deltas(l)
+    step = StepNet(net)
+    np.copyto(l.state[0], l.hidden)
+    for t in range(l.steps):
+        forward_connected(at_step(U, t), step.at(x[t]))
+        forward_connected(at_step(S, t), step.at(l.state[t]))
+        s = l.state[t + 1]
+        np.add(U.output, S.output, out=s)
+        if l.shortcut:
+            s += l.state[t]
+        forward_connected(at_step(O, t), step.at(s))
+    np.copyto(l.hidden, l.state[l.steps])
+
+
+def backward_rnn(l, net):
+    U, S, O = (l.sublayers[n] for n in ("input_layer", "self_layer", "output_layer"))
+    x = steps_of(net.input, l.steps, l.batch)
+    dx = None if net.delta is None else steps_of(net.delta, l.steps, l.batch)
+    step = StepNet(net)
+    for t in range(l.steps - 1, -1, -1):
+        g = S.delta_steps[t]                       # g_t, complete once step t+1 is done
+        backward_connected(at_step(O, t), step.at(l.state[t + 1], g))
+        np.copyto(U.delta_steps[t], g)
+        earlier = S.delta_steps[t - 1] if t > 0 else None
+        if l.shortcut and earlier is not None:
+            earlier += g
+        backward_connected(at_step(S, t), step.at(l.state[t], earlier))
+        backward_connected(at_step(U, t), step.at(x[t], None if dx is None else dx[t]))
