@@ -36,6 +36,9 @@ class Layer:
     stopbackward = False
     learning_rate_scale = 1.0
     dontsave = dontload = False
+    carried = ()           # names of arrays holding recurrent state across batches (reset_state zeroes them)
+    sublayers = None       # recurrent layers: {name: Layer} of the sublayers they own, .weights order
+    steps = None           # recurrent layers: time steps per batch (the network's time_steps)
 
     def __init__(self, **fields):
         self.__dict__.update(fields)

@@ -80,6 +80,12 @@ class Network:
     def output(self):
         return self.output_layer.output
 
+    def reset_state(self):
+        """Zero every recurrent layer's carried hidden state (its ``carried`` arrays)."""
+        for layer in self.layers:
+            for name in layer.carried:
+                getattr(layer, name).fill(0)
+
     def seed(self, seed):
         """Seed the generator used by dropout, crop and the random policy."""
         self.rng = np.random.default_rng(seed)

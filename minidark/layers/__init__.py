@@ -3,4 +3,4 @@ as a user's plugin does (see docs/extending.md)."""
 from . import activation, connected, cost, dropout, softmax  # noqa: F401
 from . import avgpool, batchnorm, convolutional, maxpool  # noqa: F401
 from . import crop, l2norm, local, logistic, normalization, reorg, route, shortcut, upsample  # noqa
-from . import deconvolutional, rnn  # noqa: F401
+from . import deconvolutional, gru, lstm, rnn  # noqa: F401

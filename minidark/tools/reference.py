@@ -62,6 +62,12 @@ _LAYER_FILE = re.compile(r"^(?P<infer>infer_)?L(?P<layer>\d+)_(?P<type>[A-Za-z0-
                          r"(?:_s(?P<step>\d+))?$")
 _NET_FILE = re.compile(r"^(?P<what>input|truth|cost)_s(?P<step>\d+)$")
 _WEIGHTS_AFTER = "weights_after_s{}.weights"
+# recurrent layers (README-new-layers.md): state buffers dumped around the recurrent passes,
+# sublayer arrays named <sub>_<array>, found in layer.sublayers
+RECURRENT = ("rnn", "gru", "lstm", "crnn")
+_RECURRENT_SUFFIXES = (("_after_forward", "forward"), ("_before_backward", "delta_in"),
+                       ("_after_backward", "delta_out"))
+_STATE_ALIASES = {("rnn", "state"): "hidden", ("crnn", "state"): "hidden"}  # infer (B, H) state
 _PHASE_SUFFIXES = (("_before", "before"), ("_after", "after"), ("_grad", "grad"),
                    ("_momentum", "momentum"))
 # what -> layer attribute, captured right after the layer's own forward
@@ -206,12 +212,15 @@ class ReplayReport:
     def worst(self, exclude_noise=True):
         """The float check with the largest max_rel (ignoring noise-level arrays)."""
         floats = [c for c in self.checks if c.tolerance and
-                  not (exclude_noise and c.note.startswith("max|ref| <"))]
+                  not (exclude_noise and c.note.startswith("max|ref| <"))
+                  and not c.note.startswith("deviation, differs")]
         return max(floats, key=lambda c: c.max_rel, default=None)
 
     def summary(self):
+        deviations = sum(c.note.startswith("deviation") for c in self.checks)
         lines = [f"{self.directory.name}: {len(self.checks)} checks, "
-                 f"{len(self.failures)} failed"]
+                 f"{len(self.failures)} failed"
+                 + (f", {deviations} listed deviations from darknet" if deviations else "")]
         worst = self.worst()
         if worst is not None:
             lines.append(f"  largest relative error: {worst.max_rel:.3e} ({worst.name})")
@@ -224,6 +233,88 @@ class ReplayReport:
     def assert_passed(self):
         if not self.passed:
             raise AssertionError(f"darknet reference vectors {self.directory}:\n{self.summary()}")
+
+
+# ------------------------------------------------------------- deviations
+class Deviation:
+    """Where minidark deliberately differs from the darknet code path that produced a
+    vector set (a defect not copied; README-new-layers.md), as data.
+
+    ``arrays``: regular expressions over check names (array labels such as
+    ``L00_rnn_input_layer_delta_s1``, ``our weights_after_s1.weights L00 ...``,
+    ``train_datum() return value s2 ...``). Such a check passes only if ours is
+    *out* of tolerance of darknet's value (a deviation that no longer shows is a
+    failure: remove it from the list), or, with ``matches``, only if ours is
+    within tolerance of the same array in that other set (darknet's other code
+    path for the same network, weights and data). ``resync``: steps before which
+    the harness loads darknet's recorded parameters, update buffers and the
+    ``state`` arrays ({layer: {attribute: (file stem with {step}, index)}}), so
+    that a deviation in one step is not carried into the next step's forward.
+    """
+
+    def __init__(self, reason, arrays, matches=None, resync=(), state=None):
+        self.reason, self.matches = reason, matches
+        self.arrays = [re.compile(a) for a in arrays]
+        self.resync, self.state = tuple(resync), state or {}
+
+    def covers(self, name):
+        return any(a.search(name) for a in self.arrays)
+
+
+DEVIATIONS = {
+    "j_rnn": Deviation(
+        "darknet's CPU rnn backward takes the input_layer delta after the self_layer "
+        "multiplied it by a'(q_t) (an extra factor); minidark's is g_t a'(u_t), the true "
+        "gradient and darknet's GPU path. darknet's CPU path also resets the state every "
+        "training batch where minidark carries it (GPU path): step 2 starts from darknet's "
+        "recorded parameters and state",
+        [r"^L00_rnn_input_layer_(delta|(bias|weight)_updates_(grad|momentum)"
+         r"|(biases|weights)_after)_s[12]$",
+         r"^our weights_after_s[12]\.weights L00 input_layer_(biases|weights)$"],
+        resync=(2,), state={0: {"hidden": ("L00_rnn_state_s{step}", 0)}}),
+    "k_gru": Deviation(
+        "darknet's CPU gru backward is empty (no gradient, only weight decay); minidark's "
+        "is the true gradient, darknet's GPU backward: checked against k2_gru_gpupath "
+        "(same cfg, weights, data)",
+        [r"^L00_gru_delta_out_s1$", r"^L00_gru_\w+_(delta|(bias|weight)_updates_\w+"
+         r"|(biases|weights)_after)_s1$", r"_s2$", r"^our weights_after_s[12]",
+         r"^train_datum\(\) return value s2"],
+        matches="k2_gru_gpupath"),
+    "l_lstm": Deviation(
+        "darknet's lstm backward (unwired on CPU, the same algorithm as its GPU path) uses "
+        "h_0, c_0 as the previous state at t = 0 (minidark: h_-1, c_-1), carries the cell "
+        "gradient dc over from the previous batch (minidark: 0), and leaves h, c at step "
+        "0's values after backward (minidark: the last step's, as after inference): "
+        "step 2 starts from darknet's recorded parameters and h, c",
+        [r"^L00_lstm_[hc]_after_backward_s[12]$",
+         r"^L00_lstm_[uw]f_(delta|bias_updates_(grad|momentum)|biases_after)_s1$",
+         r"^L00_lstm_(uf|w[fiog])_(weight_updates_(grad|momentum)|weights_after)_s1$",
+         r"^our weights_after_s1\.weights L00 (w[fiog]_weights|[uw]f_biases|uf_weights)$",
+         r"^L00_lstm_(dc_(before|after)_backward|delta_out)_s2$",
+         r"^L00_lstm_[uw][fiog]_(delta|(bias|weight)_updates_(grad|momentum)"
+         r"|(biases|weights)_after)_s2$",
+         r"^our weights_after_s2\.weights L00 [uw][fiog]_(biases|weights)$"],
+        resync=(2,), state={0: {"h": ("L00_lstm_h_before_s{step}", None),
+                                "c": ("L00_lstm_c_before_s{step}", None)}}),
+}
+
+
+def _resync(net, directory, step, layer_types, deviation):
+    """Load darknet's recorded start of ``step``: parameters, update buffers, state."""
+    from .gradcheck import learned_arrays
+    for layer in net.layers:
+        type_ = layer_types.get(layer.index, layer.type)
+        prefix = f"L{layer.index:02d}_{type_}_"
+        for name in layer.saved:
+            getattr(layer, name)[...] = np.load(directory / f"{prefix}{name}_before_s{step}.npy"
+                                                ).reshape(getattr(layer, name).shape)
+        for _, update in learned_arrays(layer):
+            file = directory / f"{prefix}{update}_momentum_s{step - 1}.npy"
+            getattr(layer, update)[...] = np.load(file).reshape(getattr(layer, update).shape)
+        for attribute, (stem, index) in deviation.state.get(layer.index, {}).items():
+            value = np.load(directory / f"{stem.format(step=step)}.npy")
+            value = value if index is None else value[index]
+            getattr(layer, attribute)[...] = value.reshape(getattr(layer, attribute).shape)
 
 
 # ------------------------------------------------------------------- replay
@@ -264,7 +355,15 @@ def _locate(entry):
     """(phase, attribute) where minidark holds ``entry``'s array, or None."""
     what = entry.what
     if entry.step == 0:
+        if entry.type in RECURRENT and what.endswith("_after"):   # state after the pass
+            what = what[:-len("_after")]
+            return "infer", _STATE_ALIASES.get((entry.type, what), what)
+        if entry.type in RECURRENT and what in ("cell", "state"):
+            return "infer", what
         return ("infer", _FORWARD.get(what)) if what in _FORWARD else None
+    for suffix, phase in _RECURRENT_SUFFIXES if entry.type in RECURRENT else ():
+        if what.endswith(suffix):
+            return phase, what[:-len(suffix)]
     for suffix, phase in _PHASE_SUFFIXES:
         if what.endswith(suffix):
             return phase, what[:-len(suffix)]
@@ -276,11 +375,20 @@ def _locate(entry):
         return "forward", what[3:]     # bn_x, bn_x_norm, bn_mean, bn_variance
     if what in _FORWARD:
         return "forward", _FORWARD[what]
+    if entry.type in RECURRENT:   # sublayer deltas after backward; outputs, state, cell after forward
+        return ("delta_out" if what.endswith("_delta") else "forward"), what
     return None
 
 
 def _snapshot(layer, attribute):
     value = getattr(layer, attribute, None)
+    if value is None and layer.sublayers:       # <sub>_output / <sub>_delta: all time steps
+        for name, sub in layer.sublayers.items():
+            if attribute.startswith(name + "_"):
+                field = attribute[len(name) + 1:]
+                value = getattr(sub, field + "_steps", None)
+                if value is None:
+                    value = getattr(sub, field, None)
     if value is None:
         return None
     if isinstance(value, np.ndarray):
@@ -329,8 +437,26 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
     report = ReplayReport(directory)
     tol = dict(rtol=rtol, atol=atol, noise_floor=noise_floor, noise_atol=noise_atol)
 
-    def compare(name, ours, ref):
-        return report.add(compare_arrays(name, ours, ref, **tol))
+    deviation = DEVIATIONS.get(directory.name)
+    other = directory.parent / deviation.matches if deviation and deviation.matches else None
+
+    def compare(name, ours, ref, alternative=None):
+        check = compare_arrays(name, ours, ref, **tol)
+        if deviation is None or not deviation.covers(name):
+            return report.add(check)
+        if other is not None:      # darknet's other code path is the reference
+            if alternative is None and (other / f"{name}.npy").is_file():
+                alternative = np.load(other / f"{name}.npy")
+            if alternative is None:
+                return report.add(ArrayCheck(name, False, note=f"deviation: {other.name} "
+                                             "has no such array"))
+            check = compare_arrays(name, ours, alternative, **tol)
+            check.note = f"deviation, checked against {other.name}: {deviation.reason}"
+            return report.add(check)
+        check.passed = not check.passed
+        check.note = (f"deviation, differs from darknet as listed: {deviation.reason}"
+                      if check.passed else "listed in DEVIATIONS but matches darknet")
+        return report.add(check)
 
     index_path = directory / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
@@ -381,7 +507,7 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
             continue
         if e.layer == -1:
             if e.what in ("input", "truth"):
-                inputs[e.what, e.step] = data[e.file]
+                inputs[e.what, e.step] = data[e.file].reshape(net.batch, -1)  # (T, B, n): step-major
             else:
                 targets.append((e, e.step, "net", -1, e.what))
             continue
@@ -444,8 +570,10 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
         ref_entry = next((e for e in entries if e.step == 0 and e.layer == out_layer.index
                           and e.what == "output"), None)
         if ref_entry is not None:
+            net.reset_state()     # recurrent state: predict starts where darknet's pass did
             compare(f"net.predict(input_s1) vs {ref_entry.label}", net.predict(x),
                     data[ref_entry.file])
+        net.reset_state()         # darknet trained a freshly loaded network
     elif any(e.step == 0 for e in entries):
         report.add(ArrayCheck("input_s1", False, note="inference outputs recorded but no input_s1"))
 
@@ -463,6 +591,8 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
                                           "no recorded uniforms (no next_rand)"))
                     continue
                 layer.next_rand = data[e.file]
+        if deviation is not None and step in deviation.resync:
+            _resync(net, directory, step, layer_types, deviation)
         capture_all(step, "before")
         originals = spy(step)
         net_backward = net.backward
@@ -481,8 +611,14 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
         capture_all(step, "momentum")
         captured[step, "net", -1, "cost"] = np.array([net.cost])
         if len(returns) >= step:
+            alternative = None
+            if other is not None:
+                alt_returns = json.loads((other / "index.json").read_text())["checks"][
+                    "train_network_datum_returns"]
+                alternative = np.array([alt_returns[step - 1]], np.float64)
             compare(f"train_datum() return value s{step} vs darknet's train_network_datum",
-                    np.array([returned]), np.array([returns[step - 1]], np.float64))
+                    np.array([returned]), np.array([returns[step - 1]], np.float64),
+                    alternative)
 
         # .weights after this step
         after_path = directory / _WEIGHTS_AFTER.format(step)
@@ -518,10 +654,16 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
         load_weights(ref_net, after_path)
         report.add(ArrayCheck(f"our weights_after_s{step} seen", ours_net.seen == ref_net.seen,
                               note=f"ours {ours_net.seen}, darknet {ref_net.seen}"))
+        alt_net = None
+        if other is not None:
+            alt_net = _fresh(cfg)
+            load_weights(alt_net, other / after_path.name)
         for ours_layer, ref_layer in zip(ours_net.layers, ref_net.layers):
             for name in ours_layer.saved:
                 compare(f"our weights_after_s{step}.weights L{ours_layer.index:02d} {name}",
-                        getattr(ours_layer, name), getattr(ref_layer, name))
+                        getattr(ours_layer, name), getattr(ref_layer, name),
+                        None if alt_net is None else
+                        getattr(alt_net.layers[ours_layer.index], name))
 
     # 3. compare everything captured
     for e, step, phase, i, attribute in targets:

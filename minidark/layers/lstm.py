@@ -1,0 +1,146 @@
+"""[lstm]: darknet's long short-term memory layer (lstm_layer.c), the standard
+LSTM without peepholes.
+
+Eight linear connected sublayers, each with its own bias: wf, wi, wg, wo
+(H -> H) and uf, ui, ug, uo (inputs -> H). Per step::
+
+    f = sigma(wf h + uf x),  i = sigma(wi h + ui x),  g = tanh(wg h + ug x),  o = sigma(wo h + uo x)
+    c <- f * c + i * g,      h <- o * tanh(c)          the output of step t is h; c_t is in ``cell``
+
+cfg keys: ``output`` (1), ``batch_normalize`` (0). .weights: wi, wf, wo, wg,
+ui, uf, uo, ug (darknet's order). ``h``, ``c`` (B, H) carry the state across
+batches and inference calls, never reset (``prev_state``/``prev_cell``:
+their values at the start of the forward). Backward (BPTT truncated at the
+batch start), t = T-1 .. 0, with dc = 0 at t = T-1::
+
+    dc_t = dh_t o (1 - tanh^2 c_t) + dc
+    do = dh_t tanh(c_t) o (1 - o);   dg = dc_t i (1 - g^2)
+    di = dc_t g i (1 - i);           df = dc_t c_{t-1} f (1 - f)
+    each gate delta goes to its w-sublayer (input h_{t-1}; dh_{t-1} += d W)
+    and its u-sublayer (input x_t; net.delta_t += d U);   dc <- dc_t f
+
+Deliberately fixed (darknet's CPU build can neither train this layer -- no
+delta, no backward -- nor does its unwired backward give the gradient): at
+t = 0 the previous state is the real h_{-1}, c_{-1} (darknet reuses h_0,
+c_0); ``dc`` starts at 0 every batch (darknet carries it over from the
+last batch); after a training batch h and c hold the last step, as after
+inference (darknet leaves step 0's values there).
+"""
+import numpy as np
+
+from .connected import backward_connected, forward_connected, make_connected
+from .recurrent import StepNet, adopt, at_step, clear_deltas, per_step_batch, steps_of, sublayer
+from ..kernels.activations import activate
+from ..layer import Layer
+from ..registry import register_layer
+
+GATES = ("f", "i", "g", "o")
+
+
+@register_layer("lstm")
+def make_lstm(options, params):
+    hidden = options.int("output", 1)
+    if hidden < 1:
+        raise options.error(f"output must be >= 1, got {hidden}", "output")
+    batch_normalize = options.bool("batch_normalize", False)
+    steps, batch = per_step_batch(options, params)
+    l = Layer(type="lstm", batch=batch, steps=steps, inputs=params.inputs, outputs=hidden,
+              h=1, w=1, c=params.inputs, out_h=1, out_w=1, out_c=hidden,
+              batch_normalize=batch_normalize)
+    order = [f"w{g}" for g in "ifog"] + [f"u{g}" for g in "ifog"]     # .weights order
+    subs = [(name, sublayer(make_connected, options, params, steps, batch,
+                            hidden if name[0] == "w" else params.inputs, output=hidden,
+                            activation="linear", batch_normalize=batch_normalize))
+            for name in order]
+    adopt(l, subs)
+    shape = (steps, batch, hidden)
+    l.output = np.zeros((steps * batch, hidden), np.float32)
+    l.delta = np.zeros((steps * batch, hidden), np.float32)
+    l.gates = {g: np.zeros(shape, np.float32) for g in GATES}
+    l.cell = np.zeros(shape, np.float32)
+    l.tanh_cell = np.zeros(shape, np.float32)
+    l.h, l.c = np.zeros((batch, hidden), np.float32), np.zeros((batch, hidden), np.float32)
+    l.prev_state = np.zeros((batch, hidden), np.float32)
+    l.prev_cell = np.zeros((batch, hidden), np.float32)
+    l.dc = np.zeros((batch, hidden), np.float32)             # -dL/dc flowing to step t-1
+    l.dc_t = np.zeros((batch, hidden), np.float32)
+    l.scratch = np.zeros((batch, hidden), np.float32)
+    l.carried = ("h", "c")
+    l.desc = f"{params.inputs} -> {hidden} x{steps}"
+    l.forward, l.backward = forward_lstm, backward_lstm
+    return l
+
+
+def _previous(l, out, t):
+    """(h_{t-1}, c_{t-1})."""
+    return (l.prev_state, l.prev_cell) if t == 0 else (out[t - 1], l.cell[t - 1])
+
+
+def forward_lstm(l, net):
+    s = l.sublayers
+    x = steps_of(net.input, l.steps, l.batch)
+    out = steps_of(l.output, l.steps, l.batch)
+    clear_deltas(l)
+    if net.train:
+        l.dc.fill(0)
+    step = StepNet(net)
+    np.copyto(l.prev_state, l.h)
+    np.copyto(l.prev_cell, l.c)
+    for t in range(l.steps):
+        h, c_prev = _previous(l, out, t)
+        for gate in GATES:
+            w, u = at_step(s["w" + gate], t), at_step(s["u" + gate], t)
+            forward_connected(w, step.at(h))
+            forward_connected(u, step.at(x[t]))
+            value = l.gates[gate][t]
+            np.add(w.output, u.output, out=value)
+            activate(value, "tanh" if gate == "g" else "logistic")
+        f, i, g, o = (l.gates[gate][t] for gate in GATES)
+        c = l.cell[t]
+        np.multiply(f, c_prev, out=c)
+        c += i * g
+        np.tanh(c, out=l.tanh_cell[t])
+        np.multiply(o, l.tanh_cell[t], out=out[t])
+    np.copyto(l.h, out[l.steps - 1])
+    np.copyto(l.c, l.cell[l.steps - 1])
+
+
+def backward_lstm(l, net):
+    s = l.sublayers
+    x = steps_of(net.input, l.steps, l.batch)
+    dx = None if net.delta is None else steps_of(net.delta, l.steps, l.batch)
+    out = steps_of(l.output, l.steps, l.batch)
+    delta = steps_of(l.delta, l.steps, l.batch)
+    step = StepNet(net)
+    l.dc.fill(0)
+    dc, tmp = l.dc_t, l.scratch
+    for t in range(l.steps - 1, -1, -1):
+        h_p, c_p = _previous(l, out, t)
+        f, i, g, o = (l.gates[gate][t] for gate in GATES)
+        dh, tc = delta[t], l.tanh_cell[t]
+        np.multiply(tc, tc, out=dc)              # dc_t = dh o (1 - tanh^2 c) + dc
+        np.subtract(1, dc, out=dc)
+        dc *= o
+        dc *= dh
+        dc += l.dc
+        gate_delta = {gate: s["u" + gate].delta_steps[t] for gate in GATES}
+        np.multiply(dh, tc, out=gate_delta["o"])
+        np.subtract(1, o, out=tmp)
+        gate_delta["o"] *= o * tmp
+        np.multiply(g, g, out=tmp)
+        np.subtract(1, tmp, out=tmp)
+        np.multiply(dc, i, out=gate_delta["g"])
+        gate_delta["g"] *= tmp
+        np.subtract(1, i, out=tmp)
+        np.multiply(dc, g, out=gate_delta["i"])
+        gate_delta["i"] *= i * tmp
+        np.subtract(1, f, out=tmp)
+        np.multiply(dc, c_p, out=gate_delta["f"])
+        gate_delta["f"] *= f * tmp
+        earlier = delta[t - 1] if t > 0 else None
+        for gate in ("o", "g", "i", "f"):        # darknet's order
+            np.copyto(s["w" + gate].delta_steps[t], gate_delta[gate])
+            backward_connected(at_step(s["w" + gate], t), step.at(h_p, earlier))
+            backward_connected(at_step(s["u" + gate], t),
+                               step.at(x[t], None if dx is None else dx[t]))
+        np.multiply(dc, f, out=l.dc)
