@@ -68,6 +68,7 @@ RECURRENT = ("rnn", "gru", "lstm", "crnn")
 _RECURRENT_SUFFIXES = (("_after_forward", "forward"), ("_before_backward", "delta_in"),
                        ("_after_backward", "delta_out"))
 _STATE_ALIASES = {("rnn", "state"): "hidden", ("crnn", "state"): "hidden"}  # infer (B, H) state
+_SEEN_PROBE = "_seen12800"    # region vectors: delta/cost of the step's forward at seen = 12800
 _PHASE_SUFFIXES = (("_before", "before"), ("_after", "after"), ("_grad", "grad"),
                    ("_momentum", "momentum"))
 # what -> layer attribute, captured right after the layer's own forward
@@ -262,6 +263,16 @@ class Deviation:
 
 
 DEVIATIONS = {
+    "h_region": Deviation(
+        "darknet's CPU region backward is commented out (no gradient reaches earlier layers, "
+        "the conv only decays); minidark's is darknet's GPU backward (logistic derivative on "
+        "x, y, obj, then added), which h2_region_gpupath replays for the same network, "
+        "weights and step-1 data: step 2 starts from darknet's recorded parameters",
+        [r"^L01_region_delta_out_s[12]$",
+         r"^L00_convolutional_(delta_(in|out)|(bias|weight)_updates_(grad|momentum)"
+         r"|(biases|weights)_after)_s[12]$",
+         r"^our weights_after_s[12]\.weights L00 (biases|weights)$"],
+        resync=(2,)),
     "j_rnn": Deviation(
         "darknet's CPU rnn backward takes the input_layer delta after the self_layer "
         "multiplied it by a'(q_t) (an extra factor); minidark's is g_t a'(u_t), the true "
@@ -361,6 +372,8 @@ def _locate(entry):
         if entry.type in RECURRENT and what in ("cell", "state"):
             return "infer", what
         return ("infer", _FORWARD.get(what)) if what in _FORWARD else None
+    if what.endswith(_SEEN_PROBE):     # a forward of the same step with net.seen = 12800
+        return "seen12800", _FORWARD.get(what[:-len(_SEEN_PROBE)], what[:-len(_SEEN_PROBE)])
     for suffix, phase in _RECURRENT_SUFFIXES if entry.type in RECURRENT else ():
         if what.endswith(suffix):
             return phase, what[:-len(suffix)]
@@ -578,6 +591,7 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
         report.add(ArrayCheck("input_s1", False, note="inference outputs recorded but no input_s1"))
 
     # 2. training steps
+    head_stats = {}    # (step, layer, kind) -> a detection head's l.stats
     returns = index.get("checks", {}).get("train_network_datum_returns", [])
     for step in steps:
         if ("truth", step) not in inputs:
@@ -593,6 +607,9 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
                 layer.next_rand = data[e.file]
         if deviation is not None and step in deviation.resync:
             _resync(net, directory, step, layer_types, deviation)
+        if any(key[:2] == (step, "seen12800") for key in wanted):
+            _seen_probe(net, inputs["input", step], inputs["truth", step], step, capture_all,
+                        head_stats)
         capture_all(step, "before")
         originals = spy(step)
         net_backward = net.backward
@@ -609,6 +626,8 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
             unspy(originals)
         capture_all(step, "after")
         capture_all(step, "momentum")
+        head_stats.update({(step, l.index, "stdout"): dict(l.stats) for l in net.layers
+                           if getattr(l, "stats", None)})
         captured[step, "net", -1, "cost"] = np.array([net.cost])
         if len(returns) >= step:
             alternative = None
@@ -665,6 +684,22 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
                         None if alt_net is None else
                         getattr(alt_net.layers[ours_layer.index], name))
 
+    # the statistics line each detection head printed (parsed in index.json)
+    for ref in index.get("detection_stats", []):
+        ours = head_stats.get((ref["step"], ref["layer"], ref["kind"]))
+        for key, value in ref.items():
+            if key in ("step", "layer", "kind"):
+                continue
+            name = (f"stats s{ref['step']} L{ref['layer']:02d} {key}"
+                    + ("" if ref["kind"] == "stdout" else f" ({ref['kind']})"))
+            if ours is None or key not in ours:
+                report.add(ArrayCheck(name, False, note=f"layer {ref['layer']} has no "
+                                      f"statistic '{key}' for this pass (l.stats)"))
+                continue
+            # printed with %f: half a unit of the 6th decimal on top of the usual tolerance
+            report.add(compare_arrays(name, np.array([ours[key]]), np.array([value]),
+                                      rtol=rtol, atol=atol + 5e-7, noise_floor=0))
+
     # 3. compare everything captured
     for e, step, phase, i, attribute in targets:
         key = (step, phase, i, attribute)
@@ -681,6 +716,20 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
             continue
         compare(e.label, value, data[e.file])
     return report
+
+
+def _seen_probe(net, x, truth, step, capture_all, head_stats):
+    """The region vectors' probe: the same step's training forward with
+    ``net.seen = 12800`` (the anchor-prior term off); captured, then undone."""
+    seen = net.seen
+    net.seen = 12800
+    try:
+        net.forward(x, truth, train=True)
+    finally:
+        net.seen = seen
+    capture_all(step, "seen12800")
+    head_stats.update({(step, l.index, "stdout_seen12800"): dict(l.stats) for l in net.layers
+                       if getattr(l, "stats", None)})
 
 
 def _save_and_reload(net, into):
