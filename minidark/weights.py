@@ -40,19 +40,23 @@ def weights_bytes(net):
 
 
 def atomic_write(path, data):
-    """Write bytes to ``path`` via a temporary file, fsync and rename."""
+    """Write bytes to ``path`` via a temporary file (``.tmp-XXXXXXXX<name>`` beside
+    it), fsync and rename; on any error the temporary file is removed."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private
+            view = memoryview(data).cast("B")
+            while view:                # os.write may write less than asked
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
