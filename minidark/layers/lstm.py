@@ -8,7 +8,8 @@ Eight linear connected sublayers, each with its own bias: wf, wi, wg, wo
     c <- f * c + i * g,      h <- o * tanh(c)          the output of step t is h; c_t is in ``cell``
 
 cfg keys: ``output`` (1), ``batch_normalize`` (0). .weights: wi, wf, wo, wg,
-ui, uf, uo, ug (darknet's order). ``h``, ``c`` (B, H) carry the state across
+ui, uf, uo, ug (darknet's order). ``hidden``, ``cell_state`` (B, H: darknet's
+h and c) carry the state across
 batches and inference calls, never reset (``prev_state``/``prev_cell``:
 their values at the start of the forward). Backward (BPTT truncated at the
 batch start), t = T-1 .. 0, with dc = 0 at t = T-1::
@@ -56,16 +57,17 @@ def make_lstm(options, params):
     shape = (steps, batch, hidden)
     l.output = np.zeros((steps * batch, hidden), np.float32)
     l.delta = np.zeros((steps * batch, hidden), np.float32)
-    l.gates = {g: np.zeros(shape, np.float32) for g in GATES}
+    l.gates = np.zeros((len(GATES),) + shape, np.float32)   # f, i, g, o of every step
     l.cell = np.zeros(shape, np.float32)
     l.tanh_cell = np.zeros(shape, np.float32)
-    l.h, l.c = np.zeros((batch, hidden), np.float32), np.zeros((batch, hidden), np.float32)
+    l.hidden = np.zeros((batch, hidden), np.float32)        # darknet's h_cpu
+    l.cell_state = np.zeros((batch, hidden), np.float32)    # darknet's c_cpu
     l.prev_state = np.zeros((batch, hidden), np.float32)
     l.prev_cell = np.zeros((batch, hidden), np.float32)
     l.dc = np.zeros((batch, hidden), np.float32)             # -dL/dc flowing to step t-1
     l.dc_t = np.zeros((batch, hidden), np.float32)
     l.scratch = np.zeros((batch, hidden), np.float32)
-    l.carried = ("h", "c")
+    l.carried = ("hidden", "cell_state")
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
     l.forward, l.backward = forward_lstm, backward_lstm
     return l
@@ -84,25 +86,25 @@ def forward_lstm(l, net):
     if net.train:
         l.dc.fill(0)
     step = StepNet(net)
-    np.copyto(l.prev_state, l.h)
-    np.copyto(l.prev_cell, l.c)
+    np.copyto(l.prev_state, l.hidden)
+    np.copyto(l.prev_cell, l.cell_state)
     for t in range(l.steps):
         h, c_prev = _previous(l, out, t)
         for gate in GATES:
             w, u = at_step(s["w" + gate], t), at_step(s["u" + gate], t)
             forward_connected(w, step.at(h))
             forward_connected(u, step.at(x[t]))
-            value = l.gates[gate][t]
+            value = l.gates[GATES.index(gate), t]
             np.add(w.output, u.output, out=value)
             activate(value, "tanh" if gate == "g" else "logistic")
-        f, i, g, o = (l.gates[gate][t] for gate in GATES)
+        f, i, g, o = l.gates[:, t]
         c = l.cell[t]
         np.multiply(f, c_prev, out=c)
         c += i * g
         np.tanh(c, out=l.tanh_cell[t])
         np.multiply(o, l.tanh_cell[t], out=out[t])
-    np.copyto(l.h, out[l.steps - 1])
-    np.copyto(l.c, l.cell[l.steps - 1])
+    np.copyto(l.hidden, out[l.steps - 1])
+    np.copyto(l.cell_state, l.cell[l.steps - 1])
 
 
 def backward_lstm(l, net):
@@ -116,7 +118,7 @@ def backward_lstm(l, net):
     dc, tmp = l.dc_t, l.scratch
     for t in range(l.steps - 1, -1, -1):
         h_p, c_p = _previous(l, out, t)
-        f, i, g, o = (l.gates[gate][t] for gate in GATES)
+        f, i, g, o = l.gates[:, t]
         dh, tc = delta[t], l.tanh_cell[t]
         np.multiply(tc, tc, out=dc)              # dc_t = dh o (1 - tanh^2 c) + dc
         np.subtract(1, dc, out=dc)

@@ -60,38 +60,42 @@ def make_rnn(options, params):
     l.hidden = np.zeros((batch, hidden), np.float32)
     l.carried = ("hidden",)
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
+    l.step_forward, l.step_backward = forward_connected, backward_connected
     l.forward, l.backward = forward_rnn, backward_rnn
     return l
 
 
 def forward_rnn(l, net):
+    """Also [crnn]'s: ``l.step_forward`` is the sublayers' forward."""
     U, S, O = (l.sublayers[n] for n in ("input_layer", "self_layer", "output_layer"))
+    forward_sub = l.step_forward
     x = steps_of(net.input, l.steps, l.batch)
     clear_deltas(l)
     step = StepNet(net)
     np.copyto(l.state[0], l.hidden)
     for t in range(l.steps):
-        forward_connected(at_step(U, t), step.at(x[t]))
-        forward_connected(at_step(S, t), step.at(l.state[t]))
+        forward_sub(at_step(U, t), step.at(x[t]))
+        forward_sub(at_step(S, t), step.at(l.state[t]))
         s = l.state[t + 1]
         np.add(U.output, S.output, out=s)
         if l.shortcut:
             s += l.state[t]
-        forward_connected(at_step(O, t), step.at(s))
+        forward_sub(at_step(O, t), step.at(s))
     np.copyto(l.hidden, l.state[l.steps])
 
 
 def backward_rnn(l, net):
     U, S, O = (l.sublayers[n] for n in ("input_layer", "self_layer", "output_layer"))
+    backward_sub = l.step_backward
     x = steps_of(net.input, l.steps, l.batch)
     dx = None if net.delta is None else steps_of(net.delta, l.steps, l.batch)
     step = StepNet(net)
     for t in range(l.steps - 1, -1, -1):
         g = S.delta_steps[t]                       # g_t, complete once step t+1 is done
-        backward_connected(at_step(O, t), step.at(l.state[t + 1], g))
+        backward_sub(at_step(O, t), step.at(l.state[t + 1], g))
         np.copyto(U.delta_steps[t], g)
         earlier = S.delta_steps[t - 1] if t > 0 else None
         if l.shortcut and earlier is not None:
             earlier += g
-        backward_connected(at_step(S, t), step.at(l.state[t], earlier))
-        backward_connected(at_step(U, t), step.at(x[t], None if dx is None else dx[t]))
+        backward_sub(at_step(S, t), step.at(l.state[t], earlier))
+        backward_sub(at_step(U, t), step.at(x[t], None if dx is None else dx[t]))

@@ -68,6 +68,7 @@ RECURRENT = ("rnn", "gru", "lstm", "crnn")
 _RECURRENT_SUFFIXES = (("_after_forward", "forward"), ("_before_backward", "delta_in"),
                        ("_after_backward", "delta_out"))
 _STATE_ALIASES = {("rnn", "state"): "hidden", ("crnn", "state"): "hidden"}  # infer (B, H) state
+_ATTRIBUTE_ALIASES = {("lstm", "h"): "hidden", ("lstm", "c"): "cell_state"}   # darknet's h, c
 _SEEN_PROBE = "_seen12800"    # region vectors: delta/cost of the step's forward at seen = 12800
 _PHASE_SUFFIXES = (("_before", "before"), ("_after", "after"), ("_grad", "grad"),
                    ("_momentum", "momentum"))
@@ -305,8 +306,8 @@ DEVIATIONS = {
          r"^L00_lstm_[uw][fiog]_(delta|(bias|weight)_updates_(grad|momentum)"
          r"|(biases|weights)_after)_s2$",
          r"^our weights_after_s2\.weights L00 [uw][fiog]_(biases|weights)$"],
-        resync=(2,), state={0: {"h": ("L00_lstm_h_before_s{step}", None),
-                                "c": ("L00_lstm_c_before_s{step}", None)}}),
+        resync=(2,), state={0: {"hidden": ("L00_lstm_h_before_s{step}", None),
+                                "cell_state": ("L00_lstm_c_before_s{step}", None)}}),
 }
 
 
@@ -376,10 +377,12 @@ def _locate(entry):
         return "seen12800", _FORWARD.get(what[:-len(_SEEN_PROBE)], what[:-len(_SEEN_PROBE)])
     for suffix, phase in _RECURRENT_SUFFIXES if entry.type in RECURRENT else ():
         if what.endswith(suffix):
-            return phase, what[:-len(suffix)]
+            what = what[:-len(suffix)]
+            return phase, _ATTRIBUTE_ALIASES.get((entry.type, what), what)
     for suffix, phase in _PHASE_SUFFIXES:
         if what.endswith(suffix):
-            return phase, what[:-len(suffix)]
+            what = what[:-len(suffix)]
+            return phase, _ATTRIBUTE_ALIASES.get((entry.type, what), what)
     if what == "delta_in":
         return "delta_in", "delta"
     if what == "delta_out":
@@ -600,7 +603,7 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
         for e, s, phase, i, attribute in targets:
             if s == step and attribute == "rand" and phase == "forward":
                 layer = net.layers[i]
-                if not hasattr(layer, "next_rand"):
+                if layer.rand is None:          # only a layer drawing uniforms takes them
                     report.add(ArrayCheck(e.label, False, note=f"layer {i} [{layer.type}] takes "
                                           "no recorded uniforms (no next_rand)"))
                     continue

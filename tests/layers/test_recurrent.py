@@ -1,0 +1,267 @@
+"""[rnn], [gru], [lstm], [crnn]: float64 gradient checks through time (input and
+every sublayer parameter, from a nonzero initial state), darknet's .weights
+layouts and round trip, the hidden state carried across batches and calls,
+``time_steps`` semantics, and cfg errors. darknet's own numbers are replayed
+in tests/test_darknet_reference.py (vectors-next j_rnn, k_gru, k2_gru_gpupath,
+l_lstm)."""
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import net_from
+from minidark.errors import ConfigError
+from minidark.weights import load_weights, save_weights, weights_bytes
+
+RECURRENT = {
+    "rnn": "[rnn]\noutput=5\nactivation=leaky",
+    "rnn_shortcut": "[rnn]\noutput=5\nactivation=tanh\nshortcut=1",
+    "rnn_logistic": "[rnn]\noutput=5",
+    "gru": "[gru]\noutput=5",
+    "gru_tanh": "[gru]\noutput=5\ntanh=1",
+    "lstm": "[lstm]\noutput=5",
+}
+
+
+def recurrent_net(tmp_path, body, batch=2, steps=3, inputs="inputs=4", seed=0):
+    return net_from(tmp_path, f"[net]\nbatch={batch}\ntime_steps={steps}\n{inputs}\n{body}\n",
+                    seed=seed)
+
+
+def to_float64_tree(net):
+    """Every float32 array of the network, its layers and their sublayers as float64,
+    keeping shared arrays (parent aliases, views of T-step storage) shared."""
+    memo = {}
+
+    def convert(array):
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+            return array
+        owner = array.base if isinstance(array.base, np.ndarray) else array
+        if owner.size != array.size:
+            owner = array
+        if id(owner) not in memo:
+            memo[id(owner)] = (owner, owner.astype(np.float64))
+        return memo[id(owner)][1].reshape(array.shape)
+
+    holders = [net] + list(net.layers)
+    holders += [sub for l in net.layers for sub in (l.sublayers or {}).values()]
+    for holder in holders:
+        for name, value in list(vars(holder).items()):
+            if isinstance(value, np.ndarray):
+                setattr(holder, name, convert(value))
+    return net
+
+
+def gradcheck_recurrent(net, index=0, eps=1e-6, picks=12, seed=0):
+    """Max relative error of input and parameter gradients, by central differences."""
+    to_float64_tree(net)
+    l = net.layers[index]
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (net.batch, l.inputs))
+    start = {name: rng.uniform(-0.5, 0.5, getattr(l, name).shape) for name in l.carried}
+    weights_r = rng.normal(size=l.output.shape)
+
+    def loss():
+        for name, value in start.items():       # the same initial state every time
+            getattr(l, name)[...] = value
+        net.input, net.train, net.delta = x, True, None
+        l.forward(l, net)
+        return -float(np.sum(weights_r * l.output))
+
+    loss()
+    l.delta[...] = weights_r
+    dx = rng.uniform(-1, 1, x.shape)
+    dx0 = dx.copy()
+    updates = {p: getattr(l, u) for p, u in l.learned.items()}
+    before = {p: u.copy() for p, u in updates.items()}
+    net.input, net.delta = x, dx
+    l.backward(l, net)
+    analytic = {"input": dx - dx0}
+    analytic.update({p: updates[p] - before[p] for p in updates})
+    arrays = {"input": x}
+    arrays.update({p: getattr(l, p) for p in l.learned})
+    errors = {}
+    for name, array in arrays.items():
+        flat, grad = array.reshape(-1), analytic[name].reshape(-1)
+        chosen = rng.choice(flat.size, min(picks, flat.size), replace=False)
+        numeric = []
+        for i in chosen:
+            keep = flat[i]
+            flat[i] = keep + eps
+            plus = loss()
+            flat[i] = keep - eps
+            minus = loss()
+            flat[i] = keep
+            numeric.append(-(plus - minus) / (2 * eps))
+        numeric = np.array(numeric)
+        scale = max(np.abs(numeric).max(), np.abs(grad[chosen]).max(), 1e-12)
+        errors[name] = float(np.abs(numeric - grad[chosen]).max() / scale)
+    return errors
+
+
+# --------------------------------------------------------------------------
+# Gradient checks (float64, central differences, 3 and 4 time steps)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", sorted(RECURRENT))
+@pytest.mark.parametrize("steps", [3, 4])
+def test_gradcheck_through_time(tmp_path, kind, steps):
+    net = recurrent_net(tmp_path, RECURRENT[kind], steps=steps)
+    errors = gradcheck_recurrent(net)
+    assert len(errors) == 1 + len(net.layers[0].learned)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_gradcheck_crnn(tmp_path):
+    net = recurrent_net(tmp_path, "[crnn]\nhidden_filters=3\noutput_filters=2\nactivation=leaky",
+                        steps=3, inputs="height=4\nwidth=3\nchannels=2")
+    errors = gradcheck_recurrent(net, picks=8)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_gradcheck_crnn_shortcut_logistic(tmp_path):
+    net = recurrent_net(tmp_path, "[crnn]\nhidden_filters=2\noutput_filters=2\nshortcut=1",
+                        steps=3, inputs="height=3\nwidth=3\nchannels=1")
+    errors = gradcheck_recurrent(net, picks=8)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_gradcheck_fails_on_a_wrong_backward(tmp_path):
+    """The check can fail: darknet's CPU rnn input gradient (an extra a'(q_t))."""
+    net = recurrent_net(tmp_path, RECURRENT["rnn"])
+    l = net.layers[0]
+    sub_backward = l.step_backward
+
+    def self_then_input(sub, step_net):      # after the self_layer, copy its delta
+        sub_backward(sub, step_net)
+        if sub is l.sublayers["self_layer"]:
+            t = next(i for i in range(l.steps) if np.shares_memory(sub.delta_steps[i], sub.delta))
+            l.sublayers["input_layer"].delta_steps[t][...] = sub.delta
+    l.step_backward = self_then_input
+    errors = gradcheck_recurrent(net)
+    assert errors["input"] > 1e-3 and errors["input_layer_weights"] > 1e-3
+    assert errors["output_layer_weights"] < 1e-6
+
+
+# --------------------------------------------------------------------------
+# Layouts, weights
+# --------------------------------------------------------------------------
+def test_darknet_weights_order_and_shapes(tmp_path):
+    rnn = recurrent_net(tmp_path, RECURRENT["rnn"]).layers[0]
+    assert rnn.saved[:2] == ("input_layer_biases", "input_layer_weights")
+    assert [s.split("_")[0] for s in rnn.saved[::2]] == ["input", "self", "output"]
+    assert rnn.input_layer_weights.shape == (5, 4) and rnn.self_layer_weights.shape == (5, 5)
+    assert (rnn.batch, rnn.steps, rnn.outputs, rnn.output.shape) == (2, 3, 5, (6, 5))
+    gru = recurrent_net(tmp_path, RECURRENT["gru"]).layers[0]
+    assert [n[:2] for n in gru.saved[::2]] == ["wz", "wr", "wh", "uz", "ur", "uh"]
+    lstm = recurrent_net(tmp_path, RECURRENT["lstm"]).layers[0]
+    assert [n[:2] for n in lstm.saved[::2]] == ["wi", "wf", "wo", "wg", "ui", "uf", "uo", "ug"]
+    assert lstm.uf_weights.shape == (5, 4) and lstm.wf_weights.shape == (5, 5)
+    assert lstm.params == 4 * (5 * 5 + 5) + 4 * (4 * 5 + 5)
+    bn = recurrent_net(tmp_path, "[rnn]\noutput=3\nbatch_normalize=1").layers[0]
+    assert bn.saved[:5] == ("input_layer_biases", "input_layer_weights", "input_layer_scales",
+                            "input_layer_rolling_mean", "input_layer_rolling_variance")
+    crnn = recurrent_net(tmp_path, "[crnn]\nhidden_filters=3\noutput_filters=2",
+                         inputs="height=4\nwidth=4\nchannels=2").layers[0]
+    assert crnn.input_layer_weights.shape == (3, 2, 3, 3)
+    assert crnn.output_layer_weights.shape == (2, 3, 3, 3)
+    assert (crnn.out_c, crnn.out_h, crnn.out_w, crnn.outputs) == (2, 4, 4, 32)
+
+
+@pytest.mark.parametrize("body", sorted(set(RECURRENT.values())) + [
+    "[rnn]\noutput=3\nbatch_normalize=1", "[lstm]\noutput=3\nbatch_normalize=1"])
+def test_weights_round_trip_byte_identical(tmp_path, body):
+    net = recurrent_net(tmp_path, body, seed=1)
+    rng = np.random.default_rng(0)
+    for name in net.layers[0].saved:
+        shape = getattr(net.layers[0], name).shape
+        getattr(net.layers[0], name)[...] = (rng.uniform(0.5, 1.5, shape) if "variance" in name
+                                             else rng.normal(size=shape))
+    save_weights(net, tmp_path / "a.weights")
+    other = recurrent_net(tmp_path, body, seed=2)
+    load_weights(other, tmp_path / "a.weights")
+    assert weights_bytes(other) == (tmp_path / "a.weights").read_bytes()
+    x = rng.uniform(0, 1, (net.batch, 4)).astype(np.float32)
+    np.testing.assert_array_equal(net.forward(x), other.forward(x))
+
+
+# --------------------------------------------------------------------------
+# Hidden state and time steps
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["rnn", "rnn_shortcut", "gru", "lstm"])
+def test_state_carries_across_batches_like_one_long_sequence(tmp_path, kind):
+    """Two batches of 2 steps give the outputs of one batch of 4 steps (same streams)."""
+    long = recurrent_net(tmp_path, RECURRENT[kind], batch=2, steps=4, seed=3)
+    short = recurrent_net(tmp_path, RECURRENT[kind], batch=2, steps=2, seed=4)
+    save_weights(long, tmp_path / "w.weights")
+    load_weights(short, tmp_path / "w.weights")
+    x = np.random.default_rng(1).uniform(0, 1, (4, 2, 4)).astype(np.float32)   # (T, B, n)
+    whole = long.forward(x.reshape(8, 4), train=True).copy()
+    first = short.forward(x[:2].reshape(4, 4), train=True).copy()
+    second = short.forward(x[2:].reshape(4, 4), train=False).copy()
+    np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-5, atol=1e-6)
+    short.reset_state()
+    again = short.forward(x[:2].reshape(4, 4)).copy()
+    np.testing.assert_allclose(again, first, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(short.forward(x[:2].reshape(4, 4)), first)   # carried, not reset
+
+
+def test_reset_state_zeroes_every_carried_array(tmp_path):
+    for body in RECURRENT.values():
+        net = recurrent_net(tmp_path, body)
+        net.forward(np.ones((6, 4), np.float32))
+        l = net.layers[0]
+        assert l.carried and all(getattr(l, n).any() for n in l.carried)
+        net.reset_state()
+        assert not any(getattr(l, n).any() for n in l.carried)
+
+
+def test_time_steps_batch_seen_and_update_scale(tmp_path):
+    net = net_from(tmp_path, "[net]\nbatch=2\ntime_steps=3\ninputs=4\nlearning_rate=0.5\n"
+                             "momentum=0\ndecay=0\n[lstm]\noutput=3\n[connected]\noutput=2\n"
+                             "activation=linear\n[softmax]\n")
+    assert net.batch == 6 and net.time_steps == 3
+    lstm, fc = net.layers[0], net.layers[1]
+    assert lstm.batch == 2 and fc.batch == 6 and fc.output.shape == (6, 2)
+    rng = np.random.default_rng(0)
+    x, truth = rng.uniform(0, 1, (6, 4)), np.eye(2)[rng.integers(0, 2, 6)]
+    w = fc.weights.copy()
+    net.forward(x, truth, train=True)
+    net.backward()
+    grad = fc.weight_updates.copy()
+    net.update()
+    np.testing.assert_allclose(fc.weights, w + 0.5 / 6 * grad, rtol=1e-6)   # lr / (B T)
+    net.train_datum(x, truth)
+    assert net.seen == 6
+
+
+# --------------------------------------------------------------------------
+# cfg errors
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("body,key", [("[rnn]\noutput=0", "output"), ("[gru]\noutput=-1", "output"),
+                                      ("[lstm]\noutput=0", "output"),
+                                      ("[rnn]\noutput=3\nactivation=bogus", "activation"),
+                                      ("[gru]\noutput=2\ntanh=x", "tanh")])
+def test_bad_values_name_the_key(tmp_path, body, key):
+    with pytest.raises(ConfigError) as info:
+        recurrent_net(tmp_path, body)
+    assert key in str(info.value)
+
+
+def test_crnn_needs_an_image_and_positive_filters(tmp_path):
+    with pytest.raises(ConfigError):
+        recurrent_net(tmp_path, "[crnn]\nhidden_filters=2\noutput_filters=2")
+    with pytest.raises(ConfigError) as info:
+        recurrent_net(tmp_path, "[crnn]\nhidden_filters=0", inputs="height=2\nwidth=2\nchannels=1")
+    assert "hidden_filters" in str(info.value)
+
+
+def test_every_key_darknet_reads_is_read(tmp_path):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        recurrent_net(tmp_path, "[rnn]\noutput=3\nactivation=leaky\nbatch_normalize=0\nshortcut=1")
+        recurrent_net(tmp_path, "[gru]\noutput=3\nbatch_normalize=0\ntanh=1")
+        recurrent_net(tmp_path, "[lstm]\noutput=3\nbatch_normalize=0")
+        recurrent_net(tmp_path, "[crnn]\noutput_filters=2\nhidden_filters=2\nactivation=leaky\n"
+                                "batch_normalize=0\nshortcut=0",
+                      inputs="height=2\nwidth=2\nchannels=1")
+    assert not [r for r in record if "unused" in str(r.message)]
