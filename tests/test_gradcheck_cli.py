@@ -17,6 +17,7 @@ from minidark.commands import gradcheck as gradcheck_cli
 from minidark.errors import MinidarkError
 from minidark.plugins import load_plugins
 from minidark.testing import KnownGap, format_results, gradcheck, learned_arrays, summarize
+from minidark.tools.gradcheck import GradResult, numeric_gradient
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELU = str(ROOT / "examples" / "prelu.py")
@@ -51,7 +52,8 @@ def cli(*argv):
     return gradcheck_cli.run(parser.parse_args([str(a) for a in argv]))
 
 
-ROW = re.compile(r"^\s*(\d+) (\S+)\s+(.+?)\s+(\S+e[+-]\d+)\s+(\S+)\s+(ok|FAIL|gap|skip)\s*(.*)$")
+ROW = re.compile(r"^\s*(\d+) (\S+)\s+(.+?)\s+(\S+e[+-]\d+)\s+(\S+)\s+(ok|FAIL|gap|skip|kink)"
+                 r"\s*(.*)$")
 
 
 def rows(text):
@@ -261,3 +263,63 @@ def test_gradcheck_catches_a_backward_that_needs_net_delta(tmp_path, write_cfg):
     assert (last.array, last.status) == ("net.delta None", "FAIL")
     assert "AttributeError" in last.note
     assert "net.delta None" in format_results(results)
+
+
+# ------------------------------------------------------------------ kinks
+# (cfg, seed, layer) where plain central differences crossed relu's kink and
+# reported FAIL on a correct layer
+KINKED = [("mnist_bn.cfg", 0, 2), ("mnist_lenet.cfg", 3, 2), ("mnist_lenet.cfg", 5, 0),
+          ("mnist_lenet.cfg", 6, 2), ("mnist_lenet.cfg", 7, 0), ("mnist_lenet.cfg", 11, 0)]
+
+
+@pytest.mark.parametrize("cfg, seed, layer", KINKED)
+def test_shipped_relu_cfgs_pass_where_steps_cross_a_kink(cfg, seed, layer):
+    results = gradcheck(str(ROOT / "cfg" / cfg), layer=layer, seed=seed)
+    assert all(r.status in ("ok", "gap") for r in results), format_results(results)
+    # the kink handling is what made them pass: some entry needed a smaller step
+    assert sum(r.refined + r.kinks for r in results) >= 1
+
+
+def test_numeric_gradient_leaves_out_an_unresolvable_kink():
+    theta = np.array([0.0, 0.5, -0.3, 0.2, 0.7, -0.9, 0.4, 0.1])   # |x| has its kink at 0
+
+    def loss():
+        return float(np.abs(theta).sum())
+
+    analytic = -np.sign(theta)                                       # darknet sign
+    numeric, kink, refined = numeric_gradient(loss, loss(), theta, np.arange(8), analytic,
+                                              1e-5, 1e-4)
+    assert kink.tolist() == [True] + [False] * 7 and refined == 0
+    np.testing.assert_allclose(numeric[1:], analytic[1:], atol=1e-9)
+    # a value 0.5 eps from the kink: the smaller steps measure it
+    theta[0] = 0.5e-5
+    numeric, kink, refined = numeric_gradient(loss, loss(), theta, np.arange(8), analytic,
+                                              1e-5, 1e-4)
+    assert not kink.any() and refined == 1 and numeric[0] == pytest.approx(-1, abs=1e-6)
+
+
+def test_numeric_gradient_keeps_everything_when_the_loss_is_not_piecewise_smooth():
+    """A forward that is not deterministic is not 'kinks everywhere': it must fail."""
+    noise = np.random.default_rng(0)
+    theta = np.linspace(-1, 1, 8)
+
+    def loss():
+        return float(theta.sum() + noise.normal() * 1e-3)
+
+    numeric, kink, _ = numeric_gradient(loss, loss(), theta, np.arange(8), -np.ones(8),
+                                        1e-5, 1e-4)
+    assert not kink.any()
+    assert np.abs(numeric + 1).max() > 1                  # the noise shows as a large error
+
+
+def test_kink_status_and_summary():
+    kinked = GradResult(0, "maxpool", "input", 0.0, math.inf, "1 of 1 entries at a kink, "
+                        "not compared", kinks=1)
+    some = GradResult(1, "convolutional", "biases", 1e-10, 1e-4, "2 of 40 entries at a kink, "
+                      "not compared", kinks=2)
+    assert kinked.status == "kink" and some.status == "ok"
+    assert summarize([kinked, some]) == ("passed: 1 of 2 arrays, 1 not checked, 3 entries at "
+                                         "a kink not compared")
+    assert rows(format_results([kinked, some])) == {
+        (0, "input"): ("kink", "1 of 1 entries at a kink, not compared"),
+        (1, "biases"): ("ok", "2 of 40 entries at a kink, not compared")}
