@@ -7,13 +7,13 @@ and evaluation during training.
 """
 import io
 import os
-import warnings
 
 import numpy as np
 import pytest
 
 import minidark
 from conftest import mnist_datasets
+from minidark.train.checkpoint import CheckpointError
 from minidark.train.trainer import Trainer, sidecar_path, train_state_names
 
 
@@ -31,6 +31,7 @@ steps=8,14
 scales=.5,.5
 max_batches=20
 valid_every=6
+backup_every=6
 angle=10
 min_crop=28
 max_crop=34
@@ -137,20 +138,24 @@ def test_without_sidecar_training_goes_on_fresh(tmp_path, data, straight):
     assert "start fresh" in resumed.restore(str(plain))
     assert resumed.net.current_batch == 7 and resumed.epoch == 1
     assert all(not layer_updates.any() for layer_updates in
-               (l.weight_updates for l in resumed.net.layers if hasattr(l, "weight_updates")))
+               (l.weight_updates for l in resumed.net.layers if l.weight_updates is not None))
     summary = resumed.run()
     assert summary["status"] == "finished" and resumed.net.current_batch == 20
 
 
-def test_sidecar_of_other_weights_is_ignored_with_a_warning(tmp_path, data, straight):
+def test_sidecar_of_other_weights_is_an_error_unless_exactness_is_waived(tmp_path, data,
+                                                                        straight):
     _, folder = straight
     weights = tmp_path / "w.weights"
     weights.write_bytes((folder / "resume_1.weights").read_bytes())
     (tmp_path / "w.weights.state.npz").write_bytes(
         (folder / "resume_2.weights.state.npz").read_bytes())
     resumed = trainer_for(tmp_path, data, "e", weights=str(weights))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        note = resumed.restore(str(weights))
+    with pytest.raises(CheckpointError) as error:
+        resumed.restore(str(weights))
+    message = str(error.value)
+    assert message.startswith(f"{weights}.state.npz: cannot resume exactly: it belongs to "
+                              f"other weights") and "--no-exact-resume" in message
+    assert not resumed.restored
+    note = resumed.restore(str(weights), exact=False)
     assert "start fresh" in note and not resumed.restored
-    assert any("belongs to another version of w.weights" in str(w.message) for w in caught)

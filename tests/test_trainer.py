@@ -76,7 +76,7 @@ def test_checkpoint_names_log_metrics_and_chart(tmp_path, data):
     backup = tmp_path / "backup"
     assert summary["status"] == "finished" and summary["iterations"] == 25
     names = sorted(os.listdir(backup))
-    assert names == sorted(["small.backup", "small.backup.state.npz", "small.weights",
+    assert names == sorted([".small.lock", "small.backup", "small.backup.state.npz", "small.weights",
                             "small.weights.state.npz", "small_1.weights",
                             "small_1.weights.state.npz", "small_2.weights",
                             "small_2.weights.state.npz", "small.log", "small_metrics.jsonl",
@@ -141,7 +141,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_backup(tmp_path, data):
         trainer.run()
     message = str(stopped.value)
     match = re.search(r"at iteration (\d+)", message)
-    assert match and "last good backup is" in message and "learning_rate" in message
+    assert match and "last good checkpoint is" in message and "learning_rate" in message
+    # what was ruled out is said, not only the usual suspect
+    assert "Checked: the input batch is finite; every truth row holds one class" in message
+    assert "the first non-finite output is layer" in message
     iteration = int(match.group(1))
     assert 4 < iteration < 25
     backup = tmp_path / "backup"

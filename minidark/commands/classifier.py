@@ -50,6 +50,10 @@ def train_arguments(parser):
 def train_options(parser):
     parser.add_argument("--clear", action="store_true",
                         help="reset seen to 0 (darknet's -clear): fine-tune from WEIGHTS")
+    parser.add_argument("--no-exact-resume", dest="exact_resume", action="store_false",
+                        help="resume from WEIGHTS alone, without its .state.npz sidecar "
+                             "(momentum and data order start fresh, as in darknet): for a "
+                             "sidecar that is damaged or belongs to other data")
     parser.add_argument("--seed", type=int, metavar="N",
                         help="seed for initialization, data order, augmentation, dropout")
     parser.add_argument("--strict", action="store_true",
@@ -80,10 +84,11 @@ def run_train(args):
     print(net.summary(), file=sys.stderr)   # darknet's layer table, once the data is ready
     trainer = Trainer(net, train_set, valid_set, backup_dir=data.backup, base=base,
                       top=data.top, seed=seed, progress=args.progress, verbose=args.verbose,
-                      header=f"train {args.data} {args.cfg} {args.weights or ''} seed {seed}")
+                      header=f"train {args.data} {args.cfg} {args.weights or ''} seed {seed}",
+                      start=args.weights)
     if args.weights:
         state = ("seen reset to 0 (--clear): momentum and data order start fresh"
-                 if args.clear else trainer.restore(args.weights))
+                 if args.clear else trainer.restore(args.weights, exact=args.exact_resume))
         print(f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; "
               f"{state}", flush=True)
     if not trainer.restored:

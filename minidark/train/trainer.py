@@ -6,7 +6,9 @@ runs while ``seen / batch < max_batches`` (forever when ``max_batches=0``,
 as in darknet). Images are drawn from a fresh random permutation of the
 training set each epoch (darknet draws with replacement), gathered from the
 preallocated uint8 dataset into one float32 buffer and augmented as the
-cfg asks (minidark/data/augment.py).
+cfg asks (minidark/data/augment.py). Every label must name one of the
+network's classes (checked once, before training: a truth row without a
+class would train towards nothing).
 
 Per iteration: a tqdm bar (iteration, loss, running average, rate, img/s)
 and darknet's line ``batch, epoch: loss, avg avg, rate rate, s seconds,
@@ -17,31 +19,35 @@ Checkpoints, darknet's classifier names, in the .data file's ``backup``
 folder (``<base>`` = cfg file name without extension)::
 
     <base>.backup           every backup_every batches ([net], 1000), and on Ctrl-C
-    <base>_<epoch>.weights  when seen / N passes an integer
+    <base>_<epoch>.weights  when seen / N passes an integer, at most once per
+                            backup_every batches (the first always)
     <base>.weights          at the end
 
-each written atomically (temp file, fsync, rename) with a sidecar
-``<file>.state.npz`` holding what darknet's .weights cannot: every layer's
-``*_updates`` momentum buffers (and any arrays a layer lists in
-``train_state``), ``t``, both random generators (data order and
-augmentation; dropout and the random policy), the epoch's permutation and
-the position in it, and the loss/accuracy history. The sidecar records the
-SHA-256 of its weights file and is ignored, with a warning, if they
-disagree. Resuming from a checkpoint with its sidecar continues exactly
-where the uninterrupted run would be; from a plain darknet file, momentum
-and data order start fresh (darknet's behaviour).
+Each is a darknet .weights file plus a ``.state.npz`` sidecar (momentum,
+random generators, data order and position, history), written as one unit
+(minidark/train/checkpoint.py): after a kill at any instant every
+checkpoint name holds its previous or its new state, whole, and resuming
+from the newest complete one gives the same bytes as an uninterrupted run.
+A sidecar that is damaged or belongs to other weights or data is an error
+that says what to do (``--no-exact-resume``: the weights alone, as darknet);
+a file without a sidecar (a darknet file) starts momentum and data order
+fresh. Before training: the folder is created and locked, files left by an
+interrupted write are removed, and warnings name a dataset smaller than one
+update and checkpoints of an earlier run that this one would overwrite.
 
 Evaluation (top-1 and top-k) runs on the valid set at the end and every
 ``valid_every`` batches; results are printed and appended as JSON lines to
-``<base>_metrics.jsonl``; ``<base>_chart.png`` plots the run.
+``<base>_metrics.jsonl``; ``<base>_chart.png`` plots the run. The log and
+metrics files are never appended through a symbolic link (metrics.py).
 
 Stops: Ctrl-C finishes the current iteration, saves ``<base>.backup`` and
 returns (a second Ctrl-C aborts at once). A NaN or infinite loss stops with
-an error naming the iteration; nothing is saved after it, so the last
-backup stays the last good state.
+an error naming the iteration and what was checked (the input batch, the
+truth, where the first non-finite output appeared, the rate and the cfg
+values behind it); nothing is saved after it. A checkpoint or log that
+cannot be written (disk full, permissions) stops with one line; the last
+complete checkpoint stays intact.
 """
-import hashlib
-import io
 import json
 import math
 import os
@@ -49,22 +55,36 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
+from ..errors import DataError
 from ..optim import policy
-from ..errors import MinidarkError, WeightsError
-from ..weights import atomic_write, weights_bytes
+from ..weights import weights_bytes
+from .checkpoint import (
+    NO_EXACT,
+    CheckpointError,
+    check_state,
+    checkpoint_names,
+    clean_folder,
+    lock_folder,
+    read_sidecar,
+    resolve_sidecar,
+    sha256_of,
+    sidecar_bytes,
+    sidecar_path,
+    size_limit,
+    state_array,
+    train_state_names,
+    unlock_folder,
+    unusable,
+    write_checkpoint,
+)
+from .metrics import Log, TrainingStopped, append_record
 
-STATE_VERSION = 1
-
-
-class TrainingStopped(MinidarkError):
-    """Training cannot go on (a NaN or infinite loss)."""
-
-
-def sidecar_path(path):
-    return os.fspath(path) + ".state.npz"
+__all__ = ["Trainer", "TrainingStopped", "cfg_base", "evaluate", "format_accuracy",
+           "sidecar_path", "topk_indices", "train_state_names"]
 
 
 def cfg_base(cfg):
@@ -117,19 +137,24 @@ def format_accuracy(result):
 
 
 class Trainer:
-    """Trains ``net`` on ``train_set``; see the module docstring."""
+    """Trains ``net`` on ``train_set``; see the module docstring. ``start`` is the
+    weights file the net was loaded from (None: fresh weights)."""
 
     def __init__(self, net, train_set, valid_set=None, *, backup_dir="backup", base="net",
-                 top=1, seed=None, progress=True, verbose=False, out=None, header=""):
+                 top=1, seed=None, progress=True, verbose=False, out=None, header="",
+                 start=None):
         self.net, self.train_set, self.valid_set = net, train_set, valid_set
         self.backup_dir, self.base, self.top = os.fspath(backup_dir), base, top
         self.progress, self.verbose, self.header = progress, verbose, header
+        self.start = None if start is None else os.fspath(start)
         self.out = out or sys.stdout
         self.rng = np.random.default_rng(None if seed is None else [seed, 1])
         self.n = len(train_set)
         self.rows = net.batch * net.subdivisions            # images per iteration
+        check_labels(train_set, net)
         self.order, self.position = None, self.n
         self.epoch = net.seen // self.n
+        self.last_epoch_checkpoint = 0                      # iteration of the last _<epoch> file
         self.avg_loss = None
         self.history = {"iteration": [], "loss": [], "avg": []}
         self.valid_history = {"iteration": [], "top1": [], "topk": []}
@@ -138,6 +163,7 @@ class Trainer:
         self.restored = False
         self.bar = None
         self.last_backup = None
+        self.last_checkpoint = None       # the newest complete checkpoint this run wrote
         self.on_iteration = None                            # hook(trainer), for tests
         self.augment = None
         if net.w and net.h and net.c and train_set.shape == (net.c, net.h, net.w):
@@ -174,7 +200,7 @@ class Trainer:
                      f"raise max_batches in the cfg, or pass --clear to start again from "
                      f"these weights")
             return {"status": "done-already", "iterations": 0, "seen": net.seen}
-        os.makedirs(self.backup_dir, exist_ok=True)
+        lock = self._prepare_folder()
         self.say(f"{self.base}: learning rate {net.learning_rate:g}, momentum "
                  f"{net.momentum:g}, decay {net.decay:g}; {self.n} training images, "
                  f"{self.rows} per iteration; augmentation: "
@@ -185,7 +211,7 @@ class Trainer:
         from tqdm import tqdm
         previous_handler = self._install_sigint()
         try:
-            with open(log_path, "a", encoding="utf-8", buffering=1) as log, \
+            with Log(log_path) as log, \
                     tqdm(total=net.max_batches or None, initial=start_batch, unit="it",
                          disable=not self.progress, dynamic_ncols=True,
                          file=sys.stderr) as self.bar:
@@ -204,6 +230,68 @@ class Trainer:
         finally:
             self.bar = None
             self._restore_sigint(previous_handler)
+            unlock_folder(lock)
+
+    def _prepare_folder(self):
+        """Create and lock the backup folder, clear what a killed run left, warn
+        about a tiny dataset and about files of an earlier run; returns the lock."""
+        folder, net = self.backup_dir, self.net
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            raise TrainingStopped(f"the backup folder {folder} is a file, not a folder: set "
+                                  f"backup= in the .data file to a folder")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise TrainingStopped(f"cannot create the backup folder {folder}: {exc.strerror}; "
+                                  f"set backup= in the .data file to a folder you can "
+                                  f"write") from None
+        try:
+            lock = lock_folder(folder, self.base)
+        except CheckpointError as exc:
+            raise TrainingStopped(str(exc)) from None
+        try:
+            removed = clean_folder(folder, self.base)
+        except OSError as exc:
+            unlock_folder(lock)
+            raise TrainingStopped(f"cannot tidy the backup folder {folder}: "
+                                  f"{exc.strerror}") from None
+        if removed:
+            self.say(f"{self.base}: removed {len(removed)} file(s) an interrupted write left in "
+                     f"{folder}: {', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
+        if self.n < self.rows:
+            warnings.warn(
+                f"{self.train_set.source}: {self.n} training images, fewer than the "
+                f"{self.rows} of one update (batch={self.rows}, subdivisions="
+                f"{net.subdivisions} in [net]): every update repeats images and every "
+                f"iteration ends an epoch; <base>_<epoch>.weights are written at most once "
+                f"per backup_every={net.backup_every} iterations", UserWarning, stacklevel=3)
+        overwritten = self._earlier_outputs()
+        if overwritten:
+            names = ", ".join(overwritten[:3]) + (f" and {len(overwritten) - 3} more"
+                                                  if len(overwritten) > 3 else "")
+            warnings.warn(
+                f"{folder} holds {names} from an earlier run, which this run did not start "
+                f"from and will overwrite: this run writes its checkpoints, log and chart to "
+                f"{folder}; copy those files away first, or set backup= in the .data file "
+                f"to another folder", UserWarning, stacklevel=3)
+        return lock
+
+    def _earlier_outputs(self):
+        """Checkpoints in the folder that this run would overwrite and did not start
+        from: the finished <base>.weights always; any when training starts afresh."""
+        fresh, pattern, found = self.net.seen == 0, checkpoint_names(self.base), []
+        for name in sorted(os.listdir(self.backup_dir)):
+            match = pattern.fullmatch(name)
+            if not match or match.group(2) or not (fresh or name == f"{self.base}.weights"):
+                continue
+            path = os.path.join(self.backup_dir, name)
+            try:
+                if self.start and os.path.samefile(path, self.start):
+                    continue
+            except OSError:
+                pass
+            found.append(name)
+        return found
 
     def _iteration(self, log):
         net, tick = self.net, time.perf_counter()
@@ -220,10 +308,7 @@ class Trainer:
         if not math.isfinite(loss):
             log.write(f"{batch}, {net.seen / self.n:.3f}: {loss:f} (stopped)\n")
             self._chart()
-            raise TrainingStopped(
-                f"loss is {loss} at iteration {batch} (seen {net.seen}): training stopped "
-                f"and nothing was saved after it; {self._kept()}; lower learning_rate or "
-                f"add burn_in in [net]")
+            raise TrainingStopped(self._nan_report(loss, x))
         self.avg_loss = loss if self.avg_loss is None else .9 * self.avg_loss + .1 * loss
         rate = policy.current_rate(net, self._display_rng)
         self.history["iteration"].append(batch)
@@ -241,15 +326,54 @@ class Trainer:
             self.bar.update(1)
         if net.seen // self.n > self.epoch:
             self.epoch = net.seen // self.n
-            self.checkpoint(f"{self.base}_{self.epoch}.weights")
+            # tiny datasets end an epoch every iteration: not a checkpoint each time
+            if not self.last_epoch_checkpoint or \
+                    batch - self.last_epoch_checkpoint >= net.backup_every:
+                self.last_epoch_checkpoint = batch
+                self.checkpoint(f"{self.base}_{self.epoch}.weights")
         if net.valid_every and batch % net.valid_every == 0 and self.valid_set is not None:
             self.validate()
         if net.backup_every and batch % net.backup_every == 0:
             self.backup()
 
+    def _nan_report(self, loss, x):
+        """Why the loss became non-finite, as far as can be told: what was checked."""
+        net = self.net
+        head = (f"loss is {loss} at iteration {net.current_batch} (seen {net.seen}): training "
+                f"stopped and nothing was saved after it; {self._kept()}")
+        bad_inputs = x.size - int(np.count_nonzero(np.isfinite(x)))
+        if bad_inputs:
+            return (f"{head}. The input batch holds {bad_inputs} NaN or infinite values: the "
+                    f"data ({self.train_set.source}) or its augmentation produced them")
+        checked = ["the input batch is finite"]
+        if not (self._truth.sum(axis=1) == 1).all():
+            return (f"{head}. Checked: {checked[0]}; but a truth row holds no single class: "
+                    f"check the labels of {self.train_set.source}")
+        checked.append("every truth row holds one class")
+        for layer in net.layers:
+            bad = [name for name in layer.saved if not np.isfinite(getattr(layer, name)).all()]
+            if layer.output is not None and not np.isfinite(layer.output).all():
+                checked.append(f"the first non-finite output is layer {layer.index} "
+                               f"[{layer.type}]" + (f" (its {', '.join(bad)} too)" if bad else ""))
+                break
+        rate = policy.current_rate(net, self._display_rng)
+        values = (f"rate {rate:g} (learning_rate {net.learning_rate:g}, policy {net.policy}), "
+                  f"momentum {net.momentum:g}, decay {net.decay:g}")
+        unusable_cfg = [text for text, bad in (
+            (f"learning_rate={net.learning_rate:g}", not (net.learning_rate > 0
+                                                         and math.isfinite(net.learning_rate))),
+            (f"momentum={net.momentum:g}", not 0 <= net.momentum < 1),
+            (f"decay={net.decay:g}", not 0 <= net.decay < math.inf)) if bad]
+        if unusable_cfg:
+            return (f"{head}. Checked: {'; '.join(checked)}. The cfg's "
+                    f"{', '.join(unusable_cfg)} cannot train: fix it in [net]")
+        return (f"{head}. Checked: {'; '.join(checked)}; {values}: the updates diverged, so "
+                f"lower learning_rate or add burn_in in [net]")
+
     def _kept(self):
-        return (f"the last good backup is {self.last_backup}" if self.last_backup
-                else "no backup had been written yet")
+        if self.last_checkpoint:
+            return f"the last good checkpoint is {self.last_checkpoint}"
+        return "no checkpoint had been written yet"
 
     def backup(self):
         self.last_backup = self.checkpoint(f"{self.base}.backup")
@@ -291,9 +415,7 @@ class Trainer:
                   "avg_loss": self.avg_loss, "top1": result["top1"], "k": result["k"],
                   "topk": result["topk"], "images": result["n"],
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(os.path.join(self.backup_dir, f"{self.base}_metrics.jsonl"), "a",
-                  encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(os.path.join(self.backup_dir, f"{self.base}_metrics.jsonl"), record)
         self.say(f"{self.base}: iteration {batch}: valid {format_accuracy(result)}")
         self.last_result = result
         return result
@@ -308,7 +430,7 @@ class Trainer:
 
     # ----------------------------------------------------------- checkpoints
     def checkpoint(self, name):
-        """Save weights + sidecar atomically as ``backup_dir/name``; return the path."""
+        """Save weights + sidecar as one unit as ``backup_dir/name``; return the path."""
         path = os.path.join(self.backup_dir, name)
         for layer in self.net.layers:
             for array in layer.saved:
@@ -318,19 +440,22 @@ class Trainer:
                         f"at iteration {self.net.current_batch}: {name} was not written; "
                         f"{self._kept()}; lower learning_rate or add burn_in in [net]")
         data = weights_bytes(self.net)
-        atomic_write(path, data)
-        atomic_write(sidecar_path(path), self.state_bytes(hashlib.sha256(data).hexdigest()))
+        try:
+            write_checkpoint(path, data, sidecar_bytes(self.state_arrays(), data))
+        except CheckpointError as exc:
+            raise TrainingStopped(f"{exc}: training stopped; {self._kept()}") from None
+        self.last_checkpoint = path
         return path
 
-    def state_bytes(self, weights_sha256):
+    def state_arrays(self):
+        """The training state a sidecar holds (checkpoint.py adds version and digest)."""
         net = self.net
         arrays = {
-            "version": np.array(STATE_VERSION),
-            "weights_sha256": np.array(weights_sha256),
             "seen": np.array(net.seen, np.int64), "t": np.array(net.t, np.int64),
             "dataset_size": np.array(self.n, np.int64),
             "epoch": np.array(self.epoch, np.int64),
             "position": np.array(self.position, np.int64),
+            "last_epoch_checkpoint": np.array(self.last_epoch_checkpoint, np.int64),
             "order": (self.order.astype(np.int32 if self.n < 2**31 else np.int64)
                       if self.order is not None else np.zeros(0, np.int64)),
             "trainer_rng": np.array(json.dumps(self.rng.bit_generator.state)),
@@ -343,55 +468,48 @@ class Trainer:
             arrays[f"valid/{key}"] = np.asarray(values, np.float64)
         for layer in net.layers:
             for name in train_state_names(layer):
-                arrays[f"layer{layer.index}/{name}"] = getattr(layer, name)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
+                arrays[f"layer{layer.index}/{name}"] = state_array(layer, name)
+        return arrays
 
-    def restore(self, weights_path):
+    def restore(self, weights_path, exact=True):
         """Restore the sidecar of ``weights_path`` (already loaded into the net).
 
         Returns a one-line description of what was restored; ``self.restored``
-        tells whether the training state was.
+        tells whether the training state was. A sidecar that cannot be used
+        raises CheckpointError saying what to do, unless ``exact`` is False
+        (then it is ignored: momentum and data order start fresh).
         """
-        net, path = self.net, sidecar_path(weights_path)
-        if not os.path.exists(path):
-            return (f"no {os.path.basename(path)} beside it: momentum and data order "
-                    f"start fresh (as darknet does)")
+        net, weights_path = self.net, os.fspath(weights_path)
+        self.start = weights_path
         try:
-            with open(weights_path, "rb") as handle:
-                digest = hashlib.sha256(handle.read()).hexdigest()
-            with np.load(path, allow_pickle=False) as state:
-                state = {key: state[key] for key in state.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise WeightsError(f"{path}: cannot read training state: {exc}") from None
-        problem = None
-        if int(state.get("version", -1)) != STATE_VERSION:
-            problem = "it has another format version"
-        elif str(state["weights_sha256"]) != digest:
-            problem = f"it belongs to another version of {os.path.basename(weights_path)}"
-        elif int(state["dataset_size"]) != self.n:
-            problem = (f"it was saved for {int(state['dataset_size'])} training images, "
-                       f"this data has {self.n}")
-        else:
-            for layer in net.layers:
-                for name in train_state_names(layer):
-                    key = f"layer{layer.index}/{name}"
-                    if key not in state or state[key].shape != getattr(layer, name).shape:
-                        problem = f"it does not fit layer {layer.index} [{layer.type}] {name}"
-        if problem:
-            import warnings
-            warnings.warn(f"{path}: ignored because {problem}; momentum and data order "
-                          f"start fresh", UserWarning, stacklevel=2)
-            return "momentum and data order start fresh"
+            path = resolve_sidecar(weights_path)
+        except OSError as exc:
+            raise CheckpointError(f"{sidecar_path(weights_path)}: cannot settle an "
+                                  f"interrupted write: {exc.strerror}") from None
+        if path is None:
+            return (f"no {os.path.basename(sidecar_path(weights_path))} beside it: momentum "
+                    f"and data order start fresh (as darknet does)")
+        if not exact:
+            return (f"{NO_EXACT}: {os.path.basename(path)} not used; momentum and data order "
+                    f"start fresh")
+        try:
+            state = read_sidecar(path, size_limit(net, self.n))
+            version = check_state(state, net, self.n, sha256_of(weights_path))
+        except CheckpointError as exc:
+            raise unusable(path, str(exc), os.path.dirname(weights_path) or ".", self.base,
+                           exclude=weights_path) from None
+        except OSError as exc:
+            raise unusable(path, exc.strerror or str(exc)) from None
         for layer in net.layers:
             for name in train_state_names(layer):
-                getattr(layer, name)[...] = state[f"layer{layer.index}/{name}"]
+                state_array(layer, name)[...] = state[f"layer{layer.index}/{name}"]
         net.t = int(state["t"])
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.order = state["order"].astype(np.int64) if state["order"].size else None
         if self.order is None:
             self.position = self.n
+        if version >= 2:
+            self.last_epoch_checkpoint = int(state["last_epoch_checkpoint"])
         self.rng.bit_generator.state = json.loads(str(state["trainer_rng"]))
         net.rng.bit_generator.state = json.loads(str(state["net_rng"]))
         avg = float(state["avg_loss"])
@@ -432,10 +550,17 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
 
 
-def train_state_names(layer):
-    """Arrays of ``layer`` that training state needs beyond .weights: ``*_updates``
-    (momentum) and whatever the layer lists in ``train_state``."""
-    names = [name for name, value in vars(layer).items()
-             if name.endswith("_updates") and isinstance(value, np.ndarray)]
-    names += [name for name in getattr(layer, "train_state", ()) if name not in names]
-    return sorted(names)
+def check_labels(dataset, net):
+    """Every label must be one of the network's classes: a label outside them
+    gives a truth row without a class (or, negative, the wrong class)."""
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.source}: no training images")
+    labels, classes = dataset.labels, net.truths
+    bad = (labels < 0) | (labels >= classes)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        where = dataset.paths[first] if dataset.paths is not None else f"image {first}"
+        raise DataError(f"{dataset.source}: {int(bad.sum())} of {len(labels)} images have no "
+                        f"class among the network's {classes} (0..{classes - 1}), e.g. "
+                        f"{where} with label {int(labels[first])}: their truth would be all "
+                        f"zero; fix the labels, or the output size of {net.cfg_file}")
