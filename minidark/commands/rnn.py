@@ -286,7 +286,11 @@ def run_generate(args):
     net = load_text_network(args.cfg, args.weights, batch=1, time_steps=1)
     text = generate(net, args.seed, args.length, args.temp, np.random.default_rng(args.rseed),
                     args.reset_state)
-    sys.stdout.buffer.write(text + b"\n")
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is not None:
+        stream.write(text + b"\n")
+    else:                                  # a text-only stdout: bytes as latin-1
+        sys.stdout.write((text + b"\n").decode("latin-1"))
     sys.stdout.flush()
     return 0
 
