@@ -59,6 +59,7 @@ def make_crnn(options, params):
     l.hidden = np.zeros((batch, hidden_filters * h * w), np.float32)
     l.carried = ("hidden",)
     l.desc = f"{hidden_filters}/{output_filters} 3x3 x{steps}"
+    l.fused = False                        # conv sublayers: one step at a time
     l.step_forward, l.step_backward = forward_convolutional, backward_convolutional
     l.forward, l.backward = forward_rnn, backward_rnn
     return l

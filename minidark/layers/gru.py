@@ -29,7 +29,8 @@ learns). Not copied: the GPU path's clip of every sublayer delta to [-1, 1]
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import StepNet, adopt, at_step, clear_deltas, per_step_batch, steps_of, sublayer
+from .recurrent import (StepNet, adopt, all_steps, at_step, clear_deltas, per_step_batch, steps_of,
+                        sublayer)
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
@@ -63,6 +64,7 @@ def make_gru(options, params):
     l.state = np.zeros((batch, hidden), np.float32)
     l.prev_state = np.zeros((batch, hidden), np.float32)
     l.carried = ("state",)
+    l.fused = not batch_normalize          # u-sublayers over all steps at once
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
     l.forward, l.backward = forward_gru, backward_gru
     return l
@@ -79,12 +81,17 @@ def forward_gru(l, net):
     clear_deltas(l)
     step = StepNet(net)
     np.copyto(l.prev_state, l.state)
+    if l.fused:
+        for name in ("uz", "ur", "uh"):
+            forward_connected(all_steps(s[name]), step.at(net.input))
     for t in range(l.steps):
         h = _previous(l, out, t)
         for name in ("wz", "wr"):
             forward_connected(at_step(s[name], t), step.at(h))
         for name in ("uz", "ur", "uh"):
-            forward_connected(at_step(s[name], t), step.at(x[t]))
+            at_step(s[name], t)
+            if not l.fused:
+                forward_connected(s[name], step.at(x[t]))
         z, r, c = l.z[t], l.r[t], l.candidate_out[t]
         np.add(s["uz"].output, s["wz"].output, out=z)
         np.add(s["ur"].output, s["wr"].output, out=r)
@@ -138,5 +145,7 @@ def backward_gru(l, net):
         np.copyto(s["wr"].delta_steps[t], dr)
         for name in ("wr", "wz"):
             backward_connected(at_step(s[name], t), step.at(h_p, earlier))
-        for name in ("uh", "ur", "uz"):
+        for name in ("uh", "ur", "uz") if not l.fused else ():
             backward_connected(at_step(s[name], t), step.at(x[t], None if dx is None else dx[t]))
+    for name in ("uh", "ur", "uz") if l.fused else ():
+        backward_connected(all_steps(s[name]), step.at(net.input, net.delta))

@@ -30,7 +30,8 @@ inference (darknet leaves step 0's values there).
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import StepNet, adopt, at_step, clear_deltas, per_step_batch, steps_of, sublayer
+from .recurrent import (StepNet, adopt, all_steps, at_step, clear_deltas, per_step_batch, steps_of,
+                        sublayer)
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
@@ -68,6 +69,7 @@ def make_lstm(options, params):
     l.dc_t = np.zeros((batch, hidden), np.float32)
     l.scratch = np.zeros((batch, hidden), np.float32)
     l.carried = ("hidden", "cell_state")
+    l.fused = not batch_normalize          # u-sublayers over all steps at once
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
     l.forward, l.backward = forward_lstm, backward_lstm
     return l
@@ -88,12 +90,16 @@ def forward_lstm(l, net):
     step = StepNet(net)
     np.copyto(l.prev_state, l.hidden)
     np.copyto(l.prev_cell, l.cell_state)
+    if l.fused:
+        for gate in GATES:
+            forward_connected(all_steps(s["u" + gate]), step.at(net.input))
     for t in range(l.steps):
         h, c_prev = _previous(l, out, t)
         for gate in GATES:
             w, u = at_step(s["w" + gate], t), at_step(s["u" + gate], t)
             forward_connected(w, step.at(h))
-            forward_connected(u, step.at(x[t]))
+            if not l.fused:
+                forward_connected(u, step.at(x[t]))
             value = l.gates[GATES.index(gate), t]
             np.add(w.output, u.output, out=value)
             activate(value, "tanh" if gate == "g" else "logistic")
@@ -143,6 +149,10 @@ def backward_lstm(l, net):
         for gate in ("o", "g", "i", "f"):        # darknet's order
             np.copyto(s["w" + gate].delta_steps[t], gate_delta[gate])
             backward_connected(at_step(s["w" + gate], t), step.at(h_p, earlier))
-            backward_connected(at_step(s["u" + gate], t),
-                               step.at(x[t], None if dx is None else dx[t]))
+            if not l.fused:
+                backward_connected(at_step(s["u" + gate], t),
+                                   step.at(x[t], None if dx is None else dx[t]))
         np.multiply(dc, f, out=l.dc)
+    if l.fused:
+        for gate in ("o", "g", "i", "f"):
+            backward_connected(all_steps(s["u" + gate]), step.at(net.input, net.delta))

@@ -21,6 +21,7 @@ hidden state across batches and calls (``Network.reset_state`` zeroes them).
 """
 import numpy as np
 
+from ..layer import Layer
 from ..optim.sgd import sgd_update
 
 STEP_FIELDS = ("output", "delta", "x", "x_norm", "mean", "variance")
@@ -79,8 +80,24 @@ def sublayer(make, options, params, steps, batch, inputs, h=0, w=0, c=0, **value
     for field in sub.step_fields:
         array = getattr(sub, field)
         setattr(sub, field + "_steps", np.zeros((steps,) + array.shape, array.dtype))
+    if sub.input_grad is not None:
+        sub.input_grad_steps = np.zeros((steps * batch, inputs), sub.input_grad.dtype)
     at_step(sub, 0)
     return sub
+
+
+def all_steps(sub):
+    """The sublayer as one layer over all T steps (batch T*B), sharing its arrays.
+
+    For a connected sublayer outside the recurrence (it reads only x_t, or
+    nothing recurrent reads its output) and without batch norm (darknet's
+    statistics are per step): one GEMM instead of T, the same sums."""
+    whole = Layer(**vars(sub))
+    whole.batch = sub.output_steps.shape[0] * sub.batch
+    whole.output = sub.output_steps.reshape(whole.batch, -1)
+    whole.delta = sub.delta_steps.reshape(whole.batch, -1)
+    whole.input_grad = sub.input_grad_steps
+    return whole
 
 
 def at_step(sub, t):

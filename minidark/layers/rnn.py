@@ -31,7 +31,8 @@ shortcut gradient adds d_S instead of g_t.
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import StepNet, adopt, at_step, clear_deltas, per_step_batch, steps_of, sublayer
+from .recurrent import (StepNet, adopt, all_steps, at_step, clear_deltas, per_step_batch, steps_of,
+                        sublayer)
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -59,6 +60,7 @@ def make_rnn(options, params):
     l.state = np.zeros((steps + 1, batch, hidden), np.float32)
     l.hidden = np.zeros((batch, hidden), np.float32)
     l.carried = ("hidden",)
+    l.fused = not batch_normalize          # input and output layers over all steps at once
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
     l.step_forward, l.step_backward = forward_connected, backward_connected
     l.forward, l.backward = forward_rnn, backward_rnn
@@ -73,14 +75,21 @@ def forward_rnn(l, net):
     clear_deltas(l)
     step = StepNet(net)
     np.copyto(l.state[0], l.hidden)
+    if l.fused:
+        forward_sub(all_steps(U), step.at(net.input))
     for t in range(l.steps):
-        forward_sub(at_step(U, t), step.at(x[t]))
+        at_step(U, t)
+        if not l.fused:
+            forward_sub(U, step.at(x[t]))
         forward_sub(at_step(S, t), step.at(l.state[t]))
         s = l.state[t + 1]
         np.add(U.output, S.output, out=s)
         if l.shortcut:
             s += l.state[t]
-        forward_sub(at_step(O, t), step.at(s))
+        if not l.fused:
+            forward_sub(at_step(O, t), step.at(s))
+    if l.fused:
+        forward_sub(all_steps(O), step.at(l.state[1:]))
     np.copyto(l.hidden, l.state[l.steps])
 
 
@@ -90,12 +99,18 @@ def backward_rnn(l, net):
     x = steps_of(net.input, l.steps, l.batch)
     dx = None if net.delta is None else steps_of(net.delta, l.steps, l.batch)
     step = StepNet(net)
+    if l.fused:                                    # d_O O into every g_t at once
+        backward_sub(all_steps(O), step.at(l.state[1:], S.delta_steps))
     for t in range(l.steps - 1, -1, -1):
         g = S.delta_steps[t]                       # g_t, complete once step t+1 is done
-        backward_sub(at_step(O, t), step.at(l.state[t + 1], g))
+        if not l.fused:
+            backward_sub(at_step(O, t), step.at(l.state[t + 1], g))
         np.copyto(U.delta_steps[t], g)
         earlier = S.delta_steps[t - 1] if t > 0 else None
         if l.shortcut and earlier is not None:
             earlier += g
         backward_sub(at_step(S, t), step.at(l.state[t], earlier))
-        backward_sub(at_step(U, t), step.at(x[t], None if dx is None else dx[t]))
+        if not l.fused:
+            backward_sub(at_step(U, t), step.at(x[t], None if dx is None else dx[t]))
+    if l.fused:
+        backward_sub(all_steps(U), step.at(net.input, net.delta))
