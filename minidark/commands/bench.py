@@ -1,4 +1,4 @@
-"""``minidark bench``: images/s and memory against PyTorch (internals in minidark/tools/bench.py)."""
+"""``minidark bench``: images/s and memory against PyTorch (internals in minidark/tools/bench/)."""
 from ..tools.bench import add_arguments, run
 from .base import add_command
 
