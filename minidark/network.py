@@ -61,10 +61,10 @@ class Network:
         """Allocate the network-level buffers once the layers exist."""
         last = self.output_layer
         self.outputs = last.outputs
-        self.truths = getattr(last, "truths", last.outputs)
+        self.truths = last.truths or last.outputs
         self.input_buffer = np.zeros((self.batch, self.inputs), np.float32)
         self.truth_buffer = np.zeros((self.batch, self.truths), np.float32)
-        size = max((getattr(l, "workspace_size", 0) for l in self.layers), default=0)
+        size = max((l.workspace_size for l in self.layers), default=0)
         self.workspace = np.zeros(size, np.float32)  # zeros: no garbage in float64 checks
         self.input = self.input_buffer
 

@@ -196,7 +196,7 @@ def get_region_detections(l, w, h, net_w, net_h, thresh, hier_thresh=.5, class_m
     objectness = np.where(scale > F32(thresh), scale, F32(0))
     first = l.coords + (0 if l.background else 1)
     classes = planes[:, first:first + l.classes].transpose(0, 2, 3, 1).reshape(count, l.classes)
-    tree = getattr(l, "softmax_tree", None)
+    tree = l.softmax_tree
     if tree is not None:
         absolute = hierarchy_absolute(classes, tree)
         if class_map is not None:

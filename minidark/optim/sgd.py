@@ -18,15 +18,14 @@ from ..kernels.blas import axpy, scal
 
 def sgd_update(layer, args):
     rate = args.learning_rate * layer.learning_rate_scale / args.batch
-    for param, updates in getattr(layer, "sgd_params", (("biases", "bias_updates"),
-                                                         ("scales", "scale_updates"))):
+    for param, updates in layer.sgd_params:       # default: biases and scales
         values = getattr(layer, param, None)
         if values is None:
             continue
         grads = getattr(layer, updates)
         axpy(rate, grads, values)
         scal(args.momentum, grads)
-    if getattr(layer, "weights", None) is not None:
+    if layer.weights is not None:
         axpy(-args.decay * args.batch, layer.weights, layer.weight_updates)
         axpy(rate, layer.weight_updates, layer.weights)
         scal(args.momentum, layer.weight_updates)
