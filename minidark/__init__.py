@@ -11,7 +11,7 @@ Public API (stable)::
 from .errors import ConfigError, DataError, MinidarkError, WeightsError
 from .layer import Layer
 from .network import Network
-from .cfg.parser import parse_network, parse_network_cfg, read_sections
+from .cfg import parse_network, parse_network_cfg, read_sections
 from .registry import register_layer
 from .weights import load_weights, save_weights
 
@@ -19,14 +19,18 @@ __version__ = "0.1.0"
 
 
 def load_network(cfg, weights=None, *, batch=None, clear=False, strict=False, seed=None,
-                 verbose=False):
+                 verbose=False, max_memory=None):
     """Build the Network described by a .cfg/.yaml file and optionally load weights.
 
     ``batch`` overrides the cfg's batch (for inference); ``clear`` resets
     ``seen`` like darknet's -clear; ``seed`` makes initialisation and dropout
-    reproducible; ``verbose`` prints darknet's layer table to stderr.
+    reproducible; ``verbose`` prints darknet's layer table to stderr;
+    ``max_memory`` (bytes) caps the network's buffers (default
+    ``$MINIDARK_MAX_MEMORY``, else the available memory): a larger network
+    is a ConfigError naming the layer.
     """
-    net = parse_network_cfg(cfg, batch=batch, strict=strict, seed=seed, verbose=verbose)
+    net = parse_network_cfg(cfg, batch=batch, strict=strict, seed=seed, verbose=verbose,
+                            max_memory=max_memory)
     if weights:
         load_weights(net, weights)
     if clear:

@@ -5,8 +5,17 @@ class MinidarkError(Exception):
     """Base class: the CLI prints these as one line and exits non-zero."""
 
 
+def printable(text):
+    """``text`` with control and other invisible characters escaped (``\\x1b``,
+    ``\\u202e``), so a hostile cfg or path cannot rewrite the terminal."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in str(text))
+
+
 class ConfigError(MinidarkError):
-    """A cfg/YAML problem, located by file, line, section and key."""
+    """A cfg/YAML problem, located by file, line, section and key.
+
+    The message is printable: control characters from the cfg or its path
+    are escaped."""
 
     def __init__(self, message, file=None, line=None, section=None, key=None):
         self.file, self.line, self.section, self.key = file, line, section, key
@@ -19,8 +28,9 @@ class ConfigError(MinidarkError):
             where.append(f"[{section}]")
         if key is not None:
             where.append(f"key '{key}'")
-        self.message = message
-        super().__init__(f"{' '.join(where)}: {message}" if where else message)
+        self.where = printable(" ".join(where))
+        self.message = printable(message)
+        super().__init__(f"{self.where}: {self.message}" if where else self.message)
 
 
 class WeightsError(MinidarkError):

@@ -37,15 +37,65 @@ class UpdateArgs:
         self.batch, self.t = batch, t
 
 
-class Network:
-    """Layers in order, the buffers between them, and training state."""
+class _NetOption:
+    """``net.<name>``: a read-only view of ``net.config.<name>``, the [net] option
+    under darknet's ``net->name``. New code reads ``net.config`` directly."""
 
-    def __init__(self):
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, net, owner=None):
+        if net is None:
+            return self
+        if net.config is None:
+            raise AttributeError(f"'{self.name}': this Network has no [net] options "
+                                 f"(it was assembled without a cfg)")
+        return getattr(net.config, self.name)
+
+    def __set__(self, net, value):
+        raise AttributeError(f"net.{self.name} is read-only: set net.config.{self.name}")
+
+
+class Network:
+    """Layers in order, the buffers between them, and training state.
+
+    ``config`` holds the [net] options (a ``minidark.cfg.NetConfig``, or None
+    for a network assembled by hand); the sizes derived from it (``batch``
+    per mini-batch, ``subdivisions``, ``time_steps``, ``inputs``, ``h``,
+    ``w``, ``c``) are the Network's own, as a batch override or a resize
+    changes them.
+    """
+
+    # [net] options read by training, data and tools, as darknet names them
+    learning_rate = _NetOption()
+    momentum = _NetOption()
+    decay = _NetOption()
+    policy = _NetOption()
+    max_batches = _NetOption()
+    backup_every = _NetOption()
+    valid_every = _NetOption()
+    min_ratio = _NetOption()
+    max_ratio = _NetOption()
+    angle = _NetOption()
+    aspect = _NetOption()
+    saturation = _NetOption()
+    exposure = _NetOption()
+    hue = _NetOption()
+    flip = _NetOption()
+
+    def __init__(self, config=None):
+        self.config = config
         self.layers = []
-        self.batch = 1
+        self.batch = 1                # rows per mini-batch, darknet's net->batch
         self.subdivisions = 1
+        self.time_steps = 1
         self.inputs = 0
         self.h = self.w = self.c = 0
+        if config is not None:
+            self.batch = config.batch // config.subdivisions * config.time_steps
+            self.subdivisions, self.time_steps = config.subdivisions, config.time_steps
+            self.inputs = config.inputs
+            self.h, self.w, self.c = config.height, config.width, config.channels
         self.seen = 0                 # images trained on, darknet's *net.seen
         self.t = 0                    # number of updates, darknet's *net.t
         self.cost = 0.0               # mean of the loss layers' summed costs
@@ -130,8 +180,8 @@ class Network:
     def update(self):
         """Apply one SGD step to every layer with parameters."""
         self.t += 1   # darknet: ++*net.t, then a.t = *net.t
-        args = UpdateArgs(self.current_rate(), self.momentum, self.decay,
-                          self.batch * self.subdivisions, self.t)
+        args = UpdateArgs(self.current_rate(), self.config.momentum, self.config.decay,
+                          self.images_per_update, self.t)
         for layer in self.layers:
             if layer.update is not None:
                 layer.update(layer, args)
@@ -139,6 +189,11 @@ class Network:
     # ----------------------------------------------------------- training
     def current_rate(self):
         return policy.current_rate(self, self.rng)
+
+    @property
+    def images_per_update(self):
+        """Images summed into the ``*_updates`` of one update: batch x subdivisions."""
+        return self.batch * self.subdivisions
 
     @property
     def current_batch(self):

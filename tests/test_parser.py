@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 import minidark
 from conftest import ROOT, write_cfg
 from minidark.errors import ConfigError
-from minidark.cfg.parser import (ConfigWarning, Section, Option, convert_cfg, parse_network,
-                             read_cfg_text, read_sections, read_yaml_text, sections_to_cfg,
-                             sections_to_yaml)
+from minidark.cfg import (ConfigWarning, Option, Section, convert_cfg, parse_network,
+                          read_cfg_text, read_sections, read_yaml_text, sections_to_cfg,
+                          sections_to_yaml)
 
 MLP_CFG = ROOT / "cfg" / "mnist_mlp.cfg"
 SMALL = "[net]\ninputs=4\n[softmax]\n"
@@ -146,24 +146,31 @@ def test_net_defaults_are_darknets():
     net = build("[net]\ninputs=10\n[softmax]\n")
     expected = dict(batch=1, subdivisions=1, time_steps=1, learning_rate=0.001, momentum=0.9,
                     decay=0.0001, policy="constant", burn_in=0, power=4.0, max_batches=0,
-                    h=0, w=0, c=0, flip=1, angle=0.0, aspect=1.0, saturation=1.0,
-                    exposure=1.0, hue=0.0, center=0, random=0, adam=0)
+                    height=0, width=0, channels=0, flip=1, angle=0.0, aspect=1.0,
+                    saturation=1.0, exposure=1.0, hue=0.0, center=0, random=0, adam=0,
+                    backup_every=1000, valid_every=0)
     for name, value in expected.items():
-        assert getattr(net, name) == pytest.approx(value), name
+        assert getattr(net.config, name) == pytest.approx(value), name
+    assert (net.batch, net.subdivisions, net.time_steps, net.h, net.w, net.c) == (1, 1, 1, 0, 0, 0)
+    assert net.learning_rate == net.config.learning_rate     # darknet's names, read-only
+    with pytest.raises(AttributeError, match="net.config.momentum"):
+        net.momentum = 0.5
 
 
 def test_net_image_defaults_and_batch_division():
     net = build("[net]\nbatch=64\nsubdivisions=4\nheight=28\nwidth=28\nchannels=3\n"
                 "policy=step\n[softmax]\n")
     assert (net.batch, net.subdivisions, net.inputs) == (16, 4, 28 * 28 * 3)
-    assert (net.max_crop, net.min_crop) == (56, 28)
-    assert (net.max_ratio, net.min_ratio) == (2.0, 1.0)
-    assert (net.step, net.scale) == (1, 1.0)
+    assert net.images_per_update == 64
+    c = net.config
+    assert (c.max_crop, c.min_crop) == (56, 28)
+    assert (c.max_ratio, c.min_ratio) == (2.0, 1.0)
+    assert (c.step, c.scale) == (1, 1.0)
 
 
 def test_policy_specific_defaults():
-    assert build("[net]\ninputs=4\npolicy=exp\n[softmax]\n").gamma == 1.0
-    sig = build("[net]\ninputs=4\npolicy=sig\n[softmax]\n")
+    assert build("[net]\ninputs=4\npolicy=exp\n[softmax]\n").config.gamma == 1.0
+    sig = build("[net]\ninputs=4\npolicy=sig\n[softmax]\n").config
     assert (sig.policy, sig.gamma, sig.step) == ("sigmoid", 1.0, 1)
 
 
@@ -349,12 +356,12 @@ def test_error_not_utf8(tmp_path):
 # Unused keys
 # --------------------------------------------------------------------------
 def test_unused_keys_warn_with_line_numbers():
-    text = "[net]\ninputs=4\nlearning_rat=0.1\n[connected]\noutput=2\nfilters=3\nsize=3\n"
+    text = "[net]\ninputs=4\nmosaic=0.1\n[connected]\noutput=2\nfilters=3\nsize=3\n"
     with pytest.warns(ConfigWarning) as record:
         net = build(text)
     assert len(net.layers) == 1
     messages = [str(r.message) for r in record]
-    assert any("[net]" in m and "'learning_rat = 0.1' (line 3)" in m for m in messages)
+    assert any("[net]" in m and "'mosaic = 0.1' (line 3)" in m for m in messages)
     layer = [m for m in messages if "[connected]" in m]
     assert len(layer) == 1   # one grouped warning per section
     assert "'filters = 3' (line 6)" in layer[0] and "'size = 3' (line 7)" in layer[0]
@@ -371,11 +378,11 @@ def test_no_warning_when_every_key_is_read():
 
 
 def test_strict_makes_unused_keys_an_error():
-    error = config_error("[net]\ninputs=4\n[softmax]\ngroups=1\ngroupz=2\n", strict=True)
-    text = located(error, 5, "softmax", "groupz")
+    error = config_error("[net]\ninputs=4\n[softmax]\ngroups=1\nmosaic=2\n", strict=True)
+    text = located(error, 5, "softmax", "mosaic")
     assert "unused" in text and "(line 5)" in text
-    error = config_error("[net]\ninputs=4\nbacth=3\n[softmax]\n", strict=True)
-    located(error, 3, "net", "bacth")
+    error = config_error("[net]\ninputs=4\ncutmix=3\n[softmax]\n", strict=True)
+    located(error, 3, "net", "cutmix")
 
 
 def test_strict_through_load_network(tmp_path):
@@ -407,8 +414,8 @@ YAML_MLP = """\
 def test_yaml_reading_builds_the_same_network(tmp_path):
     path = write_cfg(tmp_path, YAML_MLP, "net.yaml")
     net = minidark.load_network(path)
-    assert (net.batch, net.inputs, net.steps, net.flip) == (4, 6, [10, 20], 0)
-    assert net.scales == pytest.approx([0.1, 0.5])
+    assert (net.batch, net.inputs, net.config.steps, net.flip) == (4, 6, [10, 20], 0)
+    assert net.config.scales == pytest.approx([0.1, 0.5])
     assert [l.type for l in net.layers] == ["connected", "softmax"]
     assert net.layers[0].outputs == 5 and net.layers[0].activation == "relu"
     sections = read_sections(path)
@@ -517,7 +524,7 @@ def test_round_trip_keeps_types_lists_and_first_wins(tmp_path):
         b = minidark.load_network(yaml_path)
     assert a.layers[1].cost_type == b.layers[1].cost_type == "masked"
     assert a.layers[1].scale == b.layers[1].scale == 0.5      # the first 'scale' wins
-    assert a.steps == b.steps == [100, 200, 300]
+    assert a.config.steps == b.config.steps == [100, 200, 300]
     assert a.learning_rate == b.learning_rate == pytest.approx(0.1)
 
 

@@ -336,14 +336,14 @@ def test_entry_points_of_a_real_install(installed_plugin_pkg, tmp_path, write_cf
 # ------------------------------------------------------------ plugin layers
 def test_unused_option_of_a_plugin_layer_is_reported(tmp_path, write_cfg):
     load_plugins([str(PRELU)])
-    path = write_cfg(tmp_path, PRELU_MLP.replace("slope=0.1", "slope=0.1\nslop=3"))
+    path = write_cfg(tmp_path, PRELU_MLP.replace("slope=0.1", "slope=0.1\nmosaic=3"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         minidark.load_network(path)
     messages = [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
     assert len(messages) == 1
-    assert "[prelu]" in messages[0] and "'slop = 3'" in messages[0]
-    with pytest.raises(ConfigError, match="unused field.*'slop = 3'"):
+    assert "[prelu]" in messages[0] and "'mosaic = 3'" in messages[0]
+    with pytest.raises(ConfigError, match="unused field.*'mosaic = 3'"):
         minidark.load_network(path, strict=True)
 
 

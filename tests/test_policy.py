@@ -54,11 +54,12 @@ def test_steps_take_effect_at_the_step(tmp_path):
     assert rate_at(net, 250) == pytest.approx(0.05)
 
 
-def test_steps_stop_at_the_first_step_not_reached(tmp_path):
-    # darknet returns at the first steps[i] > n, even if a later step is smaller
-    net = policy_net(tmp_path, "policy=steps\nsteps=100,10\nscales=.5,.1")
-    assert rate_at(net, 50) == pytest.approx(0.1)
-    assert rate_at(net, 100) == pytest.approx(0.1 * .5 * .1)
+def test_decreasing_steps_are_refused(tmp_path):
+    # darknet returns at the first steps[i] > n, so a step after a larger one
+    # would never apply where it says: refused at parse time
+    from minidark.errors import ConfigError
+    with pytest.raises(ConfigError, match="steps must not decrease"):
+        policy_net(tmp_path, "policy=steps\nsteps=100,10\nscales=.5,.1")
 
 
 def test_exp(tmp_path):

@@ -1,7 +1,8 @@
 """Learning-rate policies and burn-in (darknet's get_current_rate).
 
-With ``n = seen // (batch * subdivisions)`` (the current batch number) and
-``lr = learning_rate``:
+With ``n = seen // images_per_update`` (the current batch number; images per
+update = batch x subdivisions) and ``lr = learning_rate``, all options read
+from ``net.config`` (minidark/cfg/netconfig.py):
 
 | policy   | rate                                            |
 |----------|-------------------------------------------------|
@@ -20,34 +21,35 @@ import numpy as np
 
 
 def current_batch(net):
-    return net.seen // (net.batch * net.subdivisions)
+    return net.seen // net.images_per_update
 
 
 def current_rate(net, rng=None):
     n = current_batch(net)
-    lr = net.learning_rate
-    if n < net.burn_in:
-        return lr * (n / net.burn_in) ** net.power
-    policy = net.policy
+    config = net.config
+    lr = config.learning_rate
+    if n < config.burn_in:
+        return lr * (n / config.burn_in) ** config.power
+    policy = config.policy
     if policy == "constant":
         return lr
     if policy == "step":
-        return lr * net.scale ** (n // net.step)
+        return lr * config.scale ** (n // config.step)
     if policy == "steps":
         rate = lr
-        for step, scale in zip(net.steps, net.scales):
+        for step, scale in zip(config.steps, config.scales, strict=True):
             if step > n:
                 return rate
             rate *= scale
         return rate
     if policy == "exp":
-        return lr * net.gamma ** n
+        return lr * config.gamma ** n
     if policy == "poly":
-        return lr * max(0.0, 1 - n / net.max_batches) ** net.power
+        return lr * max(0.0, 1 - n / config.max_batches) ** config.power
     if policy == "random":
         rng = rng if rng is not None else np.random.default_rng()
-        return lr * rng.random() ** net.power
+        return lr * rng.random() ** config.power
     if policy == "sigmoid":
-        z = net.gamma * (n - net.step)
+        z = config.gamma * (n - config.step)
         return lr / (1 + math.exp(min(z, 700.0)))
     raise ValueError(f"unknown policy {policy!r}")
