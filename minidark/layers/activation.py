@@ -5,15 +5,24 @@
 darknet *overwrites* net.delta here, which breaks a layer whose output feeds
 several consumers (route, shortcut); minidark accumulates, like every layer.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.activations import activate, gradient
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("activation")
-def make_activation(options, params):
+def make_activation(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     l = Layer(type="activation", batch=batch, inputs=inputs, outputs=inputs,
               h=params.h, w=params.w, c=params.c,
@@ -27,12 +36,12 @@ def make_activation(options, params):
     return l
 
 
-def forward_activation(l, net):
+def forward_activation(l: Layer, net: Network) -> None:
     np.copyto(l.output, net.input.reshape(l.output.shape))
     activate(l.output, l.activation)
 
 
-def backward_activation(l, net):
+def backward_activation(l: Layer, net: Network) -> None:
     gradient(l.output, l.activation, l.delta)
     if net.delta is not None:
         net.delta += l.delta.reshape(net.delta.shape)

@@ -25,6 +25,10 @@ darknet's three, ``scales, rolling_mean, rolling_variance``, then
 a network with [batchnorm] does not load (its size check fails) and a
 minidark file does not load in darknet.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.bn import backward_bn, forward_bn, make_bn
@@ -32,9 +36,14 @@ from ..layer import Layer
 from ..registry import register_layer
 from ..optim.sgd import sgd_update
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network, UpdateArgs
+
 
 @register_layer("batchnorm")
-def make_batchnorm(options, params):
+def make_batchnorm(options: Section, params: SizeParams) -> Layer:
     h, w, c, batch = params.h, params.w, params.c, params.batch
     if not (h and w and c):           # flat input: one channel per value
         h, w, c = 1, 1, params.inputs
@@ -52,16 +61,16 @@ def make_batchnorm(options, params):
     return l
 
 
-def forward_batchnorm(l, net):
+def forward_batchnorm(l: Layer, net: Network) -> None:
     np.copyto(l.output, net.input.reshape(l.output.shape))
     forward_bn(l, l.output, net.train)
 
 
-def backward_batchnorm(l, net):
+def backward_batchnorm(l: Layer, net: Network) -> None:
     backward_bn(l, l.delta)
     if net.delta is not None:
         net.delta += l.delta.reshape(net.delta.shape)
 
 
-def update_batchnorm(l, args):
+def update_batchnorm(l: Layer, args: UpdateArgs) -> None:
     sgd_update(l, args)

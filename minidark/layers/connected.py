@@ -15,6 +15,10 @@ order. Backward, with ``delta`` = -dL/d(output)::
 
 .weights order: biases, weights, then scales, rolling_mean, rolling_variance.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.activations import activate, gradient
@@ -23,9 +27,14 @@ from ..layer import Layer
 from ..registry import register_layer
 from ..optim.sgd import sgd_update
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network, UpdateArgs
+
 
 @register_layer("connected", "conn")
-def make_connected(options, params):
+def make_connected(options: Section, params: SizeParams) -> Layer:
     outputs = options.int("output", 1)
     if outputs < 1:
         raise options.error(f"output must be >= 1, got {outputs}", "output")
@@ -55,7 +64,7 @@ def make_connected(options, params):
     return l
 
 
-def forward_connected(l, net):
+def forward_connected(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.inputs)
     np.matmul(x, l.weights.T, out=l.output)
     if l.batch_normalize:
@@ -65,7 +74,7 @@ def forward_connected(l, net):
     activate(l.output, l.activation)
 
 
-def backward_connected(l, net):
+def backward_connected(l: Layer, net: Network) -> None:
     gradient(l.output, l.activation, l.delta)
     if l.batch_normalize:
         backward_bn(l, l.delta)
@@ -79,5 +88,5 @@ def backward_connected(l, net):
         net.delta += l.input_grad.reshape(net.delta.shape)
 
 
-def update_connected(l, args):
+def update_connected(l: Layer, args: UpdateArgs) -> None:
     sgd_update(l, args)

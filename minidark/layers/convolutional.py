@@ -26,6 +26,10 @@ padding and *overwrote* ``net.delta``; here 1x1 convolutions take the
 general path (skipping only the im2col copy when stride is 1), and backward
 always accumulates. A window larger than the padded input is an error.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels import conv
@@ -36,9 +40,14 @@ from ..layer import Layer
 from ..registry import register_layer
 from ..optim.sgd import sgd_update
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network, UpdateArgs
+
 
 @register_layer("convolutional", "conv")
-def make_convolutional(options, params):
+def make_convolutional(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
     n = options.int("filters", 1)
     k = options.int("size", 1)
@@ -84,19 +93,19 @@ def make_convolutional(options, params):
     return l
 
 
-def forward_convolutional(l, net):
+def forward_convolutional(l: Layer, net: Network) -> None:
     conv.forward(l, net, finish=not l.batch_normalize)   # + biases, activation
     if l.batch_normalize:
         forward_bn(l, l.output, net.train)
         activate(l.output, l.activation)
 
 
-def backward_convolutional(l, net):
+def backward_convolutional(l: Layer, net: Network) -> None:
     if l.batch_normalize:                  # BN needs the whole batch's delta first
         gradient(l.output, l.activation, l.delta)
         backward_bn(l, l.delta)
     conv.backward(l, net, finish=not l.batch_normalize)  # activation gradient, biases
 
 
-def update_convolutional(l, args):
+def update_convolutional(l: Layer, args: UpdateArgs) -> None:
     sgd_update(l, args)

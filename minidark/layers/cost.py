@@ -18,6 +18,10 @@ identical to darknet's (except smooth's sign fix). ``ratio``, ``thresh`` and
 ``noobj`` are read for cfg compatibility; like darknet's CPU path they do
 nothing.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.blas import axpy
@@ -25,11 +29,16 @@ from ..layer import Layer
 from ..registry import register_layer
 from ..kernels.tree import SECRET_NUM
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 COST_TYPES = ("sse", "masked", "smooth", "L1")
 
 
 @register_layer("cost")
-def make_cost(options, params):
+def make_cost(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     cost_type = options.str("type", "sse")
     if cost_type not in COST_TYPES:
@@ -50,7 +59,7 @@ def make_cost(options, params):
     return l
 
 
-def forward_cost(l, net):
+def forward_cost(l: Layer, net: Network) -> None:
     if net.truth is None:
         l.cost = 0.0
         return
@@ -73,6 +82,6 @@ def forward_cost(l, net):
     l.cost = l.scale * float(l.output.sum(dtype=np.float64))
 
 
-def backward_cost(l, net):
+def backward_cost(l: Layer, net: Network) -> None:
     if net.delta is not None:
         axpy(l.scale, l.delta, net.delta)

@@ -19,6 +19,10 @@ GPU); here they learn with the layer's own scale. darknet's network
 workspace ignores the sublayers (a crash in im2col); here the layer reports
 their workspace size.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .convolutional import backward_convolutional, forward_convolutional, make_convolutional
@@ -27,9 +31,13 @@ from .rnn import backward_rnn, forward_rnn
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+
 
 @register_layer("crnn")
-def make_crnn(options, params):
+def make_crnn(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
     output_filters = options.int("output_filters", 1)
     hidden_filters = options.int("hidden_filters", 1)

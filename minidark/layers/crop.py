@@ -23,14 +23,23 @@ net.delta -- the exact gradient, so a crop may sit inside a network. (darknet
 cfgs put it first, where there is no net.delta and the two agree.) A window
 larger than the input is a ConfigError (darknet: undefined behaviour).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("crop")
-def make_crop(options, params):
+def make_crop(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
     w, h, c = params.w, params.h, params.c
     out_h, out_w = options.int("crop_height", 1), options.int("crop_width", 1)
@@ -65,7 +74,7 @@ def _window(l, image):
     return rows[:, :, :, l.dw:l.dw + l.out_w]
 
 
-def forward_crop(l, net):
+def forward_crop(l: Layer, net: Network) -> None:
     if net.train:
         l.flipped = bool(l.flip and net.rng.integers(0, 2))
         l.dh = int(net.rng.integers(0, l.h - l.out_h + 1))
@@ -79,7 +88,7 @@ def forward_crop(l, net):
         out += l.offset
 
 
-def backward_crop(l, net):
+def backward_crop(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
     target = _window(l, net.delta.reshape(l.batch, l.c, l.h, l.w))

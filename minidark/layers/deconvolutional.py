@@ -32,6 +32,10 @@ Backward, with ``delta`` = -dL/d(output) times the activation derivative::
 Deliberately fixed: darknet's load_weights divides by an unset ``groups``
 (0) for this layer and crashes; here weights load like any other layer's.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.activations import activate, gradient
@@ -41,9 +45,14 @@ from ..layer import Layer
 from ..optim.sgd import sgd_update
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network, UpdateArgs
+
 
 @register_layer("deconvolutional", "deconv")
-def make_deconvolutional(options, params):
+def make_deconvolutional(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
     n = options.int("filters", 1)
     k = options.int("size", 1)
@@ -90,7 +99,7 @@ def make_deconvolutional(options, params):
     return l
 
 
-def forward_deconv(l, net):
+def forward_deconv(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     xc = l.input_cnhw.reshape(l.c, l.batch, l.h, l.w)
     np.copyto(xc, x.transpose(1, 0, 2, 3))
@@ -107,7 +116,7 @@ def forward_deconv(l, net):
     activate(l.output, l.activation)
 
 
-def backward_deconv(l, net):
+def backward_deconv(l: Layer, net: Network) -> None:
     gradient(l.output, l.activation, l.delta)
     delta = l.delta.reshape(l.batch, l.n, l.out_h, l.out_w)
     if l.batch_normalize:
@@ -125,5 +134,5 @@ def backward_deconv(l, net):
         net.delta.reshape(l.batch, l.c, l.h, l.w)[...] += dx
 
 
-def update_deconv(l, args):
+def update_deconv(l: Layer, args: UpdateArgs) -> None:
     sgd_update(l, args)

@@ -30,6 +30,10 @@ commented out). Deliberate deviations: a size mismatch is a ConfigError
 indexes box -1 (out of bounds), minidark takes the smallest RMSE anyway;
 ``random`` draws from the network's generator, not C's ``rand()``.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.blas import axpy
@@ -38,12 +42,17 @@ from ..layer import Layer
 from ..registry import register_layer
 from .yolo import HEAD_GAP, _ratio
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 F32 = np.float32
 RANDOM_SEEN = 64000
 
 
 @register_layer("detection")
-def make_detection(options, params):
+def make_detection(options: Section, params: SizeParams) -> Layer:
     coords, classes = options.int("coords", 1), options.int("classes", 1)
     rescore, n, side = options.bool("rescore", False), options.int("num", 1), options.int("side", 7)
     if coords < 4 or classes < 1 or n < 1 or side < 1:
@@ -88,7 +97,7 @@ def parts(l, array):
             flat[:, cells * (l.classes + l.n):].reshape(l.batch, cells, l.n, l.coords))
 
 
-def forward_detection(l, net):
+def forward_detection(l: Layer, net: Network) -> None:
     np.copyto(l.output, net.input.reshape(l.output.shape))
     probs, conf, coords = parts(l, l.output)
     if l.softmax:
@@ -145,7 +154,7 @@ def forward_detection(l, net):
                "avg_obj_all": float(conf.sum(dtype=np.float64)) / conf.size, "count": count}
 
 
-def backward_detection(l, net):
+def backward_detection(l: Layer, net: Network) -> None:
     if net.delta is not None:
         axpy(1, l.delta, net.delta)
 

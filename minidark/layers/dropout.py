@@ -11,14 +11,23 @@ the sign). cfg keys: ``probability`` (.5). For replaying recorded runs,
 set ``l.next_rand`` to a ``(batch, inputs)`` array of uniforms: the next
 training forward uses it instead of drawing.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("dropout")
-def make_dropout(options, params):
+def make_dropout(options: Section, params: SizeParams) -> Layer:
     probability = options.float("probability", 0.5)
     if not 0 <= probability < 1:
         raise options.error(f"probability must be in [0, 1), got {probability}", "probability")
@@ -40,7 +49,7 @@ def make_dropout(options, params):
     return l
 
 
-def forward_dropout(l, net):
+def forward_dropout(l: Layer, net: Network) -> None:
     out = l.output.reshape(l.batch, l.inputs)
     if out is not net.input and not np.shares_memory(out, net.input):
         np.copyto(out, net.input.reshape(out.shape))
@@ -56,7 +65,7 @@ def forward_dropout(l, net):
     out *= l.mask
 
 
-def backward_dropout(l, net):
+def backward_dropout(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
     target = net.delta.reshape(l.mask.shape)

@@ -26,6 +26,10 @@ Deliberately fixed: darknet's CPU backward is empty (the layer never
 learns). Not copied: the GPU path's clip of every sublayer delta to [-1, 1]
 (the CPU connected layer has none, and it would break the gradient).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
@@ -35,9 +39,14 @@ from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("gru")
-def make_gru(options, params):
+def make_gru(options: Section, params: SizeParams) -> Layer:
     hidden = options.int("output", 1)
     if hidden < 1:
         raise options.error(f"output must be >= 1, got {hidden}", "output")
@@ -74,7 +83,7 @@ def _previous(l, out, t):
     return l.prev_state if t == 0 else out[t - 1]
 
 
-def forward_gru(l, net):
+def forward_gru(l: Layer, net: Network) -> None:
     s = l.sublayers
     x = steps_of(net.input, l.steps, l.batch)
     out = steps_of(l.output, l.steps, l.batch)
@@ -107,7 +116,7 @@ def forward_gru(l, net):
     np.copyto(l.state, out[l.steps - 1])
 
 
-def backward_gru(l, net):
+def backward_gru(l: Layer, net: Network) -> None:
     s = l.sublayers
     x = steps_of(net.input, l.steps, l.batch)
     dx = None if net.delta is None else steps_of(net.delta, l.steps, l.batch)

@@ -14,16 +14,25 @@ delta``), ignoring the normalization's gradient; minidark adds the exact one
 (gradcheck passes). An all-zero vector gives 0 instead of darknet's NaN
 (``r`` is floored at the smallest normal float32).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 TINY = np.finfo(np.float32).tiny
 
 
 @register_layer("l2norm")
-def make_l2norm(options, params):
+def make_l2norm(options: Section, params: SizeParams) -> Layer:
     w, h, c = params.w, params.h, params.c
     if not (w and h and c):
         w, h, c = 1, 1, params.inputs
@@ -39,7 +48,7 @@ def make_l2norm(options, params):
     return l
 
 
-def forward_l2norm(l, net):
+def forward_l2norm(l: Layer, net: Network) -> None:
     shape = (l.batch, l.c, l.w * l.h)
     x, y = net.input.reshape(shape), l.output.reshape(shape)
     np.multiply(x, x, out=y)
@@ -49,7 +58,7 @@ def forward_l2norm(l, net):
     np.divide(x, l.norms, out=y)
 
 
-def backward_l2norm(l, net):
+def backward_l2norm(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
     shape = (l.batch, l.c, l.w * l.h)

@@ -28,6 +28,10 @@ minidark keeps darknet's output size and pads by ``size / 2`` when
 ``pad`` is set (as the convolutional layer does), so every window is well
 defined. For size 3 (the stock cfgs) the two agree exactly.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.activations import activate, gradient
@@ -36,9 +40,14 @@ from ..layer import Layer
 from ..registry import register_layer
 from ..optim.sgd import sgd_update
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network, UpdateArgs
+
 
 @register_layer("local")
-def make_local(options, params):
+def make_local(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
     n, k = options.int("filters", 1), options.int("size", 1)
     stride, pad = options.int("stride", 1), options.int("pad", 0)
@@ -92,7 +101,7 @@ def _columns(l, net, cols, xpad):
               windows.transpose(1, 2, 5, 3, 4, 0))
 
 
-def forward_local(l, net):
+def forward_local(l: Layer, net: Network) -> None:
     cols, _, xpad = _scratch(l, net)
     _columns(l, net, cols, xpad)
     np.matmul(l.weights, cols, out=l.result)                            # (L, n, B)
@@ -101,7 +110,7 @@ def forward_local(l, net):
     activate(l.output, l.activation)
 
 
-def backward_local(l, net):
+def backward_local(l: Layer, net: Network) -> None:
     gradient(l.output, l.activation, l.delta)
     l.bias_updates += l.delta.sum(axis=0)
     cols, cols_nhwc, xpad = _scratch(l, net)
@@ -120,5 +129,5 @@ def backward_local(l, net):
     add_from_padded_nhwc(xpad, l.padding, net.delta.reshape(l.batch, l.c, l.h, l.w))
 
 
-def update_local(l, args):
+def update_local(l: Layer, args: UpdateArgs) -> None:
     sgd_update(l, args)

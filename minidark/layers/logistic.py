@@ -14,15 +14,24 @@ Deliberate deviation from darknet: the loss is computed from the logit as
 sigmoid (p == 1.0 in float32) gives a large finite loss rather than darknet's
 inf/NaN. Delta and output are darknet's.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("logistic")
-def make_logistic(options, params):
+def make_logistic(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     l = Layer(type="logistic", batch=batch, inputs=inputs, outputs=inputs,
               h=params.h, w=params.w, c=params.c,
@@ -39,7 +48,7 @@ def make_logistic(options, params):
     return l
 
 
-def forward_logistic(l, net):
+def forward_logistic(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.output.shape)
     np.copyto(l.output, x)
     activate(l.output, "logistic")
@@ -58,6 +67,6 @@ def forward_logistic(l, net):
     l.cost = float(loss.sum(dtype=np.float64))
 
 
-def backward_logistic(l, net):
+def backward_logistic(l: Layer, net: Network) -> None:
     if net.delta is not None:
         net.delta += l.delta.reshape(net.delta.shape)

@@ -27,6 +27,10 @@ c_0); ``dc`` starts at 0 every batch (darknet carries it over from the
 last batch); after a training batch h and c hold the last step, as after
 inference (darknet leaves step 0's values there).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
@@ -36,11 +40,16 @@ from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 GATES = ("f", "i", "g", "o")
 
 
 @register_layer("lstm")
-def make_lstm(options, params):
+def make_lstm(options: Section, params: SizeParams) -> Layer:
     hidden = options.int("output", 1)
     if hidden < 1:
         raise options.error(f"output must be >= 1, got {hidden}", "output")
@@ -80,7 +89,7 @@ def _previous(l, out, t):
     return (l.prev_state, l.prev_cell) if t == 0 else (out[t - 1], l.cell[t - 1])
 
 
-def forward_lstm(l, net):
+def forward_lstm(l: Layer, net: Network) -> None:
     s = l.sublayers
     x = steps_of(net.input, l.steps, l.batch)
     out = steps_of(l.output, l.steps, l.batch)
@@ -113,7 +122,7 @@ def forward_lstm(l, net):
     np.copyto(l.cell_state, l.cell[l.steps - 1])
 
 
-def backward_lstm(l, net):
+def backward_lstm(l: Layer, net: Network) -> None:
     s = l.sublayers
     x = steps_of(net.input, l.steps, l.batch)
     dx = None if net.delta is None else steps_of(net.delta, l.steps, l.batch)

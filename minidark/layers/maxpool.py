@@ -21,15 +21,24 @@ falls back to the first on NaN or a window without winner. ``l.winner``
 offset. Backward: a gather / add / scatter when the indexes are unique
 (stride >= size, every window won), else a masked add per offset.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..layer import Layer
 from ..kernels.pool import plan, scan_offsets, scan_tiles, scatter_offsets, scatter_unique, set_indexes
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("maxpool", "max")
-def make_maxpool(options, params):
+def make_maxpool(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
     stride = options.int("stride", 1)
     size = options.int("size", stride)
@@ -64,7 +73,7 @@ def make_maxpool(options, params):
     return l
 
 
-def forward_maxpool(l, net):
+def forward_maxpool(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     l.complete = l.tiled and scan_tiles(l, x, net.workspace)
     if not l.complete:                 # any geometry, NaN, or a window without winner
@@ -72,7 +81,7 @@ def forward_maxpool(l, net):
     set_indexes(l, l.complete)
 
 
-def backward_maxpool(l, net):
+def backward_maxpool(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
     if l.stride >= l.size and l.complete:   # windows apart, indexes unique

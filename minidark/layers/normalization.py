@@ -28,14 +28,23 @@ Deliberate deviations from darknet: darknet's backward is an approximation
 With ``size/2 > C`` darknet reads past the channel array; minidark clips the
 window to the existing channels.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("normalization", "lrn")
-def make_normalization(options, params):
+def make_normalization(options: Section, params: SizeParams) -> Layer:
     alpha, beta = options.float("alpha", 0.0001), options.float("beta", 0.75)
     kappa, size = options.float("kappa", 1.0), options.int("size", 5)
     if size < 1:
@@ -70,7 +79,7 @@ def _window_sums(l, values, lo, hi, out):
     np.subtract(sums[:, hi], sums[:, lo], out=out)
 
 
-def forward_normalization(l, net):
+def forward_normalization(l: Layer, net: Network) -> None:
     shape = (l.batch, l.c, l.w * l.h)
     x = net.input.reshape(shape)
     norms = l.norms.reshape(shape)
@@ -85,7 +94,7 @@ def forward_normalization(l, net):
     out *= x
 
 
-def backward_normalization(l, net):
+def backward_normalization(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
     shape = (l.batch, l.c, l.w * l.h)

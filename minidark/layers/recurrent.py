@@ -19,10 +19,17 @@ darknet's .weights order and the reference harness finds
 ``Lxx_<type>_<sub>_<array>_sN``. ``carried`` names the arrays that hold the
 hidden state across batches and calls (``Network.reset_state`` zeroes them).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..layer import Layer
 from ..optim.sgd import sgd_update
+
+if TYPE_CHECKING:
+    from ..network import UpdateArgs
 
 STEP_FIELDS = ("output", "delta", "x", "x_norm", "mean", "variance")
 UPDATES = (("biases", "bias_updates"), ("weights", "weight_updates"),
@@ -65,6 +72,7 @@ class SubParams:
     """darknet's size_params for a sublayer: one step's batch."""
 
     def __init__(self, params, batch, inputs, h=0, w=0, c=0):
+        self.parent = params
         self.net, self.index = params.net, params.index
         self.batch, self.inputs, self.h, self.w, self.c = batch, inputs, h, w, c
         self.time_steps = 1
@@ -72,11 +80,20 @@ class SubParams:
     def require_image(self, section):
         pass
 
+    def reserve(self, section, floats, key=None, what="buffers"):
+        """The network builder's memory check, when it has one."""
+        reserve = getattr(self.parent, "reserve", None)
+        if reserve is not None:
+            reserve(section, floats, key, what)
+
 
 def sublayer(make, options, params, steps, batch, inputs, h=0, w=0, c=0, **values):
     """Build one sublayer for ``batch`` rows per step, with T-step storage."""
-    sub = make(SubOptions(options, **values), SubParams(params, batch, inputs, h, w, c))
+    sub_params = SubParams(params, batch, inputs, h, w, c)
+    sub = make(SubOptions(options, **values), sub_params)
     sub.step_fields = tuple(f for f in STEP_FIELDS if getattr(sub, f, None) is not None)
+    sub_params.reserve(options, steps * sum(getattr(sub, f).size for f in sub.step_fields)
+                       + steps * batch * inputs, what="buffers of every time step")
     for field in sub.step_fields:
         array = getattr(sub, field)
         setattr(sub, field + "_steps", np.zeros((steps,) + array.shape, array.dtype))
@@ -120,7 +137,7 @@ def adopt(l, subs):
                 setattr(l, f"{name}_{update}", getattr(sub, update))
                 learned[f"{name}_{param}"] = f"{name}_{update}"
     l.saved, l.learned = tuple(saved), learned
-    l.workspace_size = max(sub.workspace_size for _, sub in subs)
+    l.workspace_size = max(getattr(sub, "workspace_size", 0) for _, sub in subs)
     l.flops = sum(sub.flops for _, sub in subs)
     l.update = update_recurrent
 
@@ -130,7 +147,7 @@ def clear_deltas(l):
         sub.delta_steps.fill(0)
 
 
-def update_recurrent(l, args):
+def update_recurrent(l: Layer, args: UpdateArgs) -> None:
     """SGD on every sublayer, with the parent's learning-rate scale (darknet's
     crnn left its sublayers' scale at 0, so they never learned)."""
     for sub in l.sublayers.values():

@@ -42,6 +42,10 @@ the logistic on mask planes; ``mask_scale`` is not truncated to an int;
 ``l.truths = max (coords + 1)`` and the truth loop runs to ``max`` (darknet:
 always 30 boxes).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.activations import activate
@@ -52,12 +56,17 @@ from ..layer import Layer
 from ..registry import register_layer
 from .yolo import HEAD_GAP, _classes, _ratio, check_channels, read_anchors, read_map
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 F32 = np.float32
 PRIOR_SEEN = 12800      # images seen before the anchor-prior term switches off
 
 
 @register_layer("region")
-def make_region(options, params):
+def make_region(options: Section, params: SizeParams) -> Layer:
     coords, classes, n = options.int("coords", 4), options.int("classes", 20), options.int("num", 1)
     if coords < 4 or classes < 1 or n < 1:
         raise options.error(f"need coords >= 4, classes >= 1, num >= 1; got {coords}, "
@@ -112,7 +121,7 @@ def _softmax(x, out, axis=2):
     out /= out.sum(axis=axis, keepdims=True)
 
 
-def forward_region(l, net):
+def forward_region(l: Layer, net: Network) -> None:
     np.copyto(l.output, net.input.reshape(l.output.shape))
     out, raw = planes(l, l.output), planes(l, net.input)
     activate(out[:, :, 0:2], "logistic")
@@ -285,7 +294,7 @@ def _class_only(l, out, delta, truth, valid, b, stats):
     return False
 
 
-def backward_region(l, net):
+def backward_region(l: Layer, net: Network) -> None:
     """darknet's GPU backward: logistic derivative on x, y, mask and obj, then add."""
     out, delta = planes(l, l.output), planes(l, l.delta)
     logistic = [0, 1] + list(range(4, l.coords)) + ([] if l.background else [l.coords])

@@ -30,14 +30,23 @@ reverse). Sizes the shuffle cannot map one-to-one (``c`` not divisible by
 ``s^2``, or ``h``/``w`` not divisible by ``s`` without reverse) are a
 ConfigError (darknet reads and writes out of bounds).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("reorg")
-def make_reorg(options, params):
+def make_reorg(options: Section, params: SizeParams) -> Layer:
     stride = options.int("stride", 1)
     reverse, flatten = options.bool("reverse", False), options.bool("flatten", False)
     extra = options.int("extra", 0)
@@ -95,7 +104,7 @@ def _transpose_hw_c(array, l, to_hwc):
     return array.reshape(shape).transpose(0, 2, 1)
 
 
-def forward_reorg(l, net):
+def forward_reorg(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.inputs)
     if l.flatten:      # output (hw, c) from (c, hw), or back with reverse
         np.copyto(l.output.reshape(l.batch, -1), _transpose_hw_c(x, l, not l.reverse)
@@ -108,7 +117,7 @@ def forward_reorg(l, net):
         np.copyto(_packed(l.output, l), _unpacked(x, l).transpose(TO_PACKED))
 
 
-def backward_reorg(l, net):
+def backward_reorg(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
     target = net.delta.reshape(l.batch, l.inputs)

@@ -28,6 +28,10 @@ extra factor a'(q_t) (its GPU path does not); its CPU state buffer is
 allocated for one step and written for T+1 (here T+1 slots); its CPU
 shortcut gradient adds d_S instead of g_t.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
@@ -36,9 +40,14 @@ from .recurrent import (StepNet, adopt, all_steps, at_step, clear_deltas, per_st
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("rnn")
-def make_rnn(options, params):
+def make_rnn(options: Section, params: SizeParams) -> Layer:
     hidden = options.int("output", 1)
     if hidden < 1:
         raise options.error(f"output must be >= 1, got {hidden}", "output")
@@ -67,7 +76,7 @@ def make_rnn(options, params):
     return l
 
 
-def forward_rnn(l, net):
+def forward_rnn(l: Layer, net: Network) -> None:
     """Also [crnn]'s: ``l.step_forward`` is the sublayers' forward."""
     U, S, O = (l.sublayers[n] for n in ("input_layer", "self_layer", "output_layer"))
     forward_sub = l.step_forward
@@ -93,7 +102,7 @@ def forward_rnn(l, net):
     np.copyto(l.hidden, l.state[l.steps])
 
 
-def backward_rnn(l, net):
+def backward_rnn(l: Layer, net: Network) -> None:
     U, S, O = (l.sublayers[n] for n in ("input_layer", "self_layer", "output_layer"))
     backward_sub = l.step_backward
     x = steps_of(net.input, l.steps, l.batch)

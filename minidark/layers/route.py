@@ -17,14 +17,23 @@ with different spatial sizes, a missing ``layers``, or an index that is not an
 earlier layer are a ConfigError naming the key (darknet silently makes a
 0x0x0 layer, or segfaults).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("route")
-def make_route(options, params):
+def make_route(options: Section, params: SizeParams) -> Layer:
     sources = []
     for value in options.ints("layers"):
         index = params.index + value if value < 0 else value
@@ -56,7 +65,7 @@ def make_route(options, params):
     return l
 
 
-def forward_route(l, net):
+def forward_route(l: Layer, net: Network) -> None:
     offset = 0
     for index, size in zip(l.input_layers, l.input_sizes):
         source = net.layers[index].output.reshape(l.batch, size)
@@ -64,7 +73,7 @@ def forward_route(l, net):
         offset += size
 
 
-def backward_route(l, net):
+def backward_route(l: Layer, net: Network) -> None:
     offset = 0
     for index, size in zip(l.input_layers, l.input_sizes):
         delta = net.layers[index].delta

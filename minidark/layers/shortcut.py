@@ -27,11 +27,20 @@ applies alpha only on the overlapped positions -- minidark's backward is the
 exact gradient of darknet's forward (identical unless alpha != 1 and the
 shapes differ).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.activations import activate, gradient
 from ..layer import Layer
 from ..registry import register_layer
+
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
 
 
 def _dims(layer_or_params, size):
@@ -41,7 +50,7 @@ def _dims(layer_or_params, size):
 
 
 @register_layer("shortcut")
-def make_shortcut(options, params):
+def make_shortcut(options: Section, params: SizeParams) -> Layer:
     value = options.int("from")
     index = params.index + value if value < 0 else value
     if not 0 <= index < params.index:
@@ -80,7 +89,7 @@ def _image(array, batch, w, h, c):
     return array.reshape(batch, c, h, w)
 
 
-def forward_shortcut(l, net):
+def forward_shortcut(l: Layer, net: Network) -> None:
     source = net.layers[l.index_from].output
     x = net.input.reshape(l.output.shape)
     if l.same_shape:
@@ -98,7 +107,7 @@ def forward_shortcut(l, net):
     activate(l.output, l.activation)
 
 
-def backward_shortcut(l, net):
+def backward_shortcut(l: Layer, net: Network) -> None:
     gradient(l.output, l.activation, l.delta)
     if net.delta is not None:
         target = net.delta.reshape(l.delta.shape)

@@ -25,6 +25,10 @@ delta and loss; darknet's CPU path does not mask them and trains on garbage.
 log is clamped at the smallest float32 so a zero probability gives a large
 finite loss rather than inf.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..kernels.blas import axpy
@@ -32,11 +36,16 @@ from ..layer import Layer
 from ..registry import register_layer
 from ..kernels.tree import SECRET_NUM, read_tree
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 TINY = np.finfo(np.float32).tiny
 
 
 @register_layer("softmax", "soft")
-def make_softmax(options, params):
+def make_softmax(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     l = Layer(type="softmax", batch=batch, inputs=inputs, outputs=inputs,
               h=params.h, w=params.w, c=params.c,
@@ -77,7 +86,7 @@ def _grouped(l, array):
     return array.reshape(l.batch, l.groups, l.inputs // l.groups)
 
 
-def forward_softmax(l, net):
+def forward_softmax(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.inputs)
     if l.tree is not None:
         _tree_softmax(l, x)
@@ -113,6 +122,6 @@ def _tree_softmax(l, x):
     l.output /= np.repeat(np.add.reduceat(l.output, starts, axis=1), sizes, axis=1)
 
 
-def backward_softmax(l, net):
+def backward_softmax(l: Layer, net: Network) -> None:
     if net.delta is not None:
         axpy(1, l.delta, net.delta)

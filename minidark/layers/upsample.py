@@ -18,15 +18,24 @@ its reverse-mode backward *overwrites* net.delta; minidark accumulates like
 every layer, so a reversed upsample may feed a route/shortcut fan-out.
 ``stride=0`` is a ConfigError (darknet builds a 0x0 layer).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..layer import Layer
 from ..registry import register_layer
 
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
+
 
 @register_layer("upsample")
-def make_upsample(options, params):
+def make_upsample(options: Section, params: SizeParams) -> Layer:
     stride = options.int("stride", 2)
     if stride == 0:
         raise options.error("stride must be nonzero (negative means downsample)", "stride")
@@ -56,7 +65,7 @@ def _blocks(image, h, w, s):
     return as_strided(image, image.shape[:2] + (h, s, w, s), (b, c, y * s, y, x * s, x))
 
 
-def forward_upsample(l, net):
+def forward_upsample(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.c, l.out_h, l.out_w)
     if l.reverse:   # sum-pool each s x s block
@@ -69,7 +78,7 @@ def forward_upsample(l, net):
         np.multiply(x[:, :, :, None, :, None], l.scale, out=blocks)
 
 
-def backward_upsample(l, net):
+def backward_upsample(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
     target = net.delta.reshape(l.batch, l.c, l.h, l.w)

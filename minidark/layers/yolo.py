@@ -37,6 +37,10 @@ Deliberate deviations from darknet: ``l.truths = 5 * max`` (darknet keeps
 whose cell index reaches the grid edge is clamped into it, a class outside
 ``[0, classes)`` is an error (darknet writes out of bounds).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import math
 
 import numpy as np
@@ -46,6 +50,11 @@ from ..kernels.blas import axpy
 from ..kernels.boxes import box_iou, decode_boxes
 from ..layer import Layer
 from ..registry import register_layer
+
+if TYPE_CHECKING:
+    from ..cfg.builder import SizeParams
+    from ..cfg.grammar import Section
+    from ..network import Network
 
 F32 = np.float32
 
@@ -85,7 +94,7 @@ def check_channels(options, params, per_slot, slots, what):
 
 
 @register_layer("yolo")
-def make_yolo(options, params):
+def make_yolo(options: Section, params: SizeParams) -> Layer:
     classes = options.int("classes", 20)
     total = options.int("num", 1)
     if classes < 1 or total < 1:
@@ -130,7 +139,7 @@ def planes(l, array):
     return array.reshape(l.batch, l.n, 5 + l.classes, l.h, l.w)
 
 
-def forward_yolo(l, net):
+def forward_yolo(l: Layer, net: Network) -> None:
     np.copyto(l.output, net.input.reshape(l.output.shape))
     out = planes(l, l.output)
     activate(out[:, :, 0:2], "logistic")
@@ -249,7 +258,7 @@ def _box_delta(l, net, out, delta, box, anchor, b, a, j, i):
         delta[b, a, k, j, i] = scale * (target - out[b, a, k, j, i])
 
 
-def backward_yolo(l, net):
+def backward_yolo(l: Layer, net: Network) -> None:
     if net.delta is not None:
         axpy(1, l.delta, net.delta)
 
