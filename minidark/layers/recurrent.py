@@ -137,7 +137,7 @@ def adopt(l, subs):
                 setattr(l, f"{name}_{update}", getattr(sub, update))
                 learned[f"{name}_{param}"] = f"{name}_{update}"
     l.saved, l.learned = tuple(saved), learned
-    l.workspace_size = max(getattr(sub, "workspace_size", 0) for _, sub in subs)
+    l.workspace_size = max(sub.workspace_size for _, sub in subs)
     l.flops = sum(sub.flops for _, sub in subs)
     l.update = update_recurrent
 
