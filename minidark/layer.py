@@ -256,7 +256,7 @@ class Layer:
     mean_steps: Array | None = None  # sublayer with batch norm: mean of every step
     variance_steps: Array | None = None  # sublayer with batch norm: variance of every step
     input_grad_steps: Array | None = None  # sublayer: (T*B, inputs) input gradient, all steps
-    fused: bool = False  # [gru], [lstm]: input sublayers run over all steps in one GEMM
+    fused: bool = False  # [rnn], [gru], [lstm] without BN: non-recurrent sublayers in one GEMM
     shortcut: bool = False  # [rnn] shortcut=1: the input is added to the state
     state: Array | None = None  # [rnn], [crnn] (T+1, B, H) states; [gru] (B, H) carried
     hidden: Array | None = None  # [rnn], [crnn], [lstm] (B, H) state carried across batches
@@ -271,7 +271,7 @@ class Layer:
     candidate_out: Array | None = None  # [gru] candidate state of every step
     forgot_state: Array | None = None  # [gru] r * h_{t-1} of every step: wh's input
     forgot_delta: Array | None = None  # [gru] scratch: delta of r * h_{t-1}
-    gates: dict | None = None  # [lstm] {gate: (T, B, H)} activations of every step
+    gates: Array | None = None  # [lstm] (4, T, B, H) f, i, g, o activations of every step
     cell: Array | None = None  # [lstm] cell state of every step
     tanh_cell: Array | None = None  # [lstm] tanh(cell) of every step
     prev_cell: Array | None = None  # [lstm] cell before the first step, for backward
