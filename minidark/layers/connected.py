@@ -39,6 +39,8 @@ def make_connected(options: Section, params: SizeParams) -> Layer:
     if outputs < 1:
         raise options.error(f"output must be >= 1, got {outputs}", "output")
     batch, inputs = params.batch, params.inputs
+    params.reserve(options, 2 * batch * (outputs + inputs) + 6 * outputs * inputs, "output",
+                   f"({inputs:,} -> {outputs:,}: {outputs * inputs:,} weights)")
     l = Layer(type="connected", batch=batch, inputs=inputs, outputs=outputs,
               h=1, w=1, c=inputs, out_h=1, out_w=1, out_c=outputs,
               activation=options.activation("activation", "logistic"),

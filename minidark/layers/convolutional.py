@@ -69,6 +69,10 @@ def make_convolutional(options: Section, params: SizeParams) -> Layer:
         raise options.error(f"size={k} is larger than the padded input "
                             f"{w}x{h} (padding {padding})", "size")
     out_h, out_w = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
+    weights = n * (c // groups) * k * k  # N(0, 1) drawn in float64, then weights, updates, plan
+    params.reserve(options, 2 * batch * out_h * out_w * n + 6 * weights,
+                   "padding" if padding > max(h, w) else "size" if k * k > n else "filters",
+                   f"(output {out_w}x{out_h}x{n}, batch {batch}; {weights:,} weights)")
     l = Layer(type="convolutional", batch=batch, h=h, w=w, c=c, n=n, size=k, stride=stride,
               pad=padding, groups=groups, out_h=out_h, out_w=out_w, out_c=n,
               inputs=h * w * c, outputs=out_h * out_w * n,

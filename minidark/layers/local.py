@@ -62,6 +62,8 @@ def make_local(options: Section, params: SizeParams) -> Layer:
     if out_h < 1 or out_w < 1:
         raise options.error(f"a {k}x{k} window does not fit the {w}x{h} input", "size")
     locations, K = out_h * out_w, c * k * k
+    params.reserve(options, 6 * locations * n * K + 5 * batch * locations * (n + K), "filters",
+                   f"({locations:,} locations x {n} filters x {K} weights each)")
     l = Layer(type="local", batch=batch, h=h, w=w, c=c, out_h=out_h, out_w=out_w, out_c=n,
               inputs=h * w * c, outputs=locations * n, n=n, size=k, stride=stride, pad=pad,
               padding=padding, activation=activation, locations=locations)

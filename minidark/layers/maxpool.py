@@ -1,6 +1,8 @@
 """[maxpool] (alias [max]): max over k x k windows, per channel (maxpool_layer.c).
 
-cfg keys (darknet defaults): ``stride`` (1), ``size`` (= stride), ``padding`` (size - 1).
+cfg keys (darknet defaults): ``stride`` (1), ``size`` (= stride, at most 128),
+``padding`` (size - 1, at most 2 (size - 1): more would leave windows without
+an input cell, whose -FLT_MAX output darknet passes on).
 Output size: ``out = (in + padding - size) / stride + 1``, channels unchanged;
 window (oy, ox) covers rows ``oy*stride - padding/2 + dy`` (dy < size), likewise
 columns. size=2 stride=2 gives ceil(in / 2) (28 -> 14 -> 7 -> 4).
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from ..network import Network
 
 
+MAX_SIZE = 128  # largest window side: 16,384 offsets
+
+
 @register_layer("maxpool", "max")
 def make_maxpool(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
@@ -49,10 +54,19 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
     if padding < 0:
         raise options.error(f"padding must be >= 0, got {padding}", "padding")
     h, w, c, batch = params.h, params.w, params.c, params.batch
+    if size > MAX_SIZE:    # the kernels visit each of the size^2 window offsets in turn
+        raise options.error(f"size={size} is above {MAX_SIZE}: minidark scans a window one "
+                            f"offset at a time (size^2 steps per pass)", "size")
+    if padding > 2 * (size - 1):   # the first or last window would hold no input cell
+        raise options.error(f"padding={padding} leaves windows with no input cell (their "
+                            f"maximum would be -FLT_MAX); with size={size} it must be <= "
+                            f"{2 * (size - 1)}", "padding")
     if min(h, w) + padding < size:
         raise options.error(f"size={size} is larger than the padded input {w}x{h} "
                             f"(padding {padding})", "size")
     out_h, out_w = (h + padding - size) // stride + 1, (w + padding - size) // stride + 1
+    params.reserve(options, 7 * batch * out_h * out_w * c, "size",
+                   f"(output {out_w}x{out_h}x{c}, batch {batch})")
     l = Layer(type="maxpool", batch=batch, h=h, w=w, c=c, size=size, stride=stride,
               pad=padding, out_h=out_h, out_w=out_w, out_c=c,
               inputs=h * w * c, outputs=out_h * out_w * c)

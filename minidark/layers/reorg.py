@@ -70,6 +70,8 @@ def make_reorg(options: Section, params: SizeParams) -> Layer:
         out_w = out_h = out_c = 0
         outputs = inputs + extra
     batch = params.batch
+    params.reserve(options, 2 * batch * outputs, "extra" if extra else "stride",
+                   f"({outputs:,} outputs, batch {batch})")
     l = Layer(type="reorg", batch=batch, w=w, h=h, c=c, out_w=out_w, out_h=out_h, out_c=out_c,
               inputs=inputs, outputs=outputs, stride=s, reverse=reverse, flatten=flatten,
               extra=extra)

@@ -51,7 +51,7 @@ def make_softmax(options: Section, params: SizeParams) -> Layer:
               h=params.h, w=params.w, c=params.c,
               out_h=params.h, out_w=params.w, out_c=params.c,
               groups=options.int("groups", 1),
-              temperature=options.float("temperature", 1.0),
+              temperature=options.float("temperature", 1.0, above=0),
               noloss=options.bool("noloss", False),
               spatial=options.bool("spatial", False), tree=None, cost=0.0)
     if not (l.out_h and l.out_w):
@@ -60,8 +60,6 @@ def make_softmax(options: Section, params: SizeParams) -> Layer:
     if l.groups < 1 or inputs % l.groups:
         raise options.error(f"inputs ({inputs}) must be divisible by groups ({l.groups})",
                             "groups")
-    if l.temperature <= 0:
-        raise options.error(f"temperature must be > 0, got {l.temperature}", "temperature")
     tree_file = options.str("tree", None)
     if tree_file is not None:
         l.tree = read_tree(tree_file, options)

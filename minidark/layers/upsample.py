@@ -46,6 +46,8 @@ def make_upsample(options: Section, params: SizeParams) -> Layer:
     if out_w < 1 or out_h < 1:
         raise options.error(f"a {w}x{h} input is smaller than the reverse stride {s}", "stride")
     batch = params.batch
+    params.reserve(options, 3 * batch * out_w * out_h * c, "stride",
+                   f"(output {out_w}x{out_h}x{c}, batch {batch})")
     l = Layer(type="upsample", batch=batch, w=w, h=h, c=c, out_w=out_w, out_h=out_h, out_c=c,
               inputs=w * h * c, outputs=out_w * out_h * c, stride=s, reverse=reverse,
               scale=options.float("scale", 1.0))
