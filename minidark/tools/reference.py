@@ -1,4 +1,4 @@
-"""Replay darknet's reference vectors and compare every array (issue 5).
+"""Replay darknet's reference vectors and compare every array.
 
 A *vector directory* holds what the original C darknet computed for a tiny
 network (layout: ``../shared/refdata/README.md``)::
@@ -9,7 +9,7 @@ network (layout: ``../shared/refdata/README.md``)::
 
 Usage, on the shared vectors or on your own darknet dumps::
 
-    from minidark.tools.gradcheck import replay_vectors, vector_dirs
+    from minidark.testing import replay_vectors, vector_dirs
     for directory in vector_dirs():     # $MINIDARK_REFDATA/vectors, else ../shared/refdata/vectors
         report = replay_vectors(directory)
         print(report.summary())
@@ -51,9 +51,15 @@ import json
 import os
 import re
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .. import load_network
+from ..data.mnist import load_mnist
+from ..weights import load_weights, save_weights, weights_bytes
+from .gradcheck import learned_arrays
 
 RTOL, ATOL = 1e-4, 1e-6
 NOISE_FLOOR, NOISE_ATOL = 1e-5, 1e-5
@@ -313,7 +319,6 @@ DEVIATIONS = {
 
 def _resync(net, directory, step, layer_types, deviation):
     """Load darknet's recorded start of ``step``: parameters, update buffers, state."""
-    from .gradcheck import learned_arrays
     for layer in net.layers:
         type_ = layer_types.get(layer.index, layer.type)
         prefix = f"L{layer.index:02d}_{type_}_"
@@ -391,7 +396,7 @@ def _locate(entry):
         return "forward", what[3:]     # bn_x, bn_x_norm, bn_mean, bn_variance
     if what in _FORWARD:
         return "forward", _FORWARD[what]
-    if entry.type in RECURRENT:   # sublayer deltas after backward; outputs, state, cell after forward
+    if entry.type in RECURRENT:   # sublayer deltas after backward, the rest after forward
         return ("delta_out" if what.endswith("_delta") else "forward"), what
     return None
 
@@ -435,7 +440,6 @@ def _layout(net):
 
 
 def _fresh(cfg):
-    from .. import load_network
     return load_network(cfg, seed=0)
 
 
@@ -444,302 +448,367 @@ def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
     """Replay one darknet vector directory with minidark; returns a ReplayReport.
 
     Raises only when the network cannot be built or loaded at all (e.g. an
-    unknown layer type); every other disagreement is a failed check.
+    unknown layer type); every other disagreement is a failed check. The
+    steps are those of the module docstring, one method of ``_Replay`` each.
     """
-    from .. import load_network
-    from ..weights import load_weights, weights_bytes
+    replay = _Replay(Path(directory), dict(rtol=rtol, atol=atol, noise_floor=noise_floor,
+                                           noise_atol=noise_atol))
+    replay.read_vectors()
+    replay.check_weights_before()
+    replay.check_structure()
+    replay.plan_captures()
+    replay.replay_inference()
+    for step in replay.steps:
+        replay.replay_step(step)
+    replay.check_detection_stats()
+    replay.compare_captured()
+    return replay.report
 
-    directory = Path(directory)
-    report = ReplayReport(directory)
-    tol = dict(rtol=rtol, atol=atol, noise_floor=noise_floor, noise_atol=noise_atol)
 
-    deviation = DEVIATIONS.get(directory.name)
-    other = directory.parent / deviation.matches if deviation and deviation.matches else None
+class _Replay:
+    """The state one replay shares between its steps: the vectors read, the
+    network, what to capture where, what was captured, and the report."""
 
-    def compare(name, ours, ref, alternative=None):
-        check = compare_arrays(name, ours, ref, **tol)
-        if deviation is None or not deviation.covers(name):
-            return report.add(check)
-        if other is not None:      # darknet's other code path is the reference
-            if alternative is None and (other / f"{name}.npy").is_file():
-                alternative = np.load(other / f"{name}.npy")
+    def __init__(self, directory, tol):
+        self.directory, self.tol = directory, tol
+        self.report = ReplayReport(directory)
+        self.deviation = DEVIATIONS.get(directory.name)
+        matches = self.deviation.matches if self.deviation else None
+        self.other = directory.parent / matches if matches else None   # darknet's other path
+        self.cfg = directory / "net.cfg"
+        self.net = None
+        self.wanted = {}       # (step, phase, layer) -> {attribute}
+        self.targets = []      # (entry, step, phase, layer, attribute)
+        self.inputs = {}       # (what, step) -> array
+        self.captured = {}     # (step, phase, layer, attribute) -> array
+        self.head_stats = {}   # (step, layer, kind) -> a detection head's l.stats
+        self.steps = []
+
+    # ------------------------------------------------------------ comparing
+    def compare(self, name, ours, ref, alternative=None):
+        """Add the comparison of ``ours`` with ``ref``, or, for an array a listed
+        deviation covers, with darknet's other code path (``alternative``) or
+        the check that it differs."""
+        check = compare_arrays(name, ours, ref, **self.tol)
+        if self.deviation is None or not self.deviation.covers(name):
+            return self.report.add(check)
+        if self.other is not None:
+            if alternative is None and (self.other / f"{name}.npy").is_file():
+                alternative = np.load(self.other / f"{name}.npy")
             if alternative is None:
-                return report.add(ArrayCheck(name, False, note=f"deviation: {other.name} "
-                                             "has no such array"))
-            check = compare_arrays(name, ours, alternative, **tol)
-            check.note = f"deviation, checked against {other.name}: {deviation.reason}"
-            return report.add(check)
+                return self.report.add(ArrayCheck(name, False, note=f"deviation: "
+                                                  f"{self.other.name} has no such array"))
+            check = compare_arrays(name, ours, alternative, **self.tol)
+            check.note = f"deviation, checked against {self.other.name}: {self.deviation.reason}"
+            return self.report.add(check)
         check.passed = not check.passed
-        check.note = (f"deviation, differs from darknet as listed: {deviation.reason}"
+        check.note = (f"deviation, differs from darknet as listed: {self.deviation.reason}"
                       if check.passed else "listed in DEVIATIONS but matches darknet")
-        return report.add(check)
+        return self.report.add(check)
 
-    index_path = directory / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    layer_info = {int(l["index"]): l for l in index.get("layers", [])}
-    layer_types = {i: l["type"] for i, l in layer_info.items()}
+    # ------------------------------------------------------------ 0. the vectors
+    def read_vectors(self):
+        """index.json, and every .npy it lists or the directory holds."""
+        index_path = self.directory / "index.json"
+        self.index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        self.layer_info = {int(l["index"]): l for l in self.index.get("layers", [])}
+        self.layer_types = {i: l["type"] for i, l in self.layer_info.items()}
+        listed = [f["file"] for f in self.index.get("files", [])]
+        present = sorted(p.name for p in self.directory.glob("*.npy"))
+        for name in listed:
+            if name not in present:
+                self.report.add(ArrayCheck(name, False, note="listed in index.json but missing"))
+        self.entries = [_parse_name(name, self.layer_types) for name in
+                        dict.fromkeys(listed + present) if name in present]
+        self.data = {e.file: np.load(self.directory / e.file) for e in self.entries}
 
-    listed = [f["file"] for f in index.get("files", [])]
-    present = sorted(p.name for p in directory.glob("*.npy"))
-    for name in listed:
-        if name not in present:
-            report.add(ArrayCheck(name, False, note="listed in index.json but missing"))
-    entries = [_parse_name(name, layer_types) for name in
-               dict.fromkeys(listed + present) if name in present]
-    data = {e.file: np.load(directory / e.file) for e in entries}
+    # ------------------------------------------------------------ 1. build and read
+    def check_weights_before(self):
+        """Build the network, read weights_before.weights; writing it back gives the same bytes."""
+        before_path = self.directory / "weights_before.weights"
+        self.net = load_network(self.cfg, weights=before_path, seed=0)
+        self.report.add(compare_bytes("weights_before.weights rewritten by minidark",
+                                      weights_bytes(self.net), before_path.read_bytes(),
+                                      _layout(self.net)))
 
-    cfg = directory / "net.cfg"
-    before_path = directory / "weights_before.weights"
-    net = load_network(cfg, weights=before_path, seed=0)
-    before_bytes = before_path.read_bytes()
-    report.add(compare_bytes("weights_before.weights rewritten by minidark",
-                             weights_bytes(net), before_bytes, _layout(net)))
+    def check_structure(self):
+        """The same layer types and sizes as darknet reports."""
+        net, report = self.net, self.report
+        if self.layer_info:
+            report.add(ArrayCheck("layer count", len(net.layers) == len(self.layer_info),
+                                  note=f"ours {len(net.layers)}, darknet {len(self.layer_info)}"))
+        for i, info in self.layer_info.items():
+            if i >= len(net.layers):
+                continue
+            layer = net.layers[i]
+            ours = (layer.type, layer.inputs, layer.outputs)
+            ref = (info["type"], info.get("inputs", layer.inputs),
+                   info.get("outputs", layer.outputs))
+            out_chw = info.get("out_chw")
+            if out_chw and all(out_chw) and layer.out_h * layer.out_w > 1:
+                ours += ((layer.out_c, layer.out_h, layer.out_w),)
+                ref += (tuple(out_chw),)
+            report.add(ArrayCheck(f"layer {i} type/inputs/outputs[/out chw]", ours == ref,
+                                  note=f"ours {ours}, darknet {ref}"))
 
-    # structure: same layer types and sizes as darknet reports
-    if layer_info:
-        report.add(ArrayCheck("layer count", len(net.layers) == len(layer_info),
-                              note=f"ours {len(net.layers)}, darknet {len(layer_info)}"))
-    for i, info in layer_info.items():
-        if i >= len(net.layers):
-            continue
-        layer = net.layers[i]
-        ours = (layer.type, layer.inputs, layer.outputs)
-        ref = (info["type"], info.get("inputs", layer.inputs), info.get("outputs", layer.outputs))
-        out_chw = info.get("out_chw")
-        if out_chw and all(out_chw) and layer.out_h * layer.out_w > 1:
-            ours += ((layer.out_c, layer.out_h, layer.out_w),)
-            ref += (tuple(out_chw),)
-        report.add(ArrayCheck(f"layer {i} type/inputs/outputs[/out chw]", ours == ref,
-                              note=f"ours {ours}, darknet {ref}"))
+    # ------------------------------------------------------------ what is captured where
+    def plan_captures(self):
+        """Sort the recorded arrays into network inputs and (step, phase, layer,
+        attribute) targets; a file the harness cannot place is a failure."""
+        net = self.net
+        for e in self.entries:
+            if e.step is None or e.layer is None:
+                self.report.add(ArrayCheck(e.label, False, note="file name not in the "
+                                           "documented layout (Lxx_<type>_<what>_sN / "
+                                           "infer_Lxx_<type>_<what>)"))
+                continue
+            if e.layer == -1:
+                if e.what in ("input", "truth"):      # (T, B, n): step-major
+                    self.inputs[e.what, e.step] = self.data[e.file].reshape(net.batch, -1)
+                else:
+                    self.targets.append((e, e.step, "net", -1, e.what))
+                continue
+            if e.layer >= len(net.layers):
+                self.report.add(ArrayCheck(e.label, False, note=f"layer {e.layer} does not "
+                                           f"exist (minidark built {len(net.layers)} layers)"))
+                continue
+            located = _locate(e)
+            if located is None:
+                self.report.add(ArrayCheck(e.label, False, note=f"the harness does not know how "
+                                           f"to get '{e.what}' from a minidark layer"))
+                continue
+            phase, attribute = located
+            self.wanted.setdefault((e.step, phase, e.layer), set()).add(attribute)
+            self.targets.append((e, e.step, phase, e.layer, attribute))
+        self.steps = sorted({s for (_, s) in self.inputs if s > 0})
 
-    # which array is captured where
-    wanted = {}        # (step, phase, layer) -> {attribute}
-    targets = []       # (entry, step, phase, layer, attribute)
-    inputs = {}        # (what, step) -> array
-    for e in entries:
-        if e.step is None or e.layer is None:
-            report.add(ArrayCheck(e.label, False, note="file name not in the documented "
-                                  "layout (Lxx_<type>_<what>_sN / infer_Lxx_<type>_<what>)"))
-            continue
-        if e.layer == -1:
-            if e.what in ("input", "truth"):
-                inputs[e.what, e.step] = data[e.file].reshape(net.batch, -1)  # (T, B, n): step-major
-            else:
-                targets.append((e, e.step, "net", -1, e.what))
-            continue
-        if e.layer >= len(net.layers):
-            report.add(ArrayCheck(e.label, False, note=f"layer {e.layer} does not exist "
-                                  f"(minidark built {len(net.layers)} layers)"))
-            continue
-        located = _locate(e)
-        if located is None:
-            report.add(ArrayCheck(e.label, False, note=f"the harness does not know how to get "
-                                  f"'{e.what}' from a minidark layer"))
-            continue
-        phase, attribute = located
-        wanted.setdefault((e.step, phase, e.layer), set()).add(attribute)
-        targets.append((e, e.step, phase, e.layer, attribute))
+    def capture(self, step, phase, i):
+        for attribute in self.wanted.get((step, phase, i), ()):
+            self.captured[step, phase, i, attribute] = _snapshot(self.net.layers[i], attribute)
 
-    captured = {}      # (step, phase, layer, attribute) -> array
+    def capture_all(self, step, phase):
+        for i in range(len(self.net.layers)):
+            self.capture(step, phase, i)
 
-    def capture(step, phase, i):
-        for attribute in wanted.get((step, phase, i), ()):
-            captured[step, phase, i, attribute] = _snapshot(net.layers[i], attribute)
-
-    def capture_all(step, phase):
-        for i in range(len(net.layers)):
-            capture(step, phase, i)
-
-    def spy(step):
-        """Wrap each layer's forward/backward to capture at the right moment."""
+    def spy(self, step):
+        """Wrap each layer's forward/backward to capture at the right moment
+        (right after its own forward: dropout later changes the previous
+        layer's output in place); returns what ``unspy`` restores."""
         originals = []
-        for i, layer in enumerate(net.layers):
+        for i, layer in enumerate(self.net.layers):
             fwd, bwd = layer.forward, layer.backward
             originals.append((layer, fwd, bwd))
 
             def forward(l, n, _f=fwd, _i=i):
                 _f(l, n)
-                capture(step, "infer" if step == 0 else "forward", _i)
+                self.capture(step, "infer" if step == 0 else "forward", _i)
 
             def backward(l, n, _b=bwd, _i=i):
-                capture(step, "delta_in", _i)
+                self.capture(step, "delta_in", _i)
                 _b(l, n)
-                capture(step, "delta_out", _i)
+                self.capture(step, "delta_out", _i)
 
             layer.forward, layer.backward = forward, backward
         return originals
 
+    @staticmethod
     def unspy(originals):
         for layer, fwd, bwd in originals:
             layer.forward, layer.backward = fwd, bwd
 
-    # 1. inference on input_s1 with the initial weights
-    steps = sorted({s for (_, s) in inputs if s > 0})
-    if ("input", 1) in inputs:
-        x = inputs["input", 1]
-        originals = spy(0)
+    # ------------------------------------------------------------ 2. inference
+    def replay_inference(self):
+        """Inference on input_s1 with the initial weights; net.predict against the output."""
+        net = self.net
+        if ("input", 1) not in self.inputs:
+            if any(e.step == 0 for e in self.entries):
+                self.report.add(ArrayCheck("input_s1", False,
+                                           note="inference outputs recorded but no input_s1"))
+            return
+        x = self.inputs["input", 1]
+        originals = self.spy(0)
         try:
             net.forward(x, train=False)
         finally:
-            unspy(originals)
+            self.unspy(originals)
         out_layer = net.output_layer
-        ref_entry = next((e for e in entries if e.step == 0 and e.layer == out_layer.index
+        ref_entry = next((e for e in self.entries if e.step == 0 and e.layer == out_layer.index
                           and e.what == "output"), None)
         if ref_entry is not None:
             net.reset_state()     # recurrent state: predict starts where darknet's pass did
-            compare(f"net.predict(input_s1) vs {ref_entry.label}", net.predict(x),
-                    data[ref_entry.file])
+            self.compare(f"net.predict(input_s1) vs {ref_entry.label}", net.predict(x),
+                         self.data[ref_entry.file])
         net.reset_state()         # darknet trained a freshly loaded network
-    elif any(e.step == 0 for e in entries):
-        report.add(ArrayCheck("input_s1", False, note="inference outputs recorded but no input_s1"))
 
-    # 2. training steps
-    head_stats = {}    # (step, layer, kind) -> a detection head's l.stats
-    returns = index.get("checks", {}).get("train_network_datum_returns", [])
-    for step in steps:
-        if ("truth", step) not in inputs:
-            report.add(ArrayCheck(f"truth_s{step}", False, note="missing"))
-            continue
-        for e, s, phase, i, attribute in targets:
+    # ------------------------------------------------------------ 3. training steps
+    def replay_step(self, step):
+        """One ``train_datum`` with spies, then the .weights checks of the step."""
+        if ("truth", step) not in self.inputs:
+            self.report.add(ArrayCheck(f"truth_s{step}", False, note="missing"))
+            return
+        self.feed_uniforms(step)
+        if self.deviation is not None and step in self.deviation.resync:
+            _resync(self.net, self.directory, step, self.layer_types, self.deviation)
+        if any(key[:2] == (step, "seen12800") for key in self.wanted):
+            self.seen_probe(step)
+        returned = self.train_datum(step)
+        self.check_return_value(step, returned)
+        after_path = self.directory / _WEIGHTS_AFTER.format(step)
+        if not after_path.is_file():
+            self.report.add(ArrayCheck(after_path.name, False, note="missing"))
+            return
+        darknet_bytes = after_path.read_bytes()
+        seen = _header_seen(darknet_bytes)
+        self.report.add(ArrayCheck(f"seen after s{step}", self.net.seen == seen,
+                                   note=f"ours {self.net.seen}, darknet {seen}"))
+        self.check_darknet_arrays_written(step, after_path, darknet_bytes)
+        self.check_our_weights_after(step, after_path)
+
+    def feed_uniforms(self, step):
+        """Hand the recorded dropout uniforms of ``step`` to their layers (``next_rand``)."""
+        for e, s, phase, i, attribute in self.targets:
             if s == step and attribute == "rand" and phase == "forward":
-                layer = net.layers[i]
+                layer = self.net.layers[i]
                 if layer.rand is None:          # only a layer drawing uniforms takes them
-                    report.add(ArrayCheck(e.label, False, note=f"layer {i} [{layer.type}] takes "
-                                          "no recorded uniforms (no next_rand)"))
+                    self.report.add(ArrayCheck(e.label, False, note=f"layer {i} [{layer.type}] "
+                                               "takes no recorded uniforms (no next_rand)"))
                     continue
-                layer.next_rand = data[e.file]
-        if deviation is not None and step in deviation.resync:
-            _resync(net, directory, step, layer_types, deviation)
-        if any(key[:2] == (step, "seen12800") for key in wanted):
-            _seen_probe(net, inputs["input", step], inputs["truth", step], step, capture_all,
-                        head_stats)
-        capture_all(step, "before")
-        originals = spy(step)
+                layer.next_rand = self.data[e.file]
+
+    def seen_probe(self, step):
+        """The region vectors' probe: the same step's training forward with
+        ``net.seen = 12800`` (the anchor-prior term off); captured, then undone."""
+        net = self.net
+        seen = net.seen
+        net.seen = 12800
+        try:
+            net.forward(self.inputs["input", step], self.inputs["truth", step], train=True)
+        finally:
+            net.seen = seen
+        self.capture_all(step, "seen12800")
+        self.head_stats.update({(step, l.index, "stdout_seen12800"): dict(l.stats)
+                                for l in net.layers if l.stats})
+
+    def train_datum(self, step):
+        """``net.train_datum`` with parameters captured before, updates after
+        backward (``_grad``), parameters and momentum after; returns its value."""
+        net = self.net
+        self.capture_all(step, "before")
+        originals = self.spy(step)
         net_backward = net.backward
 
         def backward_spy(_b=net_backward, _s=step):
             _b()
-            capture_all(_s, "grad")
+            self.capture_all(_s, "grad")
 
         net.backward = backward_spy
         try:
-            returned = net.train_datum(inputs["input", step], inputs["truth", step])
+            returned = net.train_datum(self.inputs["input", step], self.inputs["truth", step])
         finally:
             del net.backward
-            unspy(originals)
-        capture_all(step, "after")
-        capture_all(step, "momentum")
-        head_stats.update({(step, l.index, "stdout"): dict(l.stats) for l in net.layers
-                           if getattr(l, "stats", None)})
-        captured[step, "net", -1, "cost"] = np.array([net.cost])
-        if len(returns) >= step:
-            alternative = None
-            if other is not None:
-                alt_returns = json.loads((other / "index.json").read_text())["checks"][
-                    "train_network_datum_returns"]
-                alternative = np.array([alt_returns[step - 1]], np.float64)
-            compare(f"train_datum() return value s{step} vs darknet's train_network_datum",
-                    np.array([returned]), np.array([returns[step - 1]], np.float64),
-                    alternative)
+            self.unspy(originals)
+        self.capture_all(step, "after")
+        self.capture_all(step, "momentum")
+        self.head_stats.update({(step, l.index, "stdout"): dict(l.stats) for l in net.layers
+                                if l.stats})
+        self.captured[step, "net", -1, "cost"] = np.array([net.cost])
+        return returned
 
-        # .weights after this step
-        after_path = directory / _WEIGHTS_AFTER.format(step)
-        if not after_path.is_file():
-            report.add(ArrayCheck(after_path.name, False, note="missing"))
-            continue
-        darknet_bytes = after_path.read_bytes()
-        report.add(ArrayCheck(f"seen after s{step}", net.seen == _header_seen(darknet_bytes),
-                              note=f"ours {net.seen}, darknet {_header_seen(darknet_bytes)}"))
-        # (a) darknet's own _after arrays, written by minidark's writer
-        copy, missing = _fresh(cfg), []
+    def check_return_value(self, step, returned):
+        returns = self.index.get("checks", {}).get("train_network_datum_returns", [])
+        if len(returns) < step:
+            return
+        alternative = None
+        if self.other is not None:
+            alt_returns = json.loads((self.other / "index.json").read_text())["checks"][
+                "train_network_datum_returns"]
+            alternative = np.array([alt_returns[step - 1]], np.float64)
+        self.compare(f"train_datum() return value s{step} vs darknet's train_network_datum",
+                     np.array([returned]), np.array([returns[step - 1]], np.float64),
+                     alternative)
+
+    # ------------------------------------------------------------ 4. .weights after a step
+    def check_darknet_arrays_written(self, step, after_path, darknet_bytes):
+        """(a) darknet's own _after arrays, written by minidark's writer, give darknet's file."""
+        copy, missing = _fresh(self.cfg), []
         for layer in copy.layers:
             if not layer.saved or layer.dontsave:
                 continue
             for name in layer.saved:
-                type_ = layer_types.get(layer.index, layer.type)
+                type_ = self.layer_types.get(layer.index, layer.type)
                 file = f"L{layer.index:02d}_{type_}_{name}_after_s{step}.npy"
-                if file not in data:
+                if file not in self.data:
                     missing.append(file)
                     continue
-                getattr(layer, name)[...] = data[file].reshape(getattr(layer, name).shape)
-        copy.seen = net.seen
+                getattr(layer, name)[...] = self.data[file].reshape(getattr(layer, name).shape)
+        copy.seen = self.net.seen
         if missing:
-            report.add(ArrayCheck(f"{after_path.name} from darknet's arrays", False,
-                                  note=f"parameter dumps missing: {', '.join(missing)}"))
+            self.report.add(ArrayCheck(f"{after_path.name} from darknet's arrays", False,
+                                       note=f"parameter dumps missing: {', '.join(missing)}"))
         else:
-            report.add(compare_bytes(f"{after_path.name} written by minidark from darknet's "
-                                     f"_after_s{step} arrays", weights_bytes(copy), darknet_bytes,
-                                     _layout(copy)))
-        # (b) our own trained network's file, read back, vs darknet's file
-        ours_net, ref_net = _fresh(cfg), _fresh(cfg)
-        _save_and_reload(net, ours_net)
+            self.report.add(compare_bytes(f"{after_path.name} written by minidark from "
+                                          f"darknet's _after_s{step} arrays", weights_bytes(copy),
+                                          darknet_bytes, _layout(copy)))
+
+    def check_our_weights_after(self, step, after_path):
+        """(b) our own trained network's file, read back, against darknet's file."""
+        ours_net, ref_net = _fresh(self.cfg), _fresh(self.cfg)
+        _save_and_reload(self.net, ours_net)
         load_weights(ref_net, after_path)
-        report.add(ArrayCheck(f"our weights_after_s{step} seen", ours_net.seen == ref_net.seen,
-                              note=f"ours {ours_net.seen}, darknet {ref_net.seen}"))
+        self.report.add(ArrayCheck(f"our weights_after_s{step} seen",
+                                   ours_net.seen == ref_net.seen,
+                                   note=f"ours {ours_net.seen}, darknet {ref_net.seen}"))
         alt_net = None
-        if other is not None:
-            alt_net = _fresh(cfg)
-            load_weights(alt_net, other / after_path.name)
-        for ours_layer, ref_layer in zip(ours_net.layers, ref_net.layers):
+        if self.other is not None:
+            alt_net = _fresh(self.cfg)
+            load_weights(alt_net, self.other / after_path.name)
+        for ours_layer, ref_layer in zip(ours_net.layers, ref_net.layers, strict=True):
             for name in ours_layer.saved:
-                compare(f"our weights_after_s{step}.weights L{ours_layer.index:02d} {name}",
-                        getattr(ours_layer, name), getattr(ref_layer, name),
-                        None if alt_net is None else
-                        getattr(alt_net.layers[ours_layer.index], name))
+                self.compare(f"our weights_after_s{step}.weights L{ours_layer.index:02d} {name}",
+                             getattr(ours_layer, name), getattr(ref_layer, name),
+                             None if alt_net is None else
+                             getattr(alt_net.layers[ours_layer.index], name))
 
-    # the statistics line each detection head printed (parsed in index.json)
-    for ref in index.get("detection_stats", []):
-        ours = head_stats.get((ref["step"], ref["layer"], ref["kind"]))
-        for key, value in ref.items():
-            if key in ("step", "layer", "kind"):
+    # ------------------------------------------------------------ 5. the rest
+    def check_detection_stats(self):
+        """The statistics line each detection head printed (parsed in index.json)."""
+        rtol, atol = self.tol["rtol"], self.tol["atol"]
+        for ref in self.index.get("detection_stats", []):
+            ours = self.head_stats.get((ref["step"], ref["layer"], ref["kind"]))
+            for key, value in ref.items():
+                if key in ("step", "layer", "kind"):
+                    continue
+                name = (f"stats s{ref['step']} L{ref['layer']:02d} {key}"
+                        + ("" if ref["kind"] == "stdout" else f" ({ref['kind']})"))
+                if ours is None or key not in ours:
+                    self.report.add(ArrayCheck(name, False, note=f"layer {ref['layer']} has no "
+                                               f"statistic '{key}' for this pass (l.stats)"))
+                    continue
+                # printed with %f: half a unit of the 6th decimal on top of the usual tolerance
+                self.report.add(compare_arrays(name, np.array([ours[key]]), np.array([value]),
+                                               rtol=rtol, atol=atol + 5e-7, noise_floor=0))
+
+    def compare_captured(self):
+        """Every recorded array against what was captured for it."""
+        for e, step, phase, i, attribute in self.targets:
+            key = (step, phase, i, attribute)
+            if key not in self.captured:
+                why = ("no training step ran for it" if step not in self.steps and step != 0
+                       else "not captured")
+                self.report.add(ArrayCheck(e.label, False, note=why))
                 continue
-            name = (f"stats s{ref['step']} L{ref['layer']:02d} {key}"
-                    + ("" if ref["kind"] == "stdout" else f" ({ref['kind']})"))
-            if ours is None or key not in ours:
-                report.add(ArrayCheck(name, False, note=f"layer {ref['layer']} has no "
-                                      f"statistic '{key}' for this pass (l.stats)"))
+            value = self.captured[key]
+            if value is None:
+                layer = self.net.layers[i] if i >= 0 else None
+                who = f"layer {i} [{layer.type}]" if layer is not None else "the network"
+                self.report.add(ArrayCheck(e.label, False,
+                                           note=f"{who} has no array '{attribute}'"))
                 continue
-            # printed with %f: half a unit of the 6th decimal on top of the usual tolerance
-            report.add(compare_arrays(name, np.array([ours[key]]), np.array([value]),
-                                      rtol=rtol, atol=atol + 5e-7, noise_floor=0))
-
-    # 3. compare everything captured
-    for e, step, phase, i, attribute in targets:
-        key = (step, phase, i, attribute)
-        if key not in captured:
-            why = ("no training step ran for it" if step not in steps and step != 0
-                   else "not captured")
-            report.add(ArrayCheck(e.label, False, note=why))
-            continue
-        value = captured[key]
-        if value is None:
-            layer = net.layers[i] if i >= 0 else None
-            who = f"layer {i} [{layer.type}]" if layer is not None else "the network"
-            report.add(ArrayCheck(e.label, False, note=f"{who} has no array '{attribute}'"))
-            continue
-        compare(e.label, value, data[e.file])
-    return report
-
-
-def _seen_probe(net, x, truth, step, capture_all, head_stats):
-    """The region vectors' probe: the same step's training forward with
-    ``net.seen = 12800`` (the anchor-prior term off); captured, then undone."""
-    seen = net.seen
-    net.seen = 12800
-    try:
-        net.forward(x, truth, train=True)
-    finally:
-        net.seen = seen
-    capture_all(step, "seen12800")
-    head_stats.update({(step, l.index, "stdout_seen12800"): dict(l.stats) for l in net.layers
-                       if getattr(l, "stats", None)})
+            self.compare(e.label, value, self.data[e.file])
 
 
 def _save_and_reload(net, into):
     """``save_weights(net)`` to a temporary file, then ``load_weights`` it into ``into``."""
-    import tempfile
-
-    from ..weights import load_weights, save_weights
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ours.weights"
         save_weights(net, path)
@@ -759,9 +828,6 @@ def check_darknet_predictions(cfg, weights, probs_npy, images=None, labels=None,
     ``argmax_agree`` (fraction of images where both pick the same class) and
     ``probs`` (ours).
     """
-    from .. import load_network
-    from ..data.mnist import load_mnist
-
     if images is None:
         data_dir = data_dir or Path(__file__).resolve().parents[2] / "data" / "mnist"
         images, mnist_labels = load_mnist(data_dir, "test")
