@@ -183,7 +183,7 @@ def run_train(args):
                    unit="batch", file=sys.stderr, dynamic_ncols=True)
     avg = history["avg"][-1] if history["avg"] else None
     started, chars = time.time(), 0
-    log = open(prefix + ".log", "a", encoding="utf-8")
+    log = open(prefix + ".log", "a", encoding="utf-8", buffering=1)     # a line per batch
     try:
         while net.current_batch < max_batches:
             tick = time.time()
