@@ -1,4 +1,4 @@
-"""darknet's own trained classifiers, run by minidark (issue 5).
+"""darknet's own trained classifiers, run by minidark.
 
 ``mnist/mnist_mlp_c1_2ep.weights`` (in ``../shared/refdata``) was trained by
 the C darknet with ``cfg/mnist_mlp.cfg``; darknet's softmax outputs on the 10k

@@ -1,4 +1,4 @@
-"""Numeric fidelity to the C darknet (issue 5).
+"""Numeric fidelity to the C darknet.
 
 * ``test_darknet_vectors``: every vector directory under
   ``../shared/refdata/vectors`` (or ``$MINIDARK_REFDATA/vectors``) is replayed by

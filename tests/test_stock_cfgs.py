@@ -1,10 +1,10 @@
-"""darknet's classification cfgs build with the layer sizes darknet prints (issue 4).
+"""darknet's classification cfgs build with the layer sizes darknet prints.
 
 ``tests/cfg/stock/<name>.cfg`` are minidark's own cfgs with the layer structure
 of darknet's ``cfg/<name>.cfg`` (cifar, tiny, darknet, darknet19, extraction,
 resnet18, resnet50, densenet201, alexnet, vgg-16; alexnet and vgg-16 with
 256-wide hidden connected layers instead of 4096 to stay light), plus
-``mixed.cfg``, every layer kind of issue 4 at odd sizes.
+``mixed.cfg``, every classification layer kind at odd sizes.
 
 Expected sizes are computed here, independently of the layer code, from
 darknet's formulas applied to the parsed sections; a few rows are also

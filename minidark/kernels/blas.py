@@ -24,13 +24,3 @@ def axpy(a, x, y):
 def scal(a, x):
     """x *= a."""
     x *= a
-
-
-def fill(a, x):
-    """x[:] = a."""
-    x.fill(a)
-
-
-def copy(x, y):
-    """y[:] = x."""
-    np.copyto(y, _same(x, y))

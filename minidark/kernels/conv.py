@@ -63,9 +63,9 @@ def plan(l):
         l.flipped_grad = np.zeros((c, k, k, n), np.float32)
         l.chunk_flipped_grad = np.zeros((c, k * k * n), np.float32)
     # floats per image of each slot, in forward and in backward; a chunk of images
-    # keeps its columns in cache. Forward takes larger chunks (fewer, longer GEMMs:
-    # LeNet's conv2 forward 25.8 -> 24.9 ms at 12 images instead of 3), with its
-    # output within CHUNK_BYTES (a first layer: conv1 was slower beyond 4 MB)
+    # keeps its columns in cache. Forward takes larger chunks (fewer, longer GEMMs;
+    # measured in docs/benchmark.md), with its output within CHUNK_BYTES (a first
+    # layer was slower beyond 4 MB)
     q = k - 1 - l.pad
     padded = (l.h + 2 * l.pad) * (l.w + 2 * l.pad) * c
     columns = 0 if l.direct else max(rows * kk, l.h * l.w * k * k * n if l.transposed else 0)

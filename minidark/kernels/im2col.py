@@ -3,9 +3,9 @@
 A convolution is one GEMM over "columns": every output pixel gets a column
 (or row) holding the k x k x C input values its window sees. Two layouts,
 each a transpose of the other, are provided; a convolutional layer picks
-the one whose copies move the longer contiguous runs (issue 7: in a plain
-numpy LeNet, im2col/col2im took half the step; the layout decides how fast
-they are):
+the one whose copies move the longer contiguous runs (in a plain numpy
+LeNet, im2col/col2im took half the step; the layout decides how fast they
+are):
 
 *channels innermost* (``*_nhwc``), from a zero-padded NHWC copy of the input::
 
