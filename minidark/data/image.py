@@ -127,7 +127,9 @@ def draw_detections(image, detections, classes):
         x, y, w, h = box
         left, right = max(int(x - w / 2), 0), min(int(x + w / 2), W - 1)
         top, bottom = max(int(y - h / 2), 0), min(int(y + h / 2), H - 1)
-        for k in range(width):
+        if left > right or top > bottom:        # entirely outside the image
+            continue
+        for k in range(min(width, (right - left) // 2 + 1, (bottom - top) // 2 + 1)):
             draw.rectangle([left + k, top + k, right - k, bottom - k], outline=rgb)
         label = ", ".join(d.label for d in group)
         text_box = draw.textbbox((0, 0), label)
@@ -195,9 +197,11 @@ def detect(net, image, thresh=.5, hier_thresh=.5, nms=.45, names=None):
                              letterbox=uses_letterbox(net))
     if nms:
         do_nms_sort(dets, dets.classes, nms)
-    found = []
-    for i, j in zip(*np.nonzero(dets.prob > F32(thresh))):
-        x, y, bw, bh = (float(v) for v in dets.bbox[i])
-        found.append(Detection(int(j), names[j] if names is not None and j < len(names) else None,
-                               float(dets.prob[i, j]), (x * w, y * h, bw * w, bh * h)))
+    rows, cols = np.nonzero(dets.prob > F32(thresh))
+    boxes = dets.bbox[rows].astype(np.float64) * (w, h, w, h)
+    probs = dets.prob[rows, cols].astype(np.float64)
+    label = (lambda j: names[j] if j < len(names) else None) if names is not None else \
+        (lambda j: None)
+    found = [Detection(j, label(j), p, tuple(box)) for j, p, box in
+             zip(cols.tolist(), probs.tolist(), boxes.tolist())]
     return found

@@ -106,7 +106,9 @@ class Detections:
     def __init__(self, bbox, objectness, prob, mask=None):
         self.bbox = np.ascontiguousarray(bbox, F32).reshape(-1, 4)
         self.objectness = np.ascontiguousarray(objectness, F32).reshape(-1)
-        self.prob = np.ascontiguousarray(prob, F32).reshape(len(self.objectness), -1)
+        self.prob = np.ascontiguousarray(prob, F32)
+        if self.prob.ndim != 2:
+            self.prob = self.prob.reshape(len(self.objectness), -1)
         self.mask = mask
 
     def __len__(self):
@@ -309,21 +311,37 @@ def hierarchy_top_prediction(probs, tree, thresh):
 
 
 # ---------------------------------------------------------------------------- NMS
-def _greedy_keep(order_boxes, thresh):
-    """Greedy NMS over boxes sorted by descending score: a box survives when no
-    earlier survivor overlaps it by IoU > thresh. Returns a boolean mask."""
-    m = len(order_boxes)
-    over = box_iou(order_boxes[:, None, :], order_boxes[None, :, :]) > F32(thresh)
+def _greedy_keep(rank, first, second):
+    """Greedy NMS on ranked boxes (0 = highest score; -1 = not a candidate),
+    given the overlapping pairs ``(first[k], second[k])`` (IoU > thresh): a box
+    survives when no earlier survivor overlaps it. Returns a boolean mask over
+    the ranks; the loop runs once per box that overlaps a later one."""
+    m = int(rank.max(initial=-1)) + 1
     alive = np.ones(m, bool)
-    i = 0
-    while i < m:
-        # suppress every later box this survivor overlaps, then jump to the next survivor
-        alive[i + 1:] &= ~over[i, i + 1:]
-        rest = np.flatnonzero(alive[i + 1:])
-        if not rest.size:
-            break
-        i += 1 + rest[0]
+    ra, rb = rank[first], rank[second]
+    both = (ra >= 0) & (rb >= 0)
+    ra, rb = ra[both], rb[both]
+    winner, loser = np.minimum(ra, rb), np.maximum(ra, rb)
+    order = np.argsort(winner, kind="stable")
+    winner, loser = winner[order], loser[order]
+    starts = np.flatnonzero(np.r_[True, winner[1:] != winner[:-1]]) if winner.size else []
+    bounds = list(starts) + [winner.size]
+    for k in range(len(starts)):
+        if alive[winner[bounds[k]]]:
+            alive[loser[bounds[k]:bounds[k + 1]]] = False
     return alive
+
+
+def _overlapping_pairs(boxes, thresh):
+    """Index pairs (i < j) of boxes with IoU > thresh, computed once for all classes."""
+    over = box_iou(boxes[:, None, :], boxes[None, :, :]) > F32(thresh)
+    return np.nonzero(np.triu(over, 1))
+
+
+def _ranks(count, order):
+    rank = np.full(count, -1, np.int64)
+    rank[order] = np.arange(order.size)
+    return rank
 
 
 def do_nms_sort(dets, classes=None, thresh=.45):
@@ -332,17 +350,20 @@ def do_nms_sort(dets, classes=None, thresh=.45):
     later box with IoU > thresh. Entries with objectness 0 take no part."""
     classes = dets.classes if classes is None else classes
     active = np.flatnonzero(dets.objectness != 0)
-    if active.size < 2:
+    scored = active[(dets.prob[active, :classes] != 0).any(axis=1)]   # boxes NMS can change
+    if scored.size < 2:
         return dets
-    boxes = dets.bbox[active]
+    first, second = _overlapping_pairs(dets.bbox[scored], thresh)
+    if not first.size:
+        return dets
     for k in range(classes):
-        p = dets.prob[active, k]
+        p = dets.prob[scored, k]
         candidates = np.flatnonzero(p != 0)
         if candidates.size < 2:
             continue
         order = candidates[np.argsort(-p[candidates], kind="stable")]
-        keep = _greedy_keep(boxes[order], thresh)
-        dets.prob[active[order[~keep]], k] = 0
+        keep = _greedy_keep(_ranks(scored.size, order), first, second)
+        dets.prob[scored[order[~keep]], k] = 0
     return dets
 
 
@@ -353,8 +374,10 @@ def do_nms_obj(dets, classes=None, thresh=.45):
     active = np.flatnonzero(dets.objectness != 0)
     if active.size < 2:
         return dets
-    order = active[np.argsort(-dets.objectness[active], kind="stable")]
-    keep = _greedy_keep(dets.bbox[order], thresh)
+    order = np.argsort(-dets.objectness[active], kind="stable")
+    first, second = _overlapping_pairs(dets.bbox[active], thresh)
+    keep = _greedy_keep(_ranks(active.size, order), first, second)
+    order = active[order]
     gone = order[~keep]
     dets.objectness[gone] = 0
     dets.prob[gone] = 0
