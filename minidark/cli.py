@@ -23,7 +23,7 @@ import os
 import sys
 import warnings
 
-from .commands import bench, cfg, classifier, data, gradcheck, rnn  # noqa: F401  (each registers its verbs)
+from .commands import bench, cfg, classifier, data, detector, gradcheck, rnn  # noqa: F401  (each registers its verbs)
 from .commands.base import COMMANDS, Parser, UsageError, load_plugins
 from .commands.classifier import run_train, train_options
 from .errors import MinidarkError

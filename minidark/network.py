@@ -240,6 +240,14 @@ class Network:
             result[start:start + n] = self.output.reshape(self.batch, -1)[:n]
         return result
 
+    def detect(self, image, thresh=.5, nms=.45, hier_thresh=.5, names=None):
+        """Detections of a YOLO network in one image (a path, a Pillow image, an
+        (h, w, c) uint8 array or (c, h, w) float planes): a list of
+        :class:`minidark.data.image.Detection` (class index, name, probability,
+        box in pixels of the original image). See :func:`minidark.data.image.detect`."""
+        from .data.image import detect
+        return detect(self, image, thresh=thresh, hier_thresh=hier_thresh, nms=nms, names=names)
+
     def _load(self, buffer, array, what):
         array = np.asarray(array)
         if array.shape[0] != self.batch or array.size != buffer.size:
