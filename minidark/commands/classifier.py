@@ -11,8 +11,19 @@ import os
 import secrets
 import sys
 
-from ..errors import DataError
-from .base import add_command, positive_int
+from ..errors import DataError, printable
+from .base import SUCCESS, USER_ERROR, add_command, check_file_kinds, positive_int
+
+TRAIN_USAGE = "minidark classifier train DATA CFG [WEIGHTS]"
+VALID_USAGE = "minidark classifier valid DATA CFG WEIGHTS"
+PREDICT_USAGE = "minidark classifier predict DATA CFG WEIGHTS IMAGE..."
+
+
+def check_kinds(usage, args):
+    """DATA, CFG and WEIGHTS (and IMAGEs) must be those kinds of file: say which is which."""
+    images = [("IMAGE", image, "image") for image in getattr(args, "images", None) or ()]
+    check_file_kinds(usage, [("DATA", args.data, "data"), ("CFG", args.cfg, "cfg"),
+                             ("WEIGHTS", args.weights, "weights")] + images)
 
 
 def input_shape(net):
@@ -66,15 +77,18 @@ def train_options(parser):
 
 def run_train(args):
     import minidark
+
     from ..data.datafile import read_data_file
-    from ..train.trainer import Trainer, cfg_base, format_accuracy
+    from ..train.trainer import Trainer, cfg_base, final_missing, format_accuracy
+    check_kinds(TRAIN_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     net = minidark.load_network(args.cfg, args.weights, clear=args.clear, strict=args.strict,
                                 seed=seed)
     check_classes(net, data)
     base = cfg_base(args.cfg)
-    if net.max_batches and net.current_batch >= net.max_batches:
+    if net.max_batches and net.current_batch >= net.max_batches and not (
+            args.exact_resume and final_missing(args.weights, data.backup, base)):
         print(f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
               f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, "
               f"or pass --clear to train again from these weights")
@@ -117,8 +131,10 @@ def valid_arguments(parser):
 
 def run_valid(args):
     import minidark
+
     from ..data.datafile import read_data_file
     from ..train.trainer import evaluate, format_accuracy
+    check_kinds(VALID_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
     net = minidark.load_network(args.cfg, args.weights, batch=100, strict=args.strict,
                                 verbose=args.verbose)
@@ -173,10 +189,13 @@ def predict_arguments(parser):
 
 def run_predict(args):
     import time
+
     import minidark
+
     from ..data.datafile import read_data_file
     from ..data.dataset import image_to_input
     from ..train.trainer import topk_indices
+    check_kinds(PREDICT_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
     net = minidark.load_network(args.cfg, args.weights, batch=1, strict=args.strict,
                                 verbose=args.verbose)
@@ -192,7 +211,7 @@ def run_predict(args):
         try:
             x = image_to_input(image, shape)
         except DataError as exc:
-            print(f"minidark: error: {exc}", file=sys.stderr)
+            print(f"minidark: error: {printable(exc)}", file=sys.stderr)
             failed += 1
             continue
         tick = time.perf_counter()
@@ -200,7 +219,7 @@ def run_predict(args):
         print(f"{image}: predicted in {time.perf_counter() - tick:.4f} s")
         for index in topk_indices(probs[None], top)[0]:
             print(f"{100 * probs[index]:5.2f}%: {names[index]}")
-    return 1 if failed else 0
+    return USER_ERROR if failed else SUCCESS
 
 
 add_command("classifier train", "train a classifier (darknet classifier train)",

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import stat
 import zipfile
 
 import numpy as np
@@ -171,10 +172,24 @@ def resolve_sidecar(weights_path):
     return final if os.path.lexists(final) else None
 
 
+def _regular_size(path):
+    """The size of ``path`` if it is a regular file (a FIFO would block a read)."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError("it is not a regular file")
+    return info.st_size
+
+
 def _recorded_digest(path):
+    """The weights digest a sidecar records; None if it cannot be read."""
     try:
-        with zipfile.ZipFile(path) as archive, archive.open("weights_sha256.npy") as member:
-            return str(np.lib.format.read_array(member, allow_pickle=False))
+        _regular_size(path)
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("weights_sha256.npy")
+            if info.file_size > 4096:                   # 64 hex digits and a header
+                return None
+            with archive.open(info) as member:
+                return str(np.lib.format.read_array(member, allow_pickle=False))
     except Exception:   # unreadable in any way: it cannot be the state of these weights
         return None
 
@@ -184,6 +199,9 @@ def read_sidecar(path, size_limit):
     against its size before anything is allocated. Raises CheckpointError."""
     try:
         arrays = {}
+        if _regular_size(path) > size_limit:
+            raise CheckpointError(f"it has {_regular_size(path)} bytes, more than a sidecar "
+                                  f"of this network can hold ({size_limit})")
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
             total = sum(info.file_size for info in infos)
@@ -197,14 +215,14 @@ def read_sidecar(path, size_limit):
                     version = np.lib.format.read_magic(member)
                     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                    else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = read_header(member)
+                    shape, fortran, dtype = read_header(member)
                     expected = math.prod(shape) * dtype.itemsize
                     if dtype.hasobject or expected != info.file_size - member.tell():
                         raise CheckpointError(f"member {info.filename!r} is damaged "
                                               f"(its header does not match its size)")
-                with archive.open(info) as member:
-                    arrays[info.filename[:-4]] = np.lib.format.read_array(member,
-                                                                          allow_pickle=False)
+                    values = np.frombuffer(member.read(expected), dtype)
+                    arrays[info.filename[:-4]] = values.reshape(shape, order="F" if fortran
+                                                                else "C")
         return arrays
     except CheckpointError:
         raise
@@ -243,7 +261,8 @@ def check_state(state, net, dataset_size, weights_digest):
     if text("weights_sha256") != weights_digest:
         raise CheckpointError("it belongs to other weights (their SHA-256 differs)")
     for key in INTEGER_KEYS:
-        integer(key)
+        if key != "position":
+            integer(key)
     if integer("seen") != net.seen:
         raise CheckpointError(f"it was saved at seen={integer('seen')}, the weights say "
                               f"{net.seen}")
@@ -327,7 +346,8 @@ def checkpoint_names(base):
 
 def complete_checkpoints(folder, base):
     """Checkpoints of ``base`` in ``folder`` with a matching sidecar, oldest first
-    (by the seen count in their header)."""
+    (by the seen count in their header; at equal counts epoch files, then
+    .backup, then the finished .weights)."""
     pattern, found = checkpoint_names(base), []
     try:
         names = os.listdir(folder)
@@ -346,8 +366,8 @@ def complete_checkpoints(folder, base):
             continue
         if len(header) == 20 and any(_recorded_digest(p) == digest for p in
                                      (sidecar_path(path), pending_path(path))):
-            found.append((int.from_bytes(header[12:20], "little"), name.endswith(".backup"),
-                          path))
+            rank = 2 if name == f"{base}.weights" else 1 if name.endswith(".backup") else 0
+            found.append((int.from_bytes(header[12:20], "little"), rank, path))
     return [path for _, _, path in sorted(found)]
 
 

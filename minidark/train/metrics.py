@@ -28,6 +28,9 @@ def open_append(path):
         if os.path.islink(path):
             raise TrainingStopped(f"{path} is a symbolic link: refusing to append to it "
                                   f"(remove the link)") from None
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise TrainingStopped(f"{path} is not a regular file: refusing to append to it "
+                                  f"(remove it)") from None
         raise TrainingStopped(f"cannot open {path}: {exc.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -51,6 +51,7 @@ complete checkpoint stays intact.
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -71,6 +72,7 @@ from .checkpoint import (
     lock_folder,
     read_sidecar,
     resolve_sidecar,
+    settle_pending,
     sha256_of,
     sidecar_bytes,
     sidecar_path,
@@ -83,8 +85,8 @@ from .checkpoint import (
 )
 from .metrics import Log, TrainingStopped, append_record
 
-__all__ = ["Trainer", "TrainingStopped", "cfg_base", "evaluate", "format_accuracy",
-           "sidecar_path", "topk_indices", "train_state_names"]
+__all__ = ["Trainer", "TrainingStopped", "cfg_base", "evaluate", "final_missing",
+           "format_accuracy", "sidecar_path", "topk_indices", "train_state_names"]
 
 
 def cfg_base(cfg):
@@ -194,7 +196,9 @@ class Trainer:
         """Train until max_batches; returns a summary dict (``status`` says how it ended)."""
         net = self.net
         start_batch = net.current_batch
-        if net.max_batches and start_batch >= net.max_batches:
+        if net.max_batches and start_batch >= net.max_batches and not (
+                self.restored and final_missing(self.start, self.backup_dir, self.base)):
+            self._tidy()
             self.say(f"{self.base}: already trained to max_batches={net.max_batches} "
                      f"(seen {net.seen} images = {start_batch} batches): nothing to do; "
                      f"raise max_batches in the cfg, or pass --clear to start again from "
@@ -230,6 +234,21 @@ class Trainer:
         finally:
             self.bar = None
             self._restore_sigint(previous_handler)
+            unlock_folder(lock)
+
+    def _tidy(self):
+        """Clear what a killed run left, when there is nothing else to do (best effort)."""
+        if not os.path.isdir(self.backup_dir):
+            return
+        try:
+            lock = lock_folder(self.backup_dir, self.base)
+        except CheckpointError:
+            return
+        try:
+            clean_folder(self.backup_dir, self.base)
+        except OSError:
+            pass
+        finally:
             unlock_folder(lock)
 
     def _prepare_folder(self):
@@ -496,8 +515,10 @@ class Trainer:
             state = read_sidecar(path, size_limit(net, self.n))
             version = check_state(state, net, self.n, sha256_of(weights_path))
         except CheckpointError as exc:
-            raise unusable(path, str(exc), os.path.dirname(weights_path) or ".", self.base,
-                           exclude=weights_path) from None
+            named = re.fullmatch(r"(.+?)(\.backup|\.weights|_\d+\.weights)",
+                                 os.path.basename(weights_path))
+            raise unusable(path, str(exc), os.path.dirname(weights_path) or ".",
+                           named.group(1) if named else self.base, exclude=weights_path) from None
         except OSError as exc:
             raise unusable(path, exc.strerror or str(exc)) from None
         for layer in net.layers:
@@ -548,6 +569,24 @@ class Trainer:
     def _restore_sigint(previous):
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def final_missing(weights_path, backup_dir, base):
+    """True when ``weights_path`` is a checkpoint (it has a sidecar) at the end of
+    a run that was killed while writing its final ``<base>.weights``: resuming
+    from it then writes that file instead of saying there is nothing to do."""
+    if weights_path is None:
+        return False
+    final = os.path.join(os.fspath(backup_dir), f"{base}.weights")
+    try:
+        if resolve_sidecar(weights_path) is None:
+            return False
+        if not os.path.exists(final) or sha256_of(final) != sha256_of(weights_path):
+            return True
+        settle_pending(final)
+    except OSError:
+        return True
+    return not os.path.exists(sidecar_path(final))
 
 
 def check_labels(dataset, net):
