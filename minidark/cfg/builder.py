@@ -159,8 +159,8 @@ def parse_network(
     net.cfg_file = head.file
     if seed is not None:
         net.seed(seed)
-    if batch is not None:
-        net.batch, net.subdivisions = int(batch), 1
+    if batch is not None:     # the cfg's batch: a recurrent net's batch holds every time step
+        net.batch, net.subdivisions = int(batch) * net.time_steps, 1
     budget = MemoryBudget(max_memory)
     input_bytes = 8 * net.batch * net.inputs  # input and (about) truth buffers
     budget.check(

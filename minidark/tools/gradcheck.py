@@ -205,7 +205,8 @@ def to_float64(net):
                 memo[id(owner)] = (owner, owner.astype(np.float64))
         return memo[id(owner)][1].reshape(array.shape)
 
-    for holder in [net] + list(net.layers):
+    sublayers = [sub for l in net.layers for sub in (l.sublayers or {}).values()]  # recurrent
+    for holder in [net] + list(net.layers) + sublayers:
         for name, value in list(vars(holder).items()):
             if isinstance(value, np.ndarray):
                 setattr(holder, name, convert(value))
@@ -289,8 +290,12 @@ def gradcheck_layer(net, index, *, train=True, eps=1e-5, tolerance=1e-4, seed=0,
     truth = _truth_for(layer, rng, (net.batch, layer.outputs)) if is_loss else None
     weights_r = rng.normal(size=layer.output.shape)
 
+    carried = {name: getattr(layer, name).copy() for name in layer.carried}
+
     def loss():
         net.seed(seed)
+        for name, value in carried.items():     # recurrent: the same initial state each time
+            getattr(layer, name)[...] = value
         net.input, net.truth, net.train = x, truth, train
         if layer.delta is not None:
             layer.delta.fill(0)

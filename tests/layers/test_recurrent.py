@@ -265,3 +265,24 @@ def test_every_key_darknet_reads_is_read(tmp_path):
                                 "batch_normalize=0\nshortcut=0",
                       inputs="height=2\nwidth=2\nchannels=1")
     assert not [r for r in record if "unused" in str(r.message)]
+
+
+def test_minidark_gradcheck_handles_recurrent_layers(tmp_path):
+    """The public gradcheck (and `minidark gradcheck`) converts sublayers to float64
+    and restores the carried state before every evaluation."""
+    from minidark.testing import format_results, gradcheck
+    path = tmp_path / "stack.cfg"
+    path.write_text("[net]\nbatch=2\ntime_steps=3\ninputs=5\n[lstm]\noutput=4\n[gru]\noutput=3\n"
+                    "tanh=1\n[rnn]\noutput=4\nactivation=tanh\nshortcut=1\n[connected]\noutput=3\n"
+                    "activation=linear\n[softmax]\n")
+    results = gradcheck(str(path), batch=2)
+    assert len([r for r in results if r.index < 3]) == 17 + 13 + 7
+    assert all(r.status == "ok" for r in results), format_results(results)
+
+
+def test_batch_override_counts_every_time_step(tmp_path):
+    import minidark
+    path = tmp_path / "r.cfg"
+    path.write_text("[net]\nbatch=8\ntime_steps=3\ninputs=4\n[rnn]\noutput=2\n")
+    net = minidark.load_network(path, batch=2)
+    assert net.batch == 6 and net.layers[0].batch == 2 and net.layers[0].steps == 3
