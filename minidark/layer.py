@@ -152,6 +152,7 @@ class Layer:
     chunk_flipped_grad: Array | None = None  # conv: one chunk's transposed gradient
     chunk: int = 0  # images per backward chunk (conv), per tiled-pool chunk (maxpool)
     forward_chunk: int = 0  # images per forward chunk (conv)
+    band: int = 0  # conv: output rows per im2col band when one image's columns are too big; 0: none
     bias_plane: Array | None = None  # conv CNHW: biases broadcast over the pixels
     slots: dict | None = None  # conv: offset of each scratch array in net.workspace
 

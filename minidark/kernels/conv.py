@@ -33,6 +33,13 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
 The columns are recomputed in backward instead of being kept from forward
 (80 MB for LeNet's second conv): from cache that costs less than reading
 them back from memory.
+
+An image whose columns alone exceed ``COLUMN_BYTES`` (a 4096x4096 input:
+gigabytes) is processed in bands of ``l.band`` output rows, one image at a
+time, on the NHWC path: band ``[r0, r1)`` reads padded input rows
+``[r0 s, (r1 - 1) s + k)``, and its columns, y and input gradient cover only
+those rows (``forward_banded`` / ``backward_banded``), so the workspace is one
+padded image plus a band, whatever the image size.
 """
 import math
 
@@ -43,6 +50,7 @@ from .im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im_cnhw, co
                      im2col_cnhw, im2col_nhwc, to_padded_cnhw, to_padded_nhwc)
 
 CHUNK_BYTES = 4 << 20        # target size of one chunk's columns
+COLUMN_BYTES = 64 << 20      # largest columns of one image; beyond, bands of output rows
 LAYOUT = "auto"              # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 SLOTS = ("xpad", "dxpad", "y", "cols", "dypad", "grads")
 
@@ -55,6 +63,11 @@ def plan(l):
     l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and s == 1 and k * cg < l.out_w
                                   and not l.direct)
     l.transposed = not l.cnhw and not l.direct and s == 1 and g == 1 and l.pad <= k - 1
+    image_columns = 0 if l.direct else max(rows * kk, l.h * l.w * k * k * n if l.transposed else 0)
+    l.band = 0
+    if 4 * image_columns > COLUMN_BYTES:     # one image is too big: bands of rows, NHWC
+        l.cnhw = l.transposed = False
+        l.band = int(min(l.out_h, max(1, COLUMN_BYTES // (4 * l.out_w * max(kk, n)))))
     l.ordered = None if l.cnhw else np.zeros((n, k, k, cg), np.float32)  # W as (n, ky, kx, c)
     l.ordered_grad = np.zeros((n, cg, k, k) if l.cnhw else (n, k, k, cg), np.float32)
     l.chunk_grad = np.zeros((ng, kk), np.float32)             # one chunk's, one group's
@@ -77,6 +90,10 @@ def plan(l):
     l.forward_chunk = int(max(1, min(l.batch, 2 * CHUNK_BYTES // (4 * max(forward[3], 1)),
                                      CHUNK_BYTES // (4 * rows * n))))
     sizes = [max(f * l.forward_chunk, b * l.chunk) for f, b in zip(forward, backward)]
+    if l.band:             # one image at a time; y and the columns of one band
+        l.chunk = l.forward_chunk = 1
+        band_rows = l.band * l.out_w
+        sizes = [padded, padded, band_rows * n, band_rows * kk, 0, 0]
     if l.cnhw:             # biases broadcast over the pixels
         l.bias_plane = np.zeros((n, rows), np.float32)
     l.slots = dict(zip(SLOTS, (int(a) for a in np.cumsum([0] + sizes))))
@@ -120,6 +137,9 @@ def in_layout(l, array):
 def forward(l, net, finish):
     """l.output = W * input; with ``finish``, + biases and the activation, applied
     chunk by chunk while y is in cache."""
+    if l.band:
+        forward_banded(l, net, finish)
+        return
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
     if not l.cnhw:
         np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
@@ -157,6 +177,9 @@ def backward(l, net, finish):
     l.delta chunk by chunk, and bias_updates) and net.delta (when not None)."""
     if l.transposed and net.delta is not None:
         backward_transposed(l, net, finish)
+        return
+    if l.band:
+        backward_banded(l, net, finish)
         return
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
     kk = k * k * cg
@@ -244,3 +267,69 @@ def backward_transposed(l, net, finish):
     if finish:
         l.bias_updates += np.einsum("bnyx->n", delta)
     l.weight_updates += l.flipped_grad[:, ::-1, ::-1, :].transpose(3, 0, 1, 2)
+
+
+def bands(l):
+    """(first, end) output rows of each band, and the padded input rows it reads."""
+    for r0 in range(0, l.out_h, l.band):
+        r1 = min(r0 + l.band, l.out_h)
+        yield r0, r1, slice(r0 * l.stride, (r1 - 1) * l.stride + l.size)
+
+
+def forward_banded(l, net, finish):
+    """forward for an image too big for its columns: one image, one band of rows at a time."""
+    k, s, ng, cg, w = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_w
+    np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+    weights = l.ordered.reshape(l.n, -1)
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    out = l.output.reshape(l.batch, l.n, l.out_h * w)
+    xpad = slot(l, net, "xpad", (1, l.h + 2 * l.pad, l.w + 2 * l.pad, l.c))
+    for b in range(l.batch):
+        to_padded_nhwc(x[b:b + 1], l.pad, xpad, b == 0)
+        for r0, r1, inputs in bands(l):
+            rows = (r1 - r0) * w
+            y, cols = slot(l, net, "y", (rows, l.n)), slot(l, net, "cols", (rows, k * k * cg))
+            for g in range(l.groups):
+                group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+                im2col_nhwc(xpad[:, inputs, :, channels], k, s, r1 - r0, w, cols)
+                np.matmul(cols, weights[group].T, out=y[:, group])
+            if finish:
+                y += l.biases
+                activate(y, l.activation)
+            np.copyto(out[b, :, r0 * w:r1 * w].T, y)
+
+
+def backward_banded(l, net, finish):
+    """backward for an image too big for its columns: one image, one band of rows at a time."""
+    k, s, ng, cg, w = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_w
+    delta = l.delta.reshape(l.batch, l.n, l.out_h * w)
+    grad = l.ordered_grad.reshape(l.n, -1)
+    grad.fill(0)
+    weights = l.ordered.reshape(l.n, -1)
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    dx = None if net.delta is None else net.delta.reshape(l.batch, l.c, l.h, l.w)
+    padded = (1, l.h + 2 * l.pad, l.w + 2 * l.pad, l.c)
+    xpad, dxpad = slot(l, net, "xpad", padded), slot(l, net, "dxpad", padded)
+    for b in range(l.batch):
+        if finish:                         # delta *= f'(output)
+            gradient(l.output[b:b + 1], l.activation, l.delta[b:b + 1])
+        to_padded_nhwc(x[b:b + 1], l.pad, xpad, b == 0)
+        if dx is not None:
+            dxpad.fill(0)
+        for r0, r1, inputs in bands(l):
+            rows = (r1 - r0) * w
+            dy, cols = slot(l, net, "y", (rows, l.n)), slot(l, net, "cols", (rows, k * k * cg))
+            np.copyto(dy, delta[b, :, r0 * w:r1 * w].T)
+            for g in range(l.groups):
+                group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+                im2col_nhwc(xpad[:, inputs, :, channels], k, s, r1 - r0, w, cols)
+                np.matmul(dy[:, group].T, cols, out=l.chunk_grad)
+                grad[group] += l.chunk_grad
+                if dx is not None:         # cols = dy @ W, scattered back into the band's rows
+                    np.matmul(dy[:, group], weights[group], out=cols)
+                    col2im_nhwc(cols, k, s, r1 - r0, w, dxpad[:, inputs, :, channels])
+        if dx is not None:
+            add_from_padded_nhwc(dxpad, l.pad, dx[b:b + 1])
+    if finish:
+        l.bias_updates += np.einsum("bnr->n", delta)
+    l.weight_updates += l.ordered_grad.transpose(0, 3, 1, 2)
