@@ -10,16 +10,27 @@ rolling_mean, rolling_variance], weights. Layers without parameters write
 nothing.
 
 Deliberate fixes: a short file, or one with bytes left over, is an error
-naming the layer (darknet silently keeps random weights); saving writes a
-temporary file, fsyncs and renames, so a crash never leaves a torn file.
+naming the layer (darknet silently keeps random weights); a header whose
+version or ``seen`` no darknet writes is an error about the header (not "the
+file does not fit this cfg"); NaN or inf in a loaded array is an error naming
+the layer and array; a FIFO, a device or a file larger than the cfg needs is
+refused before reading; saving writes a temporary file, fsyncs and renames,
+so a crash never leaves a torn file.
 """
+from __future__ import annotations
+
 import os
 import struct
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import WeightsError
+from .errors import WeightsError, printable
+from .files import open_regular
+
+if TYPE_CHECKING:
+    from .network import Network
 
 MAJOR, MINOR, REVISION = 0, 2, 0
 
@@ -72,48 +83,95 @@ def atomic_write(path, data):
         pass
 
 
-def save_weights(net, path):
+def save_weights(net: Network, path: str | os.PathLike) -> None:
     """Write ``net``'s parameters as a darknet .weights file, atomically."""
     atomic_write(path, weights_bytes(net))
 
 
-def load_weights(net, path):
-    """Read a darknet .weights file into ``net``; returns the header's seen."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read weights file: {exc.strerror}") from None
-    if len(data) < 12:
-        raise WeightsError(f"{path}: too short for a .weights header ({len(data)} bytes)")
-    major, minor, revision = struct.unpack_from("<iii", data, 0)
+MAX_VERSION = 1 << 16      # a larger (or negative) major/minor/revision is not a header
+SEEN_LIMIT = 1 << 63       # darknet's seen is a size_t; beyond int64 it is not a count
+
+
+def read_header(handle, size, path):
+    """(major, minor, revision, seen, header bytes) with their plausibility checked."""
+    shown = printable(path)
+    head = handle.read(20)
+    if len(head) < 12:
+        raise WeightsError(f"{shown}: too short for a .weights header ({len(head)} bytes)")
+    major, minor, revision = struct.unpack_from("<iii", head, 0)
+    if not all(0 <= v < MAX_VERSION or (v in (major, minor) and 1000 < v < MAX_VERSION)
+               for v in (major, minor, revision)):
+        raise WeightsError(
+            f"{shown}: the header's format version {major}.{minor}.{revision} is not one "
+            f"darknet writes (0.1.0, 0.2.0, 0.2.5; 1000 and more marks transposed weights): "
+            f"this is not a .weights file, or its first bytes are damaged")
     if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
-        if len(data) < 20:
-            raise WeightsError(f"{path}: header truncated")
-        (seen,), offset = struct.unpack_from("<Q", data, 12), 20
+        if len(head) < 20:
+            raise WeightsError(f"{shown}: header truncated")
+        (seen,), offset = struct.unpack_from("<Q", head, 12), 20
     else:
-        if len(data) < 16:
-            raise WeightsError(f"{path}: header truncated")
-        (seen,), offset = struct.unpack_from("<i", data, 12), 16
+        if len(head) < 16:
+            raise WeightsError(f"{shown}: header truncated")
+        (seen,), offset = struct.unpack_from("<i", head, 12), 16
+    if not 0 <= seen < SEEN_LIMIT:
+        raise WeightsError(f"{shown}: the header's seen (images trained on) is {seen}, "
+                           f"outside 0 to 2^63-1: the header is damaged")
+    return major, minor, revision, seen, head[:offset]
+
+
+def load_weights(net: Network, path: str | os.PathLike,
+                 allow_nonfinite: bool = False) -> int:
+    """Read a darknet .weights file into ``net``; returns the header's seen.
+
+    Checked before anything is loaded: a regular file (not a FIFO or
+    device), a plausible header (version, ``seen`` below 2^63) and a size no
+    larger than the cfg needs (a huge file is refused unread). Loaded arrays
+    holding NaN or inf are refused, naming the layer and array, unless
+    ``allow_nonfinite``: nothing sensible can be evaluated or trained from them.
+    """
+    path = os.fspath(path)
+    shown = printable(path)
+    handle, size = open_regular(path, "weights file", None, WeightsError)
+    with handle:
+        major, minor, _, seen, head = read_header(handle, size, path)
+        arrays = [(layer, name) for layer in _layers(net, "dontload") for name in layer.saved]
+        needed = len(head) + 4 * sum(getattr(layer, name).size for layer, name in arrays)
+        if size > needed:
+            last = net.layers[-1]
+            raise WeightsError(f"{shown}: {size - needed} bytes left after the last layer "
+                               f"({last.index} [{last.type}]): the file does not fit this cfg")
+        try:
+            handle.seek(len(head))      # a legacy header is 16 bytes, 20 were read
+            data = head + handle.read(needed - len(head))
+        except OSError as exc:
+            raise WeightsError(f"{shown}: cannot read weights file: {exc.strerror}") from None
+    offset = len(head)
     transpose = major > 1000 or minor > 1000
-    for layer in _layers(net, "dontload"):
-        for name in layer.saved:
-            target = getattr(layer, name)
-            count = target.size
-            if offset + 4 * count > len(data):
-                have = max(0, (len(data) - offset) // 4)
-                raise WeightsError(
-                    f"{path}: file ends inside layer {layer.index} [{layer.type}] '{name}': "
-                    f"needs {count} floats, {have} left; the file does not fit this cfg")
-            values = np.frombuffer(data, "<f4", count, offset)
-            if transpose and layer.type == "connected" and name == "weights":
-                values = values.reshape(layer.inputs, layer.outputs).T
-            target[...] = values.reshape(target.shape)
-            offset += 4 * count
-    if offset != len(data):
-        raise WeightsError(f"{path}: {len(data) - offset} bytes left after the last layer "
-                           f"({net.layers[-1].index} [{net.layers[-1].type}]): "
-                           f"the file does not fit this cfg")
+    for layer, name in arrays:
+        target = getattr(layer, name)
+        count = target.size
+        if offset + 4 * count > len(data):
+            have = max(0, (len(data) - offset) // 4)
+            raise WeightsError(
+                f"{shown}: file ends inside layer {layer.index} [{layer.type}] '{name}': "
+                f"needs {count} floats, {have} left; the file does not fit this cfg")
+        values = np.frombuffer(data, "<f4", count, offset)
+        if not allow_nonfinite:
+            check_finite(values, layer, name, shown)
+        if transpose and layer.type == "connected" and name == "weights":
+            values = values.reshape(layer.inputs, layer.outputs).T
+        target[...] = values.reshape(target.shape)
+        offset += 4 * count
     net.seen = int(seen)
     return net.seen
+
+
+def check_finite(values, layer, name, shown):
+    """Refuse an array with NaN or inf, naming the layer, the array and how many."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise WeightsError(
+            f"{shown}: layer {layer.index} [{layer.type}] '{name}' holds {int(bad.sum())} "
+            f"NaN/inf value(s) of {values.size} (first at index {first}: {values[first]}): "
+            f"a network cannot be evaluated or trained from them; use an earlier checkpoint")

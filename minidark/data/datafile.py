@@ -27,18 +27,25 @@ downloaded to), else against the current directory.
 
 Deliberate deviations from darknet: only leading/trailing whitespace is
 stripped (darknet removes every space, breaking paths with spaces); a line
-without ``=``, a non-numeric ``classes``/``top``, or a names file with blank
-or duplicate entries is an error naming file, line and key; unknown keys are
-warned about (errors with ``strict``); ``backup`` defaults to ``backup/``
-(darknet: ``/backup/``, the file-system root).
+without ``=``, a non-numeric ``classes``/``top``, or an empty names file is
+an error naming file, line and key; unknown keys are warned about (errors
+with ``strict``); ``backup`` defaults to ``backup/`` (darknet: ``/backup/``,
+the file-system root). A names file may repeat an entry, as darknet's
+``9k.names`` and ``imagenet.shortnames.list`` do (different classes with the
+same printed name); an image path that matches a repeated *label* is
+reported as ambiguous when the list is loaded. Files are read through
+:mod:`minidark.files` (a FIFO, a device, a directory or a huge file is
+refused before reading).
 """
 import os
 import warnings
 
-from ..errors import DataError
+from ..errors import DataError, printable
+from ..files import TEXT_LIMIT, read_text
 
 KNOWN = ("classes", "train", "valid", "labels", "names", "backup", "top")
-IGNORED = ("test", "tree", "tag", "leaves", "eval", "results", "map", "gpus")  # darknet, unused here
+# darknet keys minidark does not use
+IGNORED = ("test", "tree", "tag", "leaves", "eval", "results", "map", "gpus")
 
 
 class DataWarning(UserWarning):
@@ -48,7 +55,7 @@ class DataWarning(UserWarning):
 def where(file, line=None, key=None):
     """'file:line: key 'k'' prefix for a message."""
     text = f"{file}:{line}" if line is not None else str(file)
-    return f"{text}: key '{key}'" if key else text
+    return printable(f"{text}: key '{key}'" if key else text)
 
 
 class DataConfig:
@@ -133,29 +140,27 @@ def resolve_path(path, folder=None):
     return path
 
 
-def read_stripped_lines(path, what):
-    """[(line number, stripped text)] of a text file, blank lines skipped."""
+def read_stripped_lines(path, what, origin=None, limit=TEXT_LIMIT):
+    """[(line number, stripped text)] of a text file, blank lines skipped.
+
+    ``what`` names the file ("names file"); ``origin`` (e.g. "x.data:3: key
+    'names'") prefixes any error.
+    """
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as exc:
-        raise DataError(f"{what}: cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{what}: {path} is not UTF-8 text") from None
-    return [(number, line.strip()) for number, line in enumerate(lines, start=1)
+        text = read_text(path, what, limit, DataError)
+    except DataError as exc:
+        raise DataError(f"{origin}: {exc}" if origin else str(exc)) from None
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)
             if line.strip()]
 
 
-def read_names(path, origin="names file"):
-    """Labels, one per line, stripped; blank lines skipped; duplicates are an error."""
-    names, seen = [], {}
-    for number, name in read_stripped_lines(path, origin):
-        if name in seen:
-            raise DataError(f"{path}:{number}: label '{name}' repeats line {seen[name]}")
-        seen[name] = number
-        names.append(name)
+def read_names(path, origin=None):
+    """Labels, one per line, stripped; blank lines skipped; repeats kept (darknet's
+    9k.names has them)."""
+    names = [name for _, name in read_stripped_lines(path, "names file", origin)]
     if not names:
-        raise DataError(f"{origin}: {path} has no labels")
+        where = f"{origin}: " if origin else ""
+        raise DataError(f"{where}{printable(path)} has no labels")
     return names
 
 
@@ -169,7 +174,8 @@ def parse_data_text(text, file="<string>"):
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
-            raise DataError(f"{file}:{number}: malformed line '{line}': expected key=value")
+            raise DataError(printable(f"{file}:{number}: malformed line '{line}': "
+                                      f"expected key=value"))
         if not value:
             raise DataError(f"{where(file, number, key)}: empty value")
         if key in values:
@@ -212,13 +218,7 @@ def parse_data_yaml(text, file="<string>"):
 def read_data_file(path, strict=False):
     """Parse a .data (or .yaml/.yml) file into a DataConfig."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read data file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: data file is not UTF-8 text") from None
+    text = read_text(path, "data file", TEXT_LIMIT, DataError)
     parse = parse_data_yaml if path.endswith((".yaml", ".yml")) else parse_data_text
     values, lines = parse(text, file=path)
     for key in values:

@@ -23,18 +23,22 @@ name contains ``idx3-ubyte``; its labels are the file beside it with
 ``images-idx3`` replaced by ``labels-idx1``. ``.gz`` or raw, whichever
 exists; the four standard files are downloaded when missing (see mnist.py).
 """
+import collections
 import os
 import re
 import warnings
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, printable
+from ..files import LIST_LIMIT, MiB, open_regular
 from .datafile import DataWarning, read_stripped_lines
 from .mnist import ensure_mnist, idx_stem, read_idx
 
 IDX_IMAGES = re.compile(r"idx3-ubyte(\.gz)?$")
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+IMAGE_LIMIT = 256 * MiB      # one image file
+_FITS_REPORTED = set()       # (h, w, network shape) of IDX data already warned about
 
 
 class Dataset:
@@ -121,20 +125,42 @@ def load_idx(path, shape=None, classes=None, progress=True):
         raise DataError(f"{found[label_stem]}: label {int(labels.max())} but classes={classes}")
     images = images[:, None]                          # (n, 1, h, w)
     if shape is not None and tuple(shape) != images.shape[1:]:
-        images = _fit(images, shape, found[stem])
+        images = _fit(images, tuple(shape), found[stem])
     return Dataset(images, labels, found[stem])
 
 
 def _fit(images, shape, source):
-    """Convert (n, 1, h, w) grayscale to the network's (c, h, w) as Pillow would."""
+    """Convert (n, 1, h, w) grayscale to the network's (c, h, w) as Pillow would,
+    saying so once (a 32x32 or 3-channel cfg on MNIST is seldom meant)."""
     from PIL import Image
     c, h, w = shape
     if c not in MODES:
-        raise DataError(f"{source}: cannot give {c}-channel images (channels must be 1, 3 or 4)")
-    out = np.empty((images.shape[0], c, h, w), np.uint8)
-    for i, image in enumerate(images):
+        raise DataError(f"{printable(source)}: cannot give {c}-channel images (channels "
+                        f"must be 1, 3 or 4)")
+    n, _, height, width = images.shape
+    if (height, width, shape) not in _FITS_REPORTED:     # once per process: train and valid
+        _FITS_REPORTED.add((height, width, shape))
+        done = _changes(c, (height, width) != (h, w), w, h)
+        warnings.warn(f"{source}: images are {width}x{height}x1, the network takes "
+                      f"{w}x{h}x{c}: every image is {done} at load (darknet resizes its "
+                      f"inputs too)", DataWarning, stacklevel=3)
+    if (height, width) == (h, w):                     # channels only: L -> RGB(A) is a copy
+        out = np.empty((n, c, h, w), np.uint8)
+        out[:, :3] = images
+        if c == 4:
+            out[:, 3] = 255
+        return out
+    out = np.empty((n, c, h, w), np.uint8)
+    for i, image in enumerate(images):                # Pillow resizes one image at a time
         out[i] = _to_array(Image.fromarray(image[0], "L"), c, h, w)
     return out
+
+
+def _changes(c, resized, w, h):
+    """'converted to RGB and resized (bilinear) to 32x32', for the warning."""
+    parts = ([f"converted to {MODES[c]}"] if c != 1 else []) + \
+        ([f"resized (bilinear) to {w}x{h}"] if resized else [])
+    return " and ".join(parts)
 
 
 # ---------------------------------------------------------------------- image lists
@@ -151,19 +177,26 @@ def label_from_path(path, labels):
 
 def label_error(where, path, labels, matches, labels_file=None):
     source = f" of {labels_file}" if labels_file else ""
+    if len(matches) > 1 and len({labels[i] for i in matches}) == 1:
+        return DataError(printable(
+            f"{where}: '{path}' matches label '{labels[matches[0]]}', which is listed "
+            f"{len(matches)} times{source} (entries {', '.join(str(i + 1) for i in matches)}): "
+            f"the class of an image is the one label that occurs in its path (darknet's "
+            f"rule), so a label used to classify images must not repeat"))
     if not matches:
         found = f"contains none of the {len(labels)} labels{source}"
     else:
         found = (f"contains {len(matches)} labels{source} "
                  f"({', '.join(repr(labels[i]) for i in matches)})")
-    return DataError(f"{where}: '{path}' {found}; the class of an image is the one label "
-                     f"that occurs in its path (darknet's rule), so rename the file or "
-                     f"choose labels that cannot overlap")
+    return DataError(printable(
+        f"{where}: '{path}' {found}; the class of an image is the one label that occurs in "
+        f"its path (darknet's rule), so rename the file or choose labels that cannot "
+        f"overlap"))
 
 
 def read_list(path):
     """[(line number, entry)] of an image list; blanks skipped."""
-    entries = read_stripped_lines(path, "image list")
+    entries = read_stripped_lines(path, "image list", limit=LIST_LIMIT)
     if not entries:
         raise DataError(f"{path}: image list is empty")
     return entries
@@ -186,6 +219,7 @@ def load_image_list(path, shape, labels, progress=True, labels_file=None):
                               labels_file) from None
     images = np.empty((len(entries), c, h, w), np.uint8)
     kept, skipped, paths = [], [], []
+    changed = collections.Counter()
     from tqdm import tqdm
     bar = tqdm(entries, desc=f"loading {os.path.basename(path)}", unit="img",
                disable=not progress or len(entries) < 2000, leave=False)
@@ -193,7 +227,7 @@ def load_image_list(path, shape, labels, progress=True, labels_file=None):
         file = entry if os.path.isabs(entry) or os.path.exists(entry) \
             else os.path.join(folder, entry)
         try:
-            images[len(kept)] = load_image(file, c, h, w)
+            images[len(kept)] = load_image(file, c, h, w, changed)
         except DataError as exc:
             skipped.append(f"line {number}: {exc}")
             continue
@@ -205,27 +239,42 @@ def load_image_list(path, shape, labels, progress=True, labels_file=None):
         warnings.warn(f"{path}: skipped {len(skipped)} unreadable image(s): {shown}",
                       DataWarning, stacklevel=2)
     if not kept:
-        raise DataError(f"{path}: none of its {len(entries)} images could be read")
+        raise DataError(f"{printable(path)}: none of its {len(entries)} images could be read")
+    if changed:
+        parts = [f"{changed[mode]} {mode} converted to {MODES[c]}"
+                 for mode in sorted(changed) if mode != "resized"]
+        if changed["resized"]:
+            parts.append(f"{changed['resized']} resized (bilinear) to {w}x{h}")
+        warnings.warn(f"{path}: the network takes {w}x{h}x{c} images: of {len(kept)}, "
+                      f"{', '.join(parts)} at load (darknet resizes its inputs too)",
+                      DataWarning, stacklevel=2)
     labels_array = np.asarray(classes, np.int64)[kept]
     return Dataset(images[:len(kept)], labels_array, path, paths)
 
 
-def load_image(path, c, h, w):
-    """One image file as uint8 ``(c, h, w)``: Pillow, convert, resize (bilinear)."""
+def load_image(path, c, h, w, changed=None):
+    """One image file as uint8 ``(c, h, w)``: Pillow, convert, resize (bilinear).
+
+    ``changed`` (a Counter) counts conversions by source mode and resizes."""
     from PIL import Image
+    if not os.path.lexists(path):
+        raise DataError(f"{printable(path)}: no such file")
+    handle, _ = open_regular(path, "image", IMAGE_LIMIT, DataError)
     try:
-        with Image.open(path) as image:
-            return _to_array(image, c, h, w)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        with handle, Image.open(handle) as image:
+            return _to_array(image, c, h, w, changed)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: cannot read image: {exc}") from None
+        raise DataError(f"{printable(path)}: cannot read image: {exc}") from None
 
 
-def _to_array(image, c, h, w):
+def _to_array(image, c, h, w, changed=None):
     if image.mode != MODES[c]:
+        if changed is not None:
+            changed[image.mode] += 1
         image = image.convert(MODES[c])
     if image.size != (w, h):
+        if changed is not None:
+            changed["resized"] += 1
         image = image.resize((w, h), _bilinear())
     array = np.asarray(image, np.uint8)
     return array[None] if c == 1 else array.transpose(2, 0, 1)

@@ -8,23 +8,33 @@ Where the files are looked for: the folder a .data file names (``data/mnist/``
 for ``cfg/mnist.data``), then ``$MINIDARK_DATA`` and ``$MINIDARK_DATA/mnist``.
 When the four standard files are missing, :func:`ensure_mnist` downloads them
 from public mirrors (``$MINIDARK_MNIST_MIRRORS``, comma-separated base URLs,
-overrides the list) into ``$MINIDARK_DATA`` if set, else that folder, with a
-tqdm progress bar, and checks each against the SHA-256 of its *decompressed*
-content (gzip headers differ between mirrors; the bytes inside do not).
-Offline it gives up within ``$MINIDARK_DOWNLOAD_TIMEOUT`` seconds (30) in
-total and raises one DataError saying where to put the files.
+overrides the list) into ``$MINIDARK_DATA`` if set, else ``data/mnist/``
+(the folder the .data file names when it is a ``data/mnist`` folder, else
+``data/mnist`` under the current directory: never any other folder a
+``train=`` line names), with a tqdm progress bar, and checks each against
+the SHA-256 of its *decompressed* content (gzip headers differ between
+mirrors; the bytes inside do not). Offline it gives up within
+``$MINIDARK_DOWNLOAD_TIMEOUT`` seconds (30) in total and raises one
+DataError saying where to put the files.
+
+IDX files are read through :mod:`minidark.files` and refused, naming the
+file, when corrupt, truncated, empty or implausibly large (see
+:func:`read_idx`).
 """
 import gzip
 import hashlib
+import math
 import os
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, printable
+from ..files import IDX_LIMIT, open_regular
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -32,23 +42,62 @@ FILES = {
 }
 
 
-def read_idx(path):
-    """Read an IDX file (``.gz`` or raw) into a uint8 array."""
-    opener = gzip.open if os.fspath(path).endswith(".gz") else open
+def read_idx(path, limit=IDX_LIMIT):
+    """Read an IDX file (``.gz`` or raw) into a uint8 array.
+
+    The header is read first; its sizes must give between 1 and ``limit``
+    values and the file exactly that many bytes, so a corrupt or hostile file
+    (zero items, sizes whose product overflows, a truncated header, a gzip
+    bomb) is refused with one line before anything large is read.
+    """
+    shown = printable(os.fspath(path))
+    handle, _ = open_regular(path, "IDX file", None if _gzipped(path) else limit + 1024,
+                             DataError)
     try:
-        with opener(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read IDX file: {exc}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path}: not an IDX file of unsigned bytes")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(shape)):
-        raise DataError(f"{path}: expected {int(np.prod(shape))} values for shape {shape}, "
-                        f"found {len(data) - offset}")
-    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
+        with handle:
+            stream = gzip.GzipFile(fileobj=handle, mode="rb") if _gzipped(path) else handle
+            head = _read_up_to(stream, 4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataError(f"{shown}: not an IDX file of unsigned bytes (it must start "
+                                f"with 00 00 08 and the number of dimensions)")
+            ndim = head[3]
+            if not 1 <= ndim <= 4:
+                raise DataError(f"{shown}: IDX header says {ndim} dimensions (1 to 4 expected)")
+            sizes = _read_up_to(stream, 4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise DataError(f"{shown}: IDX header truncated: {ndim} dimensions need "
+                                f"{4 + 4 * ndim} bytes, the file has {4 + len(sizes)}")
+            shape = tuple(int.from_bytes(sizes[4 * i:4 * i + 4], "big") for i in range(ndim))
+            count = math.prod(shape)
+            if shape[0] == 0:
+                raise DataError(f"{shown}: IDX file holds no items (shape {shape})")
+            if count == 0 or count > limit:
+                raise DataError(f"{shown}: IDX sizes {'x'.join(map(str, shape))} give {count} "
+                                f"values, expected 1 to {limit}: the header is damaged")
+            data = _read_up_to(stream, count + 1)
+    except (OSError, EOFError, zlib.error) as exc:   # gzip.BadGzipFile is an OSError
+        raise DataError(f"{shown}: cannot read IDX file: corrupt or truncated "
+                        f"{'gzip' if _gzipped(path) else 'file'} ({exc})") from None
+    if len(data) != count:
+        found = f"found {len(data)}" if len(data) < count else "found more"
+        raise DataError(f"{shown}: expected {count} values for shape {shape}, {found}")
+    return np.frombuffer(data, np.uint8).reshape(shape)
+
+
+def _gzipped(path):
+    return os.fspath(path).endswith(".gz")
+
+
+def _read_up_to(stream, count):
+    """Up to ``count`` bytes: fewer only at the end of the stream."""
+    parts, left = [], count
+    while left > 0:
+        part = stream.read(min(left, 1 << 26))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def find_idx(directory, stem):
@@ -103,12 +152,14 @@ def idx_stem(path):
 
 
 def search_folders(folder=None):
-    """Where MNIST files are looked for, in order."""
+    """Where MNIST files are looked for, in order: ``folder``, ``$MINIDARK_DATA``
+    (and its ``mnist/``), then where a download would put them."""
     folders = [folder] if folder else []
     env = os.environ.get("MINIDARK_DATA")
     if env:
         folders += [env, os.path.join(env, "mnist")]
-    return folders
+    target = download_folder(folder)
+    return folders + ([target] if target not in folders else [])
 
 
 def locate_idx(stem, folder=None):
@@ -124,15 +175,30 @@ def missing_message(folder=None, reason=None):
     target = folder or os.path.join("data", "mnist")
     why = f" ({reason})" if reason else ""
     return (f"MNIST is missing and could not be downloaded{why}: put the four files "
-            f"{', '.join(s + '.gz' for s in ALL_FILES)} (gzipped or not) in {target}/ "
+            f"{', '.join(s + '.gz' for s in ALL_FILES)} (gzipped or not) "
+            f"in {printable(target)}/ "
             f"or in the folder named by $MINIDARK_DATA")
+
+
+def download_folder(folder=None):
+    """Where missing MNIST files are downloaded: ``$MINIDARK_DATA`` if set, else
+    ``folder`` only when it is a ``data/mnist`` folder, else ``data/mnist``
+    under the current directory (a ``train=`` line naming /etc or ~ must not
+    make minidark write there)."""
+    if os.environ.get("MINIDARK_DATA"):
+        return os.environ["MINIDARK_DATA"]
+    if folder:
+        parts = os.path.normpath(os.path.abspath(folder)).split(os.sep)
+        if parts[-2:] == ["data", "mnist"]:
+            return folder
+    return os.path.join("data", "mnist")
 
 
 def ensure_mnist(stems, folder=None, progress=True):
     """Paths of the IDX files ``stems``, downloading the missing standard ones.
 
     Looks in ``folder`` then ``$MINIDARK_DATA``; downloads into
-    ``$MINIDARK_DATA`` (if set) or ``folder``. Returns {stem: path}.
+    :func:`download_folder`. Returns {stem: path}.
     """
     found = {stem: locate_idx(stem, folder) for stem in stems}
     missing = [stem for stem, path in found.items() if path is None]
@@ -142,7 +208,7 @@ def ensure_mnist(stems, folder=None, progress=True):
     if unknown:
         places = " or ".join(search_folders(folder) or ["."])
         raise DataError(f"IDX file {unknown[0]}(.gz) not found in {places}")
-    target = os.environ.get("MINIDARK_DATA") or folder or os.path.join("data", "mnist")
+    target = download_folder(folder)
     timeout = float(os.environ.get("MINIDARK_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT))
     mirrors = [m.strip() for m in os.environ.get("MINIDARK_MNIST_MIRRORS", "").split(",")
                if m.strip()] or list(MIRRORS)
