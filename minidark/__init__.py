@@ -8,6 +8,10 @@ Public API (stable)::
     minidark.save_weights(net, "mlp.weights")
     minidark.register_layer("name", make_fn)
 """
+from __future__ import annotations
+
+import os
+
 from .errors import ConfigError, DataError, MinidarkError, WeightsError
 from .layer import Layer
 from .network import Network
@@ -18,8 +22,10 @@ from .weights import load_weights, save_weights
 __version__ = "0.1.0"
 
 
-def load_network(cfg, weights=None, *, batch=None, clear=False, strict=False, seed=None,
-                 verbose=False, max_memory=None):
+def load_network(cfg: str | os.PathLike, weights: str | os.PathLike | None = None, *,
+                 batch: int | None = None, clear: bool = False, strict: bool = False,
+                 seed: int | None = None, verbose: bool = False,
+                 max_memory: int | None = None) -> Network:
     """Build the Network described by a .cfg/.yaml file and optionally load weights.
 
     ``batch`` overrides the cfg's batch (for inference); ``clear`` resets

@@ -22,17 +22,27 @@ Conventions, written once here and relied on by every layer:
 * ``*_updates`` buffers hold sums over the batch; ``update`` scales them by
   ``learning_rate / (batch * subdivisions)`` and then by momentum.
 """
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
 from .optim import policy
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from .cfg.netconfig import NetConfig
+    from .layer import Layer
+
 
 class UpdateArgs:
     """darknet's update_args: what every l.update(l, args) receives."""
 
-    def __init__(self, learning_rate, momentum, decay, batch, t=0):
+    def __init__(self, learning_rate: float, momentum: float, decay: float, batch: int,
+                 t: int = 0) -> None:
         self.learning_rate, self.momentum, self.decay = learning_rate, momentum, decay
         self.batch, self.t = batch, t
 
@@ -83,7 +93,7 @@ class Network:
     hue = _NetOption()
     flip = _NetOption()
 
-    def __init__(self, config=None):
+    def __init__(self, config: NetConfig | None = None) -> None:
         self.config = config
         self.layers = []
         self.batch = 1                # rows per mini-batch, darknet's net->batch
@@ -107,7 +117,7 @@ class Network:
         self.cfg_file = None
 
     # ------------------------------------------------------------------ build
-    def finalize(self):
+    def finalize(self) -> None:
         """Allocate the network-level buffers once the layers exist."""
         last = self.output_layer
         self.outputs = last.outputs
@@ -119,7 +129,7 @@ class Network:
         self.input = self.input_buffer
 
     @property
-    def output_layer(self):
+    def output_layer(self) -> Layer:
         """The last layer that is not a [cost] layer (darknet's get_network_output)."""
         for layer in reversed(self.layers):
             if layer.type != "cost":
@@ -127,21 +137,22 @@ class Network:
         return self.layers[-1]
 
     @property
-    def output(self):
+    def output(self) -> np.ndarray:
         return self.output_layer.output
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         """Zero every recurrent layer's carried hidden state (its ``carried`` arrays)."""
         for layer in self.layers:
             for name in layer.carried:
                 getattr(layer, name).fill(0)
 
-    def seed(self, seed):
+    def seed(self, seed: int | None) -> None:
         """Seed the generator used by dropout, crop and the random policy."""
         self.rng = np.random.default_rng(seed)
 
     # ------------------------------------------------------------ the passes
-    def forward(self, x=None, truth=None, train=False):
+    def forward(self, x: npt.ArrayLike | None = None, truth: npt.ArrayLike | None = None,
+                train: bool = False) -> np.ndarray:
         """Run every layer forward; return the output layer's output.
 
         ``x`` has ``batch`` rows shaped ``(batch, inputs)`` or ``(batch, c, h, w)``;
@@ -163,7 +174,7 @@ class Network:
         self.cost = float(sum(costs) / len(costs)) if costs else 0.0
         return self.output
 
-    def backward(self):
+    def backward(self) -> None:
         """Run every layer backward, from the last, accumulating deltas."""
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
@@ -177,7 +188,7 @@ class Network:
             layer.backward(layer, self)
         self.delta = None
 
-    def update(self):
+    def update(self) -> None:
         """Apply one SGD step to every layer with parameters."""
         self.t += 1   # darknet: ++*net.t, then a.t = *net.t
         args = UpdateArgs(self.current_rate(), self.config.momentum, self.config.decay,
@@ -187,19 +198,19 @@ class Network:
                 layer.update(layer, args)
 
     # ----------------------------------------------------------- training
-    def current_rate(self):
+    def current_rate(self) -> float:
         return policy.current_rate(self, self.rng)
 
     @property
-    def images_per_update(self):
+    def images_per_update(self) -> int:
         """Images summed into the ``*_updates`` of one update: batch x subdivisions."""
         return self.batch * self.subdivisions
 
     @property
-    def current_batch(self):
+    def current_batch(self) -> int:
         return policy.current_batch(self)
 
-    def train_datum(self, x, truth):
+    def train_datum(self, x: npt.ArrayLike, truth: npt.ArrayLike) -> float:
         """One mini-batch (darknet's train_network_datum): returns its summed cost."""
         self.seen += self.batch
         self.forward(x, truth, train=True)
@@ -208,7 +219,7 @@ class Network:
             self.update()
         return self.cost
 
-    def train_step(self, x, truth):
+    def train_step(self, x: npt.ArrayLike, truth: npt.ArrayLike) -> float:
         """darknet's train_network: ``x`` holds ``n * batch`` rows, trained as n
         consecutive mini-batches (one update per ``subdivisions``). Returns the
         mean loss per image."""
@@ -222,7 +233,7 @@ class Network:
         return total / rows
 
     # ----------------------------------------------------------- inference
-    def predict(self, x):
+    def predict(self, x: npt.ArrayLike) -> np.ndarray:
         """Outputs for any number of rows, in chunks of ``batch`` (inference mode)."""
         x = np.asarray(x, dtype=np.float32)
         rows = x.shape[0]
@@ -257,10 +268,10 @@ class Network:
 
     # -------------------------------------------------------------- display
     @property
-    def params(self):
+    def params(self) -> int:
         return sum(l.params for l in self.layers)
 
-    def summary(self):
+    def summary(self) -> str:
         """darknet's layer table, with parameters and FLOPs per image."""
         lines = [f"{'layer':>5} {'type':<14} {'details':<18} {'input':>16}    {'output':>16}"
                  f" {'params':>10} {'BFLOPs':>8}"]
@@ -273,8 +284,8 @@ class Network:
                      f"{self.params:,} parameters, {flops / 1e9:.3f} BFLOPs per image")
         return "\n".join(lines)
 
-    def print_summary(self, file=None):
+    def print_summary(self, file: TextIO | None = None) -> None:
         print(self.summary(), file=file if file is not None else sys.stderr)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Network {len(self.layers)} layers, batch {self.batch}, inputs {self.inputs}>"

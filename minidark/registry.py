@@ -5,19 +5,28 @@
 
 or, for a function defined elsewhere, ``register_layer("prelu", make_prelu)``.
 """
+from __future__ import annotations
+
 import difflib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import LayerNameClash
+
+if TYPE_CHECKING:
+    from .layer import Layer
+
+    MakeFn = Callable[..., Layer]   # make_x(options, params) -> Layer
 
 _REGISTRY = {}   # section name -> make function
 _ORIGIN = {}     # section name -> "module.function" that registered it
 
 
-def _origin(fn):
+def _origin(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def register_layer(*names_and_fn):
+def register_layer(*names_and_fn: str | MakeFn) -> Callable[..., Any]:
     """Register a make function under one or more section names.
 
     ``register_layer("name", make_fn)`` registers now; ``@register_layer("a", "b")``
@@ -39,7 +48,7 @@ def register_layer(*names_and_fn):
     return decorator
 
 
-def _add(names, fn):
+def _add(names: tuple | list, fn: MakeFn) -> None:
     if not names:
         raise ValueError("register_layer needs at least one section name")
     for name in names:
@@ -55,22 +64,22 @@ def _add(names, fn):
         _ORIGIN[name] = _origin(fn)
 
 
-def unregister_layer(name):
+def unregister_layer(name: str) -> None:
     """Remove a registration (for tests and interactive use)."""
     _REGISTRY.pop(name, None)
     _ORIGIN.pop(name, None)
 
 
-def get_make(name):
+def get_make(name: str) -> MakeFn | None:
     """The make function for a section name, or None."""
     return _REGISTRY.get(name)
 
 
-def layer_names():
+def layer_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def suggest(name):
+def suggest(name: str) -> str:
     """' (did you mean [x]?)' or a hint to load a plugin, for an unknown section name."""
     close = difflib.get_close_matches(name, layer_names(), n=1)
     return (f" (did you mean [{close[0]}]?)" if close else
