@@ -314,6 +314,16 @@ DEVIATIONS = {
          r"^our weights_after_s2\.weights L00 [uw][fiog]_(biases|weights)$"],
         resync=(2,), state={0: {"hidden": ("L00_lstm_h_before_s{step}", None),
                                 "cell_state": ("L00_lstm_c_before_s{step}", None)}}),
+    "n_crnn": Deviation(
+        "darknet's crnn sublayers never learn (make_convolutional_layer leaves their "
+        "learning-rate scale at 0, CPU and GPU); minidark's learn with the layer's scale. "
+        "Its CPU backward has rnn's extra a'(q_t) in the input_layer gradient (minidark: "
+        "the true gradient) and resets the state every training batch (minidark carries "
+        "it): step 2 starts from darknet's recorded parameters and state",
+        [r"^L00_crnn_input_layer_(delta|(bias|weight)_updates_(grad|momentum))_s[12]$",
+         r"^L00_crnn_(input|self|output)_layer_(biases|weights)_after_s[12]$",
+         r"^our weights_after_s[12]\.weights L00 (input|self|output)_layer_(biases|weights)$"],
+        resync=(2,), state={0: {"hidden": ("L00_crnn_state_s{step}", 0)}}),
 }
 
 

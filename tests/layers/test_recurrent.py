@@ -286,3 +286,35 @@ def test_batch_override_counts_every_time_step(tmp_path):
     path.write_text("[net]\nbatch=8\ntime_steps=3\ninputs=4\n[rnn]\noutput=2\n")
     net = minidark.load_network(path, batch=2)
     assert net.batch == 6 and net.layers[0].batch == 2 and net.layers[0].steps == 3
+
+
+def _conv3x3(x, weights, biases):
+    """Naive 3x3 stride-1 pad-1 convolution: x (B, C, H, W), weights (N, C, 3, 3)."""
+    batch, _, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((batch, weights.shape[0], h, w))
+    for ky in range(3):
+        for kx in range(3):
+            out += np.einsum("bchw,nc->bnhw", padded[:, :, ky:ky + h, kx:kx + w],
+                             weights[:, :, ky, kx])
+    return out + biases[None, :, None, None]
+
+
+def test_crnn_forward_matches_a_naive_recurrence(tmp_path):
+    net = recurrent_net(tmp_path, "[crnn]\nhidden_filters=3\noutput_filters=2\nactivation=leaky",
+                        batch=2, steps=3, inputs="height=4\nwidth=3\nchannels=2")
+    l = net.layers[0]
+    rng = np.random.default_rng(0)
+    for name in l.saved:
+        getattr(l, name)[...] = rng.normal(size=getattr(l, name).shape) * 0.5
+    leaky = lambda v: np.where(v > 0, v, 0.1 * v)                    # noqa: E731
+    x = rng.uniform(-1, 1, (3, 2, 2, 4, 3)).astype(np.float32)       # (T, B, C, H, W)
+    state = np.zeros((2, 3, 4, 3))
+    for call in range(2):                                            # the state carries
+        out = net.forward(x.reshape(6, -1)).reshape(3, 2, 2, 4, 3)
+        for t in range(3):
+            u = leaky(_conv3x3(x[t], l.input_layer_weights, l.input_layer_biases))
+            q = leaky(_conv3x3(state, l.self_layer_weights, l.self_layer_biases))
+            state = u + q
+            y = leaky(_conv3x3(state, l.output_layer_weights, l.output_layer_biases))
+            np.testing.assert_allclose(out[t], y, rtol=1e-4, atol=1e-5)
