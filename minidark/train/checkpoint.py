@@ -25,6 +25,7 @@ Temporary files a kill leaves (``.tmp-XXXXXXXX<name>``) are deleted when the
 next run starts in that folder; a lock file (``.<base>.lock``) keeps two runs
 from writing the same checkpoints at once.
 """
+import contextlib
 import hashlib
 import io
 import json
@@ -57,6 +58,10 @@ HISTORY_KEYS = ("history/iteration", "history/loss", "history/avg",
 
 class CheckpointError(MinidarkError):
     """A checkpoint that cannot be written, or a sidecar that cannot be used."""
+
+
+class FolderBusy(CheckpointError):
+    """Another live run holds the lock on a base's checkpoints in a folder."""
 
 
 def sidecar_path(path):
@@ -164,10 +169,16 @@ def settle_pending(weights_path):
     return "removed"
 
 
-def resolve_sidecar(weights_path):
+def resolve_sidecar(weights_path, base=None):
     """The sidecar that belongs to ``weights_path`` once an interrupted write is
-    settled; None when there is none."""
-    settle_pending(weights_path)
+    settled; None when there is none. With ``base``, a pending sidecar is
+    settled under that base's folder lock (folder_lock); without, the caller
+    holds it."""
+    if base is None:
+        settle_pending(weights_path)
+    elif os.path.lexists(pending_path(weights_path)):
+        with folder_lock(os.path.dirname(os.fspath(weights_path)) or ".", base):
+            settle_pending(weights_path)
     final = sidecar_path(weights_path)
     return final if os.path.lexists(final) else None
 
@@ -415,7 +426,7 @@ def lock_folder(folder, base):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise CheckpointError(f"another run is writing {base}'s checkpoints in {folder} "
+            raise FolderBusy(f"another run is writing {base}'s checkpoints in {folder} "
                                   f"(it holds {path}): wait for it to end, or set backup= "
                                   f"to another folder") from None
     return fd
@@ -424,3 +435,28 @@ def lock_folder(folder, base):
 def unlock_folder(fd):
     if fd is not None:
         os.close(fd)            # closing releases the lock; the file stays for the next run
+
+
+@contextlib.contextmanager
+def folder_lock(folder, base):
+    """Hold the lock of ``base`` in ``folder`` while settling a checkpoint there, so
+    a live run's pending sidecar is never taken for a stale one. FolderBusy if a
+    live run holds it; a folder where no lock file can be made (read-only: no
+    run writes there) is read without one."""
+    try:
+        fd = lock_folder(folder, base)
+    except FolderBusy:
+        raise
+    except CheckpointError:
+        fd = None
+    try:
+        yield
+    finally:
+        unlock_folder(fd)
+
+
+def checkpoint_base(path, default):
+    """The ``<base>`` of a checkpoint file name (``<base>.backup``,
+    ``<base>_<epoch>.weights``, ``<base>.weights``), else ``default``."""
+    named = re.fullmatch(r"(.+?)(\.backup|\.weights|_\d+\.weights)", os.path.basename(path))
+    return named.group(1) if named else default

@@ -51,7 +51,6 @@ complete checkpoint stays intact.
 import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -67,12 +66,12 @@ from .checkpoint import (
     NO_EXACT,
     CheckpointError,
     check_state,
+    checkpoint_base,
     checkpoint_names,
     clean_folder,
     lock_folder,
     read_sidecar,
     resolve_sidecar,
-    settle_pending,
     sha256_of,
     sidecar_bytes,
     sidecar_path,
@@ -500,8 +499,10 @@ class Trainer:
         """
         net, weights_path = self.net, os.fspath(weights_path)
         self.start = weights_path
+        folder = os.path.dirname(weights_path) or "."
+        base = checkpoint_base(weights_path, self.base)
         try:
-            path = resolve_sidecar(weights_path)
+            path = resolve_sidecar(weights_path, base)
         except OSError as exc:
             raise CheckpointError(f"{sidecar_path(weights_path)}: cannot settle an "
                                   f"interrupted write: {exc.strerror}") from None
@@ -515,10 +516,7 @@ class Trainer:
             state = read_sidecar(path, size_limit(net, self.n))
             version = check_state(state, net, self.n, sha256_of(weights_path))
         except CheckpointError as exc:
-            named = re.fullmatch(r"(.+?)(\.backup|\.weights|_\d+\.weights)",
-                                 os.path.basename(weights_path))
-            raise unusable(path, str(exc), os.path.dirname(weights_path) or ".",
-                           named.group(1) if named else self.base, exclude=weights_path) from None
+            raise unusable(path, str(exc), folder, base, exclude=weights_path) from None
         except OSError as exc:
             raise unusable(path, exc.strerror or str(exc)) from None
         for layer in net.layers:
@@ -579,11 +577,11 @@ def final_missing(weights_path, backup_dir, base):
         return False
     final = os.path.join(os.fspath(backup_dir), f"{base}.weights")
     try:
-        if resolve_sidecar(weights_path) is None:
+        if resolve_sidecar(weights_path, checkpoint_base(weights_path, base)) is None:
             return False
         if not os.path.exists(final) or sha256_of(final) != sha256_of(weights_path):
             return True
-        settle_pending(final)
+        resolve_sidecar(final, base)
     except OSError:
         return True
     return not os.path.exists(sidecar_path(final))

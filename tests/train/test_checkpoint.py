@@ -396,8 +396,9 @@ def test_an_unwritable_sidecar_message_names_the_data(tmp_path):
 def test_a_run_killed_while_writing_its_final_weights_finishes_on_resume(tmp_path, capsys):
     """The last .backup is at max_batches but <base>.weights never landed: resuming
     writes it (the same bytes) instead of saying there is nothing to do."""
-    from minidark.cli import main
     from tiny_training import write_tiny_data_file
+
+    from minidark.cli import main
     data = write_tiny_data_file(tmp_path)
     cfg = write_tiny_cfg(tmp_path, max_batches=4, backup_every=2)
     assert main(["classifier", "train", data, cfg, "--seed", "3", "--no-progress"]) == 0
@@ -413,3 +414,22 @@ def test_a_run_killed_while_writing_its_final_weights_finishes_on_resume(tmp_pat
     assert_no_leftovers(folder)
     assert main(["classifier", "train", data, cfg, backup, "--no-progress"]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_resuming_from_files_a_live_run_is_writing_is_refused(tmp_path):
+    """A pending sidecar of a live run is not the leftover of a dead one: it stays."""
+    from minidark.train.checkpoint import lock_folder, unlock_folder
+    cfg = write_tiny_cfg(tmp_path, max_batches=2)
+    folder = tmp_path / "backup"
+    tiny_trainer(cfg, folder).run()
+    pending = folder / "tiny.backup.state.npz.next"
+    pending.write_bytes(b"being written by the live run")
+    lock = lock_folder(str(folder), "tiny")                # the live run
+    try:
+        with pytest.raises(CheckpointError, match="another run is writing tiny's checkpoints"):
+            tiny_trainer(cfg, tmp_path / "other", weights=str(folder / "tiny.backup"))
+        assert pending.exists()
+    finally:
+        unlock_folder(lock)
+    assert tiny_trainer(cfg, tmp_path / "other", weights=str(folder / "tiny.backup")).restored
+    assert not pending.exists()
