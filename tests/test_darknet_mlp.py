@@ -11,7 +11,6 @@ weights ``mnist/<stem>.weights``, cfg ``cfg/<stem>.cfg`` or, dropping
 trailing ``_part``s of the stem, e.g. ``cfg/mnist_lenet.cfg`` for
 ``mnist_lenet_c1_2ep``; the top-k must equal those of darknet's probabilities.
 """
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,9 @@ from minidark.data.mnist import load_mnist
 from minidark.testing import check_darknet_predictions, refdata_root
 from minidark.tools.reference import default_refdata_root
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO / "data" / "mnist"
+from conftest import MNIST  # the MNIST folder (data/mnist, $MINIDARK_DATA or ../shared)
+
+pytestmark = [pytest.mark.refdata, pytest.mark.mnist]
 ROOTS = list(dict.fromkeys([refdata_root().resolve(), default_refdata_root().resolve()]))
 
 

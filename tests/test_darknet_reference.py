@@ -32,11 +32,13 @@ VECTORS = vector_dirs()
 
 
 # ------------------------------------------------------------ darknet's data
+@pytest.mark.refdata
 def test_reference_vectors_are_found():
     assert VECTORS, (f"no darknet vector directories under {refdata_root()}/vectors "
                      "(set MINIDARK_REFDATA to the folder holding vectors/)")
 
 
+@pytest.mark.refdata
 @pytest.mark.parametrize("directory", VECTORS or [None],
                          ids=[d.name for d in VECTORS] or ["missing"])
 def test_darknet_vectors(directory):
@@ -61,6 +63,7 @@ NEXT_EXPECTED = {"g_yolo", "h_region", "h2_region_gpupath", "i_detection", "j_rn
                  "k2_gru_gpupath", "l_lstm", "m_deconv"}
 
 
+@pytest.mark.refdata
 def test_next_vectors_are_found_and_unsupported_list_only_shrinks():
     names = {d.name for d in NEXT}
     assert NEXT_EXPECTED <= names, f"missing under {refdata_root()}/vectors-next"
@@ -74,6 +77,7 @@ def test_next_vectors_are_found_and_unsupported_list_only_shrinks():
         assert any(get_make(t) is None for t in types - {"net"}), f"{name} is supported now"
 
 
+@pytest.mark.refdata
 @pytest.mark.parametrize("directory", [d for d in NEXT if d.name not in NEXT_UNSUPPORTED],
                          ids=lambda d: d.name)
 def test_darknet_next_vectors(directory):
@@ -90,6 +94,7 @@ def test_darknet_next_vectors(directory):
     assert bool(listed) == (deviation is not None)   # deviations are data, and they show
 
 
+@pytest.mark.refdata
 def test_recurrent_deviations_are_exactly_the_listed_arrays(monkeypatch):
     """Without its deviation list, j_rnn fails on exactly the listed arrays (the
     input_layer gradient darknet's CPU code gets wrong), and nothing else."""
@@ -805,6 +810,7 @@ def test_minidark_follows_the_readme_rules(tmp_path, name, specs):
     assert len(report.checks) > 100
 
 
+@pytest.mark.refdata
 def test_region_deviation_is_exactly_the_listed_arrays(monkeypatch):
     """Without its deviation list, h_region (darknet's empty CPU region backward)
     fails on exactly the listed arrays -- the region delta after backward and the

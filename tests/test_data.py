@@ -21,8 +21,9 @@ from minidark.data.export import NAMES, export_mnist
 from minidark.data.mnist import SHA256, ensure_mnist, read_idx
 from minidark.errors import DataError
 
+from conftest import MNIST  # the MNIST folder (data/mnist, $MINIDARK_DATA or ../shared)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = os.path.join(ROOT, "data", "mnist")
 
 
 def write(path, text):
@@ -168,6 +169,7 @@ def exported(tmp_path_factory):
     return out, data
 
 
+@pytest.mark.mnist
 def test_exported_pngs_load_as_the_idx_arrays(exported):
     out, data = exported
     config = read_data_file(data)
@@ -188,6 +190,7 @@ def test_exported_pngs_load_as_the_idx_arrays(exported):
     np.testing.assert_array_equal(idx.batch(np.arange(300)), x[:300])
 
 
+@pytest.mark.mnist
 def test_image_list_converts_channels_and_resizes(exported):
     out, data = exported
     config = read_data_file(data)
@@ -202,6 +205,7 @@ def test_image_list_converts_channels_and_resizes(exported):
     np.testing.assert_array_equal(idx_rgb.images[:300], rgb.images)
 
 
+@pytest.mark.mnist
 def test_broken_and_missing_images_are_skipped_with_one_warning(exported, tmp_path):
     out, data = exported
     broken = tmp_path / "img_broken_digit3.png"
@@ -277,6 +281,7 @@ def local_mirror(tmp_path):
     server.server_close()
 
 
+@pytest.mark.mnist
 def test_download_verifies_sha256_of_the_content(tmp_path, monkeypatch, local_mirror):
     root, url = local_mirror
     stem = "t10k-labels-idx1-ubyte"
@@ -295,6 +300,7 @@ def test_download_verifies_sha256_of_the_content(tmp_path, monkeypatch, local_mi
                                   read_idx(os.path.join(MNIST, stem + ".gz")))
 
 
+@pytest.mark.mnist
 def test_pinned_hashes_match_the_shared_files():
     import hashlib
     for stem, digest in SHA256.items():
@@ -302,6 +308,7 @@ def test_pinned_hashes_match_the_shared_files():
             assert hashlib.sha256(handle.read()).hexdigest() == digest, stem
 
 
+@pytest.mark.mnist
 def test_mnist_found_in_minidark_data(tmp_path, monkeypatch):
     (tmp_path / "mnist").mkdir()
     for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):

@@ -8,6 +8,7 @@ data/mnist: missing files fail, never skip. About 25-40 s at one BLAS thread.
 (The full 1406-batch run of the cfg reaches 99.3%; see the cfg's history.)
 """
 import numpy as np
+import pytest
 
 import minidark
 from conftest import ROOT, one_hot
@@ -16,6 +17,7 @@ SEED = 1
 BATCHES = 200
 
 
+@pytest.mark.slow
 def test_lenet_200_batches_reaches_96_5_percent(mnist):
     x_train, y_train, x_test, y_test = mnist
     net = minidark.load_network(str(ROOT / "cfg" / "mnist_lenet.cfg"), seed=SEED)

@@ -7,6 +7,7 @@ load_network(..., seed=...) fixes the initialisation, so the run is
 deterministic. MNIST must be in data/mnist: missing files fail, never skip.
 """
 import numpy as np
+import pytest
 
 import minidark
 from conftest import ROOT, one_hot
@@ -15,6 +16,7 @@ SEED = 0
 BATCHES = 469
 
 
+@pytest.mark.slow
 def test_one_epoch_of_mnist_mlp_reaches_96_percent(mnist):
     x_train, y_train, x_test, y_test = mnist
     net = minidark.load_network(str(ROOT / "cfg" / "mnist_mlp.cfg"), seed=SEED)

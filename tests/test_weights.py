@@ -199,11 +199,13 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
 VECTORS = sorted(glob.glob(str(REFDATA / "vectors" / "*" / "weights_before.weights")))
 
 
+@pytest.mark.refdata
 def test_refdata_vectors_present():
     assert VECTORS, (f"no darknet reference vectors under {REFDATA / 'vectors'}: "
                      "../shared/refdata must be beside the clone (or set $MINIDARK_REFDATA)")
 
 
+@pytest.mark.refdata
 @pytest.mark.parametrize("weights", VECTORS, ids=lambda p: os.path.basename(os.path.dirname(p)))
 def test_reads_darknet_weights_files(tmp_path, weights):
     folder = os.path.dirname(weights)
