@@ -13,34 +13,58 @@ Each verb family is one module in ``minidark/commands/`` (darknet's
 ``examples/*.c``); this module imports them, builds the argument parser and
 turns errors into exit statuses. Every command takes ``--plugin SPEC``
 (repeatable: a .py file or a module with layers to register; it runs that
-code, so load trusted code only) and ``--help``. User mistakes
-(MinidarkError and bad arguments) print one line on stderr and exit 2; a
-check that ran and failed (gradcheck FAIL) exits 1; 130 when interrupted;
-warnings print as ``minidark: warning: ...``.
+code, so load trusted code only) and ``--help``. Exit statuses (``EXIT_STATUS``,
+printed by ``--help``): 0 success; 1 a check that ran and failed (gradcheck
+FAIL); 2 a user error (bad arguments, or a MinidarkError: a bad cfg, data or
+weights file, missing data), printed as one line on stderr; 130 interrupted
+(Ctrl-C); 141 output pipe closed early (``minidark ... | head``). Warnings
+print as ``minidark: warning: ...``; messages have control characters escaped.
 """
 import argparse
+import contextlib
 import os
 import sys
 import warnings
 
 from .commands import bench, cfg, classifier, data, detector, gradcheck, rnn  # noqa: F401  (each registers its verbs)
-from .commands.base import COMMANDS, Parser, UsageError, load_plugins
+from .commands.base import (
+    CHECK_FAILED,
+    COMMANDS,
+    INTERRUPTED,
+    PIPE_CLOSED,
+    SUCCESS,
+    USER_ERROR,
+    Parser,
+    UsageError,
+    check_file_kinds,
+    load_plugins,
+)
 from .commands.classifier import run_train, train_options
-from .errors import MinidarkError
+from .errors import MinidarkError, printable
+from .plugins import add_plugin_argument
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXIT_STATUS = f"""exit status:
+  {SUCCESS}    success
+  {CHECK_FAILED}    a check ran and failed (gradcheck FAIL)
+  {USER_ERROR}    user error: bad arguments, or a bad cfg, data, weights or image file,
+       missing data (one line on stderr)
+  {INTERRUPTED}  interrupted (Ctrl-C; training saves a .backup first)
+  {PIPE_CLOSED}  the output pipe closed early (minidark ... | head)
+
+--plugin and installed minidark.layers entry points RUN Python code: load trusted
+code only (MINIDARK_NO_ENTRY_POINTS=1 skips entry points; --verbose lists what loaded)."""
 
 
 def plugin_parent():
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--plugin", action="append", default=[], metavar="SPEC",
-                        help="load layers from a .py file or module (repeatable)")
-    return parent
+    """The parent parser of every command: ``--plugin`` (defined once, in plugins.py)."""
+    return add_plugin_argument(argparse.ArgumentParser(add_help=False))
 
 
 def build_parser(prog="minidark"):
     from . import __version__
-    top = Parser(prog=prog, description="minidark: darknet in Python on numpy.")
+    top = Parser(prog=prog, description="minidark: darknet in Python on numpy.",
+                 epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version", version=f"minidark {__version__}")
     groups = {(): top.add_subparsers(metavar="COMMAND", parser_class=Parser)}
     top.set_defaults(run=_choose(top, groups[()]))
@@ -54,7 +78,8 @@ def build_parser(prog="minidark"):
                 group.set_defaults(run=_choose(group, groups[path]))
         leaf = groups[command.words[:-1]].add_parser(
             command.words[-1], help=command.help, description=command.help,
-            parents=[parent])
+            parents=[parent], epilog=EXIT_STATUS,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_arguments(leaf)
         leaf.set_defaults(run=command.run)
     return top
@@ -68,7 +93,16 @@ def _choose(parser, subparsers):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"minidark: warning: {message}", file=sys.stderr)
+    print(f"minidark: warning: {printable(message)}", file=sys.stderr)
+
+
+def _report_plugins():
+    """--verbose: say which plugins ran (entry points load with the built-ins)."""
+    from .plugins import load_layers, loaded_plugins
+    load_layers()
+    loaded = loaded_plugins()
+    print(f"minidark: plugins loaded (their code ran): {'; '.join(loaded)}" if loaded
+          else "minidark: no plugins loaded", file=sys.stderr)
 
 
 def _run(parse):
@@ -78,21 +112,26 @@ def _run(parse):
         try:
             args = parse()
             load_plugins(getattr(args, "plugin", []))
+            if getattr(args, "verbose", False):
+                _report_plugins()
             status = args.run(args)
-            return 0 if status is None else status
+            return SUCCESS if status is None else status
         except SystemExit as exc:          # --help, --version
-            return exc.code if isinstance(exc.code, int) else 0
+            return exc.code if isinstance(exc.code, int) else SUCCESS
         except UsageError as exc:
-            print(exc, file=sys.stderr)
-            return 2
+            print(printable(exc), file=sys.stderr)
+            return USER_ERROR
         except MinidarkError as exc:
-            print(f"minidark: error: {exc}", file=sys.stderr)
-            return 1
+            print(f"minidark: error: {printable(exc)}", file=sys.stderr)
+            return USER_ERROR
         except KeyboardInterrupt:
             print("minidark: interrupted", file=sys.stderr)
-            return 130
+            return INTERRUPTED
         except BrokenPipeError:            # e.g. minidark ... | head
-            return 1
+            # no second BrokenPipeError when Python flushes stdout at exit
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return PIPE_CLOSED
 
 
 def main(argv=None):
@@ -116,7 +155,8 @@ def train_main(argv=None, prog="train.py"):
 
     def parse():
         parser = Parser(prog=prog, description=train_main.__doc__.split("\n\n")[1],
-                        parents=[plugin_parent()])
+                        parents=[plugin_parent()], epilog=EXIT_STATUS,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
         train_options(parser)
         parser.add_argument("files", nargs="*", metavar="FILE",
                             help="nothing (MNIST, default cfg), CFG, or DATA CFG [WEIGHTS]")
@@ -133,6 +173,9 @@ def train_main(argv=None, prog="train.py"):
             files = [_default(os.path.join("cfg", "mnist.data"))] + files
         args.data, args.cfg = files[0], files[1]
         args.weights = files[2] if len(files) > 2 else None
+        check_file_kinds(f"{prog} [CFG | DATA CFG [WEIGHTS]]",
+                         [("DATA", args.data, "data"), ("CFG", args.cfg, "cfg"),
+                          ("WEIGHTS", args.weights, "weights")])
         args.run = run_train
         return args
     return _run(parse)

@@ -37,6 +37,11 @@ is always an error naming both registrants:
 
 Every failure is a ``PluginError`` (a ``MinidarkError``, so the CLI prints it
 as one line) that names the spec or the distribution.
+
+**Trusted code only.** Loading a plugin *runs* it, with your permissions: a
+``--plugin`` file or module, and every installed ``minidark.layers`` entry
+point (merely installing a package that declares one is enough). The CLI's
+``--verbose`` lists what was loaded (:func:`loaded_plugins`).
 """
 import hashlib
 import importlib
@@ -73,6 +78,26 @@ _state = _State()
 # --------------------------------------------------------------------------
 # --plugin SPEC
 # --------------------------------------------------------------------------
+PLUGIN_HELP = ("load layers from a .py file or an importable module (repeatable). This RUNS "
+               "its code, as installed minidark.layers entry points run theirs: load trusted "
+               "code only")
+
+
+def add_plugin_argument(parser):
+    """Add ``--plugin SPEC`` to an argparse parser: its one definition, shared by every
+    minidark command and ``python -m minidark.tools.bench``."""
+    parser.add_argument("--plugin", action="append", default=[], metavar="SPEC",
+                        help=PLUGIN_HELP)
+    return parser
+
+
+def loaded_plugins():
+    """Where each plugin loaded in this process came from, in load order:
+    'plugin file /abs/x.py', 'plugin module pkg.mod', "entry point 'name = module'
+    (group minidark.layers) of distribution 'dist 1.0'"."""
+    return list(_state.sources.values())
+
+
 def load_plugins(specs):
     """Load each ``--plugin`` spec in order; returns the modules."""
     return [load_plugin(spec) for spec in (specs or ())]

@@ -369,7 +369,7 @@ def test_worker_sets_threads_and_measures_its_own_peak(tmp_path):
 def test_bad_arguments_exit_nonzero_with_one_line():
     done = subprocess.run([sys.executable, "-m", "minidark.tools.bench", "no/such.cfg"],
                           capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no such cfg" in done.stderr
 
 
@@ -392,7 +392,7 @@ def test_cli_wires_the_bench_subcommand(capsys):
     assert cli.main(["bench", "--help"]) == 0
     help_text = capsys.readouterr().out
     assert "--no-torch" in help_text and "--accuracy" in help_text and "--seeds" in help_text
-    assert cli.main(["bench", "no/such.cfg"]) == 1
+    assert cli.main(["bench", "no/such.cfg"]) == 2
     assert "no such cfg" in capsys.readouterr().err
 
 
@@ -510,7 +510,6 @@ def test_accuracy_engines_see_the_same_batch_order(tmp_path):
     assert np.array_equal(np.concatenate(pt_y), labels[order.ravel()])
 
 
-@pytest.mark.slow
 def test_accuracy_run_reports_both_engines_per_seed():
     pytest.importorskip("torch")
     # 20 iterations of the MLP on the first 2,560 MNIST rows, two seeds
@@ -550,19 +549,17 @@ def test_accuracy_run_reports_both_engines_per_seed():
     (["--accuracy", "1", "--seeds", "0,x"], "--seeds"),
     (["--accuracy", "0"], "--accuracy must be >= 1"),
     (["--seeds", "0,1"], "need --accuracy"),
-    pytest.param(["--accuracy", "1", "--train-rows", "99999999"], "training rows",
-                 marks=pytest.mark.mnist),
+    (["--accuracy", "1", "--train-rows", "99999999"], "training rows"),
 ])
 def test_accuracy_bad_arguments_are_one_line(capsys, args, needle):
-    assert bench.main([MLP, *args]) == 1
+    assert bench.main([MLP, *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.strip().count("\n") == 0
 
 
-@pytest.mark.mnist
 def test_accuracy_needs_an_mnist_shaped_cfg(tmp_path, capsys):
     cfg = write(tmp_path, MLP_CFG, h=8, w=8)
-    assert bench.main([cfg, "--accuracy", "1"]) == 1
+    assert bench.main([cfg, "--accuracy", "1"]) == 2
     assert "784 inputs" in capsys.readouterr().err
 
 

@@ -135,19 +135,33 @@ def test_cli_errors(capsys):
         cli(PRELU_MNIST)
     with pytest.raises(MinidarkError, match=r"--layer 4: .* has 4 layers \(0-3\)"):
         cli(PRELU_MNIST, "--plugin", PRELU, "--layer", "4")
-    with pytest.raises(MinidarkError, match="--batch must be >= 1"):
-        cli(PRELU_MNIST, "--batch", "0")
-    # standalone entry point: one line on stderr, exit code 1 (as the minidark CLI)
-    assert gradcheck_cli.main([PRELU_MNIST, "--plugin", "examples/no_such_plugin.py"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no_such_plugin.py" in err and "no such file" in err
+    # through the minidark CLI: a user error is one line on stderr and exit status 2
+    for argv, needle in [([PRELU_MNIST, "--plugin", "examples/no_such_plugin.py"],
+                          "no such file"),
+                         ([PRELU_MNIST, "--batch", "0"], "argument --batch: must be >= 1"),
+                         ([PRELU_MNIST, "--max-checks", "0"], "--max-checks: must be >= 1"),
+                         (["cfg/mnist.data"], "cfg/mnist.data is given as CFG but is a .data "
+                                              "file")]:
+        assert gradcheck_cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
 
 
 def test_standalone_main_exit_codes(capsys):
+    """0 passed, 1 a check failed (not 2: that is a user error)."""
     assert gradcheck_cli.main([PRELU_MNIST, "--plugin", PRELU, "--layer", "1"]) == 0
     registry.unregister_layer("prelu")
     assert gradcheck_cli.main([PRELU_MNIST, "--plugin", PRELU_BROKEN, "--layer", "1"]) == 1
     capsys.readouterr()
+
+
+def test_python_m_gradcheck_is_the_cli():
+    import subprocess
+    done = subprocess.run([sys.executable, "-m", "minidark.commands.gradcheck", PRELU_MNIST,
+                           "--plugin", PRELU_BROKEN, "--layer", "1"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 1, done.stderr
+    assert "FAILED: 1 of 2 arrays (layer 1 slopes)" in done.stdout
 
 
 # ---------------------------------------------------------- expected gaps

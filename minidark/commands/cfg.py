@@ -1,6 +1,6 @@
 """``minidark cfg summary|convert``: the layer table, and .cfg <-> .yaml."""
 from ..errors import DataError
-from .base import add_command
+from .base import add_command, check_file_kinds
 
 
 def summary_arguments(parser):
@@ -10,6 +10,7 @@ def summary_arguments(parser):
 
 def run_summary(args):
     import minidark
+    check_file_kinds("minidark cfg summary CFG", [("CFG", args.cfg, "cfg")])
     net = minidark.load_network(args.cfg, batch=1, strict=args.strict)
     print(net.summary())
     return 0
@@ -23,6 +24,7 @@ def convert_arguments(parser):
 
 def run_convert(args):
     from ..cfg.parser import convert_cfg
+    check_file_kinds("minidark cfg convert SRC DST", [("SRC", args.source, "cfg")])
     try:
         convert_cfg(args.source, args.destination)
     except OSError as exc:

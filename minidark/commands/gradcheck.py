@@ -3,27 +3,28 @@
 Runs minidark.tools.gradcheck.gradcheck on every layer of CFG (or one): float64
 central differences on random inputs of the cfg's shapes, for the input
 and every learnable array; prints a table of max relative errors with the
-bound, ok / FAIL / gap (within an expected gap's documented bound) / skip,
-and a summary line. Exit code 0 when every checked array passes, 1 when any
-fails; a cfg or plugin error is a MinidarkError (one line on stderr, exit 1,
-as for every minidark command; bad arguments exit 2).
+bound, ok / FAIL / gap (within an expected gap's documented bound) / skip /
+kink (every entry picked sat at an activation's kink), and a summary line.
+Exit status 0 when every checked array passes, 1 when any fails (a check
+that ran and failed); a cfg or plugin error is a user error (one line on
+stderr, exit 2, as for every minidark command).
 
 The CLI (minidark/cli.py) calls ``add_arguments(parser)`` and ``run(args)``;
 ``--plugin`` is its option on every command, loaded before ``run`` (loading
-again here is harmless). ``python -m minidark.commands.gradcheck`` works alone.
+again here is harmless). ``python -m minidark.commands.gradcheck ARGS`` is
+``minidark gradcheck ARGS``.
 """
-import argparse
 import sys
 
 from ..errors import MinidarkError
-from .base import add_command
+from .base import CHECK_FAILED, SUCCESS, add_command, check_file_kinds, positive_int
 
 
 def add_arguments(parser):
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml file")
     parser.add_argument("--layer", type=int, default=None, metavar="N",
                         help="check only layer N (0-based; negative counts from the end)")
-    parser.add_argument("--batch", type=int, default=2, metavar="B",
+    parser.add_argument("--batch", type=positive_int, default=2, metavar="B",
                         help="batch size of the random inputs (default 2; batch-norm "
                              "layers need B * pixels >= 8)")
     parser.add_argument("--inference", action="store_true",
@@ -31,7 +32,7 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="max relative error that passes (default 1e-4)")
-    parser.add_argument("--max-checks", type=int, default=40, metavar="K",
+    parser.add_argument("--max-checks", type=positive_int, default=40, metavar="K",
                         help="entries perturbed per array, picked at random (default 40)")
     return parser
 
@@ -43,10 +44,11 @@ def run(args):
     from ..tools.gradcheck import format_results, gradcheck, summarize
 
     load_plugins(getattr(args, "plugin", None) or [])
-    if args.batch < 1:
+    if args.batch < 1:        # library callers bypass argparse's positive_int
         raise MinidarkError(f"--batch must be >= 1, got {args.batch}")
     if args.max_checks < 1:
         raise MinidarkError(f"--max-checks must be >= 1, got {args.max_checks}")
+    check_file_kinds("minidark gradcheck CFG", [("CFG", args.cfg, "cfg")])
     net = parse_network_cfg(args.cfg, batch=args.batch, seed=args.seed,
                             strict=getattr(args, "strict", False), verbose=False)
     count = len(net.layers)
@@ -61,26 +63,17 @@ def run(args):
                         tolerance=args.tolerance, max_checks=args.max_checks)
     print(format_results(results))
     print(summarize(results))
-    return 1 if any(r.status == "FAIL" for r in results) else 0
+    return CHECK_FAILED if any(r.status == "FAIL" for r in results) else SUCCESS
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="minidark gradcheck",
-                                     description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.add_argument("--plugin", action="append", default=[], metavar="SPEC",
-                        help="a plugin .py file or module to load first (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except MinidarkError as exc:
-        print(f"minidark gradcheck: error: {exc}", file=sys.stderr)
-        return 1
+    """``python -m minidark.commands.gradcheck ARGS``: the same as ``minidark gradcheck ARGS``."""
+    from ..cli import main as cli_main
+    return cli_main(["gradcheck", *(sys.argv[1:] if argv is None else argv)])
 
-
-add_command("gradcheck", "numerical gradient check of every layer (or one) of a cfg",
-            add_arguments, run)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main())    # the CLI imports minidark.commands.gradcheck, which registers the verb
+else:
+    add_command("gradcheck", "numerical gradient check of every layer (or one) of a cfg",
+                add_arguments, run)

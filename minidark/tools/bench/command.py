@@ -7,7 +7,7 @@ import os
 import sys
 
 from ...errors import MinidarkError
-from ...plugins import load_plugins
+from ...plugins import add_plugin_argument
 from .accuracy import run_accuracy
 from .common import DEFAULT_CFGS, ENGINES
 from .output import format_accuracy_table, format_table
@@ -71,6 +71,10 @@ def parse_seeds(text):
 
 def run(args):
     """Run the benchmark from parsed arguments; return the exit code."""
+    import importlib.util
+    if importlib.util.find_spec("threadpoolctl") is None:   # every worker pins its threads
+        raise MinidarkError("minidark bench needs the 'bench' extra: pip install -e '.[bench]' "
+                            "(threadpoolctl; and PyTorch, to compare against)")
     for name in ("threads", "steps", "repeats", "train_batches", "eval_rows", "eval_passes",
                  "gemm_size"):
         if getattr(args, name) < 1:
@@ -106,6 +110,12 @@ def run(args):
 
 
 def main(argv=None):
+    """``python -m minidark.tools.bench``: ``minidark bench``, or (``--worker``) one
+    measurement in this fresh process, started by the parent."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--worker" not in argv:
+        from ...cli import main as cli_main
+        return cli_main(["bench", *argv])
     parser = argparse.ArgumentParser(
         prog="python -m minidark.tools.bench",
         description="Training/inference images/s and peak memory of minidark, against "
@@ -120,16 +130,6 @@ def main(argv=None):
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--shapes", help=argparse.SUPPRESS)
-    parser.add_argument("--plugin", action="append", default=[], metavar="SPEC",
-                        help="load layers from a .py file or module (repeatable)")
-    args = parser.parse_args(argv)
-    if args.worker:
-        return _worker(args)
-    try:
-        if args.plugin:
-            load_plugins(args.plugin)
-        return run(args)
-    except MinidarkError as exc:
-        print(f"minidark bench: {exc}", file=sys.stderr)
-        return 1
+    add_plugin_argument(parser)
+    return _worker(parser.parse_args(argv))
 
