@@ -510,6 +510,7 @@ def test_accuracy_engines_see_the_same_batch_order(tmp_path):
     assert np.array_equal(np.concatenate(pt_y), labels[order.ravel()])
 
 
+@pytest.mark.slow
 def test_accuracy_run_reports_both_engines_per_seed():
     pytest.importorskip("torch")
     # 20 iterations of the MLP on the first 2,560 MNIST rows, two seeds
@@ -549,7 +550,8 @@ def test_accuracy_run_reports_both_engines_per_seed():
     (["--accuracy", "1", "--seeds", "0,x"], "--seeds"),
     (["--accuracy", "0"], "--accuracy must be >= 1"),
     (["--seeds", "0,1"], "need --accuracy"),
-    (["--accuracy", "1", "--train-rows", "99999999"], "training rows"),
+    pytest.param(["--accuracy", "1", "--train-rows", "99999999"], "training rows",
+                 marks=pytest.mark.mnist),
 ])
 def test_accuracy_bad_arguments_are_one_line(capsys, args, needle):
     assert bench.main([MLP, *args]) == 2
@@ -557,6 +559,7 @@ def test_accuracy_bad_arguments_are_one_line(capsys, args, needle):
     assert needle in err and err.strip().count("\n") == 0
 
 
+@pytest.mark.mnist
 def test_accuracy_needs_an_mnist_shaped_cfg(tmp_path, capsys):
     cfg = write(tmp_path, MLP_CFG, h=8, w=8)
     assert bench.main([cfg, "--accuracy", "1"]) == 2

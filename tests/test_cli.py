@@ -16,8 +16,9 @@ from minidark import cli
 from minidark.data.export import export_mnist
 from minidark.cfg.parser import read_sections
 
+from conftest import MNIST  # the MNIST folder (data/mnist, $MINIDARK_DATA or ../shared)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = os.path.join(ROOT, "data", "mnist")
 
 MLP = """[net]
 batch=64
@@ -96,6 +97,7 @@ def trained(tmp_path_factory):
 
 
 # ------------------------------------------------------------ train/valid/predict
+@pytest.mark.mnist
 def test_train_prints_test_accuracy_and_writes_checkpoints(trained):
     folder, data, cfg, weights, out, err = trained
     match = re.search(r"mlp: test accuracy top-1 (\d+\.\d+)%, top-2 (\d+\.\d+)% on 10000 "
@@ -107,6 +109,7 @@ def test_train_prints_test_accuracy_and_writes_checkpoints(trained):
     assert os.path.exists(os.path.join(folder, "backup", "mlp_chart.png"))
 
 
+@pytest.mark.mnist
 def test_valid_prints_accuracy_and_confusion_table(trained):
     folder, data, cfg, weights, _, _ = trained
     status, out, err = run_main("classifier", "valid", data, cfg, weights)
@@ -121,6 +124,7 @@ def test_valid_prints_accuracy_and_confusion_table(trained):
     assert status == 0 and "top-5" in out5
 
 
+@pytest.mark.mnist
 def test_predict_prints_top_k_labels(trained, tmp_path):
     folder, data, cfg, weights, _, _ = trained
     export_mnist(tmp_path / "png", MNIST, limit=8, progress=False)
@@ -143,6 +147,7 @@ def test_predict_prints_top_k_labels(trained, tmp_path):
     assert right >= 6
 
 
+@pytest.mark.mnist
 def test_resume_says_already_trained(trained):
     folder, data, cfg, weights, _, _ = trained
     status, out, err = run_main("classifier", "train", data, cfg, weights, "--no-progress")
@@ -150,6 +155,7 @@ def test_resume_says_already_trained(trained):
     assert "already trained to max_batches=80" in out and "--clear" in out
 
 
+@pytest.mark.mnist
 def test_train_on_exported_image_lists(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                   # the exported .data says backup=backup/
     data = export_mnist(tmp_path / "png", MNIST, limit=256, progress=False)
@@ -284,6 +290,7 @@ def test_train_py_forms(monkeypatch, tmp_path):
            ("d.data", "n.cfg", "w.weights", True, True)
 
 
+@pytest.mark.mnist
 def test_train_py_runs_and_rejects_extra_files(tmp_path):
     data, cfg = write_data(str(tmp_path)), write_cfg(str(tmp_path), max_batches=5)
     result = run_process(os.path.join(ROOT, "train.py"), data, cfg, "--no-progress",
@@ -295,6 +302,7 @@ def test_train_py_runs_and_rejects_extra_files(tmp_path):
     assert "expected CFG or DATA CFG [WEIGHTS]" in one_line(result.stderr)
 
 
+@pytest.mark.mnist
 def test_ctrl_c_saves_a_backup_and_exits_cleanly(tmp_path):
     data = write_data(str(tmp_path))
     cfg = write_cfg(str(tmp_path), max_batches=1000000, backup_every=1000000)
@@ -303,13 +311,22 @@ def test_ctrl_c_saves_a_backup_and_exits_cleanly(tmp_path):
                              cfg, "--no-progress", "--seed", "5"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "backup" / "mlp.log"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if log.exists() and log.read_text().count("\n") > 20:
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        # wait on the process itself: one that already exited fails at once
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if log.exists() and log.read_text().count("\n") > 20:
+                break
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"training exited with {proc.returncode} before the interrupt:\n{err}")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:     # never leave a 1,000,000-iteration run behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert re.search(r"interrupted at iteration \d+; saved .*mlp.backup", out)
