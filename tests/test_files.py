@@ -358,3 +358,13 @@ def test_image_list_conversions_are_said_once(tmp_path):
     assert said[0].endswith("l.list: the network takes 8x8x1 images: of 3, 3 RGB converted to "
                             "L, 2 resized (bilinear) to 8x8 at load (darknet resizes its "
                             "inputs too)")
+
+
+def test_a_tree_file_is_refused_by_type(tmp_path, fifo):
+    from minidark.errors import ConfigError
+    cfg = tmp_path / "tree.cfg"
+    cfg.write_text(f"[net]\ninputs=4\n\n[softmax]\ntree={fifo}\n")
+    error = finishes(lambda: minidark.load_network(str(cfg)))
+    assert isinstance(error, ConfigError), repr(error)
+    assert f"{fifo}: tree file is a named pipe (FIFO), not a regular file" in str(error)
+    assert "[softmax]" in str(error) and "key 'tree'" in str(error)

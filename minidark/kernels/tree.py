@@ -42,13 +42,14 @@ def read_tree(path, options=None):
             return options.error(f"{path}{':' + str(line) if line else ''}: {message}", "tree")
         return ConfigError(message, file=path, line=line)
 
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as exc:
-        raise fail(f"cannot read tree file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise fail("tree file is not UTF-8 text") from None
+    from ..errors import printable
+    from ..files import TEXT_LIMIT, read_text
+
+    def refused(message):   # read_text's messages start with the path, which fail() adds
+        return fail(message.removeprefix(f"{printable(path)}: "))
+
+    # a FIFO, a device or a huge file is refused before reading (minidark.files)
+    lines = read_text(path, "tree file", TEXT_LIMIT, refused).splitlines()
     names, parents = [], []
     for number, line in enumerate(lines, start=1):
         fields = line.split()
