@@ -125,9 +125,11 @@ def write_checkpoint(path, weights_data, state_data):
         step = "the sidecar's final name"
         os.replace(pending, sidecar_path(path))
         _sync_folder(path)
-    except OSError as exc:
+    except BaseException as exc:
         if step == "the weights":        # the new sidecar has no weights: drop it
             _remove(pending)
+        if not isinstance(exc, OSError):
+            raise
         reason = exc.strerror or str(exc)
         raise CheckpointError(f"cannot write {path} ({step}): {reason}") from None
 
