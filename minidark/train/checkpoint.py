@@ -26,6 +26,7 @@ next run starts in that folder; a lock file (``.<base>.lock``) keeps two runs
 from writing the same checkpoints at once.
 """
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -73,7 +74,12 @@ def pending_path(path):
 
 
 def sha256_of(path):
-    with open(path, "rb") as handle:
+    """The SHA-256 of a regular file's bytes (anything else is an OSError: a FIFO
+    would block the read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
         return hashlib.sha256(handle.read()).hexdigest()
 
 
@@ -283,6 +289,9 @@ def check_state(state, net, dataset_size, weights_digest):
         raise CheckpointError(f"it was saved for {integer('dataset_size')} training images, "
                               f"this data has {dataset_size}")
     integer("position", 0, dataset_size)
+    if integer("epoch") != net.seen // dataset_size:
+        raise CheckpointError(f"epoch={integer('epoch')} does not follow from seen={net.seen} "
+                              f"and {dataset_size} images")
     if version >= 2:
         integer("last_epoch_checkpoint", 0, net.current_batch)
     order = state.get("order")
@@ -373,7 +382,7 @@ def complete_checkpoints(folder, base):
         path = os.path.join(folder, name)
         try:
             digest = sha256_of(path)
-            with open(path, "rb") as handle:
+            with open(path, "rb") as handle:         # a regular file: sha256_of said so
                 header = handle.read(20)
         except OSError:
             continue

@@ -373,6 +373,7 @@ def test_newest_checkpoint_ignores_incomplete_ones(tmp_path):
     cfg = write_tiny_cfg(tmp_path, max_batches=8, backup_every=2)
     folder = tmp_path / "backup"
     tiny_trainer(cfg, folder).run()
+    os.mkfifo(folder / "tiny_9.weights")                          # never read (it would block)
     assert newest_checkpoint(folder, "tiny") == str(folder / "tiny.weights")
     os.unlink(sidecar_path(folder / "tiny.weights"))             # a darknet file: not exact
     assert newest_checkpoint(folder, "tiny") == str(folder / "tiny.backup")
