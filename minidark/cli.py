@@ -20,6 +20,7 @@ weights file, missing data), printed as one line on stderr; 130 interrupted
 (Ctrl-C); 141 output pipe closed early (``minidark ... | head``). Warnings
 print as ``minidark: warning: ...``; messages have control characters escaped.
 """
+
 import argparse
 import contextlib
 import os
@@ -63,8 +64,13 @@ def plugin_parent():
 
 def build_parser(prog="minidark"):
     from . import __version__
-    top = Parser(prog=prog, description="minidark: darknet in Python on numpy.",
-                 epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    top = Parser(
+        prog=prog,
+        description="minidark: darknet in Python on numpy.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     top.add_argument("--version", action="version", version=f"minidark {__version__}")
     groups = {(): top.add_subparsers(metavar="COMMAND", parser_class=Parser)}
     top.set_defaults(run=_choose(top, groups[()]))
@@ -77,9 +83,13 @@ def build_parser(prog="minidark"):
                 groups[path] = group.add_subparsers(metavar="COMMAND", parser_class=Parser)
                 group.set_defaults(run=_choose(group, groups[path]))
         leaf = groups[command.words[:-1]].add_parser(
-            command.words[-1], help=command.help, description=command.help,
-            parents=[parent], epilog=EXIT_STATUS,
-            formatter_class=argparse.RawDescriptionHelpFormatter)
+            command.words[-1],
+            help=command.help,
+            description=command.help,
+            parents=[parent],
+            epilog=EXIT_STATUS,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_arguments(leaf)
         leaf.set_defaults(run=command.run)
     return top
@@ -87,8 +97,11 @@ def build_parser(prog="minidark"):
 
 def _choose(parser, subparsers):
     def run(args):
-        raise UsageError(f"{parser.prog}: choose a command: "
-                         f"{', '.join(subparsers.choices)} (see {parser.prog} --help)")
+        raise UsageError(
+            f"{parser.prog}: choose a command: "
+            f"{', '.join(subparsers.choices)} (see {parser.prog} --help)"
+        )
+
     return run
 
 
@@ -99,10 +112,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def _report_plugins():
     """--verbose: say which plugins ran (entry points load with the built-ins)."""
     from .plugins import load_layers, loaded_plugins
+
     load_layers()
     loaded = loaded_plugins()
-    print(f"minidark: plugins loaded (their code ran): {'; '.join(loaded)}" if loaded
-          else "minidark: no plugins loaded", file=sys.stderr)
+    print(
+        f"minidark: plugins loaded (their code ran): {'; '.join(loaded)}"
+        if loaded
+        else "minidark: no plugins loaded",
+        file=sys.stderr,
+    )
 
 
 def _run(parse):
@@ -116,7 +134,7 @@ def _run(parse):
                 _report_plugins()
             status = args.run(args)
             return SUCCESS if status is None else status
-        except SystemExit as exc:          # --help, --version
+        except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else SUCCESS
         except UsageError as exc:
             print(printable(exc), file=sys.stderr)
@@ -127,7 +145,7 @@ def _run(parse):
         except KeyboardInterrupt:
             print("minidark: interrupted", file=sys.stderr)
             return INTERRUPTED
-        except BrokenPipeError:            # e.g. minidark ... | head
+        except BrokenPipeError:  # e.g. minidark ... | head
             # no second BrokenPipeError when Python flushes stdout at exit
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -154,30 +172,47 @@ def train_main(argv=None, prog="train.py"):
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def parse():
-        parser = Parser(prog=prog, description=train_main.__doc__.split("\n\n")[1],
-                        parents=[plugin_parent()], epilog=EXIT_STATUS,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = Parser(
+            prog=prog,
+            description=train_main.__doc__.split("\n\n")[1],
+            parents=[plugin_parent()],
+            epilog=EXIT_STATUS,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         train_options(parser)
-        parser.add_argument("files", nargs="*", metavar="FILE",
-                            help="nothing (MNIST, default cfg), CFG, or DATA CFG [WEIGHTS]")
+        parser.add_argument(
+            "files",
+            nargs="*",
+            metavar="FILE",
+            help="nothing (MNIST, default cfg), CFG, or DATA CFG [WEIGHTS]",
+        )
         args = parser.parse_args(argv)
         files = args.files
         if len(files) > 3:
-            raise UsageError(f"{prog}: expected CFG or DATA CFG [WEIGHTS], got "
-                             f"{len(files)} files (see {prog} --help)")
+            raise UsageError(
+                f"{prog}: expected CFG or DATA CFG [WEIGHTS], got "
+                f"{len(files)} files (see {prog} --help)"
+            )
         if not files:
             lenet = _default(os.path.join("cfg", "mnist_lenet.cfg"))
-            files = [lenet if os.path.exists(lenet) else _default(os.path.join("cfg",
-                                                                                "mnist_mlp.cfg"))]
+            files = [
+                lenet if os.path.exists(lenet) else _default(os.path.join("cfg", "mnist_mlp.cfg"))
+            ]
         if len(files) == 1:
             files = [_default(os.path.join("cfg", "mnist.data"))] + files
         args.data, args.cfg = files[0], files[1]
         args.weights = files[2] if len(files) > 2 else None
-        check_file_kinds(f"{prog} [CFG | DATA CFG [WEIGHTS]]",
-                         [("DATA", args.data, "data"), ("CFG", args.cfg, "cfg"),
-                          ("WEIGHTS", args.weights, "weights")])
+        check_file_kinds(
+            f"{prog} [CFG | DATA CFG [WEIGHTS]]",
+            [
+                ("DATA", args.data, "data"),
+                ("CFG", args.cfg, "cfg"),
+                ("WEIGHTS", args.weights, "weights"),
+            ],
+        )
         args.run = run_train
         return args
+
     return _run(parse)
 
 

@@ -19,19 +19,24 @@ The cfg and tree readers use the same helpers::
 ``error`` is the exception class raised, called with the message alone;
 messages start with the path, its control characters escaped.
 """
+
 import os
 import stat
 
 from .errors import MinidarkError, printable
 
 MiB = 1 << 20
-TEXT_LIMIT = 64 * MiB      # cfg, .data, names, labels, tree: darknet's largest are < 1 MiB
-LIST_LIMIT = 1024 * MiB    # image lists: ~10 million paths
-IDX_LIMIT = 4096 * MiB     # an IDX file's content, decompressed (MNIST's largest: 45 MiB)
+TEXT_LIMIT = 64 * MiB  # cfg, .data, names, labels, tree: darknet's largest are < 1 MiB
+LIST_LIMIT = 1024 * MiB  # image lists: ~10 million paths
+IDX_LIMIT = 4096 * MiB  # an IDX file's content, decompressed (MNIST's largest: 45 MiB)
 
-KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-         (stat.S_ISSOCK, "a socket"))
+KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def size_text(count):
@@ -64,8 +69,10 @@ def open_regular(path, what, limit=None, error=MinidarkError):
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{shown}: {what} is not a regular file")
         if limit is not None and info.st_size > limit:
-            raise error(f"{shown}: {what} is {size_text(info.st_size)}, more than the "
-                        f"{size_text(limit)} a {what} can be: is it the right file?")
+            raise error(
+                f"{shown}: {what} is {size_text(info.st_size)}, more than the "
+                f"{size_text(limit)} a {what} can be: is it the right file?"
+            )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb"), info.st_size
     except BaseException:
@@ -89,5 +96,7 @@ def read_text(path, what, limit=TEXT_LIMIT, error=MinidarkError):
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise error(f"{printable(path)}: {what} is not UTF-8 text (byte {exc.start} is "
-                    f"0x{data[exc.start]:02x})") from None
+        raise error(
+            f"{printable(path)}: {what} is not UTF-8 text (byte {exc.start} is "
+            f"0x{data[exc.start]:02x})"
+        ) from None

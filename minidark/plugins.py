@@ -43,6 +43,7 @@ as one line) that names the spec or the distribution.
 point (merely installing a package that declares one is enough). The CLI's
 ``--verbose`` lists what was loaded (:func:`loaded_plugins`).
 """
+
 import hashlib
 import importlib
 import importlib.metadata
@@ -66,8 +67,8 @@ class _State:
     """What has been loaded in this process (reset by tests)."""
 
     def __init__(self):
-        self.files = {}          # real path -> module
-        self.sources = {}        # module name -> where it came from, for messages
+        self.files = {}  # real path -> module
+        self.sources = {}  # module name -> where it came from, for messages
         self.entry_points_done = False
         self.entry_points_loading = False
 
@@ -78,16 +79,17 @@ _state = _State()
 # --------------------------------------------------------------------------
 # --plugin SPEC
 # --------------------------------------------------------------------------
-PLUGIN_HELP = ("load layers from a .py file or an importable module (repeatable). This RUNS "
-               "its code, as installed minidark.layers entry points run theirs: load trusted "
-               "code only")
+PLUGIN_HELP = (
+    "load layers from a .py file or an importable module (repeatable). This RUNS "
+    "its code, as installed minidark.layers entry points run theirs: load trusted "
+    "code only"
+)
 
 
 def add_plugin_argument(parser):
     """Add ``--plugin SPEC`` to an argparse parser: its one definition, shared by every
     minidark command and ``python -m minidark.tools.bench``."""
-    parser.add_argument("--plugin", action="append", default=[], metavar="SPEC",
-                        help=PLUGIN_HELP)
+    parser.add_argument("--plugin", action="append", default=[], metavar="SPEC", help=PLUGIN_HELP)
     return parser
 
 
@@ -111,8 +113,9 @@ def load_plugin(spec):
         return _load_file(spec)
     if all(part.isidentifier() for part in spec.split(".")):
         return _load_module(spec)
-    raise PluginError(f"plugin '{spec}': expected a path to a .py file or a dotted module "
-                      f"name (package.module)")
+    raise PluginError(
+        f"plugin '{spec}': expected a path to a .py file or a dotted module name (package.module)"
+    )
 
 
 def _looks_like_file(spec):
@@ -157,10 +160,12 @@ def _load_module(spec):
     try:
         module = importlib.import_module(spec)
     except ModuleNotFoundError as exc:
-        if exc.name and (spec + ".").startswith(exc.name + "."):   # the spec itself is missing
-            raise PluginError(f"plugin '{spec}': no module named '{exc.name}' on sys.path "
-                              f"(install the package or add its folder to PYTHONPATH; for a "
-                              f"single file use --plugin path/to/file.py)") from exc
+        if exc.name and (spec + ".").startswith(exc.name + "."):  # the spec itself is missing
+            raise PluginError(
+                f"plugin '{spec}': no module named '{exc.name}' on sys.path "
+                f"(install the package or add its folder to PYTHONPATH; for a "
+                f"single file use --plugin path/to/file.py)"
+            ) from exc
         raise PluginError(f"plugin '{spec}': {_describe(exc)}") from exc
     except Exception as exc:
         raise PluginError(f"plugin '{spec}': {_describe(exc)}") from exc
@@ -178,6 +183,7 @@ def load_layers():
     Idempotent; the cfg builder calls it before looking up a section.
     """
     from . import layers  # noqa: F401  (importing registers each built-in)
+
     return load_entry_points()
 
 
@@ -194,7 +200,7 @@ def load_entry_points():
     _state.entry_points_loading = True
     try:
         loaded = [ep for ep in _entry_points() if _load_entry_point(ep)]
-        _state.entry_points_done = True   # only after success: a broken one fails every time
+        _state.entry_points_done = True  # only after success: a broken one fails every time
     finally:
         _state.entry_points_loading = False
     return loaded
@@ -211,21 +217,26 @@ def distribution_of(ep):
         return "an unknown distribution"
     try:
         return f"{dist.metadata['Name']} {dist.version}"
-    except Exception:  # noqa: BLE001 - metadata of a broken install
+    except Exception:
         return getattr(dist, "name", "an unknown distribution")
 
 
 def _load_entry_point(ep):
     from .registry import _REGISTRY, register_layer
 
-    where = (f"entry point '{ep.name} = {ep.value}' (group {GROUP}) of distribution "
-             f"'{distribution_of(ep)}'")
+    where = (
+        f"entry point '{ep.name} = {ep.value}' (group {GROUP}) of distribution "
+        f"'{distribution_of(ep)}'"
+    )
     module_name = ep.value.split(":")[0].strip()
     try:
         target = ep.load()
-        if callable(target) and not isinstance(target, type(sys)):
-            if target not in _REGISTRY.values():
-                register_layer(ep.name, target)
+        if (
+            callable(target)
+            and not isinstance(target, type(sys))
+            and target not in _REGISTRY.values()
+        ):
+            register_layer(ep.name, target)
     except Exception as exc:
         raise PluginError(f"{where}: {_describe(exc)}") from exc
     _state.sources.setdefault(module_name, where)
@@ -243,15 +254,16 @@ def _builtins_first():
 
 def _describe(exc, path=None):
     """One line for an exception: type, message, and where in the plugin."""
-    if isinstance(exc, MinidarkError):
-        text = str(exc)   # already says what it is (a register_layer clash names both)
-    else:
-        text = f"{type(exc).__name__}: {exc}"
+    # a MinidarkError already says what it is (a register_layer clash names both)
+    text = str(exc) if isinstance(exc, MinidarkError) else f"{type(exc).__name__}: {exc}"
     if isinstance(exc, SyntaxError):
         text = f"SyntaxError: {exc.msg} ({exc.filename}:{exc.lineno})"
     elif path is not None:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__)
-                  if os.path.realpath(f.filename) == path]
+        frames = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if os.path.realpath(f.filename) == path
+        ]
         if frames:
             text += f" ({frames[-1].filename}:{frames[-1].lineno})"
     text = " ".join(text.split())

@@ -17,6 +17,7 @@ the layer and array; a FIFO, a device or a file larger than the cfg needs is
 refused before reading; saving writes a temporary file, fsyncs and renames,
 so a crash never leaves a torn file.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,8 @@ def atomic_write(path, data):
             os.umask(umask)
             os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private
             view = memoryview(data).cast("B")
-            while view:                # os.write may write less than asked
-                view = view[os.write(fd, view):]
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -88,8 +89,8 @@ def save_weights(net: Network, path: str | os.PathLike) -> None:
     atomic_write(path, weights_bytes(net))
 
 
-MAX_VERSION = 1 << 16      # a larger (or negative) major/minor/revision is not a header
-SEEN_LIMIT = 1 << 63       # darknet's seen is a size_t; beyond int64 it is not a count
+MAX_VERSION = 1 << 16  # a larger (or negative) major/minor/revision is not a header
+SEEN_LIMIT = 1 << 63  # darknet's seen is a size_t; beyond int64 it is not a count
 
 
 def read_header(handle, size, path):
@@ -99,12 +100,15 @@ def read_header(handle, size, path):
     if len(head) < 12:
         raise WeightsError(f"{shown}: too short for a .weights header ({len(head)} bytes)")
     major, minor, revision = struct.unpack_from("<iii", head, 0)
-    if not all(0 <= v < MAX_VERSION or (v in (major, minor) and 1000 < v < MAX_VERSION)
-               for v in (major, minor, revision)):
+    if not all(
+        0 <= v < MAX_VERSION or (v in (major, minor) and 1000 < v < MAX_VERSION)
+        for v in (major, minor, revision)
+    ):
         raise WeightsError(
             f"{shown}: the header's format version {major}.{minor}.{revision} is not one "
             f"darknet writes (0.1.0, 0.2.0, 0.2.5; 1000 and more marks transposed weights): "
-            f"this is not a .weights file, or its first bytes are damaged")
+            f"this is not a .weights file, or its first bytes are damaged"
+        )
     if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
         if len(head) < 20:
             raise WeightsError(f"{shown}: header truncated")
@@ -114,13 +118,14 @@ def read_header(handle, size, path):
             raise WeightsError(f"{shown}: header truncated")
         (seen,), offset = struct.unpack_from("<i", head, 12), 16
     if not 0 <= seen < SEEN_LIMIT:
-        raise WeightsError(f"{shown}: the header's seen (images trained on) is {seen}, "
-                           f"outside 0 to 2^63-1: the header is damaged")
+        raise WeightsError(
+            f"{shown}: the header's seen (images trained on) is {seen}, "
+            f"outside 0 to 2^63-1: the header is damaged"
+        )
     return major, minor, revision, seen, head[:offset]
 
 
-def load_weights(net: Network, path: str | os.PathLike,
-                 allow_nonfinite: bool = False) -> int:
+def load_weights(net: Network, path: str | os.PathLike, allow_nonfinite: bool = False) -> int:
     """Read a darknet .weights file into ``net``; returns the header's seen.
 
     Checked before anything is loaded: a regular file (not a FIFO or
@@ -138,10 +143,12 @@ def load_weights(net: Network, path: str | os.PathLike,
         needed = len(head) + 4 * sum(getattr(layer, name).size for layer, name in arrays)
         if size > needed:
             last = net.layers[-1]
-            raise WeightsError(f"{shown}: {size - needed} bytes left after the last layer "
-                               f"({last.index} [{last.type}]): the file does not fit this cfg")
+            raise WeightsError(
+                f"{shown}: {size - needed} bytes left after the last layer "
+                f"({last.index} [{last.type}]): the file does not fit this cfg"
+            )
         try:
-            handle.seek(len(head))      # a legacy header is 16 bytes, 20 were read
+            handle.seek(len(head))  # a legacy header is 16 bytes, 20 were read
             data = head + handle.read(needed - len(head))
         except OSError as exc:
             raise WeightsError(f"{shown}: cannot read weights file: {exc.strerror}") from None
@@ -154,7 +161,8 @@ def load_weights(net: Network, path: str | os.PathLike,
             have = max(0, (len(data) - offset) // 4)
             raise WeightsError(
                 f"{shown}: file ends inside layer {layer.index} [{layer.type}] '{name}': "
-                f"needs {count} floats, {have} left; the file does not fit this cfg")
+                f"needs {count} floats, {have} left; the file does not fit this cfg"
+            )
         values = np.frombuffer(data, "<f4", count, offset)
         if not allow_nonfinite:
             check_finite(values, layer, name, shown)
@@ -174,4 +182,5 @@ def check_finite(values, layer, name, shown):
         raise WeightsError(
             f"{shown}: layer {layer.index} [{layer.type}] '{name}' holds {int(bad.sum())} "
             f"NaN/inf value(s) of {values.size} (first at index {first}: {values[first]}): "
-            f"a network cannot be evaluated or trained from them; use an earlier checkpoint")
+            f"a network cannot be evaluated or trained from them; use an earlier checkpoint"
+        )

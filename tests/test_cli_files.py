@@ -3,6 +3,7 @@
 places (DATA and CFG swapped, a .data file as CFG, weights as train.py's second
 argument) named by kind; --plugin defined once and marked as running code;
 --verbose lists the plugins that ran; bench without its extra; escaped messages."""
+
 import contextlib
 import importlib.util
 import io
@@ -49,6 +50,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     from PIL import Image
+
     path = tmp_path_factory.mktemp("img") / "digit3.png"
     Image.new("L", (28, 28)).save(path)
     return str(path)
@@ -58,38 +60,57 @@ def image(tmp_path_factory):
 def test_file_kind_by_content(tmp_path, weights, image):
     yaml_cfg = tmp_path / "net.yaml"
     convert_cfg(MLP_CFG, str(yaml_cfg))
-    renamed = tmp_path / "really_a_cfg.data"               # content beats the extension
+    renamed = tmp_path / "really_a_cfg.data"  # content beats the extension
     renamed.write_text("# comment\n\n[net]\ninputs=4\n")
     bom = tmp_path / "bom.data"
     bom.write_bytes(b"\xef\xbb\xbfclasses=2\ntrain=x.list\n")
-    assert [file_kind(p) for p in (MLP_CFG, str(yaml_cfg), str(renamed), DATA, DATA_YAML,
-                                   str(bom), weights, image)] == \
-        ["cfg", "cfg", "cfg", "data", "data", "data", "weights", "image"]
+    assert [
+        file_kind(p)
+        for p in (MLP_CFG, str(yaml_cfg), str(renamed), DATA, DATA_YAML, str(bom), weights, image)
+    ] == ["cfg", "cfg", "cfg", "data", "data", "data", "weights", "image"]
     (tmp_path / "junk").write_bytes(b"\xff\xfe\x00\x01" * 8)
     (tmp_path / "text.txt").write_text("hello\n")
-    assert [file_kind(str(tmp_path / n)) for n in ("junk", "text.txt", "missing")] == \
-        ["binary", None, None]
-    os.mkfifo(tmp_path / "fifo")                            # never blocks
+    assert [file_kind(str(tmp_path / n)) for n in ("junk", "text.txt", "missing")] == [
+        "binary",
+        None,
+        None,
+    ]
+    os.mkfifo(tmp_path / "fifo")  # never blocks
     assert file_kind(str(tmp_path / "fifo")) is None
 
 
-@pytest.mark.parametrize("argv, message", [
-    (("classifier", "train", MLP_CFG, DATA),
-     f"minidark classifier train: DATA and CFG are swapped: {DATA} is a .data file and "
-     f"{MLP_CFG} a network cfg (usage: minidark classifier train DATA CFG [WEIGHTS])"),
-    (("classifier", "train", DATA, DATA),
-     f"minidark classifier train: {DATA} is given as CFG but is a .data file"),
-    (("classifier", "train", DATA, DATA_YAML),
-     f"{DATA_YAML} is given as CFG but is a .data file"),
-    (("classifier", "valid", DATA, MLP_CFG, MLP_CFG),
-     f"minidark classifier valid: {MLP_CFG} is given as WEIGHTS but is a network cfg "
-     f"(usage: minidark classifier valid DATA CFG WEIGHTS)"),
-    (("classifier", "predict", DATA, MLP_CFG, "{weights}", DATA),
-     f"{DATA} is given as IMAGE but is a .data file"),
-    (("cfg", "summary", DATA),
-     f"minidark cfg summary: {DATA} is given as CFG but is a .data file"),
-    (("gradcheck", DATA), f"minidark gradcheck: {DATA} is given as CFG but is a .data file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ("classifier", "train", MLP_CFG, DATA),
+            f"minidark classifier train: DATA and CFG are swapped: {DATA} is a .data file and "
+            f"{MLP_CFG} a network cfg (usage: minidark classifier train DATA CFG [WEIGHTS])",
+        ),
+        (
+            ("classifier", "train", DATA, DATA),
+            f"minidark classifier train: {DATA} is given as CFG but is a .data file",
+        ),
+        (
+            ("classifier", "train", DATA, DATA_YAML),
+            f"{DATA_YAML} is given as CFG but is a .data file",
+        ),
+        (
+            ("classifier", "valid", DATA, MLP_CFG, MLP_CFG),
+            f"minidark classifier valid: {MLP_CFG} is given as WEIGHTS but is a network cfg "
+            f"(usage: minidark classifier valid DATA CFG WEIGHTS)",
+        ),
+        (
+            ("classifier", "predict", DATA, MLP_CFG, "{weights}", DATA),
+            f"{DATA} is given as IMAGE but is a .data file",
+        ),
+        (
+            ("cfg", "summary", DATA),
+            f"minidark cfg summary: {DATA} is given as CFG but is a .data file",
+        ),
+        (("gradcheck", DATA), f"minidark gradcheck: {DATA} is given as CFG but is a .data file"),
+    ],
+)
 def test_files_in_the_wrong_place_are_named_by_kind(argv, message, weights):
     status, _, err = run_main(*[a.format(weights=weights) for a in argv])
     assert status == 2
@@ -109,7 +130,7 @@ def test_right_kinds_and_unknown_files_pass_the_check(monkeypatch, weights, tmp_
     calls = []
     monkeypatch.setattr(cli, "run_train", lambda args: calls.append(args) or 0)
     assert cli.train_main([DATA, MLP_CFG, weights]) == 0
-    other = tmp_path / "notes.txt"                          # unknown: its reader decides
+    other = tmp_path / "notes.txt"  # unknown: its reader decides
     other.write_text("hello\n")
     assert cli.train_main([str(other), MLP_CFG]) == 0 and len(calls) == 2
 
@@ -121,8 +142,12 @@ def test_help_documents_exit_statuses_and_trusted_plugins():
         assert status == 0
         text = " ".join(out.split())
         assert "exit status:" in text
-        for code, meaning in (("0", "success"), ("1", "a check ran and failed"),
-                              ("2", "user error"), ("130", "interrupted")):
+        for code, meaning in (
+            ("0", "success"),
+            ("1", "a check ran and failed"),
+            ("2", "user error"),
+            ("130", "interrupted"),
+        ):
             assert f"{code} {meaning}" in text, (argv, code)
         if argv:
             assert "This RUNS its code" in text and "load trusted code only" in text
@@ -132,12 +157,15 @@ def test_help_documents_exit_statuses_and_trusted_plugins():
 
 def test_plugin_option_has_one_definition():
     """--plugin is added by plugins.add_plugin_argument only (cli, train.py, bench worker)."""
-    sources = [p for p in (ROOT / "minidark").rglob("*.py")
-               if '"--plugin"' in p.read_text(encoding="utf-8")]
+    sources = [
+        p
+        for p in (ROOT / "minidark").rglob("*.py")
+        if '"--plugin"' in p.read_text(encoding="utf-8")
+    ]
     defining = [p for p in sources if 'add_argument("--plugin"' in p.read_text(encoding="utf-8")]
     assert [p.relative_to(ROOT).as_posix() for p in defining] == ["minidark/plugins.py"]
     status, out, _ = run_main("bench", "--help")
-    assert status == 0 and out.count("--plugin SPEC") == 2        # usage line + option
+    assert status == 0 and out.count("--plugin SPEC") == 2  # usage line + option
 
 
 def test_user_error_is_2_and_failed_check_is_1(tmp_path):
@@ -146,18 +174,27 @@ def test_user_error_is_2_and_failed_check_is_1(tmp_path):
     status, _, err = run_main("classifier", "train", "--seed", "x", "a", "b")
     assert status == 2 and "invalid int" in one_line(err)
     prelu = ROOT / "examples"
-    status, out, _ = run_main("gradcheck", prelu / "prelu_mnist.cfg", "--plugin",
-                              prelu / "prelu_broken.py", "--layer", "1")
+    status, out, _ = run_main(
+        "gradcheck",
+        prelu / "prelu_mnist.cfg",
+        "--plugin",
+        prelu / "prelu_broken.py",
+        "--layer",
+        "1",
+    )
     assert status == 1 and "FAIL" in out
 
 
 def test_closed_output_pipe_is_141_without_a_traceback():
-    code = ("import sys; from minidark import cli\n"
-            "sys.stdout = open(sys.stdout.fileno(), 'w', buffering=1, closefd=False)\n"
-            "sys.exit(cli.main(['cfg', 'summary', 'cfg/mnist_lenet.cfg']))")
-    with subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as proc:
-        proc.stdout.close()                     # the reader (| head) has gone
+    code = (
+        "import sys; from minidark import cli\n"
+        "sys.stdout = open(sys.stdout.fileno(), 'w', buffering=1, closefd=False)\n"
+        "sys.exit(cli.main(['cfg', 'summary', 'cfg/mnist_lenet.cfg']))"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        proc.stdout.close()  # the reader (| head) has gone
         err = proc.stderr.read().decode()
     assert proc.returncode == 141 and err == ""
 
@@ -180,8 +217,9 @@ def test_verbose_lists_the_plugins_that_ran(tmp_path, monkeypatch):
     plugin.write_text("VALUE = 2\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(plugins.DISABLE_ENV)
-    status, _, err = run_main("classifier", "valid", tmp_path / "no.data", MLP_CFG, "w",
-                              "--plugin", plugin, "--verbose")
+    status, _, err = run_main(
+        "classifier", "valid", tmp_path / "no.data", MLP_CFG, "w", "--plugin", plugin, "--verbose"
+    )
     assert status == 2
     listed = [line for line in err.splitlines() if "plugins loaded" in line]
     assert len(listed) == 1, err
@@ -190,18 +228,22 @@ def test_verbose_lists_the_plugins_that_ran(tmp_path, monkeypatch):
     assert f"plugin file {plugin}" in listed[0]
     monkeypatch.setattr(plugins, "_state", plugins._State())
     monkeypatch.setenv(plugins.DISABLE_ENV, "1")
-    status, _, err = run_main("classifier", "valid", tmp_path / "no.data", MLP_CFG, "w",
-                              "--verbose")
+    status, _, err = run_main(
+        "classifier", "valid", tmp_path / "no.data", MLP_CFG, "w", "--verbose"
+    )
     assert "minidark: no plugins loaded" in err
     status, _, err = run_main("classifier", "valid", tmp_path / "no.data", MLP_CFG, "w")
-    assert "plugins loaded" not in err          # only with --verbose
+    assert "plugins loaded" not in err  # only with --verbose
 
 
 # ------------------------------------------------------------------ bench
 def test_bench_without_its_extra_is_one_line(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "threadpoolctl" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "threadpoolctl" else real(name, *a),
+    )
     for extra in ((), ("--no-torch",)):
         status, out, err = run_main("bench", MLP_CFG, *extra)
         assert status == 2

@@ -1,4 +1,5 @@
 """Data files, image lists vs IDX, the label rule, MNIST download/offline, augmentation."""
+
 import gzip
 import http.server
 import os
@@ -7,16 +8,15 @@ import socket
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minidark.data.augment import (Augmenter, bilinear, hsv_to_rgb, rgb_to_hsv,
-                                   rotate_crop)
+from minidark.data.augment import Augmenter, bilinear, hsv_to_rgb, rgb_to_hsv, rotate_crop
 from minidark.data.datafile import DataWarning, read_data_file, resolve_path
-from minidark.data.dataset import (label_from_path, load_dataset, load_image_list,
-                                   read_list)
+from minidark.data.dataset import label_from_path, load_dataset, load_image_list, read_list
 from minidark.data.export import NAMES, export_mnist
 from minidark.data.mnist import SHA256, ensure_mnist, read_idx
 from minidark.errors import DataError
@@ -34,7 +34,9 @@ def write(path, text):
 # ------------------------------------------------------------------ .data files
 def test_data_file_reads_darknet_keys(tmp_path):
     names = write(tmp_path / "x.names", "cat\n\n  dog  \nbird\n")
-    data = write(tmp_path / "x.data", f"""# a comment
+    data = write(
+        tmp_path / "x.data",
+        f"""# a comment
 ; another
 classes = 3
 train  = {tmp_path}/train list.txt
@@ -42,10 +44,11 @@ valid={tmp_path}/valid.txt
 names={names}
 backup = {tmp_path}/out/
 top=2
-""")
+""",
+    )
     config = read_data_file(data)
     assert config.classes == 3 and config.top == 2
-    assert config.train == f"{tmp_path}/train list.txt"      # inner spaces kept
+    assert config.train == f"{tmp_path}/train list.txt"  # inner spaces kept
     assert config.names == ["cat", "dog", "bird"] and config.labels == config.names
     assert config.backup == f"{tmp_path}/out/"
 
@@ -73,31 +76,36 @@ def test_relative_paths_cwd_then_data_folder_then_parent(tmp_path, monkeypatch):
     (project / "data").mkdir()
     write(project / "data" / "n.names", "a\nb\n")
     write(project / "cfg" / "local.names", "a\nb\n")
-    data = write(project / "cfg" / "x.data", "names=data/n.names\nlabels=local.names\n"
-                 "train=data/missing.list\n")
+    data = write(
+        project / "cfg" / "x.data",
+        "names=data/n.names\nlabels=local.names\ntrain=data/missing.list\n",
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     config = read_data_file(data)
-    assert config.names_file == str(project / "data" / "n.names")      # parent of cfg/
+    assert config.names_file == str(project / "data" / "n.names")  # parent of cfg/
     assert config.labels_file == str(project / "cfg" / "local.names")  # the .data folder
-    assert config.train == str(project / "data" / "missing.list")      # where data/ is
+    assert config.train == str(project / "data" / "missing.list")  # where data/ is
     assert resolve_path("nowhere/x.list", str(project / "cfg")) == "nowhere/x.list"
     (elsewhere / "data").mkdir()
     write(elsewhere / "data" / "n.names", "c\nd\n")
-    assert read_data_file(data).names == ["c", "d"]                    # cwd first (darknet)
+    assert read_data_file(data).names == ["c", "d"]  # cwd first (darknet)
     assert resolve_path("/abs/x") == "/abs/x"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("classes=10\ntrain\n", r"x.data:2: malformed line 'train'"),
-    ("classes=ten\n", r"x.data:1: key 'classes': expected an integer, got 'ten'"),
-    ("\n\ntop=0\n", r"x.data:3: key 'top': must be >= 1"),
-    ("classes=\n", r"x.data:1: key 'classes': empty value"),
-    ("classes=3\nnames=n.names\n", r"x.data:2: key 'names': .*has 2 entries but classes=3"),
-    ("names=empty.names\n", r"has no labels"),
-    ("names=nothere.names\n", r"x.data:1: key 'names': nothere.names: cannot read names file"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("classes=10\ntrain\n", r"x.data:2: malformed line 'train'"),
+        ("classes=ten\n", r"x.data:1: key 'classes': expected an integer, got 'ten'"),
+        ("\n\ntop=0\n", r"x.data:3: key 'top': must be >= 1"),
+        ("classes=\n", r"x.data:1: key 'classes': empty value"),
+        ("classes=3\nnames=n.names\n", r"x.data:2: key 'names': .*has 2 entries but classes=3"),
+        ("names=empty.names\n", r"has no labels"),
+        ("names=nothere.names\n", r"x.data:1: key 'names': nothere.names: cannot read names file"),
+    ],
+)
 def test_bad_data_files_name_file_line_key(tmp_path, monkeypatch, text, message):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "n.names", "a\nb\n")
@@ -124,7 +132,7 @@ def test_unknown_and_repeated_keys_warn_or_fail_strict(tmp_path):
         warnings.simplefilter("always")
         config = read_data_file(data)
     messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
-    assert config.classes == 2                                   # first duplicate wins
+    assert config.classes == 2  # first duplicate wins
     assert any("x.data:2: key 'clases': is not a data-file key" in m for m in messages)
     assert any("x.data:3: key 'test'" in m and "does not use" in m for m in messages)
     assert any("x.data:4: key 'classes' repeats line 1" in m for m in messages)
@@ -152,12 +160,18 @@ def test_image_list_label_errors_name_the_file(tmp_path):
     good = write(tmp_path / "good.list", f"{tmp_path}/dog_1.png\n")
     assert read_list(good) == [(1, f"{tmp_path}/dog_1.png")]
     ambiguous = write(tmp_path / "a.list", "\n/x/dog_1.png\n/x/bobcat_2.png\n")
-    with pytest.raises(DataError, match=r"a.list:3: '/x/bobcat_2.png' contains 2 labels "
-                                        r"\('cat', 'bobcat'\)"):
+    with pytest.raises(
+        DataError,
+        match=r"a.list:3: '/x/bobcat_2.png' contains 2 labels "
+        r"\('cat', 'bobcat'\)",
+    ):
         load_image_list(ambiguous, (1, 4, 4), labels, progress=False)
     nomatch = write(tmp_path / "n.list", "/x/horse.png\n")
-    with pytest.raises(DataError, match=r"n.list:1: '/x/horse.png' contains none of the "
-                                        r"3 labels"):
+    with pytest.raises(
+        DataError,
+        match=r"n.list:1: '/x/horse.png' contains none of the "
+        r"3 labels",
+    ):
         load_image_list(nomatch, (1, 4, 4), labels, progress=False)
 
 
@@ -171,14 +185,14 @@ def exported(tmp_path_factory):
 
 @pytest.mark.mnist
 def test_exported_pngs_load_as_the_idx_arrays(exported):
-    out, data = exported
+    _out, data = exported
     config = read_data_file(data)
     assert config.names == list(NAMES) and config.classes == 10
     for split, stem in (("train", "train"), ("valid", "t10k")):
-        pngs = load_dataset(getattr(config, split), (1, 28, 28), config.labels,
-                            progress=False)
-        idx = load_dataset(os.path.join(MNIST, f"{stem}-images-idx3-ubyte.gz"), (1, 28, 28),
-                           progress=False)
+        pngs = load_dataset(getattr(config, split), (1, 28, 28), config.labels, progress=False)
+        idx = load_dataset(
+            os.path.join(MNIST, f"{stem}-images-idx3-ubyte.gz"), (1, 28, 28), progress=False
+        )
         assert len(pngs) == 300
         np.testing.assert_array_equal(pngs.images, idx.images[:300])
         np.testing.assert_array_equal(pngs.labels, idx.labels[:300])
@@ -186,13 +200,14 @@ def test_exported_pngs_load_as_the_idx_arrays(exported):
         np.testing.assert_array_equal(pngs.batch(rows), idx.batch(rows))
     # the float rows are exactly the foundation's load_mnist scaling
     from minidark.data.mnist import load_mnist
-    x, y = load_mnist(MNIST, "test")
+
+    x, _y = load_mnist(MNIST, "test")
     np.testing.assert_array_equal(idx.batch(np.arange(300)), x[:300])
 
 
 @pytest.mark.mnist
 def test_image_list_converts_channels_and_resizes(exported):
-    out, data = exported
+    _out, data = exported
     config = read_data_file(data)
     gray = load_dataset(config.valid, (1, 28, 28), config.labels, progress=False)
     rgb = load_dataset(config.valid, (3, 28, 28), config.labels, progress=False)
@@ -207,16 +222,19 @@ def test_image_list_converts_channels_and_resizes(exported):
 
 @pytest.mark.mnist
 def test_broken_and_missing_images_are_skipped_with_one_warning(exported, tmp_path):
-    out, data = exported
+    out, _data = exported
     broken = tmp_path / "img_broken_digit3.png"
     broken.write_bytes(b"not a png at all")
     entries = read_list(os.path.join(out, "valid.list"))[:5]
     lines = [os.path.join(out, e) for _, e in entries]
     lines += [str(broken), str(tmp_path / "img_missing_digit4.png")]
     listing = write(tmp_path / "mixed.list", "\n".join(lines) + "\n")
-    with pytest.warns(DataWarning, match=r"mixed.list: skipped 2 unreadable image\(s\): "
-                                         r"line 6: .*img_broken_digit3.png: cannot read "
-                                         r"image.*line 7: .*no such file"):
+    with pytest.warns(
+        DataWarning,
+        match=r"mixed.list: skipped 2 unreadable image\(s\): "
+        r"line 6: .*img_broken_digit3.png: cannot read "
+        r"image.*line 7: .*no such file",
+    ):
         dataset = load_image_list(listing, (1, 28, 28), list(NAMES), progress=False)
     assert len(dataset) == 5 and dataset.paths == lines[:5]
 
@@ -230,8 +248,10 @@ def closed_port():
 
 def test_offline_gives_one_message_quickly(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDARK_DATA", str(tmp_path / "nothing"))
-    monkeypatch.setenv("MINIDARK_MNIST_MIRRORS",
-                       f"http://127.0.0.1:{closed_port()}/,http://127.0.0.1:{closed_port()}/")
+    monkeypatch.setenv(
+        "MINIDARK_MNIST_MIRRORS",
+        f"http://127.0.0.1:{closed_port()}/,http://127.0.0.1:{closed_port()}/",
+    )
     start = time.monotonic()
     with pytest.raises(DataError) as error:
         load_dataset(str(tmp_path / "data" / "train-images-idx3-ubyte.gz"), progress=False)
@@ -246,11 +266,10 @@ def test_offline_gives_one_message_quickly(tmp_path, monkeypatch):
 def test_silent_server_times_out_within_the_budget(tmp_path, monkeypatch):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
-    server.listen(8)          # accepts connections (backlog) but never answers
+    server.listen(8)  # accepts connections (backlog) but never answers
     try:
         monkeypatch.setenv("MINIDARK_DATA", str(tmp_path))
-        monkeypatch.setenv("MINIDARK_MNIST_MIRRORS",
-                           f"http://127.0.0.1:{server.getsockname()[1]}/")
+        monkeypatch.setenv("MINIDARK_MNIST_MIRRORS", f"http://127.0.0.1:{server.getsockname()[1]}/")
         monkeypatch.setenv("MINIDARK_DOWNLOAD_TIMEOUT", "1.5")
         start = time.monotonic()
         with pytest.raises(DataError, match="could not be downloaded"):
@@ -285,7 +304,7 @@ def local_mirror(tmp_path):
 def test_download_verifies_sha256_of_the_content(tmp_path, monkeypatch, local_mirror):
     root, url = local_mirror
     stem = "t10k-labels-idx1-ubyte"
-    content = gzip.decompress(open(os.path.join(MNIST, stem + ".gz"), "rb").read())
+    content = gzip.decompress(Path(MNIST, stem + ".gz").read_bytes())
     (root / (stem + ".gz")).write_bytes(gzip.compress(content[:-1] + b"\x07"))  # corrupt
     target = tmp_path / "target"
     monkeypatch.setenv("MINIDARK_DATA", str(target))
@@ -296,13 +315,15 @@ def test_download_verifies_sha256_of_the_content(tmp_path, monkeypatch, local_mi
     (root / (stem + ".gz")).write_bytes(gzip.compress(content, mtime=0))
     found = ensure_mnist([stem], None, progress=False)
     assert found[stem] == str(target / (stem + ".gz"))
-    np.testing.assert_array_equal(read_idx(found[stem]),
-                                  read_idx(os.path.join(MNIST, stem + ".gz")))
+    np.testing.assert_array_equal(
+        read_idx(found[stem]), read_idx(os.path.join(MNIST, stem + ".gz"))
+    )
 
 
 @pytest.mark.mnist
 def test_pinned_hashes_match_the_shared_files():
     import hashlib
+
     for stem, digest in SHA256.items():
         with gzip.open(os.path.join(MNIST, stem + ".gz"), "rb") as handle:
             assert hashlib.sha256(handle.read()).hexdigest() == digest, stem
@@ -338,20 +359,29 @@ def naive_rotate_crop(image, rad, s, w, h, dx, dy, aspect):
 
     def pixel(x, y, k):
         return image[k, y, x] if 0 <= x < W and 0 <= y < H else 0.0
+
     out = np.zeros((c, h, w))
     for k in range(c):
         for y in range(h):
             for x in range(w):
-                rx = (np.cos(rad) * ((x - w / 2) / s * aspect + dx / s * aspect)
-                      - np.sin(rad) * ((y - h / 2) / s + dy / s) + W / 2)
-                ry = (np.sin(rad) * ((x - w / 2) / s * aspect + dx / s * aspect)
-                      + np.cos(rad) * ((y - h / 2) / s + dy / s) + H / 2)
+                rx = (
+                    np.cos(rad) * ((x - w / 2) / s * aspect + dx / s * aspect)
+                    - np.sin(rad) * ((y - h / 2) / s + dy / s)
+                    + W / 2
+                )
+                ry = (
+                    np.sin(rad) * ((x - w / 2) / s * aspect + dx / s * aspect)
+                    + np.cos(rad) * ((y - h / 2) / s + dy / s)
+                    + H / 2
+                )
                 ix, iy = int(np.floor(rx)), int(np.floor(ry))
                 fx, fy = rx - ix, ry - iy
-                out[k, y, x] = ((1 - fy) * (1 - fx) * pixel(ix, iy, k)
-                                + fy * (1 - fx) * pixel(ix, iy + 1, k)
-                                + (1 - fy) * fx * pixel(ix + 1, iy, k)
-                                + fy * fx * pixel(ix + 1, iy + 1, k))
+                out[k, y, x] = (
+                    (1 - fy) * (1 - fx) * pixel(ix, iy, k)
+                    + fy * (1 - fx) * pixel(ix, iy + 1, k)
+                    + (1 - fy) * fx * pixel(ix + 1, iy, k)
+                    + fy * fx * pixel(ix + 1, iy + 1, k)
+                )
     return out
 
 
@@ -372,8 +402,9 @@ def test_identity_settings_leave_images_alone():
     net = NetOptions(min_ratio=1.0, max_ratio=1.0, flip=0)
     augment = Augmenter(net, (1, 8, 8))
     assert not augment.active and augment.describe() == "off"
-    same = rotate_crop(x.reshape(4, 1, 8, 8), np.zeros(4), np.ones(4), 8, 8, np.zeros(4),
-                       np.zeros(4), np.ones(4))
+    same = rotate_crop(
+        x.reshape(4, 1, 8, 8), np.zeros(4), np.ones(4), 8, 8, np.zeros(4), np.zeros(4), np.ones(4)
+    )
     np.testing.assert_array_equal(same.reshape(4, 64), x)
 
 
@@ -391,7 +422,7 @@ def test_flip_mirrors_about_half_the_images():
 def test_default_crop_zooms_in_and_colour_stays_in_range():
     rng = np.random.default_rng(0)
     x = rng.random((50, 3 * 8 * 8)).astype(np.float32)
-    net = NetOptions(angle=10, aspect=1.2, hue=.1, saturation=1.5, exposure=1.5)
+    net = NetOptions(angle=10, aspect=1.2, hue=0.1, saturation=1.5, exposure=1.5)
     net.c = 3
     augment = Augmenter(net, (3, 8, 8))
     assert augment.geometry and augment.distort

@@ -3,6 +3,7 @@ reading (weights, .data, names, image lists, IDX, images); IDX files that are em
 corrupt, truncated or claim impossible sizes; weights headers with implausible
 versions or seen, and NaN/inf weights; names files with repeats; where a missing
 MNIST is downloaded."""
+
 import gzip
 import hashlib
 import os
@@ -25,8 +26,10 @@ from minidark.files import TEXT_LIMIT, open_regular, read_text
 
 from conftest import net_from
 
-MLP = ("[net]\nbatch=2\ninputs=3\n[connected]\noutput=2\nactivation=relu\n"
-       "[connected]\noutput=2\nactivation=linear\n[softmax]\n")
+MLP = (
+    "[net]\nbatch=2\ninputs=3\n[connected]\noutput=2\nactivation=relu\n"
+    "[connected]\noutput=2\nactivation=linear\n[softmax]\n"
+)
 MLP_FLOATS = 2 + 6 + 2 + 4
 
 
@@ -40,6 +43,7 @@ def finishes(call, seconds=10):
             call()
         except BaseException as exc:
             outcome["error"] = exc
+
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     thread.join(seconds)
@@ -71,11 +75,15 @@ READERS = {
 
 
 @pytest.mark.parametrize("reader", READERS)
-@pytest.mark.parametrize("kind, expected", [("fifo", "a named pipe (FIFO)"),
-                                            ("device", "a character device"),
-                                            ("directory", "a directory")])
-def test_fifos_devices_and_directories_are_refused_unread(tmp_path, fifo, reader, kind,
-                                                          expected):
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("fifo", "a named pipe (FIFO)"),
+        ("device", "a character device"),
+        ("directory", "a directory"),
+    ],
+)
+def test_fifos_devices_and_directories_are_refused_unread(tmp_path, fifo, reader, kind, expected):
     path = {"fifo": fifo, "device": "/dev/zero", "directory": str(tmp_path)}[kind]
     error = finishes(lambda: READERS[reader](tmp_path, path))
     assert isinstance(error, MinidarkError), repr(error)
@@ -85,15 +93,18 @@ def test_fifos_devices_and_directories_are_refused_unread(tmp_path, fifo, reader
 def test_huge_files_are_refused_by_size_unread(tmp_path):
     huge = tmp_path / "huge.names"
     with open(huge, "wb") as handle:
-        handle.truncate(TEXT_LIMIT + 1)            # sparse: nothing is written
-    with pytest.raises(DataError, match=r"huge.names: names file is 64.0 MiB, more than the "
-                                        r"64.0 MiB a names file can be"):
+        handle.truncate(TEXT_LIMIT + 1)  # sparse: nothing is written
+    with pytest.raises(
+        DataError,
+        match=r"huge.names: names file is 64.0 MiB, more than the "
+        r"64.0 MiB a names file can be",
+    ):
         read_names(str(huge))
     # weights: anything beyond what the cfg needs is refused before reading
     weights = tmp_path / "huge.weights"
     weights.write_bytes(struct.pack("<iiiQ", 0, 2, 0, 0))
     with open(weights, "r+b") as handle:
-        handle.truncate(50 << 30)                  # 50 GiB, sparse
+        handle.truncate(50 << 30)  # 50 GiB, sparse
     with pytest.raises(WeightsError, match=r"bytes left after the last layer"):
         minidark.load_weights(net_from(tmp_path, MLP), str(weights))
 
@@ -138,27 +149,49 @@ def idx_bytes(shape, values=None):
     return header + (bytes(range(256)) * (count // 256 + 1))[:count]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty-images-idx3-ubyte", idx_bytes((0, 28, 28)), r"holds no items \(shape \(0, 28, 28\)\)"),
-    ("zero-idx3-ubyte", idx_bytes((5, 0, 28)), r"give 0 values, expected 1 to"),
-    ("huge-idx3-ubyte", idx_bytes((2**32 - 1,) * 3, b""), r"4294967295x4294967295x4294967295 "
-                                                          r"give \d+ values.*header is damaged"),
-    ("short-idx3-ubyte", idx_bytes((3,))[:6], r"header truncated: 1 dimensions need 8 bytes, "
-                                              r"the file has 6"),
-    ("cut-idx3-ubyte", idx_bytes((4, 2, 2))[:-3], r"expected 16 values for shape \(4, 2, 2\), "
-                                                  r"found 13"),
-    ("long-idx3-ubyte", idx_bytes((4, 2, 2)) + b"x", r"expected 16 values .* found more"),
-    ("ndim-idx3-ubyte", bytes([0, 0, 8, 9]), r"IDX header says 9 dimensions"),
-    ("float-idx3-ubyte", bytes([0, 0, 0x0d, 1, 0, 0, 0, 1]) + b"\0" * 4,
-     r"not an IDX file of unsigned bytes"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "empty-images-idx3-ubyte",
+            idx_bytes((0, 28, 28)),
+            r"holds no items \(shape \(0, 28, 28\)\)",
+        ),
+        ("zero-idx3-ubyte", idx_bytes((5, 0, 28)), r"give 0 values, expected 1 to"),
+        (
+            "huge-idx3-ubyte",
+            idx_bytes((2**32 - 1,) * 3, b""),
+            r"4294967295x4294967295x4294967295 "
+            r"give \d+ values.*header is damaged",
+        ),
+        (
+            "short-idx3-ubyte",
+            idx_bytes((3,))[:6],
+            r"header truncated: 1 dimensions need 8 bytes, "
+            r"the file has 6",
+        ),
+        (
+            "cut-idx3-ubyte",
+            idx_bytes((4, 2, 2))[:-3],
+            r"expected 16 values for shape \(4, 2, 2\), "
+            r"found 13",
+        ),
+        ("long-idx3-ubyte", idx_bytes((4, 2, 2)) + b"x", r"expected 16 values .* found more"),
+        ("ndim-idx3-ubyte", bytes([0, 0, 8, 9]), r"IDX header says 9 dimensions"),
+        (
+            "float-idx3-ubyte",
+            bytes([0, 0, 0x0D, 1, 0, 0, 0, 1]) + b"\0" * 4,
+            r"not an IDX file of unsigned bytes",
+        ),
+    ],
+)
 def test_bad_idx_files_name_the_file(tmp_path, name, content, message):
     raw = tmp_path / name
     raw.write_bytes(content)
     with pytest.raises(DataError, match=message) as error:
         read_idx(str(raw))
     assert str(raw) in str(error.value)
-    packed = tmp_path / (name + ".gz")                 # the same through gzip
+    packed = tmp_path / (name + ".gz")  # the same through gzip
     packed.write_bytes(gzip.compress(content))
     with pytest.raises(DataError, match=message):
         read_idx(str(packed))
@@ -167,12 +200,15 @@ def test_bad_idx_files_name_the_file(tmp_path, name, content, message):
 def test_corrupt_and_truncated_gzip(tmp_path):
     content = gzip.compress(idx_bytes((50, 4, 4)), mtime=0)
     path = tmp_path / "x-images-idx3-ubyte.gz"
-    path.write_bytes(content[:len(content) // 2])
-    with pytest.raises(DataError, match=r"x-images-idx3-ubyte.gz: cannot read IDX file: "
-                                        r"corrupt or truncated gzip"):
+    path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(
+        DataError,
+        match=r"x-images-idx3-ubyte.gz: cannot read IDX file: "
+        r"corrupt or truncated gzip",
+    ):
         read_idx(str(path))
     damaged = bytearray(content)
-    damaged[-6] ^= 0xFF                                # the CRC-32 of the trailer
+    damaged[-6] ^= 0xFF  # the CRC-32 of the trailer
     path.write_bytes(bytes(damaged))
     with pytest.raises(DataError, match=r"corrupt or truncated gzip"):
         read_idx(str(path))
@@ -203,45 +239,64 @@ def test_any_idx_bytes_give_an_array_or_a_data_error(tmp_path_factory, data):
 
 
 # ------------------------------------------------------------------ weights
-@pytest.mark.parametrize("header", [
-    struct.pack("<fffQ", 1.0, 0.5, -2.0, 0),     # floats where the header should be
-    struct.pack("<iiiQ", -1, 2, 0, 0),
-    struct.pack("<iiiQ", 0, 2, 70000, 0),
-    struct.pack("<iiii", 2**20, 0, 0, 0)])
+@pytest.mark.parametrize(
+    "header",
+    [
+        struct.pack("<fffQ", 1.0, 0.5, -2.0, 0),  # floats where the header should be
+        struct.pack("<iiiQ", -1, 2, 0, 0),
+        struct.pack("<iiiQ", 0, 2, 70000, 0),
+        struct.pack("<iiii", 2**20, 0, 0, 0),
+    ],
+)
 def test_implausible_header_versions_are_named(tmp_path, header):
     path = weights_file(tmp_path / "v.weights", header, np.zeros(MLP_FLOATS))
-    with pytest.raises(WeightsError, match=r"v.weights: the header's format version "
-                                           r".* is not one darknet writes") as error:
+    with pytest.raises(
+        WeightsError,
+        match=r"v.weights: the header's format version "
+        r".* is not one darknet writes",
+    ) as error:
         minidark.load_weights(net_from(tmp_path, MLP), path)
     assert "does not fit" not in str(error.value)
 
 
-@pytest.mark.parametrize("header", [struct.pack("<iiiQ", 0, 2, 0, 2**63),
-                                    struct.pack("<iiiQ", 0, 2, 0, 2**64 - 1),
-                                    struct.pack("<iiii", 0, 1, 0, -5)])
+@pytest.mark.parametrize(
+    "header",
+    [
+        struct.pack("<iiiQ", 0, 2, 0, 2**63),
+        struct.pack("<iiiQ", 0, 2, 0, 2**64 - 1),
+        struct.pack("<iiii", 0, 1, 0, -5),
+    ],
+)
 def test_seen_beyond_int64_or_negative_is_rejected(tmp_path, header):
     path = weights_file(tmp_path / "s.weights", header, np.zeros(MLP_FLOATS))
-    with pytest.raises(WeightsError, match=r"s.weights: the header's seen .* is -?\d+, "
-                                           r"outside 0 to 2\^63-1"):
+    with pytest.raises(
+        WeightsError,
+        match=r"s.weights: the header's seen .* is -?\d+, "
+        r"outside 0 to 2\^63-1",
+    ):
         minidark.load_weights(net_from(tmp_path, MLP), path)
     # the largest legal value loads
-    path = weights_file(tmp_path / "ok.weights", struct.pack("<iiiQ", 0, 2, 5, 2**63 - 1),
-                        np.zeros(MLP_FLOATS))
+    path = weights_file(
+        tmp_path / "ok.weights", struct.pack("<iiiQ", 0, 2, 5, 2**63 - 1), np.zeros(MLP_FLOATS)
+    )
     assert minidark.load_weights(net_from(tmp_path, MLP), path) == 2**63 - 1
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nonfinite_weights_are_refused_naming_layer_and_array(tmp_path, bad):
     floats = np.arange(MLP_FLOATS, dtype=np.float32)
-    floats[2 + 6 + 2 + 1] = bad                     # layer 1's weights, index 1
+    floats[2 + 6 + 2 + 1] = bad  # layer 1's weights, index 1
     path = weights_file(tmp_path / "n.weights", struct.pack("<iiiQ", 0, 2, 0, 0), floats)
-    with pytest.raises(WeightsError, match=r"n.weights: layer 1 \[connected\] 'weights' holds "
-                                           r"1 NaN/inf value\(s\) of 4 \(first at index 1"):
+    with pytest.raises(
+        WeightsError,
+        match=r"n.weights: layer 1 \[connected\] 'weights' holds "
+        r"1 NaN/inf value\(s\) of 4 \(first at index 1",
+    ):
         minidark.load_weights(net_from(tmp_path, MLP), path)
     with pytest.raises(WeightsError, match="NaN/inf"):
         minidark.load_network(str(tmp_path / "net.cfg"), path)
     net = net_from(tmp_path, MLP)
-    minidark.load_weights(net, path, allow_nonfinite=True)          # the escape hatch
+    minidark.load_weights(net, path, allow_nonfinite=True)  # the escape hatch
     assert not np.isfinite(net.layers[1].weights).all()
 
 
@@ -274,8 +329,11 @@ def test_names_with_repeats_are_accepted(tmp_path):
 def test_an_image_matching_a_repeated_label_is_ambiguous(tmp_path):
     listing = tmp_path / "l.list"
     listing.write_text("/x/heron_1.png\n/x/crane_2.png\n")
-    with pytest.raises(DataError, match=r"l.list:2: '/x/crane_2.png' matches label 'crane', "
-                                        r"which is listed 2 times \(entries 1, 3\)"):
+    with pytest.raises(
+        DataError,
+        match=r"l.list:2: '/x/crane_2.png' matches label 'crane', "
+        r"which is listed 2 times \(entries 1, 3\)",
+    ):
         load_image_list(str(listing), (1, 4, 4), ["crane", "heron", "crane"], progress=False)
 
 
@@ -287,7 +345,7 @@ def test_download_goes_to_data_mnist_not_where_train_points(tmp_path, monkeypatc
     monkeypatch.setattr(mnist, "_fetch", lambda url, timeout, progress, s: gzip.compress(content))
     monkeypatch.delenv("MINIDARK_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    elsewhere = tmp_path / "etc"                    # what a hostile train= names
+    elsewhere = tmp_path / "etc"  # what a hostile train= names
     elsewhere.mkdir()
     found = ensure_mnist([stem], str(elsewhere), progress=False)
     assert found[stem] == os.path.join("data", "mnist", stem + ".gz")
@@ -315,6 +373,7 @@ def test_a_different_input_size_is_converted_and_said_once(tmp_path, monkeypatch
     from PIL import Image
 
     from minidark.data import dataset
+
     monkeypatch.setattr(dataset, "_FITS_REPORTED", set())
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (5, 6, 6), dtype=np.uint8)
@@ -324,15 +383,18 @@ def test_a_different_input_size_is_converted_and_said_once(tmp_path, monkeypatch
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rgb = dataset.load_dataset(str(images), (3, 8, 8), progress=False)
-        again = dataset.load_dataset(str(images), (3, 8, 8), progress=False)   # valid= too
+        again = dataset.load_dataset(str(images), (3, 8, 8), progress=False)  # valid= too
     said = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     assert len(said) == 1, said
-    assert ("images are 6x6x1, the network takes 8x8x3: every image is converted to RGB and "
-            "resized (bilinear) to 8x8 at load") in said[0]
+    assert (
+        "images are 6x6x1, the network takes 8x8x3: every image is converted to RGB and "
+        "resized (bilinear) to 8x8 at load"
+    ) in said[0]
     assert rgb.images.shape == (5, 3, 8, 8)
     np.testing.assert_array_equal(rgb.images, again.images)
-    pillow = np.asarray(Image.fromarray(pixels[2], "L").convert("RGB").resize(
-        (8, 8), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+    pillow = np.asarray(
+        Image.fromarray(pixels[2], "L").convert("RGB").resize((8, 8), Image.Resampling.BILINEAR)
+    ).transpose(2, 0, 1)
     np.testing.assert_array_equal(rgb.images[2], pillow)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -344,6 +406,7 @@ def test_a_different_input_size_is_converted_and_said_once(tmp_path, monkeypatch
 
 def test_image_list_conversions_are_said_once(tmp_path):
     from PIL import Image
+
     lines = []
     for name, size in (("cat_1.png", (10, 10)), ("dog_2.png", (8, 8)), ("cat_3.png", (12, 9))):
         Image.new("RGB", size, (200, 10, 10)).save(tmp_path / name)
@@ -355,13 +418,16 @@ def test_image_list_conversions_are_said_once(tmp_path):
         loaded = load_image_list(str(listing), (1, 8, 8), ["cat", "dog"], progress=False)
     said = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     assert len(said) == 1 and loaded.images.shape == (3, 1, 8, 8)
-    assert said[0].endswith("l.list: the network takes 8x8x1 images: of 3, 3 RGB converted to "
-                            "L, 2 resized (bilinear) to 8x8 at load (darknet resizes its "
-                            "inputs too)")
+    assert said[0].endswith(
+        "l.list: the network takes 8x8x1 images: of 3, 3 RGB converted to "
+        "L, 2 resized (bilinear) to 8x8 at load (darknet resizes its "
+        "inputs too)"
+    )
 
 
 def test_a_tree_file_is_refused_by_type(tmp_path, fifo):
     from minidark.errors import ConfigError
+
     cfg = tmp_path / "tree.cfg"
     cfg.write_text(f"[net]\ninputs=4\n\n[softmax]\ntree={fifo}\n")
     error = finishes(lambda: minidark.load_network(str(cfg)))

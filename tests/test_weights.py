@@ -2,20 +2,25 @@
 legacy 16-byte header, transposed connected weights, per-layer order, exact
 size, truncated / oversized files naming the layer, and darknet's own files
 from ../shared/refdata/vectors."""
+
 import glob
 import os
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minidark
-from conftest import REFDATA, net_from, write_cfg
 from minidark.errors import WeightsError
 
-MLP = ("[net]\nbatch=4\ninputs=6\n[connected]\noutput=5\nactivation=relu\n"
-       "[connected]\noutput=3\nactivation=linear\nbatch_normalize=1\n[softmax]\n")
+from conftest import REFDATA, net_from, write_cfg
+
+MLP = (
+    "[net]\nbatch=4\ninputs=6\n[connected]\noutput=5\nactivation=relu\n"
+    "[connected]\noutput=3\nactivation=linear\nbatch_normalize=1\n[softmax]\n"
+)
 
 
 def randomize(net, seed=0):
@@ -33,16 +38,16 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     a.seen = 1234
     path = str(tmp_path / "a.weights")
     minidark.save_weights(a, path)
-    b = net_from(tmp_path, MLP, seed=1)               # different initialisation
+    b = net_from(tmp_path, MLP, seed=1)  # different initialisation
     assert minidark.load_weights(b, path) == 1234 and b.seen == 1234
     x = np.random.default_rng(2).normal(size=(4, 6)).astype(np.float32)
     np.testing.assert_array_equal(a.forward(x).copy(), b.forward(x))
-    for la, lb in zip(a.layers, b.layers):
+    for la, lb in zip(a.layers, b.layers, strict=False):
         for name in la.saved:
             np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
     again = str(tmp_path / "b.weights")
     minidark.save_weights(b, again)
-    assert open(path, "rb").read() == open(again, "rb").read()
+    assert Path(path).read_bytes() == Path(again).read_bytes()
 
 
 def test_load_network_with_weights_and_clear(tmp_path):
@@ -60,16 +65,16 @@ def test_load_network_with_weights_and_clear(tmp_path):
 
 def test_header_layout_and_file_size(tmp_path):
     net = randomize(net_from(tmp_path, MLP))
-    net.seen = 2 ** 40 + 7                              # needs all 64 bits
+    net.seen = 2**40 + 7  # needs all 64 bits
     path = tmp_path / "h.weights"
     minidark.save_weights(net, str(path))
     data = path.read_bytes()
-    assert struct.unpack_from("<iiiQ", data) == (0, 2, 0, 2 ** 40 + 7)
+    assert struct.unpack_from("<iiiQ", data) == (0, 2, 0, 2**40 + 7)
     params = 5 + 30 + 3 + 15 + 3 * 3
     assert net.params == params
     assert len(data) == 20 + 4 * params
     fresh = net_from(tmp_path, MLP)
-    assert minidark.load_weights(fresh, str(path)) == 2 ** 40 + 7
+    assert minidark.load_weights(fresh, str(path)) == 2**40 + 7
 
 
 def test_per_layer_order(tmp_path):
@@ -86,7 +91,7 @@ def test_per_layer_order(tmp_path):
     path = tmp_path / "o.weights"
     minidark.save_weights(net, str(path))
     floats = np.frombuffer(path.read_bytes(), "<f4", offset=20)
-    np.testing.assert_array_equal(floats, np.arange(counter))   # written in saved order
+    np.testing.assert_array_equal(floats, np.arange(counter))  # written in saved order
     assert first.saved == ("biases", "weights")
     assert second.saved == ("biases", "weights", "scales", "rolling_mean", "rolling_variance")
     # connected weights are stored row = output
@@ -104,7 +109,7 @@ def test_legacy_16_byte_header(tmp_path):
     net = net_from(tmp_path, "[net]\ninputs=3\n[connected]\noutput=2\n")
     biases, weights = np.array([1.0, 2.0]), np.arange(6.0).reshape(2, 3)
     path = str(tmp_path / "old.weights")
-    write_file(path, struct.pack("<iiii", 0, 1, 0, 77), [biases, weights])   # v0.1: int32 seen
+    write_file(path, struct.pack("<iiii", 0, 1, 0, 77), [biases, weights])  # v0.1: int32 seen
     assert minidark.load_weights(net, path) == 77
     np.testing.assert_array_equal(net.layers[0].biases, biases)
     np.testing.assert_array_equal(net.layers[0].weights, weights)
@@ -113,10 +118,10 @@ def test_legacy_16_byte_header(tmp_path):
 @pytest.mark.parametrize("major, minor", [(1001, 0), (0, 1001)])
 def test_transposed_connected_weights(tmp_path, major, minor):
     net = net_from(tmp_path, "[net]\ninputs=3\n[connected]\noutput=2\n")
-    weights = np.arange(6.0).reshape(2, 3)                    # (outputs, inputs)
+    weights = np.arange(6.0).reshape(2, 3)  # (outputs, inputs)
     path = str(tmp_path / "t.weights")
     write_file(path, struct.pack("<iiii", major, minor, 0, 5), [[0, 0], weights.T])
-    assert minidark.load_weights(net, path) == 5              # 16-byte header too
+    assert minidark.load_weights(net, path) == 5  # 16-byte header too
     np.testing.assert_array_equal(net.layers[0].weights, weights)
 
 
@@ -125,21 +130,26 @@ def test_truncated_file_names_the_layer(tmp_path):
     path = tmp_path / "t.weights"
     minidark.save_weights(net, str(path))
     data = path.read_bytes()
-    path.write_bytes(data[:-4 * 4])           # cut inside layer 1's rolling_mean
+    path.write_bytes(data[: -4 * 4])  # cut inside layer 1's rolling_mean
     with pytest.raises(WeightsError) as info:
         minidark.load_weights(net_from(tmp_path, MLP), str(path))
     message = str(info.value)
     assert "layer 1 [connected]" in message and "'rolling_mean'" in message
     assert str(path) in message and "does not fit" in message
-    path.write_bytes(data[:20 + 4 * 8])       # inside layer 0's weights
+    path.write_bytes(data[: 20 + 4 * 8])  # inside layer 0's weights
     with pytest.raises(WeightsError, match=r"layer 0 \[connected\] 'weights'"):
         minidark.load_weights(net_from(tmp_path, MLP), str(path))
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "too short"), (struct.pack("<iii", 0, 2, 0)[:11], "too short"),
-    (struct.pack("<iiiQ", 0, 2, 0, 0)[:18], "header truncated"),
-    (struct.pack("<iii", 0, 1, 0) + b"\0\0", "header truncated")])     # legacy, int32 seen
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "too short"),
+        (struct.pack("<iii", 0, 2, 0)[:11], "too short"),
+        (struct.pack("<iiiQ", 0, 2, 0, 0)[:18], "header truncated"),
+        (struct.pack("<iii", 0, 1, 0) + b"\0\0", "header truncated"),
+    ],
+)  # legacy, int32 seen
 def test_truncated_header(tmp_path, data, message):
     path = tmp_path / "h.weights"
     path.write_bytes(data)
@@ -177,7 +187,7 @@ def test_dontsave_and_dontload(tmp_path):
     net = randomize(net_from(tmp_path, cfg))
     path = tmp_path / "d.weights"
     minidark.save_weights(net, str(path))
-    assert len(path.read_bytes()) == 20 + 4 * (3 + 15 + 9)      # layer 0 not written
+    assert len(path.read_bytes()) == 20 + 4 * (3 + 15 + 9)  # layer 0 not written
     loader = net_from(tmp_path, MLP.replace("activation=relu", "activation=relu\ndontload=1"))
     before = loader.layers[0].weights.copy()
     minidark.load_weights(loader, str(path))
@@ -188,8 +198,8 @@ def test_dontsave_and_dontload(tmp_path):
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     net = randomize(net_from(tmp_path, MLP))
     folder = tmp_path / "backup" / "deep"
-    minidark.save_weights(net, str(folder / "m.weights"))      # creates the folder
-    minidark.save_weights(net, str(folder / "m.weights"))      # overwrites
+    minidark.save_weights(net, str(folder / "m.weights"))  # creates the folder
+    minidark.save_weights(net, str(folder / "m.weights"))  # overwrites
     assert os.listdir(folder) == ["m.weights"]
 
 
@@ -201,8 +211,10 @@ VECTORS = sorted(glob.glob(str(REFDATA / "vectors" / "*" / "weights_before.weigh
 
 @pytest.mark.refdata
 def test_refdata_vectors_present():
-    assert VECTORS, (f"no darknet reference vectors under {REFDATA / 'vectors'}: "
-                     "../shared/refdata must be beside the clone (or set $MINIDARK_REFDATA)")
+    assert VECTORS, (
+        f"no darknet reference vectors under {REFDATA / 'vectors'}: "
+        "../shared/refdata must be beside the clone (or set $MINIDARK_REFDATA)"
+    )
 
 
 @pytest.mark.refdata
@@ -217,8 +229,9 @@ def test_reads_darknet_weights_files(tmp_path, weights):
         index, kind, name = int(match[1]), match[2], match[3]
         layer = net.layers[index]
         assert layer.type == kind
-        np.testing.assert_array_equal(getattr(layer, name).reshape(-1),
-                                      np.load(path).reshape(-1), err_msg=path)
+        np.testing.assert_array_equal(
+            getattr(layer, name).reshape(-1), np.load(path).reshape(-1), err_msg=path
+        )
         checked += 1
     assert checked >= 2
     assert os.path.getsize(weights) == 20 + 4 * net.params
@@ -228,5 +241,5 @@ def test_reads_darknet_weights_files(tmp_path, weights):
         seen = minidark.load_weights(net, source)
         out = str(tmp_path / name)
         minidark.save_weights(net, out)
-        assert open(out, "rb").read() == open(source, "rb").read(), name
+        assert Path(out).read_bytes() == Path(source).read_bytes(), name
         assert seen == (0 if "before" in name else 2 * net.batch)

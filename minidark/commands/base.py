@@ -3,6 +3,7 @@ argument types. A verb family (darknet's ``examples/*.c``) is one module in
 this package that calls :func:`add_command` for each of its verbs;
 ``minidark/cli.py`` imports the modules and builds the parser.
 """
+
 import argparse
 import re
 import struct
@@ -43,6 +44,7 @@ def add_command(words, help, add_arguments, run):
 def load_plugins(specs):
     """Load layer plugins (files, modules, installed entry points) before running."""
     from ..plugins import load_plugins as load
+
     load(list(specs or []))
 
 
@@ -60,17 +62,26 @@ def positive_int(text):
 # ---------------------------------------------------------------------------
 # Which kind of file is this? (arguments given in the wrong order)
 # ---------------------------------------------------------------------------
-KIND_NAMES = {"data": "a .data file", "cfg": "a network cfg", "weights": "a weights file",
-              "image": "an image", "binary": "a binary file"}
+KIND_NAMES = {
+    "data": "a .data file",
+    "cfg": "a network cfg",
+    "weights": "a weights file",
+    "image": "an image",
+    "binary": "a binary file",
+}
 IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\0", b"MM\0*", b"RIFF")
-DATA_KEY = re.compile(r"^\s*(classes|train|valid|labels|names|backup|top|test|tree|eval|"
-                      r"results|map|gpus)\s*[=:]", re.M)
+DATA_KEY = re.compile(
+    r"^\s*(classes|train|valid|labels|names|backup|top|test|tree|eval|"
+    r"results|map|gpus)\s*[=:]",
+    re.M,
+)
 
 
 def file_kind(path):
     """'cfg', 'data', 'weights', 'image', 'binary' or None (unknown, or unreadable:
     the loader then says why), from the first 4 KiB of the file."""
     from ..files import open_regular
+
     try:
         handle, _ = open_regular(path, "file")
         with handle:
@@ -82,8 +93,9 @@ def file_kind(path):
     try:
         text = head.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        text = head[:exc.start].decode("utf-8-sig", "ignore") if exc.start > len(head) - 4 \
-            else None
+        text = (
+            head[: exc.start].decode("utf-8-sig", "ignore") if exc.start > len(head) - 4 else None
+        )
     if text is None or "\0" in text:
         if len(head) >= 16 and all(0 <= v < 1 << 16 for v in struct.unpack_from("<iii", head)):
             return "weights"
@@ -92,7 +104,7 @@ def file_kind(path):
     lines = [line for line in lines if line and line[0] not in "#;"]
     if not lines:
         return None
-    if lines[0].startswith("[") or lines[0].startswith("- "):   # [net] or YAML's "- type: net"
+    if lines[0].startswith("[") or lines[0].startswith("- "):  # [net] or YAML's "- type: net"
         return "cfg"
     if DATA_KEY.search(text):
         return "data"
@@ -107,22 +119,31 @@ def check_file_kinds(usage, arguments):
     reader reports any problem). ``usage`` is the command's synopsis.
     """
     found = [(role, path, want, file_kind(path)) for role, path, want in arguments if path]
-    wrong = [(role, path, want, kind) for role, path, want, kind in found
-             if kind not in (None, "binary", want)]   # a binary file: its reader says more
+    wrong = [
+        (role, path, want, kind)
+        for role, path, want, kind in found
+        if kind not in (None, "binary", want)
+    ]  # a binary file: its reader says more
     if not wrong:
         return
     kinds = {role: kind for role, _, _, kind in found}
     paths = {role: printable(path) for role, path, _, _ in found}
     if kinds.get("DATA") == "cfg" and kinds.get("CFG") == "data":
-        problem = (f"DATA and CFG are swapped: {paths['CFG']} is a .data file and "
-                   f"{paths['DATA']} a network cfg")
+        problem = (
+            f"DATA and CFG are swapped: {paths['CFG']} is a .data file and "
+            f"{paths['DATA']} a network cfg"
+        )
     else:
-        problem = "; ".join(f"{printable(path)} is given as {role} but is {KIND_NAMES[kind]}"
-                            for role, path, _, kind in wrong)
+        problem = "; ".join(
+            f"{printable(path)} is given as {role} but is {KIND_NAMES[kind]}"
+            for role, path, _, kind in wrong
+        )
     words = usage.split()
-    prog = " ".join(words[:next((i for i, w in enumerate(words) if not w.islower()), 1)])
+    prog = " ".join(words[: next((i for i, w in enumerate(words) if not w.islower()), 1)])
     hint = ""
     if kinds.get("DATA") == "cfg" and kinds.get("CFG") == "weights":
-        hint = (f"; to start from weights, name the .data file first: "
-                f"{prog} DATA {paths['DATA']} {paths['CFG']}")
+        hint = (
+            f"; to start from weights, name the .data file first: "
+            f"{prog} DATA {paths['DATA']} {paths['CFG']}"
+        )
     raise UsageError(f"{prog}: {problem} (usage: {usage}){hint}")

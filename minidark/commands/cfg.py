@@ -1,4 +1,5 @@
 """``minidark cfg summary|convert``: the layer table, and .cfg <-> .yaml."""
+
 from ..errors import DataError
 from .base import add_command, check_file_kinds
 
@@ -10,6 +11,7 @@ def summary_arguments(parser):
 
 def run_summary(args):
     import minidark
+
     check_file_kinds("minidark cfg summary CFG", [("CFG", args.cfg, "cfg")])
     net = minidark.load_network(args.cfg, batch=1, strict=args.strict)
     print(net.summary())
@@ -18,12 +20,16 @@ def run_summary(args):
 
 def convert_arguments(parser):
     parser.add_argument("source", metavar="SRC", help="a .cfg or .yaml network")
-    parser.add_argument("destination", metavar="DST",
-                        help="output; .yaml/.yml writes YAML, anything else darknet cfg")
+    parser.add_argument(
+        "destination",
+        metavar="DST",
+        help="output; .yaml/.yml writes YAML, anything else darknet cfg",
+    )
 
 
 def run_convert(args):
     from ..cfg.parser import convert_cfg
+
     check_file_kinds("minidark cfg convert SRC DST", [("SRC", args.source, "cfg")])
     try:
         convert_cfg(args.source, args.destination)
@@ -33,7 +39,9 @@ def run_convert(args):
     return 0
 
 
-add_command("cfg summary", "layer table, parameters and FLOPs per image",
-            summary_arguments, run_summary)
-add_command("cfg convert", "convert a network between .cfg and .yaml",
-            convert_arguments, run_convert)
+add_command(
+    "cfg summary", "layer table, parameters and FLOPs per image", summary_arguments, run_summary
+)
+add_command(
+    "cfg convert", "convert a network between .cfg and .yaml", convert_arguments, run_convert
+)

@@ -7,6 +7,7 @@ images the way training does (convert to ``channels``, resize to
 confusion table instead of a line per image; ``train`` without ``--seed``
 draws a seed and prints it, so every run can be repeated.
 """
+
 import os
 import secrets
 import sys
@@ -22,8 +23,15 @@ PREDICT_USAGE = "minidark classifier predict DATA CFG WEIGHTS IMAGE..."
 def check_kinds(usage, args):
     """DATA, CFG and WEIGHTS (and IMAGEs) must be those kinds of file: say which is which."""
     images = [("IMAGE", image, "image") for image in getattr(args, "images", None) or ()]
-    check_file_kinds(usage, [("DATA", args.data, "data"), ("CFG", args.cfg, "cfg"),
-                             ("WEIGHTS", args.weights, "weights")] + images)
+    check_file_kinds(
+        usage,
+        [
+            ("DATA", args.data, "data"),
+            ("CFG", args.cfg, "cfg"),
+            ("WEIGHTS", args.weights, "weights"),
+        ]
+        + images,
+    )
 
 
 def input_shape(net):
@@ -33,46 +41,80 @@ def input_shape(net):
 
 def check_classes(net, data):
     if data.classes is not None and net.outputs != data.classes:
-        raise DataError(f"{data.path}: classes={data.classes} but the network "
-                        f"({net.cfg_file}) outputs {net.outputs} values")
+        raise DataError(
+            f"{data.path}: classes={data.classes} but the network "
+            f"({net.cfg_file}) outputs {net.outputs} values"
+        )
 
 
 def load_split(data, key, net, progress=True):
     from ..data.dataset import load_dataset
-    dataset = load_dataset(data.require(key), input_shape(net), data.labels, data.classes,
-                           progress=progress, labels_file=data.labels_file)
+
+    dataset = load_dataset(
+        data.require(key),
+        input_shape(net),
+        data.labels,
+        data.classes,
+        progress=progress,
+        labels_file=data.labels_file,
+    )
     if dataset.inputs != net.inputs:
-        raise DataError(f"{dataset.source}: images of {dataset.inputs} values "
-                        f"{'x'.join(map(str, dataset.shape))} but the network takes "
-                        f"{net.inputs} inputs")
+        raise DataError(
+            f"{dataset.source}: images of {dataset.inputs} values "
+            f"{'x'.join(map(str, dataset.shape))} but the network takes "
+            f"{net.inputs} inputs"
+        )
     return dataset
 
 
 def train_arguments(parser):
-    parser.add_argument("data", metavar="DATA", help=".data file (classes, train, valid, "
-                        "names, backup, top)")
+    parser.add_argument(
+        "data", metavar="DATA", help=".data file (classes, train, valid, names, backup, top)"
+    )
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml")
-    parser.add_argument("weights", metavar="WEIGHTS", nargs="?",
-                        help="start from these weights (a .backup or .weights resumes "
-                             "exactly when its .state.npz sidecar is beside it)")
+    parser.add_argument(
+        "weights",
+        metavar="WEIGHTS",
+        nargs="?",
+        help="start from these weights (a .backup or .weights resumes "
+        "exactly when its .state.npz sidecar is beside it)",
+    )
     train_options(parser)
 
 
 def train_options(parser):
-    parser.add_argument("--clear", action="store_true",
-                        help="reset seen to 0 (darknet's -clear): fine-tune from WEIGHTS")
-    parser.add_argument("--no-exact-resume", dest="exact_resume", action="store_false",
-                        help="resume from WEIGHTS alone, without its .state.npz sidecar "
-                             "(momentum and data order start fresh, as in darknet): for a "
-                             "sidecar that is damaged or belongs to other data")
-    parser.add_argument("--seed", type=int, metavar="N",
-                        help="seed for initialization, data order, augmentation, dropout")
-    parser.add_argument("--strict", action="store_true",
-                        help="unknown cfg / data-file keys are errors, not warnings")
-    parser.add_argument("--verbose", action="store_true",
-                        help="print darknet's per-iteration line (always in <backup>/<base>.log)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars")
+    parser.add_argument(
+        "--clear",
+        action="store_true",
+        help="reset seen to 0 (darknet's -clear): fine-tune from WEIGHTS",
+    )
+    parser.add_argument(
+        "--no-exact-resume",
+        dest="exact_resume",
+        action="store_false",
+        help="resume from WEIGHTS alone, without its .state.npz sidecar "
+        "(momentum and data order start fresh, as in darknet): for a "
+        "sidecar that is damaged or belongs to other data",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="seed for initialization, data order, augmentation, dropout",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="unknown cfg / data-file keys are errors, not warnings",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print darknet's per-iteration line (always in <backup>/<base>.log)",
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
 
 
 def run_train(args):
@@ -80,31 +122,52 @@ def run_train(args):
 
     from ..data.datafile import read_data_file
     from ..train.trainer import Trainer, cfg_base, final_missing, format_accuracy
+
     check_kinds(TRAIN_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
-    net = minidark.load_network(args.cfg, args.weights, clear=args.clear, strict=args.strict,
-                                seed=seed)
+    net = minidark.load_network(
+        args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed
+    )
     check_classes(net, data)
     base = cfg_base(args.cfg)
-    if net.max_batches and net.current_batch >= net.max_batches and not (
-            args.exact_resume and final_missing(args.weights, data.backup, base)):
-        print(f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
-              f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, "
-              f"or pass --clear to train again from these weights")
+    if (
+        net.max_batches
+        and net.current_batch >= net.max_batches
+        and not (args.exact_resume and final_missing(args.weights, data.backup, base))
+    ):
+        print(
+            f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
+            f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, "
+            f"or pass --clear to train again from these weights"
+        )
         return 0
     train_set = load_split(data, "train", net, args.progress)
     valid_set = load_split(data, "valid", net, args.progress) if data.valid else None
-    print(net.summary(), file=sys.stderr)   # darknet's layer table, once the data is ready
-    trainer = Trainer(net, train_set, valid_set, backup_dir=data.backup, base=base,
-                      top=data.top, seed=seed, progress=args.progress, verbose=args.verbose,
-                      header=f"train {args.data} {args.cfg} {args.weights or ''} seed {seed}",
-                      start=args.weights)
+    print(net.summary(), file=sys.stderr)  # darknet's layer table, once the data is ready
+    trainer = Trainer(
+        net,
+        train_set,
+        valid_set,
+        backup_dir=data.backup,
+        base=base,
+        top=data.top,
+        seed=seed,
+        progress=args.progress,
+        verbose=args.verbose,
+        header=f"train {args.data} {args.cfg} {args.weights or ''} seed {seed}",
+        start=args.weights,
+    )
     if args.weights:
-        state = ("seen reset to 0 (--clear): momentum and data order start fresh"
-                 if args.clear else trainer.restore(args.weights, exact=args.exact_resume))
-        print(f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; "
-              f"{state}", flush=True)
+        state = (
+            "seen reset to 0 (--clear): momentum and data order start fresh"
+            if args.clear
+            else trainer.restore(args.weights, exact=args.exact_resume)
+        )
+        print(
+            f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; {state}",
+            flush=True,
+        )
     if not trainer.restored:
         print(f"{base}: seed {seed} (--seed {seed} repeats this run)", flush=True)
     print(f"{base}: checkpoints, log and chart go to {data.backup}", flush=True)
@@ -114,8 +177,11 @@ def run_train(args):
     if summary["status"] == "interrupted":
         return 130
     if summary.get("accuracy"):
-        print(f"{base}: test accuracy {format_accuracy(summary['accuracy'])} "
-              f"({os.path.basename(valid_set.source)})", flush=True)
+        print(
+            f"{base}: test accuracy {format_accuracy(summary['accuracy'])} "
+            f"({os.path.basename(valid_set.source)})",
+            flush=True,
+        )
     return 0
 
 
@@ -123,8 +189,9 @@ def valid_arguments(parser):
     parser.add_argument("data", metavar="DATA", help=".data file (valid=, names=, top=)")
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml")
     parser.add_argument("weights", metavar="WEIGHTS", help="trained .weights")
-    parser.add_argument("--top", type=positive_int, metavar="K", help="k of top-k (default: the "
-                        "data file's top=)")
+    parser.add_argument(
+        "--top", type=positive_int, metavar="K", help="k of top-k (default: the data file's top=)"
+    )
     parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
     parser.add_argument("--verbose", action="store_true", help="print the layer table")
 
@@ -134,10 +201,12 @@ def run_valid(args):
 
     from ..data.datafile import read_data_file
     from ..train.trainer import evaluate, format_accuracy
+
     check_kinds(VALID_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
-    net = minidark.load_network(args.cfg, args.weights, batch=100, strict=args.strict,
-                                verbose=args.verbose)
+    net = minidark.load_network(
+        args.cfg, args.weights, batch=100, strict=args.strict, verbose=args.verbose
+    )
     check_classes(net, data)
     valid_set = load_split(data, "valid", net)
     top = args.top or data.top
@@ -157,12 +226,18 @@ def confusion_table(matrix, names=None):
     if classes <= 20:
         cell = max(6, len(str(int(matrix.max()))) + 1)
         lines.append("confusion (rows: true class, columns: predicted)")
-        lines.append(" " * width + "".join(f"{i:>{cell}}" for i in range(classes))
-                     + f"{'images':>9}{'top-1':>9}")
+        lines.append(
+            " " * width
+            + "".join(f"{i:>{cell}}" for i in range(classes))
+            + f"{'images':>9}{'top-1':>9}"
+        )
         for i in range(classes):
             acc = f"{100 * hits[i] / totals[i]:.2f}%" if totals[i] else "-"
-            lines.append(f"{names[i]:<{width}}" + "".join(f"{v:>{cell}}" for v in matrix[i])
-                         + f"{totals[i]:>9}{acc:>9}")
+            lines.append(
+                f"{names[i]:<{width}}"
+                + "".join(f"{v:>{cell}}" for v in matrix[i])
+                + f"{totals[i]:>9}{acc:>9}"
+            )
         lines.append("columns: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
     else:
         confused = matrix.copy()
@@ -181,8 +256,12 @@ def predict_arguments(parser):
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml")
     parser.add_argument("weights", metavar="WEIGHTS", help="trained .weights")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-    parser.add_argument("--top", type=positive_int, metavar="K", help="how many labels to print "
-                        "(default: the data file's top=)")
+    parser.add_argument(
+        "--top",
+        type=positive_int,
+        metavar="K",
+        help="how many labels to print (default: the data file's top=)",
+    )
     parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
     parser.add_argument("--verbose", action="store_true", help="print the layer table")
 
@@ -195,15 +274,18 @@ def run_predict(args):
     from ..data.datafile import read_data_file
     from ..data.dataset import image_to_input
     from ..train.trainer import topk_indices
+
     check_kinds(PREDICT_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
-    net = minidark.load_network(args.cfg, args.weights, batch=1, strict=args.strict,
-                                verbose=args.verbose)
+    net = minidark.load_network(
+        args.cfg, args.weights, batch=1, strict=args.strict, verbose=args.verbose
+    )
     check_classes(net, data)
     shape = input_shape(net)
     if shape is None:
-        raise DataError(f"{args.cfg}: [net] has no height, width and channels, so images "
-                        f"cannot be fed to it")
+        raise DataError(
+            f"{args.cfg}: [net] has no height, width and channels, so images cannot be fed to it"
+        )
     names = data.names or [str(i) for i in range(net.outputs)]
     top = args.top or data.top
     failed = 0
@@ -222,9 +304,18 @@ def run_predict(args):
     return USER_ERROR if failed else SUCCESS
 
 
-add_command("classifier train", "train a classifier (darknet classifier train)",
-            train_arguments, run_train)
-add_command("classifier valid", "top-1/top-k accuracy and confusion table on the valid set",
-            valid_arguments, run_valid)
-add_command("classifier predict", "top-k labels with probabilities for image files",
-            predict_arguments, run_predict)
+add_command(
+    "classifier train", "train a classifier (darknet classifier train)", train_arguments, run_train
+)
+add_command(
+    "classifier valid",
+    "top-1/top-k accuracy and confusion table on the valid set",
+    valid_arguments,
+    run_valid,
+)
+add_command(
+    "classifier predict",
+    "top-k labels with probabilities for image files",
+    predict_arguments,
+    run_predict,
+)

@@ -28,6 +28,7 @@ inputs); minidark uses the height. A step that is the identity with the
 cfg's values (e.g. ``min_crop=max_crop=w``, ``angle=0``, ``aspect=1``) is
 skipped; the shipped MNIST cfgs turn everything off.
 """
+
 import numpy as np
 
 
@@ -38,13 +39,14 @@ class Augmenter:
         c, h, w = source_shape
         self.c, self.h, self.w = c, h, w
         size = net.w or w
-        self.low = int(round(getattr(net, "min_ratio", 1.0) * size))
-        self.high = int(round(getattr(net, "max_ratio", 1.0) * size))
+        self.low = round(getattr(net, "min_ratio", 1.0) * size)
+        self.high = round(getattr(net, "max_ratio", 1.0) * size)
         self.angle, self.aspect = float(net.angle), float(net.aspect)
         self.hue, self.saturation = float(net.hue), float(net.saturation)
         self.exposure, self.flip = float(net.exposure), bool(net.flip)
-        self.geometry = not (self.low == self.high == min(h, w) and self.angle == 0
-                             and self.aspect == 1)
+        self.geometry = not (
+            self.low == self.high == min(h, w) and self.angle == 0 and self.aspect == 1
+        )
         self.distort = self.hue != 0 or self.saturation != 1 or self.exposure != 1
         if c < 3:
             self.distort = self.exposure != 1
@@ -56,13 +58,15 @@ class Augmenter:
     def describe(self):
         parts = []
         if self.geometry:
-            parts.append(f"crop {self.low}..{self.high}, angle {self.angle:g}, "
-                         f"aspect {self.aspect:g}")
+            parts.append(
+                f"crop {self.low}..{self.high}, angle {self.angle:g}, aspect {self.aspect:g}"
+            )
         if self.flip:
             parts.append("flip")
         if self.distort:
-            parts.append(f"hue {self.hue:g}, saturation {self.saturation:g}, "
-                         f"exposure {self.exposure:g}")
+            parts.append(
+                f"hue {self.hue:g}, saturation {self.saturation:g}, exposure {self.exposure:g}"
+            )
         return "; ".join(parts) or "off"
 
     def __call__(self, x, rng):
@@ -79,7 +83,7 @@ class Augmenter:
 
     # ---------------------------------------------------------------- geometry
     def _geometry(self, images, rng):
-        n, c, H, W = images.shape
+        n, _, H, W = images.shape
         h, w = H, W
         aspect = rand_scale(rng, self.aspect, n)
         r = rng.integers(min(self.low, self.high), max(self.low, self.high) + 1, n)
@@ -113,10 +117,10 @@ class Augmenter:
 
 def rotate_crop(images, rad, scale, h, w, dx, dy, aspect):
     """darknet's rotate_crop_image for a batch: per-image (n,) parameters; output (n, c, h, w)."""
-    n, c, H, W = images.shape
+    _, _, H, W = images.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    col = lambda v: np.asarray(v, np.float64).reshape(-1, 1, 1)   # noqa: E731  (n,) -> (n,1,1)
-    u = (xs - w / 2 + col(dx)) * col(np.asarray(aspect) / scale)   # (n, h, w)
+    col = lambda v: np.asarray(v, np.float64).reshape(-1, 1, 1)  # noqa: E731  (n,) -> (n,1,1)
+    u = (xs - w / 2 + col(dx)) * col(np.asarray(aspect) / scale)  # (n, h, w)
     v = (ys - h / 2 + col(dy)) / col(scale)
     cos, sin = col(np.cos(rad)), col(np.sin(rad))
     return bilinear(images, cos * u - sin * v + W / 2, sin * u + cos * v + H / 2)
@@ -138,8 +142,12 @@ def bilinear(images, sx, sy):
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
     flat = images.reshape(n, c, H * W)
     out = np.zeros((n, c) + sx.shape[1:], np.float32)
-    for ox, oy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                           (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+    for ox, oy, weight in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
         xi, yi = x0 + ox, y0 + oy
         inside = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
         index = np.where(inside, yi * W + xi, 0).reshape(n, 1, -1)
@@ -155,8 +163,9 @@ def rgb_to_hsv(rgb):
     low = np.minimum(np.minimum(r, g), b)
     delta = high - low
     safe = np.where(delta > 0, delta, 1)
-    hue = np.where(r == high, (g - b) / safe,
-                   np.where(g == high, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    hue = np.where(
+        r == high, (g - b) / safe, np.where(g == high, 2 + (b - r) / safe, 4 + (r - g) / safe)
+    )
     hue = np.where(delta > 0, hue, 0)
     hue = np.where(hue < 0, hue + 6, hue) / 6
     sat = np.where(high > 0, delta / np.where(high > 0, high, 1), 0)
@@ -173,8 +182,9 @@ def hsv_to_rgb(hsv):
     choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
     out = np.empty_like(hsv)
     for channel in range(3):
-        out[:, channel] = np.select([index == k for k in range(6)],
-                                    [choice[channel] for choice in choices])
+        out[:, channel] = np.select(
+            [index == k for k in range(6)], [choice[channel] for choice in choices]
+        )
     grey = s == 0
     for channel in range(3):
         out[:, channel] = np.where(grey, v, out[:, channel])

@@ -37,6 +37,7 @@ reported as ambiguous when the list is loaded. Files are read through
 :mod:`minidark.files` (a FIFO, a device, a directory or a huge file is
 refused before reading).
 """
+
 import os
 import warnings
 
@@ -76,16 +77,21 @@ class DataConfig:
         self.labels_file = self.resolve(values[label_key]) if label_key else None
         self.names_file = self.resolve(values[name_key]) if name_key else None
         self.labels = read_names(self.labels_file, self._where(label_key)) if label_key else None
-        self.names = (self.labels if name_key == label_key
-                      else read_names(self.names_file, self._where(name_key)))
+        self.names = (
+            self.labels
+            if name_key == label_key
+            else read_names(self.names_file, self._where(name_key))
+        )
         for key, entries in ((label_key, self.labels), (name_key, self.names)):
             if entries is None:
                 continue
             if self.classes is None:
                 self.classes = len(entries)
             elif len(entries) != self.classes:
-                raise DataError(f"{self._where(key)}: {values[key]} has {len(entries)} "
-                                f"entries but classes={self.classes}")
+                raise DataError(
+                    f"{self._where(key)}: {values[key]} has {len(entries)} "
+                    f"entries but classes={self.classes}"
+                )
 
     def _where(self, key):
         return where(self.path, self.lines.get(key), key)
@@ -106,8 +112,10 @@ class DataConfig:
         """The resolved path of ``train``/``valid``, or an error saying it is missing."""
         value = getattr(self, key)
         if value is None:
-            raise DataError(f"{self.path}: key '{key}' is missing: add a line "
-                            f"'{key}=<list of image paths or MNIST IDX file>'")
+            raise DataError(
+                f"{self.path}: key '{key}' is missing: add a line "
+                f"'{key}=<list of image paths or MNIST IDX file>'"
+            )
         return value
 
     def resolve(self, path):
@@ -134,7 +142,7 @@ def resolve_path(path, folder=None):
             return candidate
     top = path.replace(os.sep, "/").split("/")[0]
     if top != path and top not in ("", ".", ".."):
-        for base, candidate in zip(bases, candidates):
+        for base, candidate in zip(bases, candidates, strict=True):
             if os.path.isdir(os.path.join(base, top) if base else top):
                 return candidate
     return path
@@ -150,8 +158,11 @@ def read_stripped_lines(path, what, origin=None, limit=TEXT_LIMIT):
         text = read_text(path, what, limit, DataError)
     except DataError as exc:
         raise DataError(f"{origin}: {exc}" if origin else str(exc)) from None
-    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)
-            if line.strip()]
+    return [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
 
 
 def read_names(path, origin=None):
@@ -174,13 +185,18 @@ def parse_data_text(text, file="<string>"):
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
-            raise DataError(printable(f"{file}:{number}: malformed line '{line}': "
-                                      f"expected key=value"))
+            raise DataError(
+                printable(f"{file}:{number}: malformed line '{line}': expected key=value")
+            )
         if not value:
             raise DataError(f"{where(file, number, key)}: empty value")
         if key in values:
-            warnings.warn(f"{file}:{number}: key '{key}' repeats line {lines[key]}; "
-                          f"the first one is used (darknet's rule)", DataWarning, stacklevel=2)
+            warnings.warn(
+                f"{file}:{number}: key '{key}' repeats line {lines[key]}; "
+                f"the first one is used (darknet's rule)",
+                DataWarning,
+                stacklevel=2,
+            )
             continue
         values[key], lines[key] = value, number
     return values, lines
@@ -189,6 +205,7 @@ def parse_data_text(text, file="<string>"):
 def parse_data_yaml(text, file="<string>"):
     """(values, lines) from the YAML form: a mapping of the same keys."""
     import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -198,13 +215,14 @@ def parse_data_yaml(text, file="<string>"):
     if root is None:
         return {}, {}
     if not isinstance(root, yaml.MappingNode):
-        raise DataError(f"{file}:{root.start_mark.line + 1}: expected a mapping of "
-                        f"key: value (classes, train, valid, names, backup, top)")
+        raise DataError(
+            f"{file}:{root.start_mark.line + 1}: expected a mapping of "
+            f"key: value (classes, train, valid, names, backup, top)"
+        )
     values, lines = {}, {}
     for key_node, value_node in root.value:
         number = key_node.start_mark.line + 1
-        if not isinstance(key_node, yaml.ScalarNode) or \
-                not isinstance(value_node, yaml.ScalarNode):
+        if not isinstance(key_node, yaml.ScalarNode) or not isinstance(value_node, yaml.ScalarNode):
             raise DataError(f"{file}:{number}: expected 'key: value' with a plain value")
         key, value = key_node.value.strip(), value_node.value.strip()
         if not value or value_node.tag.endswith(":null"):
@@ -224,8 +242,11 @@ def read_data_file(path, strict=False):
     for key in values:
         if key in KNOWN:
             continue
-        what = ("is a darknet key minidark does not use" if key in IGNORED
-                else f"is not a data-file key (known: {', '.join(KNOWN)})")
+        what = (
+            "is a darknet key minidark does not use"
+            if key in IGNORED
+            else f"is not a data-file key (known: {', '.join(KNOWN)})"
+        )
         message = f"{where(path, lines[key], key)}: {what}"
         if strict:
             raise DataError(message)

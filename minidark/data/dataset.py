@@ -23,6 +23,7 @@ name contains ``idx3-ubyte``; its labels are the file beside it with
 ``images-idx3`` replaced by ``labels-idx1``. ``.gz`` or raw, whichever
 exists; the four standard files are downloaded when missing (see mnist.py).
 """
+
 import collections
 import os
 import re
@@ -37,8 +38,8 @@ from .mnist import ensure_mnist, idx_stem, read_idx
 
 IDX_IMAGES = re.compile(r"idx3-ubyte(\.gz)?$")
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-IMAGE_LIMIT = 256 * MiB      # one image file
-_FITS_REPORTED = set()       # (h, w, network shape) of IDX data already warned about
+IMAGE_LIMIT = 256 * MiB  # one image file
+_FITS_REPORTED = set()  # (h, w, network shape) of IDX data already warned about
 
 
 class Dataset:
@@ -89,8 +90,7 @@ def is_idx(path):
     return bool(IDX_IMAGES.search(os.path.basename(os.fspath(path))))
 
 
-def load_dataset(path, shape=None, labels=None, classes=None, progress=True,
-                 labels_file=None):
+def load_dataset(path, shape=None, labels=None, classes=None, progress=True, labels_file=None):
     """A Dataset from an IDX images file or an image-list file.
 
     ``shape`` is the network's ``(c, h, w)`` (None: keep the data's own shape;
@@ -101,11 +101,15 @@ def load_dataset(path, shape=None, labels=None, classes=None, progress=True,
     if is_idx(path):
         return load_idx(path, shape, classes, progress)
     if shape is None:
-        raise DataError(f"{path}: an image list needs the network's input image size: "
-                        f"set height, width and channels in [net]")
+        raise DataError(
+            f"{path}: an image list needs the network's input image size: "
+            f"set height, width and channels in [net]"
+        )
     if not labels:
-        raise DataError(f"{path}: an image list needs labels (labels= or names= in the "
-                        f".data file) to take each image's class from its path")
+        raise DataError(
+            f"{path}: an image list needs labels (labels= or names= in the "
+            f".data file) to take each image's class from its path"
+        )
     return load_image_list(path, shape, labels, progress, labels_file)
 
 
@@ -114,16 +118,20 @@ def load_idx(path, shape=None, classes=None, progress=True):
     stem = idx_stem(path)
     label_stem = stem.replace("images-idx3", "labels-idx1")
     if label_stem == stem:
-        raise DataError(f"{path}: cannot name its labels file: an IDX images file name "
-                        f"must contain 'images-idx3' (its labels: 'labels-idx1')")
+        raise DataError(
+            f"{path}: cannot name its labels file: an IDX images file name "
+            f"must contain 'images-idx3' (its labels: 'labels-idx1')"
+        )
     found = ensure_mnist([stem, label_stem], os.path.dirname(path), progress)
     images, labels = read_idx(found[stem]), read_idx(found[label_stem])
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(f"{found[stem]} ({images.shape}) and {found[label_stem]} "
-                        f"({labels.shape}) are not n images and n labels")
+        raise DataError(
+            f"{found[stem]} ({images.shape}) and {found[label_stem]} "
+            f"({labels.shape}) are not n images and n labels"
+        )
     if classes is not None and labels.size and int(labels.max()) >= classes:
         raise DataError(f"{found[label_stem]}: label {int(labels.max())} but classes={classes}")
-    images = images[:, None]                          # (n, 1, h, w)
+    images = images[:, None]  # (n, 1, h, w)
     if shape is not None and tuple(shape) != images.shape[1:]:
         images = _fit(images, tuple(shape), found[stem])
     return Dataset(images, labels, found[stem])
@@ -133,33 +141,40 @@ def _fit(images, shape, source):
     """Convert (n, 1, h, w) grayscale to the network's (c, h, w) as Pillow would,
     saying so once (a 32x32 or 3-channel cfg on MNIST is seldom meant)."""
     from PIL import Image
+
     c, h, w = shape
     if c not in MODES:
-        raise DataError(f"{printable(source)}: cannot give {c}-channel images (channels "
-                        f"must be 1, 3 or 4)")
+        raise DataError(
+            f"{printable(source)}: cannot give {c}-channel images (channels must be 1, 3 or 4)"
+        )
     n, _, height, width = images.shape
-    if (height, width, shape) not in _FITS_REPORTED:     # once per process: train and valid
+    if (height, width, shape) not in _FITS_REPORTED:  # once per process: train and valid
         _FITS_REPORTED.add((height, width, shape))
         done = _changes(c, (height, width) != (h, w), w, h)
-        warnings.warn(f"{source}: images are {width}x{height}x1, the network takes "
-                      f"{w}x{h}x{c}: every image is {done} at load (darknet resizes its "
-                      f"inputs too)", DataWarning, stacklevel=3)
-    if (height, width) == (h, w):                     # channels only: L -> RGB(A) is a copy
+        warnings.warn(
+            f"{source}: images are {width}x{height}x1, the network takes "
+            f"{w}x{h}x{c}: every image is {done} at load (darknet resizes its "
+            f"inputs too)",
+            DataWarning,
+            stacklevel=3,
+        )
+    if (height, width) == (h, w):  # channels only: L -> RGB(A) is a copy
         out = np.empty((n, c, h, w), np.uint8)
         out[:, :3] = images
         if c == 4:
             out[:, 3] = 255
         return out
     out = np.empty((n, c, h, w), np.uint8)
-    for i, image in enumerate(images):                # Pillow resizes one image at a time
+    for i, image in enumerate(images):  # Pillow resizes one image at a time
         out[i] = _to_array(Image.fromarray(image[0], "L"), c, h, w)
     return out
 
 
 def _changes(c, resized, w, h):
     """'converted to RGB and resized (bilinear) to 32x32', for the warning."""
-    parts = ([f"converted to {MODES[c]}"] if c != 1 else []) + \
-        ([f"resized (bilinear) to {w}x{h}"] if resized else [])
+    parts = ([f"converted to {MODES[c]}"] if c != 1 else []) + (
+        [f"resized (bilinear) to {w}x{h}"] if resized else []
+    )
     return " and ".join(parts)
 
 
@@ -178,20 +193,28 @@ def label_from_path(path, labels):
 def label_error(where, path, labels, matches, labels_file=None):
     source = f" of {labels_file}" if labels_file else ""
     if len(matches) > 1 and len({labels[i] for i in matches}) == 1:
-        return DataError(printable(
-            f"{where}: '{path}' matches label '{labels[matches[0]]}', which is listed "
-            f"{len(matches)} times{source} (entries {', '.join(str(i + 1) for i in matches)}): "
-            f"the class of an image is the one label that occurs in its path (darknet's "
-            f"rule), so a label used to classify images must not repeat"))
+        return DataError(
+            printable(
+                f"{where}: '{path}' matches label '{labels[matches[0]]}', which is listed "
+                f"{len(matches)} times{source} (entries {', '.join(str(i + 1) for i in matches)}): "
+                f"the class of an image is the one label that occurs in its path (darknet's "
+                f"rule), so a label used to classify images must not repeat"
+            )
+        )
     if not matches:
         found = f"contains none of the {len(labels)} labels{source}"
     else:
-        found = (f"contains {len(matches)} labels{source} "
-                 f"({', '.join(repr(labels[i]) for i in matches)})")
-    return DataError(printable(
-        f"{where}: '{path}' {found}; the class of an image is the one label that occurs in "
-        f"its path (darknet's rule), so rename the file or choose labels that cannot "
-        f"overlap"))
+        found = (
+            f"contains {len(matches)} labels{source} "
+            f"({', '.join(repr(labels[i]) for i in matches)})"
+        )
+    return DataError(
+        printable(
+            f"{where}: '{path}' {found}; the class of an image is the one label that occurs in "
+            f"its path (darknet's rule), so rename the file or choose labels that cannot "
+            f"overlap"
+        )
+    )
 
 
 def read_list(path):
@@ -206,8 +229,9 @@ def load_image_list(path, shape, labels, progress=True, labels_file=None):
     """Decode every image of a list into a Dataset (unreadable images skipped)."""
     c, h, w = shape
     if c not in MODES:
-        raise DataError(f"{path}: images can be loaded with 1, 3 or 4 channels, "
-                        f"the network wants {c}")
+        raise DataError(
+            f"{path}: images can be loaded with 1, 3 or 4 channels, the network wants {c}"
+        )
     entries = read_list(path)
     folder = os.path.dirname(os.path.abspath(path))
     classes = []
@@ -215,17 +239,23 @@ def load_image_list(path, shape, labels, progress=True, labels_file=None):
         try:
             classes.append(label_from_path(entry, labels))
         except ValueError as exc:
-            raise label_error(f"{path}:{number}", entry, labels, exc.args[0],
-                              labels_file) from None
+            raise label_error(f"{path}:{number}", entry, labels, exc.args[0], labels_file) from None
     images = np.empty((len(entries), c, h, w), np.uint8)
     kept, skipped, paths = [], [], []
     changed = collections.Counter()
     from tqdm import tqdm
-    bar = tqdm(entries, desc=f"loading {os.path.basename(path)}", unit="img",
-               disable=not progress or len(entries) < 2000, leave=False)
+
+    bar = tqdm(
+        entries,
+        desc=f"loading {os.path.basename(path)}",
+        unit="img",
+        disable=not progress or len(entries) < 2000,
+        leave=False,
+    )
     for row, (number, entry) in enumerate(bar):
-        file = entry if os.path.isabs(entry) or os.path.exists(entry) \
-            else os.path.join(folder, entry)
+        file = (
+            entry if os.path.isabs(entry) or os.path.exists(entry) else os.path.join(folder, entry)
+        )
         try:
             images[len(kept)] = load_image(file, c, h, w, changed)
         except DataError as exc:
@@ -234,22 +264,32 @@ def load_image_list(path, shape, labels, progress=True, labels_file=None):
         kept.append(row)
         paths.append(entry)
     if skipped:
-        shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more"
-                                          if len(skipped) > 5 else "")
-        warnings.warn(f"{path}: skipped {len(skipped)} unreadable image(s): {shown}",
-                      DataWarning, stacklevel=2)
+        shown = "; ".join(skipped[:5]) + (
+            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
+        warnings.warn(
+            f"{path}: skipped {len(skipped)} unreadable image(s): {shown}",
+            DataWarning,
+            stacklevel=2,
+        )
     if not kept:
         raise DataError(f"{printable(path)}: none of its {len(entries)} images could be read")
     if changed:
-        parts = [f"{changed[mode]} {mode} converted to {MODES[c]}"
-                 for mode in sorted(changed) if mode != "resized"]
+        parts = [
+            f"{changed[mode]} {mode} converted to {MODES[c]}"
+            for mode in sorted(changed)
+            if mode != "resized"
+        ]
         if changed["resized"]:
             parts.append(f"{changed['resized']} resized (bilinear) to {w}x{h}")
-        warnings.warn(f"{path}: the network takes {w}x{h}x{c} images: of {len(kept)}, "
-                      f"{', '.join(parts)} at load (darknet resizes its inputs too)",
-                      DataWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: the network takes {w}x{h}x{c} images: of {len(kept)}, "
+            f"{', '.join(parts)} at load (darknet resizes its inputs too)",
+            DataWarning,
+            stacklevel=2,
+        )
     labels_array = np.asarray(classes, np.int64)[kept]
-    return Dataset(images[:len(kept)], labels_array, path, paths)
+    return Dataset(images[: len(kept)], labels_array, path, paths)
 
 
 def load_image(path, c, h, w, changed=None):
@@ -257,6 +297,7 @@ def load_image(path, c, h, w, changed=None):
 
     ``changed`` (a Counter) counts conversions by source mode and resizes."""
     from PIL import Image
+
     if not os.path.lexists(path):
         raise DataError(f"{printable(path)}: no such file")
     handle, _ = open_regular(path, "image", IMAGE_LIMIT, DataError)
@@ -282,6 +323,7 @@ def _to_array(image, c, h, w, changed=None):
 
 def _bilinear():
     from PIL import Image
+
     return getattr(Image, "Resampling", Image).BILINEAR
 
 
@@ -289,4 +331,4 @@ def image_to_input(path, shape):
     """One image file as a float32 row for ``net.predict`` (errors name the file)."""
     c, h, w = shape
     array = load_image(path, c, h, w)
-    return (array.reshape(1, -1).astype(np.float32) / np.float32(255))
+    return array.reshape(1, -1).astype(np.float32) / np.float32(255)

@@ -8,6 +8,7 @@ ready ``OUT/mnist.data``. The class token in each file name is the label of
 class from the label that occurs in its path, and bare digits would also
 match the running index, so the tokens are words no index can contain.
 """
+
 import os
 
 import numpy as np
@@ -16,14 +17,17 @@ from ..errors import DataError
 from .mnist import ensure_mnist, read_idx
 
 NAMES = tuple(f"digit{i}" for i in range(10))
-SPLITS = (("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-          ("valid", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+SPLITS = (
+    ("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("valid", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
 
 
 def export_mnist(out, folder=None, limit=None, progress=True, names=NAMES):
     """Write the PNGs, lists, names and .data file; returns the .data path."""
     from PIL import Image
     from tqdm import tqdm
+
     folder = folder or os.path.join("data", "mnist")
     out = os.fspath(out)
     try:
@@ -34,11 +38,13 @@ def export_mnist(out, folder=None, limit=None, progress=True, names=NAMES):
             count = len(labels) if limit is None else min(limit, len(labels))
             os.makedirs(os.path.join(out, split), exist_ok=True)
             entries = []
-            for i in tqdm(range(count), desc=f"writing {split}", unit="img",
-                          disable=not progress, leave=False):
+            for i in tqdm(
+                range(count), desc=f"writing {split}", unit="img", disable=not progress, leave=False
+            ):
                 entry = f"{split}/img_{i:05d}_{names[labels[i]]}.png"
                 Image.fromarray(np.ascontiguousarray(images[i]), "L").save(
-                    os.path.join(out, entry), compress_level=1)
+                    os.path.join(out, entry), compress_level=1
+                )
                 entries.append(entry)
             with open(os.path.join(out, f"{split}.list"), "w", encoding="utf-8") as handle:
                 handle.write("\n".join(entries) + "\n")
@@ -47,13 +53,15 @@ def export_mnist(out, folder=None, limit=None, progress=True, names=NAMES):
         root = os.path.abspath(out)
         data = os.path.join(out, "mnist.data")
         with open(data, "w", encoding="utf-8") as handle:
-            handle.write(f"# MNIST as PNG image lists, written by minidark data export-mnist\n"
-                         f"classes={len(names)}\n"
-                         f"train={os.path.join(root, 'train.list')}\n"
-                         f"valid={os.path.join(root, 'valid.list')}\n"
-                         f"names={os.path.join(root, 'mnist.names')}\n"
-                         f"backup=backup/\n"
-                         f"top=2\n")
+            handle.write(
+                f"# MNIST as PNG image lists, written by minidark data export-mnist\n"
+                f"classes={len(names)}\n"
+                f"train={os.path.join(root, 'train.list')}\n"
+                f"valid={os.path.join(root, 'valid.list')}\n"
+                f"names={os.path.join(root, 'mnist.names')}\n"
+                f"backup=backup/\n"
+                f"top=2\n"
+            )
     except OSError as exc:
         raise DataError(f"cannot write to {out}: {exc.strerror or exc}") from None
     return data

@@ -21,6 +21,7 @@ IDX files are read through :mod:`minidark.files` and refused, naming the
 file, when corrupt, truncated, empty or implausibly large (see
 :func:`read_idx`).
 """
+
 import gzip
 import hashlib
 import math
@@ -51,33 +52,40 @@ def read_idx(path, limit=IDX_LIMIT):
     bomb) is refused with one line before anything large is read.
     """
     shown = printable(os.fspath(path))
-    handle, _ = open_regular(path, "IDX file", None if _gzipped(path) else limit + 1024,
-                             DataError)
+    handle, _ = open_regular(path, "IDX file", None if _gzipped(path) else limit + 1024, DataError)
     try:
         with handle:
             stream = gzip.GzipFile(fileobj=handle, mode="rb") if _gzipped(path) else handle
             head = _read_up_to(stream, 4)
             if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
-                raise DataError(f"{shown}: not an IDX file of unsigned bytes (it must start "
-                                f"with 00 00 08 and the number of dimensions)")
+                raise DataError(
+                    f"{shown}: not an IDX file of unsigned bytes (it must start "
+                    f"with 00 00 08 and the number of dimensions)"
+                )
             ndim = head[3]
             if not 1 <= ndim <= 4:
                 raise DataError(f"{shown}: IDX header says {ndim} dimensions (1 to 4 expected)")
             sizes = _read_up_to(stream, 4 * ndim)
             if len(sizes) < 4 * ndim:
-                raise DataError(f"{shown}: IDX header truncated: {ndim} dimensions need "
-                                f"{4 + 4 * ndim} bytes, the file has {4 + len(sizes)}")
-            shape = tuple(int.from_bytes(sizes[4 * i:4 * i + 4], "big") for i in range(ndim))
+                raise DataError(
+                    f"{shown}: IDX header truncated: {ndim} dimensions need "
+                    f"{4 + 4 * ndim} bytes, the file has {4 + len(sizes)}"
+                )
+            shape = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
             count = math.prod(shape)
             if shape[0] == 0:
                 raise DataError(f"{shown}: IDX file holds no items (shape {shape})")
             if count == 0 or count > limit:
-                raise DataError(f"{shown}: IDX sizes {'x'.join(map(str, shape))} give {count} "
-                                f"values, expected 1 to {limit}: the header is damaged")
+                raise DataError(
+                    f"{shown}: IDX sizes {'x'.join(map(str, shape))} give {count} "
+                    f"values, expected 1 to {limit}: the header is damaged"
+                )
             data = _read_up_to(stream, count + 1)
-    except (OSError, EOFError, zlib.error) as exc:   # gzip.BadGzipFile is an OSError
-        raise DataError(f"{shown}: cannot read IDX file: corrupt or truncated "
-                        f"{'gzip' if _gzipped(path) else 'file'} ({exc})") from None
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(
+            f"{shown}: cannot read IDX file: corrupt or truncated "
+            f"{'gzip' if _gzipped(path) else 'file'} ({exc})"
+        ) from None
     if len(data) != count:
         found = f"found {len(data)}" if len(data) < count else "found more"
         raise DataError(f"{shown}: expected {count} values for shape {shape}, {found}")
@@ -115,13 +123,17 @@ def load_mnist(directory, split="train"):
     images_path = find_idx(directory, images_stem)
     labels_path = find_idx(directory, labels_stem)
     if images_path is None or labels_path is None:
-        raise DataError(f"MNIST {split} files not found in {directory}: put "
-                        f"{images_stem}.gz and {labels_stem}.gz there")
+        raise DataError(
+            f"MNIST {split} files not found in {directory}: put "
+            f"{images_stem}.gz and {labels_stem}.gz there"
+        )
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.shape[0] != labels.shape[0]:
-        raise DataError(f"{images_path} has {images.shape[0]} images but {labels_path} "
-                        f"has {labels.shape[0]} labels")
+        raise DataError(
+            f"{images_path} has {images.shape[0]} images but {labels_path} "
+            f"has {labels.shape[0]} labels"
+        )
     x = images.reshape(images.shape[0], -1).astype(np.float32)
     x /= 255.0
     return x, labels.astype(np.int64)
@@ -174,10 +186,12 @@ def locate_idx(stem, folder=None):
 def missing_message(folder=None, reason=None):
     target = folder or os.path.join("data", "mnist")
     why = f" ({reason})" if reason else ""
-    return (f"MNIST is missing and could not be downloaded{why}: put the four files "
-            f"{', '.join(s + '.gz' for s in ALL_FILES)} (gzipped or not) "
-            f"in {printable(target)}/ "
-            f"or in the folder named by $MINIDARK_DATA")
+    return (
+        f"MNIST is missing and could not be downloaded{why}: put the four files "
+        f"{', '.join(s + '.gz' for s in ALL_FILES)} (gzipped or not) "
+        f"in {printable(target)}/ "
+        f"or in the folder named by $MINIDARK_DATA"
+    )
 
 
 def download_folder(folder=None):
@@ -210,12 +224,13 @@ def ensure_mnist(stems, folder=None, progress=True):
         raise DataError(f"IDX file {unknown[0]}(.gz) not found in {places}")
     target = download_folder(folder)
     timeout = float(os.environ.get("MINIDARK_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT))
-    mirrors = [m.strip() for m in os.environ.get("MINIDARK_MNIST_MIRRORS", "").split(",")
-               if m.strip()] or list(MIRRORS)
+    mirrors = [
+        m.strip() for m in os.environ.get("MINIDARK_MNIST_MIRRORS", "").split(",") if m.strip()
+    ] or list(MIRRORS)
     deadline = time.monotonic() + timeout
     for stem in missing:
         found[stem] = download_idx(stem, target, mirrors, deadline, progress, folder)
-        deadline = time.monotonic() + timeout   # online: the next file gets a fresh budget
+        deadline = time.monotonic() + timeout  # online: the next file gets a fresh budget
     return found
 
 
@@ -236,19 +251,22 @@ def download_idx(stem, target, mirrors, deadline, progress=True, folder=None):
         try:
             content = gzip.decompress(data)
         except (OSError, EOFError):
-            content = data   # a mirror serving the raw file
+            content = data  # a mirror serving the raw file
         digest = hashlib.sha256(content).hexdigest()
         if digest != SHA256[stem]:
-            errors.append(f"{url}: SHA-256 {digest[:12]}... does not match the pinned "
-                          f"{SHA256[stem][:12]}...")
+            errors.append(
+                f"{url}: SHA-256 {digest[:12]}... does not match the pinned {SHA256[stem][:12]}..."
+            )
             continue
         from ..weights import atomic_write
+
         path = os.path.join(target, stem + ".gz")
         try:
             atomic_write(path, gzip.compress(content) if content is data else data)
         except OSError as exc:
-            raise DataError(f"cannot write {path}: {exc.strerror}; "
-                            f"{missing_message(folder)}") from None
+            raise DataError(
+                f"cannot write {path}: {exc.strerror}; {missing_message(folder)}"
+            ) from None
         return path
     raise DataError(missing_message(folder, errors[-1] if errors else "no mirrors"))
 
@@ -271,7 +289,7 @@ def _fetch(url, timeout, progress, stem):
         try:
             response = urllib.request.urlopen(url, timeout=max(1.0, min(timeout, 15.0)))
             result["response"] = response
-        except BaseException as exc:   # reported to the caller
+        except BaseException as exc:  # reported to the caller
             result["error"] = exc
         opened.set()
 
@@ -285,9 +303,16 @@ def _fetch(url, timeout, progress, stem):
     with response:
         total = int(response.headers.get("Content-Length") or 0) or None
         from tqdm import tqdm
+
         chunks = []
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {stem}.gz",
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=f"downloading {stem}.gz",
+            disable=not progress,
+            leave=False,
+        ) as bar:
             while True:
                 chunk = response.read(1 << 16)
                 if not chunk:
