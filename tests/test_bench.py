@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import minidark
+from minidark import cli
 from minidark.tools import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -554,7 +555,7 @@ def test_accuracy_run_reports_both_engines_per_seed():
                  marks=pytest.mark.mnist),
 ])
 def test_accuracy_bad_arguments_are_one_line(capsys, args, needle):
-    assert bench.main([MLP, *args]) == 2
+    assert cli.main(["bench", MLP, *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.strip().count("\n") == 0
 
@@ -562,7 +563,7 @@ def test_accuracy_bad_arguments_are_one_line(capsys, args, needle):
 @pytest.mark.mnist
 def test_accuracy_needs_an_mnist_shaped_cfg(tmp_path, capsys):
     cfg = write(tmp_path, MLP_CFG, h=8, w=8)
-    assert bench.main([cfg, "--accuracy", "1"]) == 2
+    assert cli.main(["bench", cfg, "--accuracy", "1"]) == 2
     assert "784 inputs" in capsys.readouterr().err
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import minidark
 from minidark import registry
+from minidark.cli import main as cli_main
 from minidark.commands import gradcheck as gradcheck_cli
 from minidark.errors import MinidarkError
 from minidark.plugins import load_plugins
@@ -142,16 +143,16 @@ def test_cli_errors(capsys):
                          ([PRELU_MNIST, "--max-checks", "0"], "--max-checks: must be >= 1"),
                          (["cfg/mnist.data"], "cfg/mnist.data is given as CFG but is a .data "
                                               "file")]:
-        assert gradcheck_cli.main(argv) == 2, argv
+        assert cli_main(["gradcheck", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
 
 
 def test_standalone_main_exit_codes(capsys):
     """0 passed, 1 a check failed (not 2: that is a user error)."""
-    assert gradcheck_cli.main([PRELU_MNIST, "--plugin", PRELU, "--layer", "1"]) == 0
+    assert cli_main(["gradcheck", PRELU_MNIST, "--plugin", PRELU, "--layer", "1"]) == 0
     registry.unregister_layer("prelu")
-    assert gradcheck_cli.main([PRELU_MNIST, "--plugin", PRELU_BROKEN, "--layer", "1"]) == 1
+    assert cli_main(["gradcheck", PRELU_MNIST, "--plugin", PRELU_BROKEN, "--layer", "1"]) == 1
     capsys.readouterr()
 
 

@@ -66,14 +66,11 @@ def run(args):
     return CHECK_FAILED if any(r.status == "FAIL" for r in results) else SUCCESS
 
 
-def main(argv=None):
-    """``python -m minidark.commands.gradcheck ARGS``: the same as ``minidark gradcheck ARGS``."""
-    from ..cli import main as cli_main
-    return cli_main(["gradcheck", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())    # the CLI imports minidark.commands.gradcheck, which registers the verb
+    # python -m minidark.commands.gradcheck ARGS is minidark gradcheck ARGS: an entry
+    # point, so it may import the CLI (which imports this module again, registering the verb)
+    from minidark.cli import main
+    sys.exit(main(["gradcheck", *sys.argv[1:]]))
 else:
     add_command("gradcheck", "numerical gradient check of every layer (or one) of a cfg",
                 add_arguments, run)

@@ -63,11 +63,17 @@ gap with ``l.gradcheck_gap``: a :class:`KnownGap`, or a function
 The network's random generator is reseeded before every forward, so dropout
 masks and random crops are the same in every evaluation.
 """
+from __future__ import annotations
+
 import math
 import os
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..cfg import parse_network, parse_network_cfg, read_cfg_text
+from ..layer import Layer
 from ..network import Network
 
 # learnable array -> the buffer backward accumulates its negative gradient in
@@ -84,12 +90,13 @@ class KnownGap:
     some array names (None: all; ``"input"`` is the layer input).
     """
 
-    def __init__(self, note, tolerance=None, scale=1.0, arrays=None, skip=None):
+    def __init__(self, note: str, tolerance: float | None = None, scale: float = 1.0,
+                 arrays: Iterable[str] | None = None, skip: Iterable[str] | None = None) -> None:
         self.note, self.tolerance, self.scale = note, tolerance, scale
         self.arrays = None if arrays is None else tuple(arrays)
         self.skip = tuple(skip or ())     # array names the gap does not apply to
 
-    def applies_to(self, array):
+    def applies_to(self, array: str) -> bool:
         if array in self.skip:
             return False
         return self.arrays is None or array in self.arrays
@@ -129,7 +136,7 @@ def dropout_inference_gap(layer, train):
 KNOWN_GAPS = [bn_gap, softmax_temperature_gap, dropout_inference_gap]
 
 
-def known_gap(layer, train):
+def known_gap(layer: Layer, train: bool) -> KnownGap | None:
     """The KnownGap for this layer in this mode, or None."""
     declared = layer.gradcheck_gap
     if declared is not None:
@@ -144,8 +151,9 @@ def known_gap(layer, train):
 class GradResult:
     """One checked array: ``error`` against ``tolerance``; ``note`` explains a gap."""
 
-    def __init__(self, index, type, array, error, tolerance, note="", expected_gap=False,
-                 kinks=0, refined=0):
+    def __init__(self, index: int, type: str, array: str, error: float, tolerance: float,
+                 note: str = "", expected_gap: bool = False, kinks: int = 0,
+                 refined: int = 0) -> None:
         self.index, self.type, self.array = index, type, array
         self.error, self.tolerance, self.note = error, tolerance, note
         self.expected_gap = expected_gap
@@ -153,15 +161,15 @@ class GradResult:
         self.refined = refined  # entries measured again with a smaller step (see numeric_gradient)
 
     @property
-    def passed(self):
+    def passed(self) -> bool:
         return self.error <= self.tolerance
 
     @property
-    def checked(self):
+    def checked(self) -> bool:
         return self.tolerance != math.inf
 
     @property
-    def status(self):
+    def status(self) -> str:
         """'ok', 'FAIL', 'gap' (within an expected gap's bound), 'skip', or 'kink'
         (every picked entry sat at a kink: nothing was compared)."""
         if not self.checked:
@@ -174,7 +182,7 @@ class GradResult:
         return f"<{self.index} {self.type} {self.array}: {self.error:.2e} {self.status}>"
 
 
-def learned_arrays(layer):
+def learned_arrays(layer: Layer) -> list[tuple[str, str]]:
     """(parameter name, update-buffer name) pairs backward fills for this layer."""
     declared = layer.learned
     if declared is not None:
@@ -189,7 +197,7 @@ def learned_arrays(layer):
     return pairs
 
 
-def to_float64(net):
+def to_float64(net: Network) -> Network:
     """Convert every float32 buffer of ``net`` and its layers to float64 in place,
     keeping buffers that layers share (dropout) shared."""
     memo = {}
@@ -275,8 +283,9 @@ def numeric_gradient(loss, base, flat, picks, analytic, eps, tolerance):
     return numeric, kink, refined
 
 
-def gradcheck_layer(net, index, *, train=True, eps=1e-5, tolerance=1e-4, seed=0,
-                    max_checks=40):
+def gradcheck_layer(net: Network, index: int, *, train: bool = True, eps: float = 1e-5,
+                    tolerance: float = 1e-4, seed: int = 0,
+                    max_checks: int = 40) -> list[GradResult]:
     """Check one layer's input and parameter gradients; returns GradResults."""
     layer = net.layers[index]
     rng = np.random.default_rng(seed)
@@ -366,8 +375,6 @@ def gradcheck_layer(net, index, *, train=True, eps=1e-5, tolerance=1e-4, seed=0,
 
 
 def _as_network(target, batch, seed):
-    from ..layer import Layer
-    from ..cfg.parser import parse_network, read_cfg_text, parse_network_cfg
     if isinstance(target, Network):
         return target
     if isinstance(target, Layer):
@@ -387,7 +394,9 @@ def _wrap_layer(layer):
     return net
 
 
-def gradcheck(target, layer=None, *, batch=2, train=True, seed=0, **kwargs):
+def gradcheck(target: str | os.PathLike | Network | Layer, layer: int | None = None, *,
+              batch: int = 2, train: bool = True, seed: int = 0,
+              **kwargs: Any) -> list[GradResult]:
     """Gradient-check every layer (or one) of a cfg file, cfg text, Network or Layer.
 
     ``batch`` overrides the cfg's batch (ignored for a Network or Layer);
@@ -412,7 +421,7 @@ def gradcheck(target, layer=None, *, batch=2, train=True, seed=0, **kwargs):
     return results
 
 
-def format_results(results):
+def format_results(results: Iterable[GradResult]) -> str:
     """A table of max relative errors with the bound, the result and any note."""
     lines = [f"{'layer':>5} {'type':<14} {'array':<18} {'max rel error':>13} {'bound':>9}"
              f"  result  note"]
@@ -424,7 +433,7 @@ def format_results(results):
     return "\n".join(lines)
 
 
-def summarize(results):
+def summarize(results: Sequence[GradResult]) -> str:
     """One line: how many arrays passed, failed, had expected gaps or were skipped."""
     failed = [r for r in results if r.status == "FAIL"]
     gaps = sum(r.status == "gap" for r in results)

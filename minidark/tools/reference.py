@@ -47,6 +47,8 @@ batch norm) and is compared with the absolute tolerance ``noise_atol``
 (1e-5) only. An array the harness cannot obtain from minidark is a failure,
 never a skip.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -84,18 +86,18 @@ _FORWARD = {"output": "output", "indexes": "indexes", "loss": "loss", "cost": "c
 
 
 # ---------------------------------------------------------------- locations
-def default_refdata_root():
+def default_refdata_root() -> Path:
     """``<repo>/../shared/refdata``, where the project's darknet data lives."""
     return Path(__file__).resolve().parents[2] / ".." / "shared" / "refdata"
 
 
-def refdata_root():
+def refdata_root() -> Path:
     """``$MINIDARK_REFDATA`` if set, else :func:`default_refdata_root`."""
     env = os.environ.get("MINIDARK_REFDATA")
     return Path(env) if env else default_refdata_root()
 
 
-def vector_dirs(root=None):
+def vector_dirs(root: str | os.PathLike | None = None) -> list[Path]:
     """Sorted vector directories (those holding a ``net.cfg``) under ``root/vectors``
     (``root`` defaults to :func:`refdata_root`); ``root`` may also be the
     ``vectors`` folder itself or a single vector directory. Empty if none."""
@@ -134,8 +136,9 @@ class ArrayCheck:
         return f"<ArrayCheck {self.describe()}>"
 
 
-def compare_arrays(name, ours, ref, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
-                   noise_atol=NOISE_ATOL):
+def compare_arrays(name: str, ours: np.ndarray, ref: np.ndarray, *, rtol: float = RTOL,
+                   atol: float = ATOL, noise_floor: float = NOISE_FLOOR,
+                   noise_atol: float = NOISE_ATOL) -> ArrayCheck:
     """Compare ``ours`` with darknet's ``ref``; returns an :class:`ArrayCheck`.
 
     Floats pass when ``|ours - ref| <= rtol * max|ref| + atol`` everywhere, or,
@@ -453,8 +456,9 @@ def _fresh(cfg):
     return load_network(cfg, seed=0)
 
 
-def replay_vectors(directory, *, rtol=RTOL, atol=ATOL, noise_floor=NOISE_FLOOR,
-                   noise_atol=NOISE_ATOL):
+def replay_vectors(directory: str | os.PathLike, *, rtol: float = RTOL, atol: float = ATOL,
+                   noise_floor: float = NOISE_FLOOR,
+                   noise_atol: float = NOISE_ATOL) -> ReplayReport:
     """Replay one darknet vector directory with minidark; returns a ReplayReport.
 
     Raises only when the network cannot be built or loaded at all (e.g. an
@@ -826,8 +830,11 @@ def _save_and_reload(net, into):
 
 
 # -------------------------------------------------- darknet-trained weights
-def check_darknet_predictions(cfg, weights, probs_npy, images=None, labels=None, *,
-                              data_dir=None, atol=1e-5, batch=1000):
+def check_darknet_predictions(cfg: str | os.PathLike, weights: str | os.PathLike,
+                              probs_npy: str | os.PathLike, images: np.ndarray | None = None,
+                              labels: np.ndarray | None = None, *,
+                              data_dir: str | os.PathLike | None = None, atol: float = 1e-5,
+                              batch: int = 1000) -> dict:
     """Predict with darknet-trained ``weights`` and compare with darknet's probabilities.
 
     ``images`` default to the 10k MNIST test images (``data_dir``, default

@@ -84,7 +84,7 @@ from .accuracy import (
                        train_minidark,
                        train_torch,
 )
-from .command import add_arguments, main, parse_seeds, run
+from .command import add_arguments, parse_seeds, run, worker_main
 from .common import (
                        DEFAULT_CFGS,
                        ENGINE_NAMES,
@@ -114,8 +114,8 @@ __all__ = ["ACCURACY_TARGET_POINTS", "DEFAULT_CFGS", "ENGINES", "ENGINE_NAMES",
            "KERNEL_VARIABLES", "REPO_ROOT", "THREAD_VARIABLES", "TorchNet",
            "UnsupportedForTorch", "add_arguments", "build_torch_model", "check_accuracy_net",
            "epoch_order", "find_mnist", "format_accuracy_table", "format_table",
-           "forward_flops", "gemm_shapes", "kernel_note", "machine_info", "main", "parse_seeds",
+           "forward_flops", "gemm_shapes", "kernel_note", "machine_info", "parse_seeds",
            "pinned_kernel", "prepare_data", "rate_at", "resolve_cfg", "run", "run_accuracy",
            "run_bench", "run_worker", "summarize", "summarize_accuracy", "top1_minidark",
            "top1_torch", "torch_available", "train_minidark", "train_torch", "training_flops",
-           "worker_environment"]
+           "worker_environment", "worker_main"]

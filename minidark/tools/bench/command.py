@@ -109,13 +109,9 @@ def run(args):
     return 0
 
 
-def main(argv=None):
-    """``python -m minidark.tools.bench``: ``minidark bench``, or (``--worker``) one
-    measurement in this fresh process, started by the parent."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--worker" not in argv:
-        from ...cli import main as cli_main
-        return cli_main(["bench", *argv])
+def worker_main(argv):
+    """``python -m minidark.tools.bench --worker MODE ...``: one measurement in this
+    fresh process, started by the parent (see bench/__main__.py)."""
     parser = argparse.ArgumentParser(
         prog="python -m minidark.tools.bench",
         description="Training/inference images/s and peak memory of minidark, against "
