@@ -6,6 +6,9 @@ same parent, so siblings must be contiguous; the softmax runs per group.
 """
 import numpy as np
 
+from ..errors import ConfigError, printable
+from ..files import TEXT_LIMIT, read_text
+
 SECRET_NUM = -1234.0  # darknet's "no label here" truth value
 
 
@@ -35,15 +38,10 @@ class Tree:
 
 def read_tree(path, options=None):
     """Read a tree file; errors name the file and line (and the cfg key)."""
-    from ..errors import ConfigError
-
     def fail(message, line=None):
         if options is not None:
             return options.error(f"{path}{':' + str(line) if line else ''}: {message}", "tree")
         return ConfigError(message, file=path, line=line)
-
-    from ..errors import printable
-    from ..files import TEXT_LIMIT, read_text
 
     def refused(message):   # read_text's messages start with the path, which fail() adds
         return fail(message.removeprefix(f"{printable(path)}: "))
@@ -76,7 +74,7 @@ def fill_hierarchy(truth, tree):
         p = tree.parent[j]
         if p >= 0:
             truth[:, p] = np.maximum(truth[:, p], truth[:, j] > 0)
-    for offset, size in zip(tree.group_offset, tree.group_size):
+    for offset, size in zip(tree.group_offset, tree.group_size, strict=True):
         block = truth[:, offset:offset + size]
         empty = ~(block > 0).any(axis=1)
         block[empty] = SECRET_NUM

@@ -2,6 +2,7 @@
 ``python -m minidark.tools.bench``, which is also how the parent starts a worker.
 """
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -71,7 +72,6 @@ def parse_seeds(text):
 
 def run(args):
     """Run the benchmark from parsed arguments; return the exit code."""
-    import importlib.util
     if importlib.util.find_spec("threadpoolctl") is None:   # every worker pins its threads
         raise MinidarkError("minidark bench needs the 'bench' extra: pip install -e '.[bench]' "
                             "(threadpoolctl; and PyTorch, to compare against)")
