@@ -172,10 +172,11 @@ def region_boxes(l, batch_index=0):
                         l.w, l.h, l.w, l.h)
 
 
-def get_yolo_detections(l, w, h, net_w, net_h, thresh, relative=True, letterbox=True):
+def get_yolo_detections(l, w, h, net_w, net_h, thresh, relative=True, letterbox=True,
+                        batch_index=0):
     """Slots with objectness > thresh, cells row-major and anchors inner (darknet's order)."""
-    planes = _planes(l)                                   # (n, 5 + C, lh, lw)
-    boxes = yolo_boxes(l, net_w, net_h)
+    planes = _planes(l, batch_index)                      # (n, 5 + C, lh, lw)
+    boxes = yolo_boxes(l, net_w, net_h, batch_index)
     obj = planes[:, 4]
     # darknet's order: cell (row-major) outer, anchor inner
     keep = (obj > F32(thresh)).transpose(1, 2, 0)         # (lh, lw, n)
@@ -188,11 +189,11 @@ def get_yolo_detections(l, w, h, net_w, net_h, thresh, relative=True, letterbox=
 
 
 def get_region_detections(l, w, h, net_w, net_h, thresh, hier_thresh=.5, class_map=None,
-                          relative=True, letterbox=True):
+                          relative=True, letterbox=True, batch_index=0):
     """All n * lh * lw slots, anchor-major (darknet's index ``a * lw * lh + cell``)."""
-    planes = _planes(l)                                   # (n, coords + 1 + C, lh, lw)
+    planes = _planes(l, batch_index)                      # (n, coords + 1 + C, lh, lw)
     count = l.n * l.h * l.w
-    bbox = region_boxes(l).reshape(count, 4)
+    bbox = region_boxes(l, batch_index).reshape(count, 4)
     scale = (np.ones(count, F32) if l.background
              else planes[:, l.coords].reshape(count).copy())
     objectness = np.where(scale > F32(thresh), scale, F32(0))
@@ -218,13 +219,13 @@ def get_region_detections(l, w, h, net_w, net_h, thresh, hier_thresh=.5, class_m
     return Detections(bbox, objectness, prob, mask)
 
 
-def get_detection_detections(l, w, h, thresh):
+def get_detection_detections(l, w, h, thresh, batch_index=0):
     """All side^2 * n boxes of a [detection] (YOLOv1) layer, cell-major, in
     pixels of a ``w x h`` image (w = h = 1 gives relative boxes). No letterbox
     correction: YOLOv1 runs on a plain resize."""
     side, n, classes = l.side, l.n, l.classes
     cells = side * side
-    out = l.output.reshape(l.batch, -1)[0]
+    out = l.output.reshape(l.batch, -1)[batch_index]
     probs = out[:cells * classes].reshape(cells, classes)
     conf = out[cells * classes:cells * (classes + n)].reshape(cells, n)
     coords = out[cells * (classes + n):].reshape(cells, n, -1)[..., :4]
@@ -242,19 +243,20 @@ def get_detection_detections(l, w, h, thresh):
 
 
 def get_network_boxes(net, w, h, thresh=.5, hier_thresh=.5, class_map=None, relative=True,
-                      letterbox=True):
+                      letterbox=True, batch_index=0):
     """darknet's get_network_boxes: the detections of every head, layer by layer,
-    for image 0 of the batch, in the coordinates of the original ``w x h`` image."""
+    for image ``batch_index`` of the batch, in the coordinates of the original ``w x h`` image."""
     parts, classes = [], 0
     for l in net.layers:
         if l.type == "yolo":
-            parts.append(get_yolo_detections(l, w, h, net.w, net.h, thresh, relative, letterbox))
+            parts.append(get_yolo_detections(l, w, h, net.w, net.h, thresh, relative, letterbox,
+                                             batch_index))
         elif l.type == "region":
             parts.append(get_region_detections(l, w, h, net.w, net.h, thresh, hier_thresh,
-                                               class_map, relative, letterbox))
+                                               class_map, relative, letterbox, batch_index))
         elif l.type == "detection":
             parts.append(get_detection_detections(l, 1 if relative else w, 1 if relative else h,
-                                                  thresh))
+                                                  thresh, batch_index))
         else:
             continue
         classes = l.classes
