@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import (StepNet, adopt, all_steps, at_step, clear_deltas, per_step_batch, steps_of,
-                        sublayer)
+from .recurrent import (StepNet, adopt, all_steps, at_step, backward_input_only, backward_params,
+                        clear_deltas, per_step_batch, steps_of, sublayer)
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
@@ -69,6 +69,7 @@ def make_gru(options: Section, params: SizeParams) -> Layer:
     l.z, l.r, l.candidate_out = (np.zeros(shape, np.float32) for _ in range(3))
     l.forgot_state = np.zeros(shape, np.float32)        # r * h_{t-1}: wh's input
     l.forgot_delta = np.zeros((batch, hidden), np.float32)
+    l.h_prev = np.zeros(shape, np.float32)               # h_{t-1} of every step
     l.scratch = np.zeros((batch, hidden), np.float32)
     l.state = np.zeros((batch, hidden), np.float32)
     l.prev_state = np.zeros((batch, hidden), np.float32)
@@ -95,6 +96,7 @@ def forward_gru(l: Layer, net: Network) -> None:
             forward_connected(all_steps(s[name]), step.at(net.input))
     for t in range(l.steps):
         h = _previous(l, out, t)
+        np.copyto(l.h_prev[t], h)
         for name in ("wz", "wr"):
             forward_connected(at_step(s[name], t), step.at(h))
         for name in ("uz", "ur", "uh"):
@@ -143,7 +145,10 @@ def backward_gru(l: Layer, net: Network) -> None:
         dz *= tmp
         np.copyto(s["wz"].delta_steps[t], dz)
         l.forgot_delta.fill(0)
-        backward_connected(at_step(s["wh"], t), step.at(l.forgot_state[t], l.forgot_delta))
+        if l.fused:
+            backward_input_only(at_step(s["wh"], t), l.forgot_delta)
+        else:
+            backward_connected(at_step(s["wh"], t), step.at(l.forgot_state[t], l.forgot_delta))
         if earlier is not None:
             earlier += l.forgot_delta * r
         dr = s["ur"].delta_steps[t]                  # f h_p r (1 - r)
@@ -153,8 +158,15 @@ def backward_gru(l: Layer, net: Network) -> None:
         dr *= tmp
         np.copyto(s["wr"].delta_steps[t], dr)
         for name in ("wr", "wz"):
-            backward_connected(at_step(s[name], t), step.at(h_p, earlier))
+            if l.fused:
+                backward_input_only(at_step(s[name], t), earlier)
+            else:
+                backward_connected(at_step(s[name], t), step.at(h_p, earlier))
         for name in ("uh", "ur", "uz") if not l.fused else ():
             backward_connected(at_step(s[name], t), step.at(x[t], None if dx is None else dx[t]))
     for name in ("uh", "ur", "uz") if l.fused else ():
         backward_connected(all_steps(s[name]), step.at(net.input, net.delta))
+    if l.fused:
+        backward_params(s["wh"], l.forgot_state)
+        backward_params(s["wr"], l.h_prev)
+        backward_params(s["wz"], l.h_prev)

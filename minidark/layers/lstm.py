@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import (StepNet, adopt, all_steps, at_step, clear_deltas, per_step_batch, steps_of,
-                        sublayer)
+from .recurrent import (StepNet, adopt, all_steps, at_step, backward_input_only, backward_params,
+                        clear_deltas, per_step_batch, steps_of, sublayer)
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
@@ -73,6 +73,7 @@ def make_lstm(options: Section, params: SizeParams) -> Layer:
     l.hidden = np.zeros((batch, hidden), np.float32)        # darknet's h_cpu
     l.cell_state = np.zeros((batch, hidden), np.float32)    # darknet's c_cpu
     l.prev_state = np.zeros((batch, hidden), np.float32)
+    l.h_prev = np.zeros(shape, np.float32)                  # h_{t-1} of every step
     l.prev_cell = np.zeros((batch, hidden), np.float32)
     l.dc = np.zeros((batch, hidden), np.float32)             # -dL/dc flowing to step t-1
     l.dc_t = np.zeros((batch, hidden), np.float32)
@@ -104,6 +105,7 @@ def forward_lstm(l: Layer, net: Network) -> None:
             forward_connected(all_steps(s["u" + gate]), step.at(net.input))
     for t in range(l.steps):
         h, c_prev = _previous(l, out, t)
+        np.copyto(l.h_prev[t], h)
         for gate in GATES:
             w, u = at_step(s["w" + gate], t), at_step(s["u" + gate], t)
             forward_connected(w, step.at(h))
@@ -157,11 +159,14 @@ def backward_lstm(l: Layer, net: Network) -> None:
         earlier = delta[t - 1] if t > 0 else None
         for gate in ("o", "g", "i", "f"):        # darknet's order
             np.copyto(s["w" + gate].delta_steps[t], gate_delta[gate])
-            backward_connected(at_step(s["w" + gate], t), step.at(h_p, earlier))
-            if not l.fused:
+            if l.fused:
+                backward_input_only(at_step(s["w" + gate], t), earlier)
+            else:
+                backward_connected(at_step(s["w" + gate], t), step.at(h_p, earlier))
                 backward_connected(at_step(s["u" + gate], t),
                                    step.at(x[t], None if dx is None else dx[t]))
         np.multiply(dc, f, out=l.dc)
     if l.fused:
         for gate in ("o", "g", "i", "f"):
+            backward_params(s["w" + gate], l.h_prev)
             backward_connected(all_steps(s["u" + gate]), step.at(net.input, net.delta))

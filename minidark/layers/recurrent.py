@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.activations import gradient
 from ..layer import Layer
 from ..optim.sgd import sgd_update
 
@@ -122,6 +123,26 @@ def at_step(sub, t):
     for field in sub.step_fields:
         setattr(sub, field, getattr(sub, field + "_steps")[t])
     return sub
+
+
+def backward_input_only(sub, delta_out):
+    """One step of a connected sublayer's backward (no batch norm) without its
+    parameter gradients, which ``backward_params`` then sums over all steps in one
+    GEMM: ``delta *= f'(output)``; ``delta_out += delta @ weights``."""
+    gradient(sub.output, sub.activation, sub.delta)
+    if delta_out is not None:
+        np.matmul(sub.delta, sub.weights, out=sub.input_grad)
+        delta_out += sub.input_grad
+
+
+def backward_params(sub, inputs):
+    """The parameter gradients of every step at once (``inputs``: (T, B, n), what the
+    sublayer read at each step): ``bias_updates += sum delta``, ``weight_updates +=
+    delta^T inputs`` over all T*B rows."""
+    delta = sub.delta_steps.reshape(-1, sub.outputs)
+    sub.bias_updates += delta.sum(axis=0)
+    np.matmul(delta.T, inputs.reshape(delta.shape[0], -1), out=sub.weight_grad)
+    sub.weight_updates += sub.weight_grad
 
 
 def adopt(l, subs):

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import (StepNet, adopt, all_steps, at_step, clear_deltas, per_step_batch, steps_of,
-                        sublayer)
+from .recurrent import (StepNet, adopt, all_steps, at_step, backward_input_only, backward_params,
+                        clear_deltas, per_step_batch, steps_of, sublayer)
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -118,8 +118,12 @@ def backward_rnn(l: Layer, net: Network) -> None:
         earlier = S.delta_steps[t - 1] if t > 0 else None
         if l.shortcut and earlier is not None:
             earlier += g
-        backward_sub(at_step(S, t), step.at(l.state[t], earlier))
+        if l.fused:
+            backward_input_only(at_step(S, t), earlier)
+        else:
+            backward_sub(at_step(S, t), step.at(l.state[t], earlier))
         if not l.fused:
             backward_sub(at_step(U, t), step.at(x[t], None if dx is None else dx[t]))
     if l.fused:
+        backward_params(S, l.state[:l.steps])
         backward_sub(all_steps(U), step.at(net.input, net.delta))

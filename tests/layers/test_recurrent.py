@@ -129,6 +129,7 @@ def test_gradcheck_fails_on_a_wrong_backward(tmp_path):
     """The check can fail: darknet's CPU rnn input gradient (an extra a'(q_t))."""
     net = recurrent_net(tmp_path, RECURRENT["rnn"])
     l = net.layers[0]
+    l.fused = False                          # one step at a time, through step_backward
     sub_backward = l.step_backward
 
     def self_then_input(sub, step_net):      # after the self_layer, copy its delta
@@ -318,3 +319,29 @@ def test_crnn_forward_matches_a_naive_recurrence(tmp_path):
             state = u + q
             y = leaky(_conv3x3(state, l.output_layer_weights, l.output_layer_biases))
             np.testing.assert_allclose(out[t], y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "rnn_shortcut", "gru", "gru_tanh", "lstm"])
+def test_fused_gemms_equal_the_step_by_step_path(tmp_path, kind):
+    """Without batch norm the sublayers outside the recurrence run over all steps at
+    once and the recurrent ones sum their parameter gradients in one GEMM: the same
+    outputs, deltas and gradients as calling each sublayer step by step."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (6, 4))
+    results = []
+    for fused in (True, False):
+        net = to_float64_tree(recurrent_net(tmp_path, RECURRENT[kind], seed=5))
+        l = net.layers[0]
+        assert l.fused
+        l.fused = fused
+        for name in l.carried:
+            getattr(l, name)[...] = 0.3
+        net.input, net.train, net.delta = x, True, None
+        l.forward(l, net)
+        l.delta[...] = np.linspace(-1, 1, l.delta.size).reshape(l.delta.shape)
+        net.delta = np.zeros_like(x)
+        l.backward(l, net)
+        results.append([l.output.copy(), net.delta.copy(), l.delta.copy()]
+                       + [getattr(l, u).copy() for u in l.learned.values()])
+    for fused, stepwise in zip(*results):
+        np.testing.assert_allclose(fused, stepwise, rtol=1e-12, atol=1e-12)
