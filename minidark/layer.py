@@ -265,6 +265,7 @@ class Layer:
     step_forward: ForwardFn | None = None  # [rnn], [crnn] one time step's forward
     step_backward: ForwardFn | None = None  # [rnn], [crnn] one time step's backward
     prev_state: Array | None = None  # [gru], [lstm] state before the first step, for backward
+    h_prev: Array | None = None  # [gru], [lstm] (T, B, H) h_{t-1} of every step: the w-inputs
     tanh: bool = False  # [gru] tanh=1: tanh candidate activation
     candidate: str | None = None  # [gru] the candidate's activation name
     z: Array | None = None  # [gru] update gate of every step
