@@ -248,3 +248,11 @@ def test_bench_without_its_extra_is_one_line(monkeypatch):
         status, out, err = run_main("bench", MLP_CFG, *extra)
         assert status == 2
         assert "pip install -e '.[bench]'" in one_line(err) and out == ""
+
+
+def test_status_lines_escape_control_characters(capsys):
+    from minidark.commands.classifier import say
+
+    say("net: from bell\x07.weights\x1b[2J: iteration 0")
+    out = capsys.readouterr().out
+    assert out == "net: from bell\\x07.weights\\x1b[2J: iteration 0\n"

@@ -34,6 +34,11 @@ def check_kinds(usage, args):
     )
 
 
+def say(text):
+    """Print one status line, control characters from paths escaped."""
+    print(printable(text), flush=True)
+
+
 def input_shape(net):
     """(c, h, w) of the network's input image, or None for a flat-input net."""
     return (net.c, net.h, net.w) if net.c and net.h and net.w else None
@@ -136,7 +141,7 @@ def run_train(args):
         and net.current_batch >= net.max_batches
         and not (args.exact_resume and final_missing(args.weights, data.backup, base))
     ):
-        print(
+        say(
             f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
             f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, "
             f"or pass --clear to train again from these weights"
@@ -164,23 +169,19 @@ def run_train(args):
             if args.clear
             else trainer.restore(args.weights, exact=args.exact_resume)
         )
-        print(
-            f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; {state}",
-            flush=True,
-        )
+        say(f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; {state}")
     if not trainer.restored:
-        print(f"{base}: seed {seed} (--seed {seed} repeats this run)", flush=True)
-    print(f"{base}: checkpoints, log and chart go to {data.backup}", flush=True)
+        say(f"{base}: seed {seed} (--seed {seed} repeats this run)")
+    say(f"{base}: checkpoints, log and chart go to {data.backup}")
     if valid_set is None:
-        print(f"{base}: no valid= in {args.data}: no evaluation", flush=True)
+        say(f"{base}: no valid= in {args.data}: no evaluation")
     summary = trainer.run()
     if summary["status"] == "interrupted":
         return 130
     if summary.get("accuracy"):
-        print(
+        say(
             f"{base}: test accuracy {format_accuracy(summary['accuracy'])} "
-            f"({os.path.basename(valid_set.source)})",
-            flush=True,
+            f"({os.path.basename(valid_set.source)})"
         )
     return 0
 
@@ -211,7 +212,7 @@ def run_valid(args):
     valid_set = load_split(data, "valid", net)
     top = args.top or data.top
     result = evaluate(net, valid_set, top, confusion=True, classes=net.outputs)
-    print(f"{valid_set.source}: {format_accuracy(result)}")
+    say(f"{valid_set.source}: {format_accuracy(result)}")
     print(confusion_table(result["confusion"], data.names))
     return 0
 
@@ -298,7 +299,7 @@ def run_predict(args):
             continue
         tick = time.perf_counter()
         probs = net.predict(x)[0]
-        print(f"{image}: predicted in {time.perf_counter() - tick:.4f} s")
+        say(f"{image}: predicted in {time.perf_counter() - tick:.4f} s")
         for index in topk_indices(probs[None], top)[0]:
             print(f"{100 * probs[index]:5.2f}%: {names[index]}")
     return USER_ERROR if failed else SUCCESS
