@@ -20,6 +20,7 @@ there missing data FAILS the test. The summary lists each skip reason once.
 The ``mnist`` fixture (session scope) is real MNIST as arrays:
 ``(x_train, y_train, x_test, y_test)``, images float32 ``(n, 784)`` in [0, 1].
 """
+
 import collections
 import os
 import textwrap
@@ -45,6 +46,7 @@ def _mnist_folders():
 
 def _holds_mnist(folder):
     from minidark.data.mnist import ALL_FILES, find_idx
+
     return all(find_idx(str(folder), stem) for stem in ALL_FILES)
 
 
@@ -55,7 +57,7 @@ if _FOUND == SHARED / "data" / "mnist" and not os.environ.get("MINIDARK_DATA"):
     # cfg/mnist.data names data/mnist; the CLI, bench and train.py (subprocesses
     # too) also look in $MINIDARK_DATA
     os.environ["MINIDARK_DATA"] = MNIST
-_download = {}   # the one download attempt of this session: {"error": message or None}
+_download = {}  # the one download attempt of this session: {"error": message or None}
 
 
 def missing_data(reason):
@@ -73,28 +75,33 @@ def require_mnist():
     if "error" not in _download:
         from minidark.data.mnist import ALL_FILES, ensure_mnist
         from minidark.errors import DataError
+
         try:
             ensure_mnist(ALL_FILES, str(ROOT / "data" / "mnist"), progress=False)
             _download["error"] = None
-        except DataError as exc:   # "MNIST is missing ... (why): put the files ..."
+        except DataError as exc:  # "MNIST is missing ... (why): put the files ..."
             message = str(exc)
             start, end = message.find("("), message.find("): put")
-            _download["error"] = message[start + 1:end] if 0 <= start < end else message
+            _download["error"] = message[start + 1 : end] if 0 <= start < end else message
     if _download["error"] is None and _holds_mnist(MNIST):
         return MNIST
     tried = ", ".join(str(f) for f in _mnist_folders())
-    missing_data(f"MNIST not found (looked in {tried}; download failed: {_download['error']}): "
-                 "set MINIDARK_DATA to a folder holding the four MNIST .gz files, "
-                 "or put ../shared beside the clone")
+    missing_data(
+        f"MNIST not found (looked in {tried}; download failed: {_download['error']}): "
+        "set MINIDARK_DATA to a folder holding the four MNIST .gz files, "
+        "or put ../shared beside the clone"
+    )
 
 
 def require_refdata():
     """darknet's reference data folder, or skip the test (fail it under $CI)."""
     if (REFDATA / "vectors").is_dir():
         return REFDATA
-    missing_data(f"darknet reference data not found at {REFDATA}: "
-                 "set MINIDARK_REFDATA to the folder holding vectors/ and mnist/, "
-                 "or put ../shared beside the clone")
+    missing_data(
+        f"darknet reference data not found at {REFDATA}: "
+        "set MINIDARK_REFDATA to the folder holding vectors/ and mnist/, "
+        "or put ../shared beside the clone"
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -128,6 +135,7 @@ def write_cfg(tmp_path, text, name="net.cfg"):
 def net_from(tmp_path, text, name="net.cfg", **kwargs):
     """Build a Network from cfg text (quietly)."""
     import minidark
+
     return minidark.load_network(write_cfg(tmp_path, text, name), **kwargs)
 
 
@@ -162,11 +170,14 @@ def mnist_datasets(train_rows, valid_rows):
     """The first rows of MNIST's training and test sets as trainer Datasets (1x28x28)."""
     from minidark.data.dataset import load_dataset
     from minidark.data.mnist import find_idx
+
     folder = require_mnist()
-    train = load_dataset(find_idx(folder, "train-images-idx3-ubyte"), (1, 28, 28),
-                         progress=False).subset(train_rows)
-    valid = load_dataset(find_idx(folder, "t10k-images-idx3-ubyte"), (1, 28, 28),
-                         progress=False).subset(valid_rows)
+    train = load_dataset(
+        find_idx(folder, "train-images-idx3-ubyte"), (1, 28, 28), progress=False
+    ).subset(train_rows)
+    valid = load_dataset(
+        find_idx(folder, "t10k-images-idx3-ubyte"), (1, 28, 28), progress=False
+    ).subset(valid_rows)
     return train, valid
 
 
@@ -178,6 +189,7 @@ def isolated_registry(monkeypatch):
     import sys
 
     from minidark import plugins, registry
+
     plugins.load_layers()
     saved = dict(registry._REGISTRY), dict(registry._ORIGIN)
     modules = set(sys.modules)
