@@ -48,6 +48,7 @@ values behind it); nothing is saved after it. A checkpoint or log that
 cannot be written (disk full, permissions) stops with one line; the last
 complete checkpoint stays intact.
 """
+
 import json
 import math
 import os
@@ -84,8 +85,17 @@ from .checkpoint import (
 )
 from .metrics import Log, TrainingStopped, append_record
 
-__all__ = ["Trainer", "TrainingStopped", "cfg_base", "evaluate", "final_missing",
-           "format_accuracy", "sidecar_path", "topk_indices", "train_state_names"]
+__all__ = [
+    "Trainer",
+    "TrainingStopped",
+    "cfg_base",
+    "evaluate",
+    "final_missing",
+    "format_accuracy",
+    "sidecar_path",
+    "topk_indices",
+    "train_state_names",
+]
 
 
 def cfg_base(cfg):
@@ -93,7 +103,7 @@ def cfg_base(cfg):
     name = os.path.basename(os.fspath(cfg))
     for ext in (".cfg", ".yaml", ".yml"):
         if name.endswith(ext):
-            return name[:-len(ext)]
+            return name[: -len(ext)]
     return os.path.splitext(name)[0]
 
 
@@ -125,8 +135,9 @@ def evaluate(net, dataset, top=1, confusion=False, classes=None, chunk=2048):
     result = {"n": n, "top1": hits1 / n, "topk": hitsk / n, "k": k}
     if confusion:
         classes = classes or net.outputs
-        result["confusion"] = np.bincount(dataset.labels * classes + predicted,
-                                          minlength=classes * classes).reshape(classes, classes)
+        result["confusion"] = np.bincount(
+            dataset.labels * classes + predicted, minlength=classes * classes
+        ).reshape(classes, classes)
     return result
 
 
@@ -141,9 +152,22 @@ class Trainer:
     """Trains ``net`` on ``train_set``; see the module docstring. ``start`` is the
     weights file the net was loaded from (None: fresh weights)."""
 
-    def __init__(self, net, train_set, valid_set=None, *, backup_dir="backup", base="net",
-                 top=1, seed=None, progress=True, verbose=False, out=None, header="",
-                 start=None):
+    def __init__(
+        self,
+        net,
+        train_set,
+        valid_set=None,
+        *,
+        backup_dir="backup",
+        base="net",
+        top=1,
+        seed=None,
+        progress=True,
+        verbose=False,
+        out=None,
+        header="",
+        start=None,
+    ):
         self.net, self.train_set, self.valid_set = net, train_set, valid_set
         self.backup_dir, self.base, self.top = os.fspath(backup_dir), base, top
         self.progress, self.verbose, self.header = progress, verbose, header
@@ -151,31 +175,62 @@ class Trainer:
         self.out = out or sys.stdout
         self.rng = np.random.default_rng(None if seed is None else [seed, 1])
         self.n = len(train_set)
-        self.rows = net.batch * net.subdivisions            # images per iteration
-        check_labels(train_set, net)
+        self.rows = net.batch * net.subdivisions  # images per iteration
         self.order, self.position = None, self.n
         self.epoch = net.seen // self.n
-        self.last_epoch_checkpoint = 0                      # iteration of the last _<epoch> file
+        self.last_epoch_checkpoint = 0  # iteration of the last _<epoch> file
         self.avg_loss = None
         self.history = {"iteration": [], "loss": [], "avg": []}
         self.valid_history = {"iteration": [], "top1": [], "topk": []}
-        self.last_result = None           # the latest evaluation, reused at the end
+        self.last_result = None  # the latest evaluation, reused at the end
         self.stop_requested = False
         self.restored = False
         self.bar = None
         self.last_backup = None
-        self.last_checkpoint = None       # the newest complete checkpoint this run wrote
-        self.on_iteration = None                            # hook(trainer), for tests
+        self.last_checkpoint = None  # the newest complete checkpoint this run wrote
+        self.on_iteration = None  # hook(trainer), for tests
         self.augment = None
+        self._display_rng = np.random.default_rng(0)  # for printing a 'random' rate
+        self._indices = np.empty(self.rows, np.int64)
+        self.setup_data()
+
+    # ------------------------------------------------- the batch source (classifier)
+    # A trainer for another kind of data overrides setup_data, load_batch,
+    # truth_problem, head_lines and validate.
+    truth_checked = "every truth row holds one class"
+
+    def setup_data(self):
+        """Check the labels, set up augmentation and the batch buffers."""
+        net, train_set = self.net, self.train_set
+        check_labels(train_set, net)
         if net.w and net.h and net.c and train_set.shape == (net.c, net.h, net.w):
             from ..data.augment import Augmenter
+
             augment = Augmenter(net, train_set.shape)
             self.augment = augment if augment.active else None
-        self._display_rng = np.random.default_rng(0)        # for printing a 'random' rate
-        self._indices = np.empty(self.rows, np.int64)
         self._x = np.empty((self.rows, train_set.inputs), np.float32)
         self._truth = np.zeros((self.rows, net.truths), np.float32)
         self._arange = np.arange(self.rows)
+
+    def load_batch(self, indices):
+        """(inputs, truth) of the images ``indices``, augmented."""
+        x = self.train_set.batch(indices, out=self._x)
+        labels = self.train_set.labels[indices]
+        self._truth.fill(0)
+        self._truth[self._arange, labels] = 1
+        if self.augment is not None:
+            self.augment(x, self.rng)
+        return x, self._truth
+
+    def truth_problem(self):
+        """Why the current truth cannot train, or None (for the NaN report)."""
+        if not (self._truth.sum(axis=1) == 1).all():
+            return f"a truth row holds no single class: check the labels of {self.train_set.source}"
+        return None
+
+    def head_lines(self):
+        """Lines logged before an iteration's line (a detector's per-head statistics)."""
+        return []
 
     # --------------------------------------------------------------- data order
     def next_indices(self):
@@ -185,7 +240,7 @@ class Trainer:
             if self.position >= self.n:
                 self.order, self.position = self.rng.permutation(self.n), 0
             take = min(self.rows - filled, self.n - self.position)
-            out[filled:filled + take] = self.order[self.position:self.position + take]
+            out[filled : filled + take] = self.order[self.position : self.position + take]
             self.position += take
             filled += take
         return out
@@ -195,29 +250,44 @@ class Trainer:
         """Train until max_batches; returns a summary dict (``status`` says how it ended)."""
         net = self.net
         start_batch = net.current_batch
-        if net.max_batches and start_batch >= net.max_batches and not (
-                self.restored and final_missing(self.start, self.backup_dir, self.base)):
+        if (
+            net.max_batches
+            and start_batch >= net.max_batches
+            and not (self.restored and final_missing(self.start, self.backup_dir, self.base))
+        ):
             self._tidy()
-            self.say(f"{self.base}: already trained to max_batches={net.max_batches} "
-                     f"(seen {net.seen} images = {start_batch} batches): nothing to do; "
-                     f"raise max_batches in the cfg, or pass --clear to start again from "
-                     f"these weights")
+            self.say(
+                f"{self.base}: already trained to max_batches={net.max_batches} "
+                f"(seen {net.seen} images = {start_batch} batches): nothing to do; "
+                f"raise max_batches in the cfg, or pass --clear to start again from "
+                f"these weights"
+            )
             return {"status": "done-already", "iterations": 0, "seen": net.seen}
         lock = self._prepare_folder()
-        self.say(f"{self.base}: learning rate {net.learning_rate:g}, momentum "
-                 f"{net.momentum:g}, decay {net.decay:g}; {self.n} training images, "
-                 f"{self.rows} per iteration; augmentation: "
-                 f"{self.augment.describe() if self.augment else 'off'}")
+        self.say(
+            f"{self.base}: learning rate {net.learning_rate:g}, momentum "
+            f"{net.momentum:g}, decay {net.decay:g}; {self.n} training images, "
+            f"{self.rows} per iteration; augmentation: "
+            f"{self.augment.describe() if self.augment else 'off'}"
+        )
         log_path = os.path.join(self.backup_dir, f"{self.base}.log")
         started = time.perf_counter()
         iterations = 0
         from tqdm import tqdm
+
         previous_handler = self._install_sigint()
         try:
-            with Log(log_path) as log, \
-                    tqdm(total=net.max_batches or None, initial=start_batch, unit="it",
-                         disable=not self.progress, dynamic_ncols=True,
-                         file=sys.stderr) as self.bar:
+            with (
+                Log(log_path) as log,
+                tqdm(
+                    total=net.max_batches or None,
+                    initial=start_batch,
+                    unit="it",
+                    disable=not self.progress,
+                    dynamic_ncols=True,
+                    file=sys.stderr,
+                ) as self.bar,
+            ):
                 log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {self.header}\n")
                 # overflow on the way to a NaN loss is reported by the guard, not numpy
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -255,14 +325,18 @@ class Trainer:
         about a tiny dataset and about files of an earlier run; returns the lock."""
         folder, net = self.backup_dir, self.net
         if os.path.lexists(folder) and not os.path.isdir(folder):
-            raise TrainingStopped(f"the backup folder {folder} is a file, not a folder: set "
-                                  f"backup= in the .data file to a folder")
+            raise TrainingStopped(
+                f"the backup folder {folder} is a file, not a folder: set "
+                f"backup= in the .data file to a folder"
+            )
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
-            raise TrainingStopped(f"cannot create the backup folder {folder}: {exc.strerror}; "
-                                  f"set backup= in the .data file to a folder you can "
-                                  f"write") from None
+            raise TrainingStopped(
+                f"cannot create the backup folder {folder}: {exc.strerror}; "
+                f"set backup= in the .data file to a folder you can "
+                f"write"
+            ) from None
         try:
             lock = lock_folder(folder, self.base)
         except CheckpointError as exc:
@@ -271,27 +345,37 @@ class Trainer:
             removed = clean_folder(folder, self.base)
         except OSError as exc:
             unlock_folder(lock)
-            raise TrainingStopped(f"cannot tidy the backup folder {folder}: "
-                                  f"{exc.strerror}") from None
+            raise TrainingStopped(
+                f"cannot tidy the backup folder {folder}: {exc.strerror}"
+            ) from None
         if removed:
-            self.say(f"{self.base}: removed {len(removed)} file(s) an interrupted write left in "
-                     f"{folder}: {', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
+            self.say(
+                f"{self.base}: removed {len(removed)} file(s) an interrupted write left in "
+                f"{folder}: {', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}"
+            )
         if self.n < self.rows:
             warnings.warn(
                 f"{self.train_set.source}: {self.n} training images, fewer than the "
                 f"{self.rows} of one update (batch={self.rows}, subdivisions="
                 f"{net.subdivisions} in [net]): every update repeats images and every "
                 f"iteration ends an epoch; <base>_<epoch>.weights are written at most once "
-                f"per backup_every={net.backup_every} iterations", UserWarning, stacklevel=3)
+                f"per backup_every={net.backup_every} iterations",
+                UserWarning,
+                stacklevel=3,
+            )
         overwritten = self._earlier_outputs()
         if overwritten:
-            names = ", ".join(overwritten[:3]) + (f" and {len(overwritten) - 3} more"
-                                                  if len(overwritten) > 3 else "")
+            names = ", ".join(overwritten[:3]) + (
+                f" and {len(overwritten) - 3} more" if len(overwritten) > 3 else ""
+            )
             warnings.warn(
                 f"{folder} holds {names} from an earlier run, which this run did not start "
                 f"from and will overwrite: this run writes its checkpoints, log and chart to "
                 f"{folder}; copy those files away first, or set backup= in the .data file "
-                f"to another folder", UserWarning, stacklevel=3)
+                f"to another folder",
+                UserWarning,
+                stacklevel=3,
+            )
         return lock
 
     def _earlier_outputs(self):
@@ -313,40 +397,44 @@ class Trainer:
 
     def _iteration(self, log):
         net, tick = self.net, time.perf_counter()
-        indices = self.next_indices()
-        x = self.train_set.batch(indices, out=self._x)
-        labels = self.train_set.labels[indices]
-        self._truth.fill(0)
-        self._truth[self._arange, labels] = 1
-        if self.augment is not None:
-            self.augment(x, self.rng)
-        loss = net.train_step(x, self._truth)
+        x, truth = self.load_batch(self.next_indices())
+        loss = net.train_step(x, truth)
         seconds = time.perf_counter() - tick
         batch = net.current_batch
         if not math.isfinite(loss):
             log.write(f"{batch}, {net.seen / self.n:.3f}: {loss:f} (stopped)\n")
             self._chart()
             raise TrainingStopped(self._nan_report(loss, x))
-        self.avg_loss = loss if self.avg_loss is None else .9 * self.avg_loss + .1 * loss
+        self.avg_loss = loss if self.avg_loss is None else 0.9 * self.avg_loss + 0.1 * loss
         rate = policy.current_rate(net, self._display_rng)
         self.history["iteration"].append(batch)
         self.history["loss"].append(loss)
         self.history["avg"].append(self.avg_loss)
-        line = (f"{batch}, {net.seen / self.n:.3f}: {loss:f}, {self.avg_loss:f} avg, "
-                f"{rate:f} rate, {seconds:f} seconds, {net.seen} images")
+        line = (
+            f"{batch}, {net.seen / self.n:.3f}: {loss:f}, {self.avg_loss:f} avg, "
+            f"{rate:f} rate, {seconds:f} seconds, {net.seen} images"
+        )
+        for extra in self.head_lines():
+            log.write(extra + "\n")
+            if self.verbose:
+                self.say(extra)
         log.write(line + "\n")
         if self.verbose:
             self.say(line)
         if self.bar is not None and not self.bar.disable:
-            self.bar.set_postfix_str(f"loss {loss:.4f}, avg {self.avg_loss:.4f}, lr {rate:.3g},"
-                                     f" {self.rows / max(seconds, 1e-9):,.0f} img/s",
-                                     refresh=False)
+            self.bar.set_postfix_str(
+                f"loss {loss:.4f}, avg {self.avg_loss:.4f}, lr {rate:.3g},"
+                f" {self.rows / max(seconds, 1e-9):,.0f} img/s",
+                refresh=False,
+            )
             self.bar.update(1)
         if net.seen // self.n > self.epoch:
             self.epoch = net.seen // self.n
             # tiny datasets end an epoch every iteration: not a checkpoint each time
-            if not self.last_epoch_checkpoint or \
-                    batch - self.last_epoch_checkpoint >= net.backup_every:
+            if (
+                not self.last_epoch_checkpoint
+                or batch - self.last_epoch_checkpoint >= net.backup_every
+            ):
                 self.last_epoch_checkpoint = batch
                 self.checkpoint(f"{self.base}_{self.epoch}.weights")
         if net.valid_every and batch % net.valid_every == 0 and self.valid_set is not None:
@@ -357,36 +445,55 @@ class Trainer:
     def _nan_report(self, loss, x):
         """Why the loss became non-finite, as far as can be told: what was checked."""
         net = self.net
-        head = (f"loss is {loss} at iteration {net.current_batch} (seen {net.seen}): training "
-                f"stopped and nothing was saved after it; {self._kept()}")
+        head = (
+            f"loss is {loss} at iteration {net.current_batch} (seen {net.seen}): training "
+            f"stopped and nothing was saved after it; {self._kept()}"
+        )
         bad_inputs = x.size - int(np.count_nonzero(np.isfinite(x)))
         if bad_inputs:
-            return (f"{head}. The input batch holds {bad_inputs} NaN or infinite values: the "
-                    f"data ({self.train_set.source}) or its augmentation produced them")
+            return (
+                f"{head}. The input batch holds {bad_inputs} NaN or infinite values: the "
+                f"data ({self.train_set.source}) or its augmentation produced them"
+            )
         checked = ["the input batch is finite"]
-        if not (self._truth.sum(axis=1) == 1).all():
-            return (f"{head}. Checked: {checked[0]}; but a truth row holds no single class: "
-                    f"check the labels of {self.train_set.source}")
-        checked.append("every truth row holds one class")
+        problem = self.truth_problem()
+        if problem:
+            return f"{head}. Checked: {checked[0]}; but {problem}"
+        checked.append(self.truth_checked)
         for layer in net.layers:
             bad = [name for name in layer.saved if not np.isfinite(getattr(layer, name)).all()]
             if layer.output is not None and not np.isfinite(layer.output).all():
-                checked.append(f"the first non-finite output is layer {layer.index} "
-                               f"[{layer.type}]" + (f" (its {', '.join(bad)} too)" if bad else ""))
+                checked.append(
+                    f"the first non-finite output is layer {layer.index} "
+                    f"[{layer.type}]" + (f" (its {', '.join(bad)} too)" if bad else "")
+                )
                 break
         rate = policy.current_rate(net, self._display_rng)
-        values = (f"rate {rate:g} (learning_rate {net.learning_rate:g}, policy {net.policy}), "
-                  f"momentum {net.momentum:g}, decay {net.decay:g}")
-        unusable_cfg = [text for text, bad in (
-            (f"learning_rate={net.learning_rate:g}", not (net.learning_rate > 0
-                                                         and math.isfinite(net.learning_rate))),
-            (f"momentum={net.momentum:g}", not 0 <= net.momentum < 1),
-            (f"decay={net.decay:g}", not 0 <= net.decay < math.inf)) if bad]
+        values = (
+            f"rate {rate:g} (learning_rate {net.learning_rate:g}, policy {net.policy}), "
+            f"momentum {net.momentum:g}, decay {net.decay:g}"
+        )
+        unusable_cfg = [
+            text
+            for text, bad in (
+                (
+                    f"learning_rate={net.learning_rate:g}",
+                    not (net.learning_rate > 0 and math.isfinite(net.learning_rate)),
+                ),
+                (f"momentum={net.momentum:g}", not 0 <= net.momentum < 1),
+                (f"decay={net.decay:g}", not 0 <= net.decay < math.inf),
+            )
+            if bad
+        ]
         if unusable_cfg:
-            return (f"{head}. Checked: {'; '.join(checked)}. The cfg's "
-                    f"{', '.join(unusable_cfg)} cannot train: fix it in [net]")
-        return (f"{head}. Checked: {'; '.join(checked)}; {values}: the updates diverged, so "
-                f"lower learning_rate or add burn_in in [net]")
+            return (
+                f"{head}. Checked: {'; '.join(checked)}. The cfg's "
+                f"{', '.join(unusable_cfg)} cannot train: fix it in [net]"
+            )
+        return (
+            f"{head}. Checked: {'; '.join(checked)}; {values}: the updates diverged, so "
+            f"lower learning_rate or add burn_in in [net]"
+        )
 
     def _kept(self):
         if self.last_checkpoint:
@@ -402,22 +509,37 @@ class Trainer:
         result = None
         if self.valid_set is not None:  # reuse a valid_every evaluation of this very iteration
             done = self.valid_history["iteration"]
-            result = (self.last_result if self.last_result is not None and done
-                      and done[-1] == self.net.current_batch else self.validate())
+            result = (
+                self.last_result
+                if self.last_result is not None and done and done[-1] == self.net.current_batch
+                else self.validate()
+            )
         self._chart()
         seconds = time.perf_counter() - started
-        summary = {"status": "finished", "iterations": iterations, "seen": self.net.seen,
-                   "weights": path, "seconds": seconds, "accuracy": result}
-        self.say(f"{self.base}: trained {iterations} iterations in {seconds:.1f} s; "
-                 f"saved {path}")
+        summary = {
+            "status": "finished",
+            "iterations": iterations,
+            "seen": self.net.seen,
+            "weights": path,
+            "seconds": seconds,
+            "accuracy": result,
+        }
+        self.say(f"{self.base}: trained {iterations} iterations in {seconds:.1f} s; saved {path}")
         return summary
 
     def _interrupted(self, iterations, started):
         self.backup()
-        self.say(f"{self.base}: interrupted at iteration {self.net.current_batch}; saved "
-                 f"{self.last_backup}; train again with it as WEIGHTS to resume")
-        return {"status": "interrupted", "iterations": iterations, "seen": self.net.seen,
-                "weights": self.last_backup, "seconds": time.perf_counter() - started}
+        self.say(
+            f"{self.base}: interrupted at iteration {self.net.current_batch}; saved "
+            f"{self.last_backup}; train again with it as WEIGHTS to resume"
+        )
+        return {
+            "status": "interrupted",
+            "iterations": iterations,
+            "seen": self.net.seen,
+            "weights": self.last_backup,
+            "seconds": time.perf_counter() - started,
+        }
 
     # -------------------------------------------------------------- evaluation
     def validate(self):
@@ -428,11 +550,18 @@ class Trainer:
         self.valid_history["iteration"].append(batch)
         self.valid_history["top1"].append(result["top1"])
         self.valid_history["topk"].append(result["topk"])
-        record = {"iteration": batch, "seen": net.seen, "epoch": round(net.seen / self.n, 4),
-                  "loss": self.history["loss"][-1] if self.history["loss"] else None,
-                  "avg_loss": self.avg_loss, "top1": result["top1"], "k": result["k"],
-                  "topk": result["topk"], "images": result["n"],
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        record = {
+            "iteration": batch,
+            "seen": net.seen,
+            "epoch": round(net.seen / self.n, 4),
+            "loss": self.history["loss"][-1] if self.history["loss"] else None,
+            "avg_loss": self.avg_loss,
+            "top1": result["top1"],
+            "k": result["k"],
+            "topk": result["topk"],
+            "images": result["n"],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         append_record(os.path.join(self.backup_dir, f"{self.base}_metrics.jsonl"), record)
         self.say(f"{self.base}: iteration {batch}: valid {format_accuracy(result)}")
         self.last_result = result
@@ -440,10 +569,16 @@ class Trainer:
 
     def _chart(self):
         from .chart import draw_chart
+
         try:
-            draw_chart(os.path.join(self.backup_dir, f"{self.base}_chart.png"), self.history,
-                       self.valid_history, title=f"{self.base}", k=self.top)
-        except OSError as exc:   # a chart is never worth losing a run
+            draw_chart(
+                os.path.join(self.backup_dir, f"{self.base}_chart.png"),
+                self.history,
+                self.valid_history,
+                title=f"{self.base}",
+                k=self.top,
+            )
+        except OSError as exc:  # a chart is never worth losing a run
             self.say(f"warning: cannot write the chart: {exc}")
 
     # ----------------------------------------------------------- checkpoints
@@ -456,7 +591,8 @@ class Trainer:
                     raise TrainingStopped(
                         f"layer {layer.index} [{layer.type}] {array} became NaN or infinite "
                         f"at iteration {self.net.current_batch}: {name} was not written; "
-                        f"{self._kept()}; lower learning_rate or add burn_in in [net]")
+                        f"{self._kept()}; lower learning_rate or add burn_in in [net]"
+                    )
         data = weights_bytes(self.net)
         try:
             write_checkpoint(path, data, sidecar_bytes(self.state_arrays(), data))
@@ -469,13 +605,17 @@ class Trainer:
         """The training state a sidecar holds (checkpoint.py adds version and digest)."""
         net = self.net
         arrays = {
-            "seen": np.array(net.seen, np.int64), "t": np.array(net.t, np.int64),
+            "seen": np.array(net.seen, np.int64),
+            "t": np.array(net.t, np.int64),
             "dataset_size": np.array(self.n, np.int64),
             "epoch": np.array(self.epoch, np.int64),
             "position": np.array(self.position, np.int64),
             "last_epoch_checkpoint": np.array(self.last_epoch_checkpoint, np.int64),
-            "order": (self.order.astype(np.int32 if self.n < 2**31 else np.int64)
-                      if self.order is not None else np.zeros(0, np.int64)),
+            "order": (
+                self.order.astype(np.int32 if self.n < 2**31 else np.int64)
+                if self.order is not None
+                else np.zeros(0, np.int64)
+            ),
             "trainer_rng": np.array(json.dumps(self.rng.bit_generator.state)),
             "net_rng": np.array(json.dumps(net.rng.bit_generator.state)),
             "avg_loss": np.array(np.nan if self.avg_loss is None else self.avg_loss),
@@ -504,14 +644,19 @@ class Trainer:
         try:
             path = resolve_sidecar(weights_path, base)
         except OSError as exc:
-            raise CheckpointError(f"{sidecar_path(weights_path)}: cannot settle an "
-                                  f"interrupted write: {exc.strerror}") from None
+            raise CheckpointError(
+                f"{sidecar_path(weights_path)}: cannot settle an interrupted write: {exc.strerror}"
+            ) from None
         if path is None:
-            return (f"no {os.path.basename(sidecar_path(weights_path))} beside it: momentum "
-                    f"and data order start fresh (as darknet does)")
+            return (
+                f"no {os.path.basename(sidecar_path(weights_path))} beside it: momentum "
+                f"and data order start fresh (as darknet does)"
+            )
         if not exact:
-            return (f"{NO_EXACT}: {os.path.basename(path)} not used; momentum and data order "
-                    f"start fresh")
+            return (
+                f"{NO_EXACT}: {os.path.basename(path)} not used; momentum and data order "
+                f"start fresh"
+            )
         try:
             state = read_sidecar(path, size_limit(net, self.n))
             version = check_state(state, net, self.n, sha256_of(weights_path))
@@ -537,8 +682,7 @@ class Trainer:
         self.history["iteration"] = [int(i) for i in self.history["iteration"]]
         self.valid_history = {key: list(state[f"valid/{key}"]) for key in self.valid_history}
         self.restored = True
-        return (f"momentum, random state and data order restored from "
-                f"{os.path.basename(path)}")
+        return f"momentum, random state and data order restored from {os.path.basename(path)}"
 
     # --------------------------------------------------------------- plumbing
     def say(self, message):
@@ -559,8 +703,11 @@ class Trainer:
             if self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
-            self.say("stopping after this iteration to save a backup "
-                     "(Ctrl-C again to quit without saving)")
+            self.say(
+                "stopping after this iteration to save a backup "
+                "(Ctrl-C again to quit without saving)"
+            )
+
         return signal.signal(signal.SIGINT, handler)
 
     @staticmethod
@@ -597,7 +744,9 @@ def check_labels(dataset, net):
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         where = dataset.paths[first] if dataset.paths is not None else f"image {first}"
-        raise DataError(f"{dataset.source}: {int(bad.sum())} of {len(labels)} images have no "
-                        f"class among the network's {classes} (0..{classes - 1}), e.g. "
-                        f"{where} with label {int(labels[first])}: their truth would be all "
-                        f"zero; fix the labels, or the output size of {net.cfg_file}")
+        raise DataError(
+            f"{dataset.source}: {int(bad.sum())} of {len(labels)} images have no "
+            f"class among the network's {classes} (0..{classes - 1}), e.g. "
+            f"{where} with label {int(labels[first])}: their truth would be all "
+            f"zero; fix the labels, or the output size of {net.cfg_file}"
+        )
