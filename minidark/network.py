@@ -25,6 +25,7 @@ Conventions, written once here and relied on by every layer:
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
@@ -115,6 +116,7 @@ class Network:
         self.delta = None             # what the current layer's backward accumulates into
         self.rng = np.random.default_rng()
         self.cfg_file = None
+        self.sections = None          # the cfg's sections (for resize)
 
     # ------------------------------------------------------------------ build
     def finalize(self) -> None:
@@ -197,6 +199,50 @@ class Network:
             if layer.update is not None:
                 layer.update(layer, args)
 
+    def resize(self, w: int, h: int) -> None:
+        """Re-plan every layer for a ``w x h`` input (darknet's resize_network).
+
+        The layers are rebuilt from the cfg's sections at the new size, then
+        every array whose shape the new size does not change -- weights,
+        biases, batch-norm scales and statistics, momentum (``*_updates``),
+        anything else of the same shape -- is moved over from the old layer,
+        so training continues with the same parameters and optimiser state;
+        only the size-dependent buffers are new. ``net.rng`` is left as it
+        was (initialisation draws of the rebuild are undone). A layer whose
+        parameters depend on the input size (a [connected] layer reading a
+        feature map) cannot be resized: ValueError naming it.
+        """
+        from .cfg.builder import MemoryBudget, build_layer
+        w, h = int(w), int(h)
+        if w < 1 or h < 1:
+            raise ValueError(f"resize needs a positive width and height, got {w} x {h}")
+        if (w, h) == (self.w, self.h):
+            return
+        if self.sections is None:
+            raise ValueError("this Network was not built from a cfg: it cannot be resized")
+        old_layers, old_size = self.layers, (self.w, self.h, self.inputs)
+        state = self.rng.bit_generator.state
+        self.w, self.h, self.inputs = w, h, w * h * self.c
+        self.layers = []
+        try:
+            budget = MemoryBudget()
+            with warnings.catch_warnings():     # the keys were reported at the first build
+                warnings.simplefilter("ignore")
+                for index, section in enumerate(self.sections[1:]):
+                    self.layers.append(build_layer(self, index, section, budget, False))
+            for old, new in zip(old_layers, self.layers, strict=True):
+                _move_arrays(old, new)
+        except Exception:
+            self.layers = old_layers
+            self.w, self.h, self.inputs = old_size
+            raise
+        finally:
+            self.rng.bit_generator.state = state
+        truths = self.truths
+        self.finalize()
+        if self.truths != truths:
+            raise ValueError(f"resize changed the truth size ({truths} -> {self.truths})")
+
     # ----------------------------------------------------------- training
     def current_rate(self) -> float:
         return policy.current_rate(self, self.rng)
@@ -251,14 +297,6 @@ class Network:
             result[start:start + n] = self.output.reshape(self.batch, -1)[:n]
         return result
 
-    def detect(self, image, thresh=.5, nms=.45, hier_thresh=.5, names=None):
-        """Detections of a YOLO network in one image (a path, a Pillow image, an
-        (h, w, c) uint8 array or (c, h, w) float planes): a list of
-        :class:`minidark.data.image.Detection` (class index, name, probability,
-        box in pixels of the original image). See :func:`minidark.data.image.detect`."""
-        from .data.image import detect
-        return detect(self, image, thresh=thresh, hier_thresh=hier_thresh, nms=nms, names=names)
-
     def _load(self, buffer, array, what):
         array = np.asarray(array)
         if array.shape[0] != self.batch or array.size != buffer.size:
@@ -289,3 +327,19 @@ class Network:
 
     def __repr__(self) -> str:
         return f"<Network {len(self.layers)} layers, batch {self.batch}, inputs {self.inputs}>"
+
+
+def _move_arrays(old: Layer, new: Layer) -> None:
+    """Give ``new`` (the same section at another input size) every array of
+    ``old`` that keeps its shape, and its non-array training fields; a saved
+    or momentum array that changes shape cannot be resized."""
+    for name, value in vars(old).items():
+        if isinstance(value, np.ndarray):
+            target = getattr(new, name, None)
+            if isinstance(target, np.ndarray) and target.shape == value.shape:
+                setattr(new, name, value)
+            elif name in old.saved or name.endswith("_updates"):
+                raise ValueError(f"layer {old.index} [{old.type}] cannot be resized: its "
+                                 f"{name} depends on the input size")
+    for sub_name, sub in (old.sublayers or {}).items():
+        _move_arrays(sub, new.sublayers[sub_name])

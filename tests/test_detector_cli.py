@@ -1,4 +1,4 @@
-"""``minidark detector test`` and ``net.detect``: a hand-set network whose one
+"""``minidark detector test`` and ``data.image.detect``: a hand-set network whose one
 prediction is known (box decoding, letterbox correction, probabilities,
 labels and the drawn box checked in pixels), the stdin loop, and the stock
 yolov3-tiny with random weights on a photograph-like JPEG."""
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import minidark
-from minidark.data.image import class_color
+from minidark.data.image import class_color, detect
 from minidark.weights import save_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +77,7 @@ def test_net_detect_decodes_letterboxes_and_scales_to_the_image(tmp_path):
     data, cfg, weights = one_box_files(tmp_path)
     net = minidark.load_network(cfg, weights)
     image = np.zeros((48, 64, 3), np.uint8)            # 64 x 48: letterboxed to 32 x 24
-    found = net.detect(image, names=["cat", "dog", "bird"])
+    found = detect(net, image, names=["cat", "dog", "bird"])
     assert len(found) == 1
     d = found[0]
     assert (d.class_index, d.name) == (1, "dog")
@@ -86,7 +86,7 @@ def test_net_detect_decodes_letterboxes_and_scales_to_the_image(tmp_path):
     # centre of the input -> centre of the image; 24 px of 32 -> 48 of 64; 12 of 24 -> 24 of 48
     np.testing.assert_allclose(d.box, (32, 24, 48, 24), rtol=1e-5)
     assert d.corners == pytest.approx((8, 12, 56, 36), rel=1e-5)
-    assert net.detect(image, thresh=.999) == []
+    assert detect(net, image, thresh=.999) == []
 
 
 def test_cli_prints_darknets_lines_and_draws_the_box(tmp_path):

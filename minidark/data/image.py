@@ -111,7 +111,7 @@ def class_color(cls, classes):
 def draw_detections(image, detections, classes):
     """Draw boxes and labels on a Pillow RGB image, in place, as darknet does.
 
-    ``detections``: the list :meth:`minidark.network.Network.detect` returns
+    ``detections``: the list :func:`detect` returns
     (several entries of one box are drawn once, their names joined).
     """
     from PIL import ImageDraw
