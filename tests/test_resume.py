@@ -5,6 +5,7 @@ momentum, subdivisions, a steps policy, dropout (net.rng), augmentation
 and epoch permutations (the trainer's rng), epochs ending mid-iteration,
 and evaluation during training.
 """
+
 import io
 import os
 
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 
 import minidark
-from conftest import mnist_datasets
 from minidark.train.checkpoint import CheckpointError
 from minidark.train.trainer import Trainer, sidecar_path, train_state_names
 
+from conftest import mnist_datasets
 
 CFG = """[net]
 batch=32
@@ -56,15 +57,24 @@ activation=linear
 
 @pytest.fixture(scope="module")
 def data():
-    return mnist_datasets(200, 100)          # 6.25 iterations per epoch
+    return mnist_datasets(200, 100)  # 6.25 iterations per epoch
 
 
 def trainer_for(tmp_path, data, folder, weights=None, seed=7):
     cfg = tmp_path / "resume.cfg"
     cfg.write_text(CFG)
     net = minidark.load_network(str(cfg), weights, seed=seed)
-    trainer = Trainer(net, data[0], data[1], backup_dir=tmp_path / folder, base="resume",
-                      top=2, seed=seed, progress=False, out=io.StringIO())
+    trainer = Trainer(
+        net,
+        data[0],
+        data[1],
+        backup_dir=tmp_path / folder,
+        base="resume",
+        top=2,
+        seed=seed,
+        progress=False,
+        out=io.StringIO(),
+    )
     return trainer
 
 
@@ -98,7 +108,8 @@ def test_stop_and_resume_gives_the_same_weights(tmp_path, data, straight):
 
     def stop_half_way(trainer):
         if trainer.net.current_batch == 10:
-            trainer.request_stop()          # what Ctrl-C does
+            trainer.request_stop()  # what Ctrl-C does
+
     first.on_iteration = stop_half_way
     summary = first.run()
     assert summary["status"] == "interrupted" and summary["iterations"] == 10
@@ -115,14 +126,16 @@ def test_stop_and_resume_gives_the_same_weights(tmp_path, data, straight):
     assert second.net.seen == reference.net.seen and second.net.t == reference.net.t
     np.testing.assert_array_equal(second.history["loss"], reference.history["loss"])
     assert second.valid_history == reference.valid_history
-    with open(tmp_path / "b" / "resume.weights", "rb") as b, \
-            open(straight[1] / "resume.weights", "rb") as a:
+    with (
+        open(tmp_path / "b" / "resume.weights", "rb") as b,
+        open(straight[1] / "resume.weights", "rb") as a,
+    ):
         assert a.read() == b.read()
 
 
 def test_resume_from_an_epoch_checkpoint(tmp_path, data, straight):
     reference, folder = straight
-    checkpoint = str(folder / "resume_2.weights")     # epoch 2: seen 416 after iteration 13
+    checkpoint = str(folder / "resume_2.weights")  # epoch 2: seen 416 after iteration 13
     resumed = trainer_for(tmp_path, data, "c", weights=checkpoint, seed=1)
     assert resumed.net.current_batch == 13
     resumed.restore(checkpoint)
@@ -131,31 +144,39 @@ def test_resume_from_an_epoch_checkpoint(tmp_path, data, straight):
 
 
 def test_without_sidecar_training_goes_on_fresh(tmp_path, data, straight):
-    reference, folder = straight
-    plain = tmp_path / "plain.weights"           # a darknet file: no momentum, no order
+    folder = straight[1]
+    plain = tmp_path / "plain.weights"  # a darknet file: no momentum, no order
     plain.write_bytes((folder / "resume_1.weights").read_bytes())
     resumed = trainer_for(tmp_path, data, "d", weights=str(plain))
     assert "start fresh" in resumed.restore(str(plain))
     assert resumed.net.current_batch == 7 and resumed.epoch == 1
-    assert all(not layer_updates.any() for layer_updates in
-               (l.weight_updates for l in resumed.net.layers if l.weight_updates is not None))
+    assert all(
+        not layer_updates.any()
+        for layer_updates in (
+            l.weight_updates for l in resumed.net.layers if l.weight_updates is not None
+        )
+    )
     summary = resumed.run()
     assert summary["status"] == "finished" and resumed.net.current_batch == 20
 
 
-def test_sidecar_of_other_weights_is_an_error_unless_exactness_is_waived(tmp_path, data,
-                                                                        straight):
+def test_sidecar_of_other_weights_is_an_error_unless_exactness_is_waived(tmp_path, data, straight):
     _, folder = straight
     weights = tmp_path / "w.weights"
     weights.write_bytes((folder / "resume_1.weights").read_bytes())
     (tmp_path / "w.weights.state.npz").write_bytes(
-        (folder / "resume_2.weights.state.npz").read_bytes())
+        (folder / "resume_2.weights.state.npz").read_bytes()
+    )
     resumed = trainer_for(tmp_path, data, "e", weights=str(weights))
     with pytest.raises(CheckpointError) as error:
         resumed.restore(str(weights))
     message = str(error.value)
-    assert message.startswith(f"{weights}.state.npz: cannot resume exactly: it belongs to "
-                              f"other weights") and "--no-exact-resume" in message
+    assert (
+        message.startswith(
+            f"{weights}.state.npz: cannot resume exactly: it belongs to other weights"
+        )
+        and "--no-exact-resume" in message
+    )
     assert not resumed.restored
     note = resumed.restore(str(weights), exact=False)
     assert "start fresh" in note and not resumed.restored

@@ -4,22 +4,30 @@ Drawn with Pillow only. The loss axis (left) is logarithmic when the loss
 spans more than a factor of 20, else linear from 0; the accuracy axis
 (right) runs up to 100%. Long runs are averaged per pixel column.
 """
+
 import math
 
 import numpy as np
 
 WIDTH, HEIGHT = 960, 560
 LEFT, RIGHT, TOP, BOTTOM = 78, 84, 52, 58
-COLORS = {"loss": (160, 190, 230), "avg": (20, 70, 160), "top1": (200, 40, 40),
-          "topk": (235, 140, 30), "grid": (225, 225, 225), "axis": (60, 60, 60),
-          "text": (30, 30, 30)}
+COLORS = {
+    "loss": (160, 190, 230),
+    "avg": (20, 70, 160),
+    "top1": (200, 40, 40),
+    "topk": (235, 140, 30),
+    "grid": (225, 225, 225),
+    "axis": (60, 60, 60),
+    "text": (30, 30, 30),
+}
 
 
 def _font(size):
     from PIL import ImageFont
+
     try:
         return ImageFont.load_default(size=size)
-    except TypeError:          # Pillow < 10.1: fixed-size bitmap font
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
         return ImageFont.load_default()
 
 
@@ -38,7 +46,7 @@ def log_ticks(low, high):
     ticks = []
     for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
         for mantissa in (1, 2, 5):
-            value = mantissa * 10.0 ** exponent
+            value = mantissa * 10.0**exponent
             if low <= value <= high:
                 ticks.append(value)
     return ticks
@@ -52,21 +60,22 @@ def _columns(x, y, to_px, width):
     """Average points falling in the same pixel column (keeps long runs readable)."""
     px = np.round(to_px(x)).astype(np.int64)
     if len(px) <= width:
-        return list(zip(px.tolist(), y.tolist()))
+        return list(zip(px.tolist(), y.tolist(), strict=True))
     order = np.unique(px, return_index=True, return_counts=True)
     columns, starts, counts = order
     sums = np.add.reduceat(y, starts)
-    return list(zip(columns.tolist(), (sums / counts).tolist()))
+    return list(zip(columns.tolist(), (sums / counts).tolist(), strict=True))
 
 
 def draw_chart(path, history, valid=None, title="", k=1):
     """Write the chart PNG. ``history``: {"iteration", "loss", "avg"} lists;
     ``valid``: {"iteration", "top1", "topk"} lists (may be empty)."""
     from PIL import Image, ImageDraw
+
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     font, small, big = _font(14), _font(12), _font(17)
-    x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM   # plot box (y0 top)
+    x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM  # plot box (y0 top)
     iterations = np.asarray(history.get("iteration", []), np.float64)
     loss = np.asarray(history.get("loss", []), np.float64)
     avg = np.asarray(history.get("avg", []), np.float64)
@@ -86,7 +95,7 @@ def draw_chart(path, history, valid=None, title="", k=1):
         lo, hi = math.log10(positive.min()), math.log10(positive.max())
         pad = (hi - lo) * 0.04
         lo, hi = lo - pad, hi + pad
-        ticks = log_ticks(10 ** lo, 10 ** hi)
+        ticks = log_ticks(10**lo, 10**hi)
 
         def to_y(v):
             v = np.log10(np.maximum(np.asarray(v, np.float64), 1e-30))
@@ -104,27 +113,38 @@ def draw_chart(path, history, valid=None, title="", k=1):
         y = float(to_y(tick))
         draw.line([(x0, y), (x1, y)], fill=COLORS["grid"])
         text = _label(tick)
-        draw.text((x0 - 8 - draw.textlength(text, font=small), y - 7), text,
-                  fill=COLORS["text"], font=small)
+        draw.text(
+            (x0 - 8 - draw.textlength(text, font=small), y - 7),
+            text,
+            fill=COLORS["text"],
+            font=small,
+        )
     for tick in nice_ticks(first, last, 8):
         x = float(to_x(tick))
         if x0 <= x <= x1 + 0.5:
             draw.line([(x, y1), (x, y1 + 5)], fill=COLORS["axis"])
             text = _label(tick)
-            draw.text((x - draw.textlength(text, font=small) / 2, y1 + 8), text,
-                      fill=COLORS["text"], font=small)
+            draw.text(
+                (x - draw.textlength(text, font=small) / 2, y1 + 8),
+                text,
+                fill=COLORS["text"],
+                font=small,
+            )
     draw.text(((x0 + x1) / 2 - 30, HEIGHT - 24), "iteration", fill=COLORS["text"], font=font)
-    draw.text((8, TOP - 24), "loss" + (" (log)" if log_scale else ""),
-              fill=COLORS["avg"], font=font)
+    draw.text(
+        (8, TOP - 24), "loss" + (" (log)" if log_scale else ""), fill=COLORS["avg"], font=font
+    )
 
     # accuracy axis (right)
     if top1.size:
-        acc_lo = max(0.0, math.floor((min(top1.min(), topk.min() if topk.size else 100) - 2)
-                                     / 10) * 10)
+        acc_lo = max(
+            0.0, math.floor((min(top1.min(), topk.min() if topk.size else 100) - 2) / 10) * 10
+        )
         acc_ticks = nice_ticks(acc_lo, 100, 5)
 
         def to_acc(v):
             return y1 - (np.asarray(v, np.float64) - acc_lo) / (100 - acc_lo) * (y1 - y0)
+
         for tick in acc_ticks:
             y = float(to_acc(tick))
             draw.line([(x1, y), (x1 + 5, y)], fill=COLORS["axis"])
@@ -149,15 +169,18 @@ def draw_chart(path, history, valid=None, title="", k=1):
         if k > 1 and topk.size:
             series.append((topk, COLORS["topk"], f"top-{k}"))
         for values, color, _ in series:
-            points = [(float(to_x(i)), float(to_acc(v))) for i, v in zip(v_iter, values)]
+            points = [
+                (float(to_x(i)), float(to_acc(v))) for i, v in zip(v_iter, values, strict=True)
+            ]
             if len(points) > 1:
                 draw.line(points, fill=color, width=2)
             for px, py in points:
                 draw.rectangle([px - 3, py - 3, px + 3, py + 3], fill=color)
             px, py = points[-1]
             text = f"{values[-1]:.2f}%"
-            draw.text((px - draw.textlength(text, font=small) - 6, py - 18), text,
-                      fill=color, font=small)
+            draw.text(
+                (px - draw.textlength(text, font=small) - 6, py - 18), text, fill=color, font=small
+            )
 
     # title and legend
     heading = title or "training"
@@ -169,16 +192,19 @@ def draw_chart(path, history, valid=None, title="", k=1):
         legend.append(("valid top-1", COLORS["top1"]))
         if k > 1 and topk.size:
             legend.append((f"valid top-{k}", COLORS["topk"]))
-    lx, ly = x0 + 18, y1 - 20 * len(legend) - 12          # bottom left: loss falls away
-    draw.rectangle([lx - 8, ly - 6, lx + 122, ly + 20 * len(legend)], fill="white",
-                   outline=COLORS["grid"])
+    lx, ly = x0 + 18, y1 - 20 * len(legend) - 12  # bottom left: loss falls away
+    draw.rectangle(
+        [lx - 8, ly - 6, lx + 122, ly + 20 * len(legend)], fill="white", outline=COLORS["grid"]
+    )
     for i, (name, color) in enumerate(legend):
         y = ly + 20 * i + 7
         draw.line([(lx, y), (lx + 24, y)], fill=color, width=3)
         draw.text((lx + 32, y - 8), name, fill=COLORS["text"], font=small)
 
-    from ..weights import atomic_write
     import io
+
+    from ..weights import atomic_write
+
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write(path, buffer.getvalue())

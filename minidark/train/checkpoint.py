@@ -25,6 +25,7 @@ Temporary files a kill leaves (``.tmp-XXXXXXXX<name>``) are deleted when the
 next run starts in that folder; a lock file (``.<base>.lock``) keeps two runs
 from writing the same checkpoints at once.
 """
+
 import contextlib
 import errno
 import hashlib
@@ -40,21 +41,27 @@ import numpy as np
 
 try:
     import fcntl
-except ImportError:       # not POSIX: no lock, the rest works
+except ImportError:  # not POSIX: no lock, the rest works
     fcntl = None
 
 from ..errors import MinidarkError
 from ..weights import atomic_write
 
-STATE_VERSION = 2                 # 2 adds last_epoch_checkpoint; 1 is still read
+STATE_VERSION = 2  # 2 adds last_epoch_checkpoint; 1 is still read
 READ_VERSIONS = (1, 2)
-PENDING = ".next"                 # a sidecar waiting for its weights (step 1 done)
-NO_EXACT = "--no-exact-resume"    # the CLI flag that resumes from the weights alone
+PENDING = ".next"  # a sidecar waiting for its weights (step 1 done)
+NO_EXACT = "--no-exact-resume"  # the CLI flag that resumes from the weights alone
 
 INTEGER_KEYS = ("seen", "t", "dataset_size", "epoch", "position")
 TEXT_KEYS = ("weights_sha256", "trainer_rng", "net_rng")
-HISTORY_KEYS = ("history/iteration", "history/loss", "history/avg",
-                "valid/iteration", "valid/top1", "valid/topk")
+HISTORY_KEYS = (
+    "history/iteration",
+    "history/loss",
+    "history/avg",
+    "valid/iteration",
+    "valid/top1",
+    "valid/topk",
+)
 
 
 class CheckpointError(MinidarkError):
@@ -88,10 +95,14 @@ def train_state_names(layer):
     (momentum), the recurrent state it carries across batches (``carried``),
     whatever it lists in ``train_state``, and the same of its sublayers as
     ``<sublayer>.<array>``."""
-    names = [name for name, value in vars(layer).items()
-             if name.endswith("_updates") and isinstance(value, np.ndarray)]
-    names += [name for name in (*layer.carried, *getattr(layer, "train_state", ()))
-              if name not in names]
+    names = [
+        name
+        for name, value in vars(layer).items()
+        if name.endswith("_updates") and isinstance(value, np.ndarray)
+    ]
+    names += [
+        name for name in (*layer.carried, *getattr(layer, "train_state", ())) if name not in names
+    ]
     for sub_name, sub in (layer.sublayers or {}).items():
         names += [f"{sub_name}.{name}" for name in train_state_names(sub)]
     return sorted(names)
@@ -108,8 +119,11 @@ def state_array(layer, name):
 # ----------------------------------------------------------------- writing
 def sidecar_bytes(arrays, weights_data):
     """The sidecar's bytes: ``arrays`` plus the version and the weights digest."""
-    arrays = dict(arrays, version=np.array(STATE_VERSION),
-                  weights_sha256=np.array(hashlib.sha256(weights_data).hexdigest()))
+    arrays = dict(
+        arrays,
+        version=np.array(STATE_VERSION),
+        weights_sha256=np.array(hashlib.sha256(weights_data).hexdigest()),
+    )
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -132,7 +146,7 @@ def write_checkpoint(path, weights_data, state_data):
         os.replace(pending, sidecar_path(path))
         _sync_folder(path)
     except BaseException as exc:
-        if step == "the weights":        # the new sidecar has no weights: drop it
+        if step == "the weights":  # the new sidecar has no weights: drop it
             _remove(pending)
         if not isinstance(exc, OSError):
             raise
@@ -170,10 +184,10 @@ def settle_pending(weights_path):
     if not os.path.lexists(pending):
         return None
     if os.path.isfile(weights_path) and _recorded_digest(pending) == sha256_of(weights_path):
-        os.replace(pending, sidecar_path(weights_path))     # step 3 of the interrupted write
+        os.replace(pending, sidecar_path(weights_path))  # step 3 of the interrupted write
         _sync_folder(weights_path)
         return "finished"
-    _remove(pending)                                        # a crash came before step 2
+    _remove(pending)  # a crash came before step 2
     return "removed"
 
 
@@ -205,11 +219,11 @@ def _recorded_digest(path):
         _regular_size(path)
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo("weights_sha256.npy")
-            if info.file_size > 4096:                   # 64 hex digits and a header
+            if info.file_size > 4096:  # 64 hex digits and a header
                 return None
             with archive.open(info) as member:
                 return str(np.lib.format.read_array(member, allow_pickle=False))
-    except Exception:   # unreadable in any way: it cannot be the state of these weights
+    except Exception:  # unreadable in any way: it cannot be the state of these weights
         return None
 
 
@@ -219,40 +233,52 @@ def read_sidecar(path, size_limit):
     try:
         arrays = {}
         if _regular_size(path) > size_limit:
-            raise CheckpointError(f"it has {_regular_size(path)} bytes, more than a sidecar "
-                                  f"of this network can hold ({size_limit})")
+            raise CheckpointError(
+                f"it has {_regular_size(path)} bytes, more than a sidecar "
+                f"of this network can hold ({size_limit})"
+            )
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
             total = sum(info.file_size for info in infos)
             if total > size_limit:
-                raise CheckpointError(f"it claims {total} bytes, more than a sidecar of this "
-                                      f"network can hold ({size_limit})")
+                raise CheckpointError(
+                    f"it claims {total} bytes, more than a sidecar of this "
+                    f"network can hold ({size_limit})"
+                )
             for info in infos:
                 if not info.filename.endswith(".npy"):
                     raise CheckpointError(f"member {info.filename!r} is not a numpy array")
                 with archive.open(info) as member:
                     version = np.lib.format.read_magic(member)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, fortran, dtype = read_header(member)
                     expected = math.prod(shape) * dtype.itemsize
                     if dtype.hasobject or expected != info.file_size - member.tell():
-                        raise CheckpointError(f"member {info.filename!r} is damaged "
-                                              f"(its header does not match its size)")
+                        raise CheckpointError(
+                            f"member {info.filename!r} is damaged "
+                            f"(its header does not match its size)"
+                        )
                     values = np.frombuffer(member.read(expected), dtype)
-                    arrays[info.filename[:-4]] = values.reshape(shape, order="F" if fortran
-                                                                else "C")
+                    arrays[info.filename[:-4]] = values.reshape(
+                        shape, order="F" if fortran else "C"
+                    )
         return arrays
     except CheckpointError:
         raise
     except Exception as exc:  # a hostile file can fail anywhere in zipfile/numpy: one line
-        raise CheckpointError(f"it is not a readable sidecar ({type(exc).__name__}: "
-                              f"{exc})") from None
+        raise CheckpointError(
+            f"it is not a readable sidecar ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def check_state(state, net, dataset_size, weights_digest):
     """Everything restore() uses, checked: raises CheckpointError naming the
     first problem; returns the version."""
+
     def integer(key, low=0, high=2**62):
         value = state.get(key)
         if value is None:
@@ -273,8 +299,10 @@ def check_state(state, net, dataset_size, weights_digest):
 
     version = integer("version")
     if version not in READ_VERSIONS:
-        raise CheckpointError(f"format version {version}; this minidark reads versions "
-                              f"{', '.join(map(str, READ_VERSIONS))}")
+        raise CheckpointError(
+            f"format version {version}; this minidark reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}"
+        )
     for key in TEXT_KEYS:
         text(key)
     if text("weights_sha256") != weights_digest:
@@ -283,35 +311,42 @@ def check_state(state, net, dataset_size, weights_digest):
         if key != "position":
             integer(key)
     if integer("seen") != net.seen:
-        raise CheckpointError(f"it was saved at seen={integer('seen')}, the weights say "
-                              f"{net.seen}")
+        raise CheckpointError(f"it was saved at seen={integer('seen')}, the weights say {net.seen}")
     if integer("dataset_size") != dataset_size:
-        raise CheckpointError(f"it was saved for {integer('dataset_size')} training images, "
-                              f"this data has {dataset_size}")
+        raise CheckpointError(
+            f"it was saved for {integer('dataset_size')} training images, "
+            f"this data has {dataset_size}"
+        )
     integer("position", 0, dataset_size)
     if integer("epoch") != net.seen // dataset_size:
-        raise CheckpointError(f"epoch={integer('epoch')} does not follow from seen={net.seen} "
-                              f"and {dataset_size} images")
+        raise CheckpointError(
+            f"epoch={integer('epoch')} does not follow from seen={net.seen} "
+            f"and {dataset_size} images"
+        )
     if version >= 2:
         integer("last_epoch_checkpoint", 0, net.current_batch)
     order = state.get("order")
     if order is None or order.ndim != 1 or order.dtype.kind not in "iu":
         raise CheckpointError("key 'order' is missing or not a list of image indices")
-    if order.size and (order.size != dataset_size or order.min() < 0
-                       or order.max() >= dataset_size
-                       or not (np.bincount(order, minlength=dataset_size) == 1).all()):
+    if order.size and (
+        order.size != dataset_size
+        or order.min() < 0
+        or order.max() >= dataset_size
+        or not (np.bincount(order, minlength=dataset_size) == 1).all()
+    ):
         raise CheckpointError(f"'order' is not a permutation of the {dataset_size} images")
     for key in ("trainer_rng", "net_rng"):
         generator = np.random.default_rng(0).bit_generator
         try:
             value = json.loads(text(key))
-            if not isinstance(value, dict) or value.get("bit_generator") != \
-                    type(generator).__name__:
+            if (
+                not isinstance(value, dict)
+                or value.get("bit_generator") != type(generator).__name__
+            ):
                 raise ValueError(f"not a {type(generator).__name__} state")
             generator.state = value
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
-            raise CheckpointError(f"key {key!r} is not a random generator state "
-                                  f"({exc})") from None
+            raise CheckpointError(f"key {key!r} is not a random generator state ({exc})") from None
     avg = state.get("avg_loss")
     if avg is None or avg.shape != () or avg.dtype.kind != "f" or math.isinf(float(avg)):
         raise CheckpointError("key 'avg_loss' is missing or not a number")
@@ -328,11 +363,14 @@ def check_state(state, net, dataset_size, weights_digest):
             key, target = f"layer{layer.index}/{name}", state_array(layer, name)
             value = state.get(key)
             if value is None:
-                raise CheckpointError(f"it has no {key} (layer {layer.index} [{layer.type}] "
-                                      f"{name})")
+                raise CheckpointError(
+                    f"it has no {key} (layer {layer.index} [{layer.type}] {name})"
+                )
             if value.shape != target.shape or value.dtype.kind != "f":
-                raise CheckpointError(f"{key} has shape {value.shape} {value.dtype}, layer "
-                                      f"{layer.index} [{layer.type}] needs {target.shape}")
+                raise CheckpointError(
+                    f"{key} has shape {value.shape} {value.dtype}, layer "
+                    f"{layer.index} [{layer.type}] needs {target.shape}"
+                )
             if not np.isfinite(value).all():
                 raise CheckpointError(f"{key} holds NaN or infinite values")
     return version
@@ -340,8 +378,9 @@ def check_state(state, net, dataset_size, weights_digest):
 
 def size_limit(net, dataset_size):
     """An upper bound on an honest sidecar's size (momentum, order, history)."""
-    floats = sum(state_array(layer, name).size for layer in net.layers
-                 for name in train_state_names(layer))
+    floats = sum(
+        state_array(layer, name).size for layer in net.layers for name in train_state_names(layer)
+    )
     return 2 * 8 * floats + 16 * dataset_size + 48 * max(net.current_batch, 1) + (1 << 20)
 
 
@@ -349,14 +388,18 @@ def unusable(path, problem, folder=None, base=None, exclude=None):
     """The one-line error for a sidecar that cannot be used, saying what to do."""
     earlier = ""
     if folder is not None and base is not None:
-        others = [p for p in complete_checkpoints(folder, base)
-                  if not exclude or os.path.abspath(p) != os.path.abspath(exclude)]
+        others = [
+            p
+            for p in complete_checkpoints(folder, base)
+            if not exclude or os.path.abspath(p) != os.path.abspath(exclude)
+        ]
         if others:
             earlier = f" (the newest other complete one is {others[-1]})"
     return CheckpointError(
         f"{path}: cannot resume exactly: {problem}. Pass {NO_EXACT} to train on from the "
         f"weights alone (momentum and data order start fresh), or resume from an earlier "
-        f"checkpoint{earlier}")
+        f"checkpoint{earlier}"
+    )
 
 
 # ------------------------------------------------------- a folder's checkpoints
@@ -382,12 +425,13 @@ def complete_checkpoints(folder, base):
         path = os.path.join(folder, name)
         try:
             digest = sha256_of(path)
-            with open(path, "rb") as handle:         # a regular file: sha256_of said so
+            with open(path, "rb") as handle:  # a regular file: sha256_of said so
                 header = handle.read(20)
         except OSError:
             continue
-        if len(header) == 20 and any(_recorded_digest(p) == digest for p in
-                                     (sidecar_path(path), pending_path(path))):
+        if len(header) == 20 and any(
+            _recorded_digest(p) == digest for p in (sidecar_path(path), pending_path(path))
+        ):
             rank = 2 if name == f"{base}.weights" else 1 if name.endswith(".backup") else 0
             found.append((int.from_bytes(header[12:20], "little"), rank, path))
     return [path for _, _, path in sorted(found)]
@@ -409,14 +453,16 @@ def clean_folder(folder, base):
     pattern, removed = checkpoint_names(base), []
     for name in sorted(os.listdir(folder)):
         temporary = TEMPORARY.fullmatch(name)
-        if temporary and (pattern.fullmatch(temporary.group("name"))
-                          or temporary.group("name") == f"{base}_chart.png"):
+        if temporary and (
+            pattern.fullmatch(temporary.group("name"))
+            or temporary.group("name") == f"{base}_chart.png"
+        ):
             if _remove(os.path.join(folder, name)):
                 removed.append(name)
             continue
         match = pattern.fullmatch(name)
-        if match and match.group(3):            # <file>.state.npz.next
-            weights = os.path.join(folder, name[:-len(".state.npz" + PENDING)])
+        if match and match.group(3):  # <file>.state.npz.next
+            weights = os.path.join(folder, name[: -len(".state.npz" + PENDING)])
             if settle_pending(weights) == "removed":
                 removed.append(name)
     return removed
@@ -430,22 +476,25 @@ def lock_folder(folder, base):
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
-        raise CheckpointError(f"cannot write in the backup folder {folder}: {exc.strerror} "
-                              f"({path})") from None
+        raise CheckpointError(
+            f"cannot write in the backup folder {folder}: {exc.strerror} ({path})"
+        ) from None
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise FolderBusy(f"another run is writing {base}'s checkpoints in {folder} "
-                                  f"(it holds {path}): wait for it to end, or set backup= "
-                                  f"to another folder") from None
+            raise FolderBusy(
+                f"another run is writing {base}'s checkpoints in {folder} "
+                f"(it holds {path}): wait for it to end, or set backup= "
+                f"to another folder"
+            ) from None
     return fd
 
 
 def unlock_folder(fd):
     if fd is not None:
-        os.close(fd)            # closing releases the lock; the file stays for the next run
+        os.close(fd)  # closing releases the lock; the file stays for the next run
 
 
 @contextlib.contextmanager

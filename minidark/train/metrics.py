@@ -6,6 +6,7 @@ plain file (a FIFO would block, a device would swallow the log), so a link
 planted in a shared backup folder cannot make training append to another
 file. A failed write (disk full) becomes a ``TrainingStopped`` naming the file.
 """
+
 import contextlib
 import json
 import os
@@ -20,22 +21,31 @@ class TrainingStopped(MinidarkError):
 
 def open_append(path):
     """``path`` opened for appending text, refusing links and non-regular files."""
-    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
-             | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    flags = (
+        os.O_WRONLY
+        | os.O_APPEND
+        | os.O_CREAT
+        | os.O_NONBLOCK
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+    )
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
         if os.path.islink(path):
-            raise TrainingStopped(f"{path} is a symbolic link: refusing to append to it "
-                                  f"(remove the link)") from None
+            raise TrainingStopped(
+                f"{path} is a symbolic link: refusing to append to it (remove the link)"
+            ) from None
         if os.path.lexists(path) and not os.path.isfile(path):
-            raise TrainingStopped(f"{path} is not a regular file: refusing to append to it "
-                                  f"(remove it)") from None
+            raise TrainingStopped(
+                f"{path} is not a regular file: refusing to append to it (remove it)"
+            ) from None
         raise TrainingStopped(f"cannot open {path}: {exc.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TrainingStopped(f"{path} is not a regular file: refusing to append to it "
-                                  f"(remove it)")
+            raise TrainingStopped(
+                f"{path} is not a regular file: refusing to append to it (remove it)"
+            )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
     except BaseException:
@@ -57,7 +67,7 @@ class Log:
             raise TrainingStopped(f"cannot write {self.path}: {exc.strerror}") from None
 
     def close(self):
-        with contextlib.suppress(OSError):   # a failed write already said so
+        with contextlib.suppress(OSError):  # a failed write already said so
             self.handle.close()
 
     def __enter__(self):

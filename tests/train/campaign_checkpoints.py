@@ -15,6 +15,7 @@ byte, and looks for leftover temporary files. Sidecars: random damage
 resume through the CLI: each outcome is classed by exit status, the number
 of error lines and whether a traceback appeared.
 """
+
 import argparse
 import collections
 import os
@@ -33,8 +34,11 @@ from tiny_training import write_tiny_cfg, write_tiny_data_file  # noqa: E402
 
 
 def command(data, cfg, weights=None):
-    return ([sys.executable, "-m", "minidark", "classifier", "train", data, cfg]
-            + ([weights] if weights else []) + ["--seed", "3", "--no-progress"])
+    return (
+        [sys.executable, "-m", "minidark", "classifier", "train", data, cfg]
+        + ([weights] if weights else [])
+        + ["--seed", "3", "--no-progress"]
+    )
 
 
 def read(path):
@@ -50,8 +54,12 @@ def write(path, content):
 def run_to_end(data, cfg, folder):
     """Resume (or start) until the run finishes; the last process's output."""
     backup = os.path.join(folder, "tiny.backup")
-    result = subprocess.run(command(data, cfg, backup if os.path.exists(backup) else None),
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        command(data, cfg, backup if os.path.exists(backup) else None),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return result
 
 
@@ -65,15 +73,19 @@ def kills(cases, rng, work):
     started = time.perf_counter()
     outcomes, total_kills = collections.Counter(), 0
     for case in range(cases):
-        shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)
         while True:
             backup = os.path.join(folder, "tiny.backup")
-            proc = subprocess.Popen(command(data, cfg, backup if os.path.exists(backup) else None),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-            time.sleep(rng.uniform(0.3, 2.5))          # imports take ~1 s of that
+            proc = subprocess.Popen(
+                command(data, cfg, backup if os.path.exists(backup) else None),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+            )
+            time.sleep(rng.uniform(0.3, 2.5))  # imports take ~1 s of that
             proc.kill()
             _, err = proc.communicate()
-            if proc.returncode != -9:                  # it finished (or failed) first
+            if proc.returncode != -9:  # it finished (or failed) first
                 break
             total_kills += 1
             if rng.random() < 0.5:
@@ -102,7 +114,7 @@ def damage(path, rng):
         for _ in range(rng.randint(1, 8)):
             content[rng.randrange(len(content))] ^= rng.randint(1, 255)
     elif kind == "cut":
-        content = content[:rng.randrange(len(content))]
+        content = content[: rng.randrange(len(content))]
     elif kind == "junk":
         content = bytearray(rng.randbytes(rng.randint(1, 5000)))
     elif kind == "empty":
@@ -138,8 +150,12 @@ def sidecars(cases, rng, work):
         shutil.rmtree(folder)
         shutil.copytree(keep, folder)
         kind = damage(os.path.join(folder, "tiny.backup.state.npz"), rng)
-        result = subprocess.run(command(data, longer, os.path.join(folder, "tiny.backup")),
-                                capture_output=True, text=True, cwd=ROOT)
+        result = subprocess.run(
+            command(data, longer, os.path.join(folder, "tiny.backup")),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         errors = [line for line in result.stderr.splitlines() if line.startswith("minidark: error")]
         if "Traceback" in result.stderr:
             outcome = "TRACEBACK"

@@ -1,6 +1,7 @@
 """Checkpoints survive any crash: a process killed at any write, fsync or rename
 leaves every checkpoint name whole (old or new), the newest one resumes to the
 same bytes as an uninterrupted run, and leftovers are cleared on the next run."""
+
 import errno
 import io
 import os
@@ -30,7 +31,7 @@ from minidark.weights import atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-KILLED = 86                                   # the exit status of an injected crash
+KILLED = 86  # the exit status of an injected crash
 
 
 def cheap_chart(path, *args, **kwargs):
@@ -74,11 +75,13 @@ class Injector:
                 if self.count != self.crash_at:
                     return real[name](*args)
                 if self.mode == "partial":
-                    real["write"](args[0], bytes(args[1])[:max(1, len(args[1]) // 2)])
+                    real["write"](args[0], bytes(args[1])[: max(1, len(args[1]) // 2)])
                 elif self.mode == "after":
                     real[name](*args)
                 os._exit(KILLED)
+
             return operation
+
         for name in real:
             monkeypatch.setattr(os, name, wrap(name))
 
@@ -86,12 +89,13 @@ class Injector:
 def in_child(function):
     """Run ``function`` in a forked process; its exit status."""
     pid = os.fork()
-    if pid == 0:                                         # the child never returns
+    if pid == 0:  # the child never returns
         status = 0
         try:
             function()
         except BaseException:
             import traceback
+
             traceback.print_exc()
             status = 1
         os._exit(status)
@@ -101,8 +105,9 @@ def in_child(function):
 
 def checkpoint_files(folder):
     pattern = checkpoint_names("tiny")
-    return sorted(name for name in os.listdir(folder)
-                  if (m := pattern.fullmatch(name)) and not m.group(2))
+    return sorted(
+        name for name in os.listdir(folder) if (m := pattern.fullmatch(name)) and not m.group(2)
+    )
 
 
 def resume_newest(cfg, folder):
@@ -112,8 +117,7 @@ def resume_newest(cfg, folder):
     trainer = tiny_trainer(cfg, folder, weights=newest, seed=5 if newest is None else 999)
     assert newest is None or trainer.restored
     status = trainer.run()["status"]
-    return ("fresh" if newest is None else "finished" if status == "done-already"
-            else "resumed")
+    return "fresh" if newest is None else "finished" if status == "done-already" else "resumed"
 
 
 def assert_every_checkpoint_is_whole(folder):
@@ -138,6 +142,7 @@ def memory_tmp(tmp_path):
         return
     import shutil
     import tempfile
+
     folder = tempfile.mkdtemp(prefix="minidark-test-", dir="/dev/shm")
     yield Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
@@ -167,6 +172,7 @@ def test_a_crash_at_any_write_or_rename_resumes_exactly(memory_tmp, monkeypatch)
         def crash(folder=folder, crash_at=crash_at, mode=mode):
             Injector(folder, crash_at, mode).install(pytest.MonkeyPatch())
             tiny_trainer(cfg, folder).run()
+
         assert in_child(crash) == KILLED, (crash_at, mode)
         assert_every_checkpoint_is_whole(folder)
         outcomes[resume_newest(cfg, folder)] += 1
@@ -179,7 +185,7 @@ def test_a_crash_at_any_write_or_rename_resumes_exactly(memory_tmp, monkeypatch)
 def test_kill_9_of_a_training_process_resumes_exactly(tmp_path, monkeypatch):
     """A real SIGKILL at random instants (real fsyncs in the killed process)."""
     cfg = write_tiny_cfg(tmp_path, max_batches=30, backup_every=1)
-    monkeypatch.setattr(os, "fsync", lambda fd: None)          # only the killed run syncs
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # only the killed run syncs
     tiny_trainer(cfg, tmp_path / "straight").run()
     reference = (tmp_path / "straight" / "tiny.weights").read_bytes()
     script = textwrap.dedent(f"""
@@ -195,14 +201,15 @@ def test_kill_9_of_a_training_process_resumes_exactly(tmp_path, monkeypatch):
         trainer.on_iteration = ready
         trainer.run()
     """)
-    for delay in (20, 150):                  # ms after the first iteration
+    for delay in (20, 150):  # ms after the first iteration
         folder = tmp_path / f"kill-{delay}"
-        proc = subprocess.Popen([sys.executable, "-c", script, str(folder)],
-                                stdout=subprocess.PIPE, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(folder)], stdout=subprocess.PIPE, cwd=ROOT
+        )
         assert proc.stdout.readline() == b"ready\n"
         time.sleep(delay / 1000)
         proc.kill()
-        assert proc.wait() == -signal.SIGKILL              # it was killed mid-run
+        assert proc.wait() == -signal.SIGKILL  # it was killed mid-run
         assert_every_checkpoint_is_whole(folder)
         resume_newest(cfg, folder)
         assert (folder / "tiny.weights").read_bytes() == reference, delay
@@ -215,20 +222,24 @@ def test_leftovers_of_a_killed_run_are_removed_and_never_pile_up(tmp_path):
     tiny_trainer(cfg, folder).run()
     backup = folder / "tiny.backup"
     # what kills leave: temporaries of every kind of file, a sidecar never finished
-    planted = [".tmp-abcd1234tiny.backup", ".tmp-abcd1234tiny.backup.state.npz.next",
-               ".tmp-zzzz_999tiny_3.weights", ".tmp-q1w2e3r4tiny_chart.png",
-               "tiny_7.weights.state.npz.next"]
+    planted = [
+        ".tmp-abcd1234tiny.backup",
+        ".tmp-abcd1234tiny.backup.state.npz.next",
+        ".tmp-zzzz_999tiny_3.weights",
+        ".tmp-q1w2e3r4tiny_chart.png",
+        "tiny_7.weights.state.npz.next",
+    ]
     for name in planted:
         (folder / name).write_bytes(b"half a file")
     (folder / "tiny.backup.state.npz.next").write_bytes(b"stale: belongs to nothing")
-    others = [".tmp-abcd1234other.backup", "notes.txt"]     # not this run's: left alone
+    others = [".tmp-abcd1234other.backup", "notes.txt"]  # not this run's: left alone
     for name in others:
         (folder / name).write_bytes(b"keep")
     before = backup.read_bytes(), (folder / "tiny.backup.state.npz").read_bytes()
     out = io.StringIO()
     longer = write_tiny_cfg(tmp_path, max_batches=6, backup_every=2, name="longer.cfg")
     trainer = tiny_trainer(longer, folder, weights=str(backup), out=out)
-    assert trainer.restored                        # the stale .next did not get in the way
+    assert trainer.restored  # the stale .next did not get in the way
     assert (backup.read_bytes(), (folder / "tiny.backup.state.npz").read_bytes()) == before
     with pytest.warns(UserWarning, match="holds tiny.weights from an earlier run"):
         trainer.run()
@@ -239,8 +250,11 @@ def test_leftovers_of_a_killed_run_are_removed_and_never_pile_up(tmp_path):
 
 
 def assert_no_leftovers_but(folder, allowed):
-    left = [n for n in os.listdir(folder) if (n.startswith(".tmp-") or n.endswith(".next"))
-            and n not in allowed]
+    left = [
+        n
+        for n in os.listdir(folder)
+        if (n.startswith(".tmp-") or n.endswith(".next")) and n not in allowed
+    ]
     assert not left
 
 
@@ -253,7 +267,8 @@ def test_a_pending_sidecar_that_matches_its_weights_is_finished(tmp_path):
     weights = folder / "tiny.backup"
     os.replace(sidecar_path(weights), pending_path(weights))
     (folder / "tiny.backup.state.npz").write_bytes(
-        (folder / "tiny_1.weights.state.npz").read_bytes())      # the old one, say
+        (folder / "tiny_1.weights.state.npz").read_bytes()
+    )  # the old one, say
     assert newest_checkpoint(folder, "tiny") == str(folder / "tiny.weights")
     trainer = tiny_trainer(cfg, folder, weights=str(weights))
     assert trainer.restored and trainer.net.seen == 16
@@ -268,12 +283,14 @@ def test_disk_full_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, m
     writes = {"n": 0}
 
     def write(fd, data):
-        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)) and \
-                os.readlink(f"/proc/self/fd/{fd}").endswith(".state.npz.next"):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)) and os.readlink(
+            f"/proc/self/fd/{fd}"
+        ).endswith(".state.npz.next"):
             writes["n"] += 1
-            if writes["n"] == 3:                   # the third checkpoint: iteration 4
+            if writes["n"] == 3:  # the third checkpoint: iteration 4
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
+
     monkeypatch.setattr(os, "write", write)
     trainer = tiny_trainer(cfg, folder)
     with pytest.raises(TrainingStopped) as stopped:
@@ -281,9 +298,11 @@ def test_disk_full_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, m
     monkeypatch.undo()
     message = str(stopped.value)
     assert "\n" not in message
-    assert message.startswith(f"cannot write {folder / 'tiny.backup'} (its training state): "
-                              f"No space left on device: training stopped; the last good "
-                              f"checkpoint is {folder / 'tiny_1.weights'}")
+    assert message.startswith(
+        f"cannot write {folder / 'tiny.backup'} (its training state): "
+        f"No space left on device: training stopped; the last good "
+        f"checkpoint is {folder / 'tiny_1.weights'}"
+    )
     assert_no_leftovers(folder)
     # the checkpoint before it is whole and resumes: 2 iterations in, as written
     resumed = tiny_trainer(cfg, folder, weights=str(folder / "tiny.backup"))
@@ -301,17 +320,21 @@ def test_a_failure_after_the_sidecar_keeps_a_complete_checkpoint(tmp_path, monke
     real_replace = os.replace
 
     def replace(source, target):
-        failing = (str(target).endswith("tiny.backup") if step == "weights"
-                   else str(target).endswith("tiny.backup.state.npz"))
+        failing = (
+            str(target).endswith("tiny.backup")
+            if step == "weights"
+            else str(target).endswith("tiny.backup.state.npz")
+        )
         if failing:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_replace(source, target)
+
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(TrainingStopped, match="Input/output error: training stopped"):
         trainer.backup()
     monkeypatch.undo()
     after = tiny_trainer(cfg, folder, weights=str(folder / "tiny.backup"))
-    assert after.restored                                # old or new, but whole
+    assert after.restored  # old or new, but whole
     assert ((folder / "tiny.backup").read_bytes() == before) == (step == "weights")
     assert_no_leftovers(folder)
 
@@ -321,10 +344,15 @@ def test_backup_path_that_is_a_file(tmp_path):
     (tmp_path / "backup").write_text("not a folder")
     with pytest.raises(TrainingStopped) as stopped:
         tiny_trainer(cfg, tmp_path / "backup").run()
-    assert str(stopped.value) == (f"the backup folder {tmp_path / 'backup'} is a file, not a "
-                                  f"folder: set backup= in the .data file to a folder")
-    with pytest.raises(TrainingStopped, match=r"cannot create the backup folder .*: Not a "
-                                              r"directory; set backup="):
+    assert str(stopped.value) == (
+        f"the backup folder {tmp_path / 'backup'} is a file, not a "
+        f"folder: set backup= in the .data file to a folder"
+    )
+    with pytest.raises(
+        TrainingStopped,
+        match=r"cannot create the backup folder .*: Not a "
+        r"directory; set backup=",
+    ):
         tiny_trainer(cfg, tmp_path / "backup" / "inside").run()
     assert (tmp_path / "backup").read_text() == "not a folder"
 
@@ -334,10 +362,14 @@ def test_a_folder_that_cannot_be_created_or_written(tmp_path, monkeypatch):
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
     with monkeypatch.context() as patch:
         patch.setattr(os, "makedirs", refuse)
-        with pytest.raises(TrainingStopped, match=r"cannot create the backup folder .*nope: "
-                                                  r"Permission denied; set backup="):
+        with pytest.raises(
+            TrainingStopped,
+            match=r"cannot create the backup folder .*nope: "
+            r"Permission denied; set backup=",
+        ):
             tiny_trainer(cfg, tmp_path / "nope").run()
     real_open = os.open
 
@@ -345,10 +377,14 @@ def test_a_folder_that_cannot_be_created_or_written(tmp_path, monkeypatch):
         if str(path).startswith(str(tmp_path / "ro")):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_open(path, flags, *args)
+
     (tmp_path / "ro").mkdir()
     monkeypatch.setattr(os, "open", no_write)
-    with pytest.raises(TrainingStopped, match=r"cannot write in the backup folder .*ro: "
-                                              r"Permission denied"):
+    with pytest.raises(
+        TrainingStopped,
+        match=r"cannot write in the backup folder .*ro: "
+        r"Permission denied",
+    ):
         tiny_trainer(cfg, tmp_path / "ro").run()
 
 
@@ -362,10 +398,11 @@ def test_two_runs_never_write_one_base_at_once(tmp_path):
             with pytest.raises(TrainingStopped) as stopped:
                 tiny_trainer(cfg, tmp_path / "backup").run()
             outcome["message"] = str(stopped.value)
+
     first.on_iteration = second_run
     assert first.run()["status"] == "finished"
     assert outcome["message"].startswith("another run is writing tiny's checkpoints in ")
-    with pytest.warns(UserWarning, match="earlier run"):      # the lock is free again
+    with pytest.warns(UserWarning, match="earlier run"):  # the lock is free again
         assert tiny_trainer(cfg, tmp_path / "backup", seed=1).run()["status"] == "finished"
 
 
@@ -373,12 +410,13 @@ def test_newest_checkpoint_ignores_incomplete_ones(tmp_path):
     cfg = write_tiny_cfg(tmp_path, max_batches=8, backup_every=2)
     folder = tmp_path / "backup"
     tiny_trainer(cfg, folder).run()
-    os.mkfifo(folder / "tiny_9.weights")                          # never read (it would block)
+    os.mkfifo(folder / "tiny_9.weights")  # never read (it would block)
     assert newest_checkpoint(folder, "tiny") == str(folder / "tiny.weights")
-    os.unlink(sidecar_path(folder / "tiny.weights"))             # a darknet file: not exact
+    os.unlink(sidecar_path(folder / "tiny.weights"))  # a darknet file: not exact
     assert newest_checkpoint(folder, "tiny") == str(folder / "tiny.backup")
-    np.testing.assert_equal(minidark.load_weights(
-        minidark.load_network(cfg), str(folder / "tiny.backup")), 32)
+    np.testing.assert_equal(
+        minidark.load_weights(minidark.load_network(cfg), str(folder / "tiny.backup")), 32
+    )
     (folder / "tiny.backup").write_bytes((folder / "tiny_1.weights").read_bytes())
     assert newest_checkpoint(folder, "tiny") == str(folder / "tiny_3.weights")
     assert newest_checkpoint(tmp_path / "missing", "tiny") is None
@@ -389,8 +427,11 @@ def test_an_unwritable_sidecar_message_names_the_data(tmp_path):
     cfg = write_tiny_cfg(tmp_path, max_batches=2)
     folder = tmp_path / "backup"
     tiny_trainer(cfg, folder).run()
-    with pytest.raises(CheckpointError, match=r"saved for 10 training images, this data has "
-                                              r"12\. Pass --no-exact-resume"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"saved for 10 training images, this data has "
+        r"12\. Pass --no-exact-resume",
+    ):
         tiny_trainer(cfg, folder, weights=str(folder / "tiny.weights"), data=tiny_data(12))
 
 
@@ -400,6 +441,7 @@ def test_a_run_killed_while_writing_its_final_weights_finishes_on_resume(tmp_pat
     from tiny_training import write_tiny_data_file
 
     from minidark.cli import main
+
     data = write_tiny_data_file(tmp_path)
     cfg = write_tiny_cfg(tmp_path, max_batches=4, backup_every=2)
     assert main(["classifier", "train", data, cfg, "--seed", "3", "--no-progress"]) == 0
@@ -420,12 +462,13 @@ def test_a_run_killed_while_writing_its_final_weights_finishes_on_resume(tmp_pat
 def test_resuming_from_files_a_live_run_is_writing_is_refused(tmp_path):
     """A pending sidecar of a live run is not the leftover of a dead one: it stays."""
     from minidark.train.checkpoint import lock_folder, unlock_folder
+
     cfg = write_tiny_cfg(tmp_path, max_batches=2)
     folder = tmp_path / "backup"
     tiny_trainer(cfg, folder).run()
     pending = folder / "tiny.backup.state.npz.next"
     pending.write_bytes(b"being written by the live run")
-    lock = lock_folder(str(folder), "tiny")                # the live run
+    lock = lock_folder(str(folder), "tiny")  # the live run
     try:
         with pytest.raises(CheckpointError, match="another run is writing tiny's checkpoints"):
             tiny_trainer(cfg, tmp_path / "other", weights=str(folder / "tiny.backup"))

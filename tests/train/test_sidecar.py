@@ -1,6 +1,7 @@
 """A damaged, truncated or foreign sidecar is one line naming the file and what
 to do (--no-exact-resume, or an earlier checkpoint); never a traceback, never
 silently taken for the state of the weights beside it."""
+
 import json
 import zipfile
 
@@ -86,31 +87,52 @@ CASES = {
     "random bytes": (lambda a: bytes(range(256)) * 8, "it is not a readable sidecar"),
     "empty": (lambda a: b"", "it is not a readable sidecar"),
     "missing key": (lambda a: edited(a, position=None), "key 'position' is missing"),
-    "bad JSON": (lambda a: edited(a, trainer_rng=np.array("{'state': ")),
-                 "key 'trainer_rng' is not a random generator state"),
-    "other generator": (lambda a: edited(a, net_rng=np.array(json.dumps(
-        np.random.PCG64DXSM(1).state))), "key 'net_rng' is not a random generator state"),
-    "position beyond the data": (lambda a: edited(a, position=np.array(11)),
-                                 "position=11 is outside [0, 10]"),
-    "negative position": (lambda a: edited(a, position=np.array(-1)),
-                          "position=-1 is outside [0, 10]"),
-    "position as text": (lambda a: edited(a, position=np.array("3")),
-                         "key 'position' is not an integer"),
+    "bad JSON": (
+        lambda a: edited(a, trainer_rng=np.array("{'state': ")),
+        "key 'trainer_rng' is not a random generator state",
+    ),
+    "other generator": (
+        lambda a: edited(a, net_rng=np.array(json.dumps(np.random.PCG64DXSM(1).state))),
+        "key 'net_rng' is not a random generator state",
+    ),
+    "position beyond the data": (
+        lambda a: edited(a, position=np.array(11)),
+        "position=11 is outside [0, 10]",
+    ),
+    "negative position": (
+        lambda a: edited(a, position=np.array(-1)),
+        "position=-1 is outside [0, 10]",
+    ),
+    "position as text": (
+        lambda a: edited(a, position=np.array("3")),
+        "key 'position' is not an integer",
+    ),
     "order not a permutation": (not_a_permutation, "'order' is not a permutation of the 10"),
-    "wrong shape": (lambda a: edited(a, layer0__weight_updates=np.zeros((3, 3), np.float32)),
-                    "layer0/weight_updates has shape (3, 3) float32, layer 0 [connected] "
-                    "needs (8, 16)"),
-    "missing layer": (lambda a: edited(a, layer2__bias_updates=None),
-                      "it has no layer2/bias_updates (layer 2 [connected] bias_updates)"),
+    "wrong shape": (
+        lambda a: edited(a, layer0__weight_updates=np.zeros((3, 3), np.float32)),
+        "layer0/weight_updates has shape (3, 3) float32, layer 0 [connected] needs (8, 16)",
+    ),
+    "missing layer": (
+        lambda a: edited(a, layer2__bias_updates=None),
+        "it has no layer2/bias_updates (layer 2 [connected] bias_updates)",
+    ),
     "NaN momentum": (nan_momentum, "layer0/weight_updates holds NaN or infinite values"),
-    "future version": (lambda a: edited(a, version=np.array(99)),
-                       "format version 99; this minidark reads versions 1, 2"),
-    "other weights": (lambda a: edited(a, weights_sha256=np.array("0" * 64)),
-                      "it belongs to other weights (their SHA-256 differs)"),
-    "history lengths": (lambda a: edited(a, history__loss=np.zeros(2)),
-                        "its history lists have different lengths"),
-    "object array": (lambda a: edited(a, t=np.array([{"x": 1}], dtype=object)),
-                     "member 't.npy' is damaged"),
+    "future version": (
+        lambda a: edited(a, version=np.array(99)),
+        "format version 99; this minidark reads versions 1, 2",
+    ),
+    "other weights": (
+        lambda a: edited(a, weights_sha256=np.array("0" * 64)),
+        "it belongs to other weights (their SHA-256 differs)",
+    ),
+    "history lengths": (
+        lambda a: edited(a, history__loss=np.zeros(2)),
+        "its history lists have different lengths",
+    ),
+    "object array": (
+        lambda a: edited(a, t=np.array([{"x": 1}], dtype=object)),
+        "member 't.npy' is damaged",
+    ),
 }
 
 
@@ -125,12 +147,13 @@ def test_a_bad_sidecar_is_one_line_saying_what_to_do(trained, tmp_path, case):
             handle.write(content)
     else:
         with open(sidecar, "wb") as handle:
-            np.savez(handle, **content) if case != "object array" else \
-                np.savez(handle, allow_pickle=True, **content)
+            np.savez(handle, **content) if case != "object array" else np.savez(
+                handle, allow_pickle=True, **content
+            )
     message = restore_error(cfg, weights)
     assert expected in message, message
     # the newest other complete checkpoint beside it is offered
-    assert "(the newest other complete one is" not in message   # none beside the copy
+    assert "(the newest other complete one is" not in message  # none beside the copy
     # --no-exact-resume: the weights alone
     trainer = tiny_trainer(cfg, tmp_path / "out", weights=str(weights), exact=False)
     assert not trainer.restored and trainer.net.current_batch == 5
@@ -157,21 +180,25 @@ def test_a_member_whose_header_lies_about_its_size(trained, tmp_path):
     header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }"
     header += b" " * (118 - len(header)) + b"\n"
     with zipfile.ZipFile(sidecar, "a") as archive:
-        archive.writestr("huge.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
-                         + header + b"\0" * 16)
+        archive.writestr(
+            "huge.npy",
+            b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 16,
+        )
     assert "member 'huge.npy' is damaged" in restore_error(cfg, weights)
 
 
 def test_a_sidecar_that_is_not_a_file(trained, tmp_path):
     import os
+
     cfg = trained[0]
     weights, sidecar, _ = copy_checkpoint(trained, tmp_path)
-    os.mkfifo(sidecar)                                  # reading it would block forever
+    os.mkfifo(sidecar)  # reading it would block forever
     assert "it is not a regular file" in restore_error(cfg, weights)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(content=st.binary(max_size=3000))
 def test_random_bytes_as_sidecar(trained, tmp_path, content):
     cfg = trained[0]
@@ -181,8 +208,9 @@ def test_random_bytes_as_sidecar(trained, tmp_path, content):
     restore_error(cfg, weights)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_damaged_bytes_of_a_real_sidecar(trained, tmp_path, data):
     """Flipped or cut bytes: an error as above, or (a byte zip does not read) the
@@ -195,7 +223,7 @@ def test_damaged_bytes_of_a_real_sidecar(trained, tmp_path, data):
         index = data.draw(st.integers(0, len(content) - 1))
         content[index] ^= data.draw(st.integers(1, 255))
     if data.draw(st.booleans()):
-        content = content[:data.draw(st.integers(0, len(content)))]
+        content = content[: data.draw(st.integers(0, len(content)))]
     with open(sidecar, "wb") as handle:
         handle.write(bytes(content))
     try:
@@ -226,8 +254,9 @@ def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
     assert len(errors) == 1 and errors[0] == err.splitlines()[-1]
     assert errors[0].startswith(f"minidark: error: {backup}.state.npz: cannot resume exactly: ")
     assert "--no-exact-resume" in errors[0] and "tiny.weights" in errors[0]
-    status = main(["classifier", "train", data, longer, str(backup), "--no-progress",
-                   "--no-exact-resume"])
+    status = main(
+        ["classifier", "train", data, longer, str(backup), "--no-progress", "--no-exact-resume"]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "--no-exact-resume: tiny.backup.state.npz not used" in captured.out

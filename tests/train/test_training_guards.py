@@ -2,6 +2,7 @@
 dataset smaller than one update, earlier runs' weights about to be
 overwritten, links planted where the log goes, labels without a class, and a
 NaN stop that says what it checked."""
+
 import errno
 import os
 import re
@@ -35,18 +36,28 @@ def test_a_dataset_smaller_than_one_update_warns_and_does_not_flood(tmp_path):
     with pytest.warns(UserWarning) as caught:
         trainer.run()
     messages = [str(w.message) for w in caught]
-    assert any(m.startswith("tiny-20: 20 training images, fewer than the 128 of one update "
-                            "(batch=128, subdivisions=4 in [net])") for m in messages), messages
+    assert any(
+        m.startswith(
+            "tiny-20: 20 training images, fewer than the 128 of one update "
+            "(batch=128, subdivisions=4 in [net])"
+        )
+        for m in messages
+    ), messages
     # epochs 6 (iteration 1), 134 (21) and 262 (41); backups at 20 and 40; the end
     assert weights_files(tmp_path / "backup") == [
-        "tiny.backup", "tiny.weights", "tiny_134.weights", "tiny_262.weights", "tiny_6.weights"]
+        "tiny.backup",
+        "tiny.weights",
+        "tiny_134.weights",
+        "tiny_262.weights",
+        "tiny_6.weights",
+    ]
 
 
 def test_epoch_weights_are_still_written_every_epoch_when_epochs_are_long(tmp_path):
-    cfg = write_tiny_cfg(tmp_path, max_batches=12, backup_every=2)   # an epoch: 2.5 iterations
+    cfg = write_tiny_cfg(tmp_path, max_batches=12, backup_every=2)  # an epoch: 2.5 iterations
     tiny_trainer(cfg, tmp_path / "backup").run()
     epochs = [n for n in weights_files(tmp_path / "backup") if n.startswith("tiny_")]
-    assert epochs == [f"tiny_{e}.weights" for e in (1, 2, 3, 4)]    # 3, 5, 8, 10; not 12 = 4.8
+    assert epochs == [f"tiny_{e}.weights" for e in (1, 2, 3, 4)]  # 3, 5, 8, 10; not 12 = 4.8
 
 
 def test_no_warning_when_the_dataset_fills_an_update(tmp_path, recwarn):
@@ -62,14 +73,16 @@ def test_overwriting_an_earlier_runs_finished_weights_warns(tmp_path, recwarn):
     tiny_trainer(cfg, folder).run()
     earlier = (folder / "tiny.weights").read_bytes()
     assert not recwarn.list
-    other_data = tiny_data(12, seed=1)                     # another dataset, same cfg
+    other_data = tiny_data(12, seed=1)  # another dataset, same cfg
     with pytest.warns(UserWarning) as caught:
         tiny_trainer(cfg, folder, data=other_data).run()
     message = str(caught[0].message)
-    assert message.startswith(f"{folder} holds tiny.backup, tiny.weights, tiny_1.weights from "
-                              f"an earlier run, which this run did not start from and will "
-                              f"overwrite: this run writes its checkpoints, log and chart to "
-                              f"{folder}")
+    assert message.startswith(
+        f"{folder} holds tiny.backup, tiny.weights, tiny_1.weights from "
+        f"an earlier run, which this run did not start from and will "
+        f"overwrite: this run writes its checkpoints, log and chart to "
+        f"{folder}"
+    )
     assert (folder / "tiny.weights").read_bytes() != earlier
 
 
@@ -82,7 +95,7 @@ def test_resuming_or_extending_a_run_does_not_warn_about_its_own_files(tmp_path,
     tiny_trainer(cfg, folder, weights=str(folder / "tiny.backup")).run()
     longer = write_tiny_cfg(tmp_path, max_batches=6, name="tiny6.cfg")
     extended = tiny_trainer(longer, folder, weights=str(folder / "tiny.weights"))
-    extended.run()                                           # from the finished weights
+    extended.run()  # from the finished weights
     assert not [str(w.message) for w in recwarn]
 
 
@@ -96,11 +109,12 @@ def test_the_log_is_never_appended_through_a_planted_link(tmp_path):
     os.symlink(victim, folder / "tiny.log")
     with pytest.raises(TrainingStopped) as stopped:
         tiny_trainer(cfg, folder).run()
-    assert str(stopped.value) == (f"{folder / 'tiny.log'} is a symbolic link: refusing to "
-                                  f"append to it (remove the link)")
+    assert str(stopped.value) == (
+        f"{folder / 'tiny.log'} is a symbolic link: refusing to append to it (remove the link)"
+    )
     assert victim.read_text() == "precious\n"
     os.unlink(folder / "tiny.log")
-    os.mkfifo(folder / "tiny.log")                            # would block an open for writing
+    os.mkfifo(folder / "tiny.log")  # would block an open for writing
     with pytest.raises(TrainingStopped, match="is not a regular file: refusing to append"):
         tiny_trainer(cfg, folder).run()
 
@@ -133,11 +147,13 @@ def test_a_log_write_that_fails_stops_with_one_line(tmp_path, monkeypatch):
 
         def close(self):
             self.handle.close()
+
     monkeypatch.setattr(metrics, "open_append", lambda path: Full(real_open(path)))
     with pytest.raises(TrainingStopped) as stopped:
         tiny_trainer(cfg, tmp_path / "backup").run()
-    assert str(stopped.value) == (f"cannot write {tmp_path / 'backup' / 'tiny.log'}: "
-                                  f"No space left on device")
+    assert str(stopped.value) == (
+        f"cannot write {tmp_path / 'backup' / 'tiny.log'}: No space left on device"
+    )
 
 
 # ------------------------------------------------------------ labels and NaN
@@ -152,7 +168,8 @@ def test_a_label_outside_the_classes_is_refused_before_training(tmp_path, label)
         tiny_trainer(cfg, tmp_path / "backup", data=bad)
     assert str(error.value).startswith(
         f"bad-labels: 2 of 10 images have no class among the network's 3 (0..2), e.g. "
-        f"image 4 with label {label}: their truth would be all zero")
+        f"image 4 with label {label}: their truth would be all zero"
+    )
     assert not (tmp_path / "backup").exists()
 
 
@@ -164,23 +181,29 @@ def test_nan_from_the_input_pipeline_is_blamed_on_the_data(tmp_path, monkeypatch
     def batch(indices, out):
         x = real_batch(indices, out=out)
         if trainer.net.current_batch == 3:
-            x[0, :3] = np.nan                                 # e.g. a broken augmentation
+            x[0, :3] = np.nan  # e.g. a broken augmentation
         return x
+
     monkeypatch.setattr(trainer.train_set, "batch", batch)
     with pytest.raises(TrainingStopped) as stopped:
         trainer.run()
     message = str(stopped.value)
-    assert message.startswith("loss is nan at iteration 4 (seen 16): training stopped and "
-                              "nothing was saved after it; the last good checkpoint is ")
-    assert re.search(r"\. The input batch holds \d+ NaN or infinite values: the data "
-                     r"\(tiny-10\) or its augmentation produced them$", message), message
+    assert message.startswith(
+        "loss is nan at iteration 4 (seen 16): training stopped and "
+        "nothing was saved after it; the last good checkpoint is "
+    )
+    assert re.search(
+        r"\. The input batch holds \d+ NaN or infinite values: the data "
+        r"\(tiny-10\) or its augmentation produced them$",
+        message,
+    ), message
     assert "learning_rate" not in message
 
 
 def test_nan_from_an_unusable_cfg_value_names_it(tmp_path):
     cfg = write_tiny_cfg(tmp_path, max_batches=400, backup_every=1000)
     trainer = tiny_trainer(cfg, tmp_path / "backup")
-    trainer.net.config.momentum = 1.5                         # set past the parser's checks
+    trainer.net.config.momentum = 1.5  # set past the parser's checks
     trainer.net.config.learning_rate = 10.0
     with pytest.raises(TrainingStopped) as stopped:
         trainer.run()

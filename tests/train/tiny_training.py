@@ -7,6 +7,7 @@ steps policy, dropout (the network's generator), augmentation and epoch
 permutations (the trainer's generator). A run of 8 iterations takes a few
 milliseconds plus its fsyncs.
 """
+
 import io
 import os
 
@@ -54,26 +55,38 @@ def tiny_data(n=10, classes=3, seed=0):
     return Dataset(images, np.arange(n) % classes, f"tiny-{n}")
 
 
-def write_tiny_cfg(folder, max_batches=8, backup_every=2, name="tiny.cfg", batch=4,
-                   subdivisions=2, **keys):
+def write_tiny_cfg(
+    folder, max_batches=8, backup_every=2, name="tiny.cfg", batch=4, subdivisions=2, **keys
+):
     """The tiny cfg (``keys`` added to [net]); its path."""
     path = os.path.join(folder, name)
-    text = CFG.format(max_batches=max_batches, backup_every=backup_every, batch=batch,
-                      subdivisions=subdivisions)
-    text = text.replace("\n\n[connected]", "".join(f"\n{k}={v}" for k, v in keys.items())
-                        + "\n\n[connected]", 1)
+    text = CFG.format(
+        max_batches=max_batches, backup_every=backup_every, batch=batch, subdivisions=subdivisions
+    )
+    text = text.replace(
+        "\n\n[connected]", "".join(f"\n{k}={v}" for k, v in keys.items()) + "\n\n[connected]", 1
+    )
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
     return path
 
 
-def tiny_trainer(cfg, backup_dir, weights=None, seed=5, data=None, restore=True,
-                 exact=True, out=None, valid=None):
+def tiny_trainer(
+    cfg, backup_dir, weights=None, seed=5, data=None, restore=True, exact=True, out=None, valid=None
+):
     """A Trainer for the tiny cfg (restored from ``weights`` when given)."""
     net = minidark.load_network(cfg, weights, seed=seed)
-    trainer = Trainer(net, data if data is not None else tiny_data(), valid,
-                      backup_dir=backup_dir, base="tiny", seed=seed, progress=False,
-                      out=out if out is not None else io.StringIO(), start=weights)
+    trainer = Trainer(
+        net,
+        data if data is not None else tiny_data(),
+        valid,
+        backup_dir=backup_dir,
+        base="tiny",
+        seed=seed,
+        progress=False,
+        out=out if out is not None else io.StringIO(),
+        start=weights,
+    )
     if weights is not None and restore:
         trainer.restore(weights, exact=exact)
     return trainer
