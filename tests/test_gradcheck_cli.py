@@ -2,6 +2,7 @@
 prelu passes, prelu_broken fails with a table, exit codes, --layer,
 --inference, expected gaps (batch norm, softmax temperature, dropout) and a
 layer's own gradcheck_gap hook."""
+
 import argparse
 import math
 import re
@@ -53,8 +54,10 @@ def cli(*argv):
     return gradcheck_cli.run(parser.parse_args([str(a) for a in argv]))
 
 
-ROW = re.compile(r"^\s*(\d+) (\S+)\s+(.+?)\s+(\S+e[+-]\d+)\s+(\S+)\s+(ok|FAIL|gap|skip|kink)"
-                 r"\s*(.*)$")
+ROW = re.compile(
+    r"^\s*(\d+) (\S+)\s+(.+?)\s+(\S+e[+-]\d+)\s+(\S+)\s+(ok|FAIL|gap|skip|kink)"
+    r"\s*(.*)$"
+)
 
 
 def rows(text):
@@ -73,7 +76,13 @@ def test_prelu_passes_from_python(tmp_path, write_cfg):
     load_plugins([PRELU])
     results = gradcheck(write_cfg(tmp_path, PRELU_IMAGE))
     assert [(r.index, r.array) for r in results] == [
-        (0, "input"), (0, "slopes"), (1, "input"), (1, "biases"), (1, "weights"), (2, "input")]
+        (0, "input"),
+        (0, "slopes"),
+        (1, "input"),
+        (1, "biases"),
+        (1, "weights"),
+        (2, "input"),
+    ]
     assert all(r.status == "ok" for r in results), format_results(results)
     assert max(r.error for r in results) < 1e-7
 
@@ -100,8 +109,10 @@ def test_gradcheck_accepts_a_layer(tmp_path, write_cfg):
     layer = minidark.load_network(write_cfg(tmp_path, PRELU_IMAGE)).layers[0]
     results = gradcheck(layer)
     assert [(r.index, r.array, r.status) for r in results] == [
-        (0, "input", "ok"), (0, "slopes", "ok")]
-    assert layer.slopes.dtype == np.float64        # converted in place, like a Network
+        (0, "input", "ok"),
+        (0, "slopes", "ok"),
+    ]
+    assert layer.slopes.dtype == np.float64  # converted in place, like a Network
 
 
 def test_cli_passes_on_prelu_mnist_cfg(capsys):
@@ -137,12 +148,12 @@ def test_cli_errors(capsys):
     with pytest.raises(MinidarkError, match=r"--layer 4: .* has 4 layers \(0-3\)"):
         cli(PRELU_MNIST, "--plugin", PRELU, "--layer", "4")
     # through the minidark CLI: a user error is one line on stderr and exit status 2
-    for argv, needle in [([PRELU_MNIST, "--plugin", "examples/no_such_plugin.py"],
-                          "no such file"),
-                         ([PRELU_MNIST, "--batch", "0"], "argument --batch: must be >= 1"),
-                         ([PRELU_MNIST, "--max-checks", "0"], "--max-checks: must be >= 1"),
-                         (["cfg/mnist.data"], "cfg/mnist.data is given as CFG but is a .data "
-                                              "file")]:
+    for argv, needle in [
+        ([PRELU_MNIST, "--plugin", "examples/no_such_plugin.py"], "no such file"),
+        ([PRELU_MNIST, "--batch", "0"], "argument --batch: must be >= 1"),
+        ([PRELU_MNIST, "--max-checks", "0"], "--max-checks: must be >= 1"),
+        (["cfg/mnist.data"], "cfg/mnist.data is given as CFG but is a .data file"),
+    ]:
         assert cli_main(["gradcheck", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
@@ -158,9 +169,22 @@ def test_standalone_main_exit_codes(capsys):
 
 def test_python_m_gradcheck_is_the_cli():
     import subprocess
-    done = subprocess.run([sys.executable, "-m", "minidark.commands.gradcheck", PRELU_MNIST,
-                           "--plugin", PRELU_BROKEN, "--layer", "1"], capture_output=True,
-                          text=True, cwd=ROOT)
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minidark.commands.gradcheck",
+            PRELU_MNIST,
+            "--plugin",
+            PRELU_BROKEN,
+            "--layer",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 1, done.stderr
     assert "FAILED: 1 of 2 arrays (layer 1 slopes)" in done.stdout
 
@@ -204,7 +228,7 @@ def test_bn_gap_bound_and_temperature_scaling(tmp_path, write_cfg):
     by = {(r.index, r.array): r for r in results}
     assert by[(0, "input")].tolerance == pytest.approx(4 / 16 + 1e-3)
     assert 1e-4 < by[(0, "weights")].error < by[(0, "weights")].tolerance
-    assert by[(2, "input")].error < 1e-7    # exact once the numeric side is scaled by T
+    assert by[(2, "input")].error < 1e-7  # exact once the numeric side is scaled by T
 
 
 def test_inference_mode(tmp_path, write_cfg, capsys):
@@ -212,19 +236,22 @@ def test_inference_mode(tmp_path, write_cfg, capsys):
     out = capsys.readouterr().out
     table = rows(out)
     assert "inference mode" in out
-    assert table[(0, "input")] == ("ok", "")          # inference BN is an exact affine map
-    assert table[(1, "input")][0] == "skip"           # dropout's backward is training-only
+    assert table[(0, "input")] == ("ok", "")  # inference BN is an exact affine map
+    assert table[(1, "input")][0] == "skip"  # dropout's backward is training-only
 
 
 def test_a_layer_declares_its_own_gap(tmp_path, write_cfg):
     load_plugins([PRELU_BROKEN])
     net = minidark.load_network(write_cfg(tmp_path, PRELU_IMAGE))
-    net.layers[0].gradcheck_gap = KnownGap("expected gap: demo", tolerance=math.inf,
-                                           arrays=("slopes",))
+    net.layers[0].gradcheck_gap = KnownGap(
+        "expected gap: demo", tolerance=math.inf, arrays=("slopes",)
+    )
     results = gradcheck(net, layer=0)
     assert [(r.array, r.status, r.note) for r in results] == [
-        ("input", "ok", ""), ("slopes", "skip", "expected gap: demo")]
-    net.layers[0].gradcheck_gap = lambda layer, train: None    # opt out of any gap
+        ("input", "ok", ""),
+        ("slopes", "skip", "expected gap: demo"),
+    ]
+    net.layers[0].gradcheck_gap = lambda layer, train: None  # opt out of any gap
     assert [r.status for r in gradcheck(net, layer=0)] == ["ok", "FAIL"]
 
 
@@ -232,8 +259,10 @@ def test_learned_arrays_follow_saved_and_sgd_params(tmp_path, write_cfg):
     load_plugins([PRELU])
     net = minidark.load_network(write_cfg(tmp_path, PRELU_IMAGE))
     assert learned_arrays(net.layers[0]) == [("slopes", "slope_updates")]
-    assert learned_arrays(net.layers[1]) == [("biases", "bias_updates"),
-                                             ("weights", "weight_updates")]
+    assert learned_arrays(net.layers[1]) == [
+        ("biases", "bias_updates"),
+        ("weights", "weight_updates"),
+    ]
 
 
 def prelu_with_backward(tmp_path, write_cfg, wrap):
@@ -247,6 +276,7 @@ def prelu_with_backward(tmp_path, write_cfg, wrap):
 
 def test_gradcheck_really_compares_numbers(tmp_path, write_cfg):
     """A slope gradient off by 1% must fail: the check is not vacuous."""
+
     def one_percent_off(original, l, n):
         before = l.slope_updates.copy()
         original(l, n)
@@ -263,7 +293,7 @@ def test_gradcheck_catches_assigning_instead_of_accumulating(tmp_path, write_cfg
             return original(l, n)
         before = n.delta.copy()
         original(l, n)
-        n.delta -= before                # as if it had written net.delta[...] = ...
+        n.delta -= before  # as if it had written net.delta[...] = ...
 
     results = gradcheck(prelu_with_backward(tmp_path, write_cfg, assigns), layer=0)
     assert [(r.array, r.status) for r in results] == [("input", "FAIL"), ("slopes", "ok")]
@@ -271,7 +301,7 @@ def test_gradcheck_catches_assigning_instead_of_accumulating(tmp_path, write_cfg
 
 def test_gradcheck_catches_a_backward_that_needs_net_delta(tmp_path, write_cfg):
     def no_none_check(original, l, n):
-        n.delta += l.delta.reshape(n.delta.shape)   # AttributeError when net.delta is None
+        n.delta += l.delta.reshape(n.delta.shape)  # AttributeError when net.delta is None
 
     results = gradcheck(prelu_with_backward(tmp_path, write_cfg, no_none_check), layer=0)
     last = results[-1]
@@ -283,8 +313,14 @@ def test_gradcheck_catches_a_backward_that_needs_net_delta(tmp_path, write_cfg):
 # ------------------------------------------------------------------ kinks
 # (cfg, seed, layer) where plain central differences crossed relu's kink and
 # reported FAIL on a correct layer
-KINKED = [("mnist_bn.cfg", 0, 2), ("mnist_lenet.cfg", 3, 2), ("mnist_lenet.cfg", 5, 0),
-          ("mnist_lenet.cfg", 6, 2), ("mnist_lenet.cfg", 7, 0), ("mnist_lenet.cfg", 11, 0)]
+KINKED = [
+    ("mnist_bn.cfg", 0, 2),
+    ("mnist_lenet.cfg", 3, 2),
+    ("mnist_lenet.cfg", 5, 0),
+    ("mnist_lenet.cfg", 6, 2),
+    ("mnist_lenet.cfg", 7, 0),
+    ("mnist_lenet.cfg", 11, 0),
+]
 
 
 @pytest.mark.parametrize("cfg, seed, layer", KINKED)
@@ -296,20 +332,22 @@ def test_shipped_relu_cfgs_pass_where_steps_cross_a_kink(cfg, seed, layer):
 
 
 def test_numeric_gradient_leaves_out_an_unresolvable_kink():
-    theta = np.array([0.0, 0.5, -0.3, 0.2, 0.7, -0.9, 0.4, 0.1])   # |x| has its kink at 0
+    theta = np.array([0.0, 0.5, -0.3, 0.2, 0.7, -0.9, 0.4, 0.1])  # |x| has its kink at 0
 
     def loss():
         return float(np.abs(theta).sum())
 
-    analytic = -np.sign(theta)                                       # darknet sign
-    numeric, kink, refined = numeric_gradient(loss, loss(), theta, np.arange(8), analytic,
-                                              1e-5, 1e-4)
+    analytic = -np.sign(theta)  # darknet sign
+    numeric, kink, refined = numeric_gradient(
+        loss, loss(), theta, np.arange(8), analytic, 1e-5, 1e-4
+    )
     assert kink.tolist() == [True] + [False] * 7 and refined == 0
     np.testing.assert_allclose(numeric[1:], analytic[1:], atol=1e-9)
     # a value 0.5 eps from the kink: the smaller steps measure it
     theta[0] = 0.5e-5
-    numeric, kink, refined = numeric_gradient(loss, loss(), theta, np.arange(8), analytic,
-                                              1e-5, 1e-4)
+    numeric, kink, refined = numeric_gradient(
+        loss, loss(), theta, np.arange(8), analytic, 1e-5, 1e-4
+    )
     assert not kink.any() and refined == 1 and numeric[0] == pytest.approx(-1, abs=1e-6)
 
 
@@ -321,20 +359,29 @@ def test_numeric_gradient_keeps_everything_when_the_loss_is_not_piecewise_smooth
     def loss():
         return float(theta.sum() + noise.normal() * 1e-3)
 
-    numeric, kink, _ = numeric_gradient(loss, loss(), theta, np.arange(8), -np.ones(8),
-                                        1e-5, 1e-4)
+    numeric, kink, _ = numeric_gradient(loss, loss(), theta, np.arange(8), -np.ones(8), 1e-5, 1e-4)
     assert not kink.any()
-    assert np.abs(numeric + 1).max() > 1                  # the noise shows as a large error
+    assert np.abs(numeric + 1).max() > 1  # the noise shows as a large error
 
 
 def test_kink_status_and_summary():
-    kinked = GradResult(0, "maxpool", "input", 0.0, math.inf, "1 of 1 entries at a kink, "
-                        "not compared", kinks=1)
-    some = GradResult(1, "convolutional", "biases", 1e-10, 1e-4, "2 of 40 entries at a kink, "
-                      "not compared", kinks=2)
+    kinked = GradResult(
+        0, "maxpool", "input", 0.0, math.inf, "1 of 1 entries at a kink, not compared", kinks=1
+    )
+    some = GradResult(
+        1,
+        "convolutional",
+        "biases",
+        1e-10,
+        1e-4,
+        "2 of 40 entries at a kink, not compared",
+        kinks=2,
+    )
     assert kinked.status == "kink" and some.status == "ok"
-    assert summarize([kinked, some]) == ("passed: 1 of 2 arrays, 1 not checked, 3 entries at "
-                                         "a kink not compared")
+    assert summarize([kinked, some]) == (
+        "passed: 1 of 2 arrays, 1 not checked, 3 entries at a kink not compared"
+    )
     assert rows(format_results([kinked, some])) == {
         (0, "input"): ("kink", "1 of 1 entries at a kink, not compared"),
-        (1, "biases"): ("ok", "2 of 40 entries at a kink, not compared")}
+        (1, "biases"): ("ok", "2 of 40 entries at a kink, not compared"),
+    }

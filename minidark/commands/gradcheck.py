@@ -14,6 +14,7 @@ The CLI (minidark/cli.py) calls ``add_arguments(parser)`` and ``run(args)``;
 again here is harmless). ``python -m minidark.commands.gradcheck ARGS`` is
 ``minidark gradcheck ARGS``.
 """
+
 import sys
 
 from ..errors import MinidarkError
@@ -22,18 +23,37 @@ from .base import CHECK_FAILED, SUCCESS, add_command, check_file_kinds, positive
 
 def add_arguments(parser):
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml file")
-    parser.add_argument("--layer", type=int, default=None, metavar="N",
-                        help="check only layer N (0-based; negative counts from the end)")
-    parser.add_argument("--batch", type=positive_int, default=2, metavar="B",
-                        help="batch size of the random inputs (default 2; batch-norm "
-                             "layers need B * pixels >= 8)")
-    parser.add_argument("--inference", action="store_true",
-                        help="check the inference-mode backward (train=False)")
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        metavar="N",
+        help="check only layer N (0-based; negative counts from the end)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=positive_int,
+        default=2,
+        metavar="B",
+        help="batch size of the random inputs (default 2; batch-norm layers need B * pixels >= 8)",
+    )
+    parser.add_argument(
+        "--inference", action="store_true", help="check the inference-mode backward (train=False)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="max relative error that passes (default 1e-4)")
-    parser.add_argument("--max-checks", type=positive_int, default=40, metavar="K",
-                        help="entries perturbed per array, picked at random (default 40)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="max relative error that passes (default 1e-4)",
+    )
+    parser.add_argument(
+        "--max-checks",
+        type=positive_int,
+        default=40,
+        metavar="K",
+        help="entries perturbed per array, picked at random (default 40)",
+    )
     return parser
 
 
@@ -44,23 +64,35 @@ def run(args):
     from ..tools.gradcheck import format_results, gradcheck, summarize
 
     load_plugins(getattr(args, "plugin", None) or [])
-    if args.batch < 1:        # library callers bypass argparse's positive_int
+    if args.batch < 1:  # library callers bypass argparse's positive_int
         raise MinidarkError(f"--batch must be >= 1, got {args.batch}")
     if args.max_checks < 1:
         raise MinidarkError(f"--max-checks must be >= 1, got {args.max_checks}")
     check_file_kinds("minidark gradcheck CFG", [("CFG", args.cfg, "cfg")])
-    net = parse_network_cfg(args.cfg, batch=args.batch, seed=args.seed,
-                            strict=getattr(args, "strict", False), verbose=False)
+    net = parse_network_cfg(
+        args.cfg,
+        batch=args.batch,
+        seed=args.seed,
+        strict=getattr(args, "strict", False),
+        verbose=False,
+    )
     count = len(net.layers)
     if args.layer is not None and not -count <= args.layer < count:
-        raise MinidarkError(f"--layer {args.layer}: {args.cfg} has {count} layers "
-                            f"(0-{count - 1})")
+        raise MinidarkError(f"--layer {args.layer}: {args.cfg} has {count} layers (0-{count - 1})")
     mode = "inference" if args.inference else "training"
     which = "all layers" if args.layer is None else f"layer {args.layer % count}"
-    print(f"gradcheck {args.cfg}: {which} of {count}, batch {net.batch}, {mode} mode; "
-          f"float64 central differences, up to {args.max_checks} entries per array")
-    results = gradcheck(net, args.layer, train=not args.inference, seed=args.seed,
-                        tolerance=args.tolerance, max_checks=args.max_checks)
+    print(
+        f"gradcheck {args.cfg}: {which} of {count}, batch {net.batch}, {mode} mode; "
+        f"float64 central differences, up to {args.max_checks} entries per array"
+    )
+    results = gradcheck(
+        net,
+        args.layer,
+        train=not args.inference,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        max_checks=args.max_checks,
+    )
     print(format_results(results))
     print(summarize(results))
     return CHECK_FAILED if any(r.status == "FAIL" for r in results) else SUCCESS
@@ -70,7 +102,9 @@ if __name__ == "__main__":
     # python -m minidark.commands.gradcheck ARGS is minidark gradcheck ARGS: an entry
     # point, so it may import the CLI (which imports this module again, registering the verb)
     from minidark.cli import main
+
     sys.exit(main(["gradcheck", *sys.argv[1:]]))
 else:
-    add_command("gradcheck", "numerical gradient check of every layer (or one) of a cfg",
-                add_arguments, run)
+    add_command(
+        "gradcheck", "numerical gradient check of every layer (or one) of a cfg", add_arguments, run
+    )

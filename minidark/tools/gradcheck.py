@@ -63,6 +63,7 @@ gap with ``l.gradcheck_gap``: a :class:`KnownGap`, or a function
 The network's random generator is reseeded before every forward, so dropout
 masks and random crops are the same in every evaluation.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,7 @@ from ..layer import Layer
 from ..network import Network
 
 # learnable array -> the buffer backward accumulates its negative gradient in
-UPDATE_NAMES = {"weights": "weight_updates", "biases": "bias_updates",
-                "scales": "scale_updates"}
+UPDATE_NAMES = {"weights": "weight_updates", "biases": "bias_updates", "scales": "scale_updates"}
 
 
 class KnownGap:
@@ -90,11 +90,17 @@ class KnownGap:
     some array names (None: all; ``"input"`` is the layer input).
     """
 
-    def __init__(self, note: str, tolerance: float | None = None, scale: float = 1.0,
-                 arrays: Iterable[str] | None = None, skip: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        note: str,
+        tolerance: float | None = None,
+        scale: float = 1.0,
+        arrays: Iterable[str] | None = None,
+        skip: Iterable[str] | None = None,
+    ) -> None:
         self.note, self.tolerance, self.scale = note, tolerance, scale
         self.arrays = None if arrays is None else tuple(arrays)
-        self.skip = tuple(skip or ())     # array names the gap does not apply to
+        self.skip = tuple(skip or ())  # array names the gap does not apply to
 
     def applies_to(self, array: str) -> bool:
         if array in self.skip:
@@ -113,18 +119,22 @@ def bn_gap(layer, train):
     note = "expected gap: BN backward uses 1/N, forward variance 1/(N-1)"
     if n < 8:
         batch = -(-8 // shape[2])
-        return KnownGap(f"{note}; N={n} is too small to check: use batch >= {batch}",
-                        math.inf, skip=("biases", "scales"))
-    return KnownGap(f"{note}; bound 4/N+1e-3, N={n}", 4.0 / n + 1e-3,
-                    skip=("biases", "scales"))
+        return KnownGap(
+            f"{note}; N={n} is too small to check: use batch >= {batch}",
+            math.inf,
+            skip=("biases", "scales"),
+        )
+    return KnownGap(f"{note}; bound 4/N+1e-3, N={n}", 4.0 / n + 1e-3, skip=("biases", "scales"))
 
 
 def softmax_temperature_gap(layer, train):
     temperature = layer.temperature
     if layer.type != "softmax" or temperature == 1:
         return None
-    return KnownGap(f"expected gap: delta lacks 1/T; compared with numeric x T={temperature:g}",
-                    scale=temperature)
+    return KnownGap(
+        f"expected gap: delta lacks 1/T; compared with numeric x T={temperature:g}",
+        scale=temperature,
+    )
 
 
 def dropout_inference_gap(layer, train):
@@ -151,13 +161,22 @@ def known_gap(layer: Layer, train: bool) -> KnownGap | None:
 class GradResult:
     """One checked array: ``error`` against ``tolerance``; ``note`` explains a gap."""
 
-    def __init__(self, index: int, type: str, array: str, error: float, tolerance: float,
-                 note: str = "", expected_gap: bool = False, kinks: int = 0,
-                 refined: int = 0) -> None:
+    def __init__(
+        self,
+        index: int,
+        type: str,
+        array: str,
+        error: float,
+        tolerance: float,
+        note: str = "",
+        expected_gap: bool = False,
+        kinks: int = 0,
+        refined: int = 0,
+    ) -> None:
         self.index, self.type, self.array = index, type, array
         self.error, self.tolerance, self.note = error, tolerance, note
         self.expected_gap = expected_gap
-        self.kinks = kinks      # entries left out: every step tried crossed a kink
+        self.kinks = kinks  # entries left out: every step tried crossed a kink
         self.refined = refined  # entries measured again with a smaller step (see numeric_gradient)
 
     @property
@@ -209,7 +228,7 @@ def to_float64(net: Network) -> Network:
         if not isinstance(owner, np.ndarray) or owner.size != array.size:
             owner = array  # a partial view: convert on its own
         if id(owner) not in memo:
-            with np.errstate(invalid="ignore"):   # np.empty scratch may hold NaN bit patterns
+            with np.errstate(invalid="ignore"):  # np.empty scratch may hold NaN bit patterns
                 memo[id(owner)] = (owner, owner.astype(np.float64))
         return memo[id(owner)][1].reshape(array.shape)
 
@@ -233,7 +252,7 @@ def _truth_for(layer, rng, shape):
     return rng.uniform(0, 1, shape)
 
 
-REFINE = (10, 100, 1000)   # eps is divided by these, in turn, at a suspected kink
+REFINE = (10, 100, 1000)  # eps is divided by these, in turn, at a suspected kink
 
 
 def numeric_gradient(loss, base, flat, picks, analytic, eps, tolerance):
@@ -256,6 +275,7 @@ def numeric_gradient(loss, base, flat, picks, analytic, eps, tolerance):
     Returns ``(numeric, kink, refined)``: float64 values, a boolean mask, and
     how many entries needed a smaller step.
     """
+
     def slopes(i, step):
         keep = flat[i]
         flat[i] = keep + step
@@ -283,9 +303,16 @@ def numeric_gradient(loss, base, flat, picks, analytic, eps, tolerance):
     return numeric, kink, refined
 
 
-def gradcheck_layer(net: Network, index: int, *, train: bool = True, eps: float = 1e-5,
-                    tolerance: float = 1e-4, seed: int = 0,
-                    max_checks: int = 40) -> list[GradResult]:
+def gradcheck_layer(
+    net: Network,
+    index: int,
+    *,
+    train: bool = True,
+    eps: float = 1e-5,
+    tolerance: float = 1e-4,
+    seed: int = 0,
+    max_checks: int = 40,
+) -> list[GradResult]:
     """Check one layer's input and parameter gradients; returns GradResults."""
     layer = net.layers[index]
     rng = np.random.default_rng(seed)
@@ -303,7 +330,7 @@ def gradcheck_layer(net: Network, index: int, *, train: bool = True, eps: float 
 
     def loss():
         net.seed(seed)
-        for name, value in carried.items():     # recurrent: the same initial state each time
+        for name, value in carried.items():  # recurrent: the same initial state each time
             getattr(layer, name)[...] = value
         net.input, net.truth, net.train = x, truth, train
         if layer.delta is not None:
@@ -327,14 +354,19 @@ def gradcheck_layer(net: Network, index: int, *, train: bool = True, eps: float 
     net.input, net.delta = x, input_delta
     layer.backward(layer, net)
     net.delta = None
-    added = [target - start for target, start in zip(targets, starts)]
+    added = [target - start for target, start in zip(targets, starts, strict=True)]
     gap = known_gap(layer, train)
 
     checks = [("input", x, added[0])]
-    checks += [(f"layer {s.index} output", s.output, d)
-               for s, d in zip(sources, added[1:1 + len(sources)])]
-    checks += [(name, getattr(layer, name), d)
-               for (name, _), d in zip(learned_arrays(layer), added[1 + len(sources):])]
+    checks += [
+        (f"layer {s.index} output", s.output, d)
+        for s, d in zip(sources, added[1 : 1 + len(sources)], strict=True)
+    ]
+    learned = learned_arrays(layer)
+    checks += [
+        (name, getattr(layer, name), d)
+        for (name, _), d in zip(learned, added[1 + len(sources) :], strict=True)
+    ]
     base = loss()
     results = []
     for name, array, analytic in checks:
@@ -342,8 +374,9 @@ def gradcheck_layer(net: Network, index: int, *, train: bool = True, eps: float 
         picks = np.arange(flat.size)
         if flat.size > max_checks:
             picks = rng.choice(flat.size, max_checks, replace=False)
-        numeric, kink, refined = numeric_gradient(loss, base, flat, picks, grad[picks], eps,
-                                                  tolerance)
+        numeric, kink, refined = numeric_gradient(
+            loss, base, flat, picks, grad[picks], eps, tolerance
+        )
         bound, note, expected = tolerance, "", False
         if gap is not None and gap.applies_to(name):
             numeric *= gap.scale
@@ -353,24 +386,37 @@ def gradcheck_layer(net: Network, index: int, *, train: bool = True, eps: float 
         kept = ~kink
         kinks = int(kink.sum())
         if kinks:
-            note = "; ".join(filter(None, [f"{kinks} of {len(picks)} entries at a kink, "
-                                           f"not compared", note]))
-        scale = max(np.abs(numeric[kept]).max(initial=0),
-                    np.abs(grad[picks][kept]).max(initial=0), 1e-12)
+            note = "; ".join(
+                filter(None, [f"{kinks} of {len(picks)} entries at a kink, not compared", note])
+            )
+        scale = max(
+            np.abs(numeric[kept]).max(initial=0), np.abs(grad[picks][kept]).max(initial=0), 1e-12
+        )
         error = float(np.abs(numeric[kept] - grad[picks][kept]).max(initial=0) / scale)
         if not kept.any():
-            bound = math.inf           # nothing left to compare
-        results.append(GradResult(index, layer.type, name, error, bound, note, expected,
-                                  kinks=kinks, refined=refined))
+            bound = math.inf  # nothing left to compare
+        results.append(
+            GradResult(
+                index, layer.type, name, error, bound, note, expected, kinks=kinks, refined=refined
+            )
+        )
     # as the first layer of a network, backward gets net.delta = None
     loss()
     net.input, net.delta = x, None
     try:
         layer.backward(layer, net)
-    except Exception as exc:  # noqa: BLE001 - reported as a failed check
-        results.append(GradResult(index, layer.type, "net.delta None", math.inf, tolerance,
-                                  f"backward as layer 0 raised {type(exc).__name__}: {exc}"))
-    loss()   # leave the layer's buffers as a forward of the checked input left them
+    except Exception as exc:  # reported as a failed check
+        results.append(
+            GradResult(
+                index,
+                layer.type,
+                "net.delta None",
+                math.inf,
+                tolerance,
+                f"backward as layer 0 raised {type(exc).__name__}: {exc}",
+            )
+        )
+    loss()  # leave the layer's buffers as a forward of the checked input left them
     return results
 
 
@@ -394,9 +440,15 @@ def _wrap_layer(layer):
     return net
 
 
-def gradcheck(target: str | os.PathLike | Network | Layer, layer: int | None = None, *,
-              batch: int = 2, train: bool = True, seed: int = 0,
-              **kwargs: Any) -> list[GradResult]:
+def gradcheck(
+    target: str | os.PathLike | Network | Layer,
+    layer: int | None = None,
+    *,
+    batch: int = 2,
+    train: bool = True,
+    seed: int = 0,
+    **kwargs: Any,
+) -> list[GradResult]:
     """Gradient-check every layer (or one) of a cfg file, cfg text, Network or Layer.
 
     ``batch`` overrides the cfg's batch (ignored for a Network or Layer);
@@ -412,8 +464,9 @@ def gradcheck(target: str | os.PathLike | Network | Layer, layer: int | None = N
         indices = range(count)
     else:
         if not -count <= layer < count:
-            raise IndexError(f"layer {layer} does not exist: the network has {count} "
-                             f"layers (0-{count - 1})")
+            raise IndexError(
+                f"layer {layer} does not exist: the network has {count} layers (0-{count - 1})"
+            )
         indices = [layer % count]
     results = []
     for index in indices:
@@ -423,12 +476,15 @@ def gradcheck(target: str | os.PathLike | Network | Layer, layer: int | None = N
 
 def format_results(results: Iterable[GradResult]) -> str:
     """A table of max relative errors with the bound, the result and any note."""
-    lines = [f"{'layer':>5} {'type':<14} {'array':<18} {'max rel error':>13} {'bound':>9}"
-             f"  result  note"]
+    lines = [
+        f"{'layer':>5} {'type':<14} {'array':<18} {'max rel error':>13} {'bound':>9}  result  note"
+    ]
     for r in results:
         bound = "-" if not r.checked else f"{r.tolerance:.1e}"
-        line = (f"{r.index:>5} {r.type:<14} {r.array:<18} {r.error:>13.2e} {bound:>9}"
-                f"  {r.status:<6}  {r.note}")
+        line = (
+            f"{r.index:>5} {r.type:<14} {r.array:<18} {r.error:>13.2e} {bound:>9}"
+            f"  {r.status:<6}  {r.note}"
+        )
         lines.append(line.rstrip())
     return "\n".join(lines)
 
@@ -439,9 +495,13 @@ def summarize(results: Sequence[GradResult]) -> str:
     gaps = sum(r.status == "gap" for r in results)
     skipped = sum(r.status in ("skip", "kink") for r in results)
     kinks = sum(r.kinks for r in results)
-    extra = "".join([f", {gaps} within an expected gap's bound" if gaps else "",
-                     f", {skipped} not checked" if skipped else "",
-                     f", {kinks} entries at a kink not compared" if kinks else ""])
+    extra = "".join(
+        [
+            f", {gaps} within an expected gap's bound" if gaps else "",
+            f", {skipped} not checked" if skipped else "",
+            f", {kinks} entries at a kink not compared" if kinks else "",
+        ]
+    )
     if failed:
         where = ", ".join(f"layer {r.index} {r.array}" for r in failed)
         return f"FAILED: {len(failed)} of {len(results)} arrays ({where}){extra}"
