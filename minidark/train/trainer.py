@@ -20,7 +20,8 @@ folder (``<base>`` = cfg file name without extension)::
 
     <base>.backup           every backup_every batches ([net], 1000), and on Ctrl-C
     <base>_<epoch>.weights  when seen / N passes an integer, at most once per
-                            backup_every batches (the first always)
+                            backup_every batches (1000 when it is 0; the first
+                            always)
     <base>.weights          at the end
 
 Each is a darknet .weights file plus a ``.state.npz`` sidecar (momentum,
@@ -84,6 +85,8 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .metrics import Log, TrainingStopped, append_record
+
+DEFAULT_BACKUP_EVERY = 1000  # [net] backup_every's default
 
 __all__ = [
     "Trainer",
@@ -359,7 +362,7 @@ class Trainer:
                 f"{self.rows} of one update (batch={self.rows}, subdivisions="
                 f"{net.subdivisions} in [net]): every update repeats images and every "
                 f"iteration ends an epoch; <base>_<epoch>.weights are written at most once "
-                f"per backup_every={net.backup_every} iterations",
+                f"per {self.epoch_spacing} iterations (backup_every)",
                 UserWarning,
                 stacklevel=3,
             )
@@ -433,7 +436,7 @@ class Trainer:
             # tiny datasets end an epoch every iteration: not a checkpoint each time
             if (
                 not self.last_epoch_checkpoint
-                or batch - self.last_epoch_checkpoint >= net.backup_every
+                or batch - self.last_epoch_checkpoint >= self.epoch_spacing
             ):
                 self.last_epoch_checkpoint = batch
                 self.checkpoint(f"{self.base}_{self.epoch}.weights")
@@ -441,6 +444,12 @@ class Trainer:
             self.validate()
         if net.backup_every and batch % net.backup_every == 0:
             self.backup()
+
+    @property
+    def epoch_spacing(self):
+        """The fewest iterations between two <base>_<epoch>.weights: backup_every
+        (its default when backups are off, so epochs never set the pace alone)."""
+        return self.net.backup_every or DEFAULT_BACKUP_EVERY
 
     def _nan_report(self, loss, x):
         """Why the loss became non-finite, as far as can be told: what was checked."""

@@ -210,3 +210,10 @@ def test_nan_from_an_unusable_cfg_value_names_it(tmp_path):
     message = str(stopped.value)
     assert "Checked: the input batch is finite; every truth row holds one class" in message
     assert message.endswith("The cfg's momentum=1.5 cannot train: fix it in [net]")
+
+
+def test_without_backups_epoch_weights_keep_the_default_spacing(tmp_path):
+    cfg = write_tiny_cfg(tmp_path, max_batches=30, backup_every=0, batch=128, subdivisions=4)
+    with pytest.warns(UserWarning, match="at most once per 1000 iterations"):
+        tiny_trainer(cfg, tmp_path / "backup", data=tiny_data(20)).run()
+    assert weights_files(tmp_path / "backup") == ["tiny.weights", "tiny_6.weights"]
