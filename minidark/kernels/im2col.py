@@ -50,7 +50,7 @@ def to_padded_nhwc(x, pad, xpad, border=True):
     """Copy ``x`` (n, C, H, W) into the interior of ``xpad`` (n, H+2p, W+2p, C)
     and zero its border (``xpad`` may be shared scratch; ``border=False``: the
     caller knows it is still zero)."""
-    n, _, h, w = x.shape
+    h, w = x.shape[2:]
     if pad and border:
         xpad[:, :pad] = 0
         xpad[:, pad + h:] = 0
@@ -61,7 +61,7 @@ def to_padded_nhwc(x, pad, xpad, border=True):
 
 def add_from_padded_nhwc(xpad, pad, x):
     """``x`` (n, C, H, W) += the interior of ``xpad`` (n, H+2p, W+2p, C)."""
-    n, _, h, w = x.shape
+    h, w = x.shape[2:]
     x += xpad[:, pad:pad + h, pad:pad + w].transpose(0, 3, 1, 2)
 
 
@@ -109,7 +109,7 @@ im2col, col2im = im2col_nhwc, col2im_nhwc     # the default layout's short names
 def to_padded_cnhw(x, pad, xpad, border=True):
     """Copy ``x`` (n, C, H, W) into the interior of ``xpad`` (C, n, H+2p, W+2p)
     and zero its border (unless ``border=False``)."""
-    n, _, h, w = x.shape
+    h, w = x.shape[2:]
     if pad and border:
         xpad[:, :, :pad] = 0
         xpad[:, :, pad + h:] = 0
@@ -120,7 +120,7 @@ def to_padded_cnhw(x, pad, xpad, border=True):
 
 def add_from_padded_cnhw(xpad, pad, x):
     """``x`` (n, C, H, W) += the interior of ``xpad`` (C, n, H+2p, W+2p)."""
-    n, _, h, w = x.shape
+    h, w = x.shape[2:]
     x += xpad[:, :, pad:pad + h, pad:pad + w].transpose(1, 0, 2, 3)
 
 
