@@ -14,6 +14,7 @@ the sizes. The limit is ``max_memory`` (bytes), else ``$MINIDARK_MAX_MEMORY``
 import os
 import re
 import sys
+import warnings
 
 import numpy as np
 
@@ -157,18 +158,21 @@ def parse_network(
     check_keys(head, strict, "net", NetConfig.keys())
     net = Network(config)
     net.cfg_file = head.file
+    net.sections = sections  # Network.resize rebuilds the layers from them
+    net.rebuild_layers = rebuild_layers
     if seed is not None:
         net.seed(seed)
-    if batch is not None:     # the cfg's batch: a recurrent net's batch holds every time step
+    if batch is not None:  # the cfg's batch: a recurrent net's batch holds every time step
         net.batch, net.subdivisions = int(batch) * net.time_steps, 1
     budget = MemoryBudget(max_memory)
     input_bytes = 8 * net.batch * net.inputs  # input and (about) truth buffers
+    large = "batch" if net.batch > net.inputs else "inputs" if head.has("inputs") else "width"
     budget.check(
         input_bytes,
         lambda message: head.error(
             f"the input buffers (batch {net.batch} x {net.inputs:,} inputs, and the truth) "
             f"{message}",
-            "batch" if head.has("batch") else None,
+            large if head.has(large) else None,
         ),
     )
     budget.used += input_bytes
@@ -242,6 +246,18 @@ def build_layer(net, index, section, budget, strict):
     budget.used += held
     check_keys(section, strict, layer.type)
     return layer
+
+
+def rebuild_layers(net):
+    """The layers of ``net.sections`` built again at the net's current input size
+    (for Network.resize); keys were checked at the first build."""
+    budget = MemoryBudget()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [
+            build_layer(net, index, section, budget, False)
+            for index, section in enumerate(net.sections[1:])
+        ]
 
 
 def _size_failure(exc):

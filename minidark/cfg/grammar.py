@@ -488,7 +488,7 @@ def read_text_file(path, what="cfg file", limit=MAX_CFG_BYTES):
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ConfigError(f"cannot read {what}: {exc.strerror}", file=path) from None
-    with os.fdopen(fd, "rb") as handle:
+    try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise ConfigError(f"{what} is a directory", file=path)
@@ -498,10 +498,12 @@ def read_text_file(path, what="cfg file", limit=MAX_CFG_BYTES):
             raise ConfigError(
                 f"{what} is {info.st_size:,} bytes; at most {limit:,} are read", file=path
             )
-        try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(limit + 1)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {what}: {exc.strerror}", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror}", file=path) from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise ConfigError(f"{what} grew beyond {limit:,} bytes while being read", file=path)
     try:

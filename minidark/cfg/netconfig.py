@@ -85,6 +85,12 @@ def read_net_config(s):
     c.learning_rate = s.float("learning_rate", c.learning_rate, above=0)
     c.momentum = s.float("momentum", c.momentum, min=0, below=1)
     c.decay = s.float("decay", c.decay, min=0)
+    if c.learning_rate * c.decay >= 1:  # each update scales the weights by 1 - rate * decay
+        raise s.error(
+            f"learning_rate x decay = {c.learning_rate * c.decay:g} must be < 1: each update "
+            f"scales the weights by 1 - learning_rate x decay",
+            "decay" if s.has("decay") else "learning_rate",
+        )
     _read_input_size(s, c)
     _read_augmentation(s, c)
     c.random = int(s.bool("random", False))

@@ -53,7 +53,7 @@ def make_convolutional(options: Section, params: SizeParams) -> Layer:
     k = options.int("size", 1)
     stride = options.int("stride", 1)
     padding = options.int("padding", 0)
-    if options.int("pad", 0):
+    if options.bool("pad", False):
         padding = k // 2
     groups = options.int("groups", 1)
     h, w, c, batch = params.h, params.w, params.c, params.batch

@@ -51,8 +51,9 @@ def make_crop(options: Section, params: SizeParams) -> Layer:
     l = Layer(type="crop", batch=batch, w=w, h=h, c=c, out_w=out_w, out_h=out_h, out_c=c,
               inputs=w * h * c, outputs=out_w * out_h * c,
               flip=options.bool("flip", False),
-              angle=options.float("angle", 0.0), saturation=options.float("saturation", 1.0),
-              exposure=options.float("exposure", 1.0), shift=options.float("shift", 0.0),
+              angle=options.float("angle", 0.0),
+              saturation=options.float("saturation", 1.0, above=0),
+              exposure=options.float("exposure", 1.0, above=0), shift=options.float("shift", 0.0),
               noadjust=options.bool("noadjust", False),
               scale=out_h / h,                 # darknet's l.scale (used when resizing)
               dh=0, dw=0, flipped=False)       # the window of the last forward

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 def make_local(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
     n, k = options.int("filters", 1), options.int("size", 1)
-    stride, pad = options.int("stride", 1), options.int("pad", 0)
+    stride, pad = options.int("stride", 1), options.bool("pad", False)
     activation = options.activation("activation", "logistic")
     for key, value in (("filters", n), ("size", k), ("stride", stride)):
         if value < 1:
