@@ -25,7 +25,6 @@ Conventions, written once here and relied on by every layer:
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
@@ -117,6 +116,7 @@ class Network:
         self.rng = np.random.default_rng()
         self.cfg_file = None
         self.sections = None          # the cfg's sections (for resize)
+        self.rebuild_layers = None    # set by the cfg builder: sections -> layers at the current size
 
     # ------------------------------------------------------------------ build
     def finalize(self) -> None:
@@ -212,24 +212,19 @@ class Network:
         parameters depend on the input size (a [connected] layer reading a
         feature map) cannot be resized: ValueError naming it.
         """
-        from .cfg.builder import MemoryBudget, build_layer
         w, h = int(w), int(h)
         if w < 1 or h < 1:
             raise ValueError(f"resize needs a positive width and height, got {w} x {h}")
         if (w, h) == (self.w, self.h):
             return
-        if self.sections is None:
+        if self.rebuild_layers is None:
             raise ValueError("this Network was not built from a cfg: it cannot be resized")
         old_layers, old_size = self.layers, (self.w, self.h, self.inputs)
         state = self.rng.bit_generator.state
         self.w, self.h, self.inputs = w, h, w * h * self.c
         self.layers = []
         try:
-            budget = MemoryBudget()
-            with warnings.catch_warnings():     # the keys were reported at the first build
-                warnings.simplefilter("ignore")
-                for index, section in enumerate(self.sections[1:]):
-                    self.layers.append(build_layer(self, index, section, budget, False))
+            self.layers = self.rebuild_layers(self)
             for old, new in zip(old_layers, self.layers, strict=True):
                 _move_arrays(old, new)
         except Exception:
@@ -331,8 +326,8 @@ class Network:
 
 def _move_arrays(old: Layer, new: Layer) -> None:
     """Give ``new`` (the same section at another input size) every array of
-    ``old`` that keeps its shape, and its non-array training fields; a saved
-    or momentum array that changes shape cannot be resized."""
+    ``old`` that keeps its shape; a saved or momentum array that changes shape
+    means the layer cannot be resized."""
     for name, value in vars(old).items():
         if isinstance(value, np.ndarray):
             target = getattr(new, name, None)

@@ -249,15 +249,15 @@ def build_layer(net, index, section, budget, strict):
 
 
 def rebuild_layers(net):
-    """The layers of ``net.sections`` built again at the net's current input size
-    (for Network.resize); keys were checked at the first build."""
+    """Build ``net.layers`` again from ``net.sections`` at the net's current input
+    size (for Network.resize); the keys were checked at the first build."""
     budget = MemoryBudget()
+    net.layers = []  # each make reads the layers before it (route, shortcut)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return [
-            build_layer(net, index, section, budget, False)
-            for index, section in enumerate(net.sections[1:])
-        ]
+        for index, section in enumerate(net.sections[1:]):
+            net.layers.append(build_layer(net, index, section, budget, False))
+    return net.layers
 
 
 def _size_failure(exc):
