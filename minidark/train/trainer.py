@@ -431,6 +431,9 @@ class Trainer:
                 refresh=False,
             )
             self.bar.update(1)
+        # evaluation first: every checkpoint of this iteration holds its result
+        if net.valid_every and batch % net.valid_every == 0 and self.valid_set is not None:
+            self.validate()
         if net.seen // self.n > self.epoch:
             self.epoch = net.seen // self.n
             # tiny datasets end an epoch every iteration: not a checkpoint each time
@@ -440,8 +443,6 @@ class Trainer:
             ):
                 self.last_epoch_checkpoint = batch
                 self.checkpoint(f"{self.base}_{self.epoch}.weights")
-        if net.valid_every and batch % net.valid_every == 0 and self.valid_set is not None:
-            self.validate()
         if net.backup_every and batch % net.backup_every == 0:
             self.backup()
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -477,3 +478,39 @@ def test_resuming_from_files_a_live_run_is_writing_is_refused(tmp_path):
         unlock_folder(lock)
     assert tiny_trainer(cfg, tmp_path / "other", weights=str(folder / "tiny.backup")).restored
     assert not pending.exists()
+
+
+def test_every_checkpoint_resumes_to_the_same_run_history_included(tmp_path):
+    """Resuming from any checkpoint (epoch files too, where an evaluation falls on
+    the same iteration) gives the straight run's weights, loss and accuracy history."""
+    cfg = write_tiny_cfg(tmp_path, max_batches=8, backup_every=2, valid_every=3)
+    valid = tiny_data(6, seed=2)
+    straight = tiny_trainer(cfg, tmp_path / "straight", valid=valid)
+    kept = {}
+
+    def keep(trainer):
+        for name in checkpoint_files(trainer.backup_dir):
+            path = os.path.join(trainer.backup_dir, name)
+            for suffix in ("", ".state.npz"):
+                with open(path + suffix, "rb") as handle:
+                    kept[f"{trainer.net.current_batch}-{name}{suffix}"] = handle.read()
+
+    straight.on_iteration = keep
+    straight.run()
+    final = (tmp_path / "straight" / "tiny.weights").read_bytes()
+    starts = sorted({key.rsplit(".state.npz", 1)[0] for key in kept})
+    assert "3-tiny_1.weights" in starts  # epoch 1 at an evaluation
+    for start in starts:
+        folder = tmp_path / f"from-{start}"
+        folder.mkdir()
+        name = start.split("-", 1)[1]
+        (folder / name).write_bytes(kept[start])
+        (folder / (name + ".state.npz")).write_bytes(kept[start + ".state.npz"])
+        resumed = tiny_trainer(cfg, folder, weights=str(folder / name), valid=valid, seed=99)
+        assert resumed.restored
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # files of the same lineage
+            resumed.run()
+        assert (folder / "tiny.weights").read_bytes() == final, start
+        assert resumed.valid_history == straight.valid_history, start
+        assert resumed.history == straight.history, start
