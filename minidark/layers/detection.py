@@ -82,7 +82,7 @@ def make_detection(options: Section, params: SizeParams) -> Layer:
               reorg=options.int("reorg", 0), cost=0.0, stats={})
     l.output = np.zeros((batch, outputs), F32)
     l.delta = np.zeros((batch, outputs), F32)
-    l.desc = f"side {side}, {n} boxes, {classes} classes"
+    l.desc = f"side {side}, {n} boxes"
     l.gradcheck_gap = HEAD_GAP
     l.forward, l.backward = forward_detection, backward_detection
     return l

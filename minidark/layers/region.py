@@ -104,7 +104,7 @@ def make_region(options: Section, params: SizeParams) -> Layer:
     l.biases = read_anchors(options, 2 * n)
     l.output = np.zeros((batch, outputs), F32)
     l.delta = np.zeros((batch, outputs), F32)
-    l.desc = f"{n} anchors, {classes} classes"
+    l.desc = f"{n} anchors"
     l.gradcheck_gap = HEAD_GAP
     l.forward, l.backward = forward_region, backward_region
     return l

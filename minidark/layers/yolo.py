@@ -128,7 +128,7 @@ def make_yolo(options: Section, params: SizeParams) -> Layer:
         l.mask_slot[m] = slot
     l.output = np.zeros((batch, outputs), F32)
     l.delta = np.zeros((batch, outputs), F32)
-    l.desc = f"{classes} classes, mask {','.join(map(str, mask))}"
+    l.desc = "mask " + ",".join(map(str, mask))
     l.gradcheck_gap = HEAD_GAP
     l.forward, l.backward = forward_yolo, backward_yolo
     return l
