@@ -43,7 +43,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, printable
 
 REQUIRED = object()  # default marking a key without a darknet default
 INT_LIMIT = 2**31  # darknet reads integers into a C int: |n| < 2^31
@@ -114,19 +114,20 @@ class Section:
                 key=key,
             ) from None
 
-    def _ranged(self, key, value, min=None, max=None, above=None, below=None):
+    def _ranged(self, key, value, min=None, max=None, above=None, below=None, note=""):
         """``value`` if it lies in the range, else a ConfigError quoting both."""
         for item in value if isinstance(value, list) else [value]:
             problem = _out_of_range(item, min, max, above, below)
             if problem:
-                raise self.error(f"{key} {problem}, got {_cut(str(item))}", key)
+                raise self.error(f"{key} {problem}{note}, got {_cut(str(item))}", key)
         return value
 
     # -- typed readers -------------------------------------------------------
-    def int(self, key, default=REQUIRED, *, min=None, max=None):
-        """An integer within darknet's int range (and ``min`` <= n <= ``max``)."""
+    def int(self, key, default=REQUIRED, *, min=None, max=None, note=""):
+        """An integer within darknet's int range (and ``min`` <= n <= ``max``);
+        ``note`` follows the range in an error (e.g. " (0: never)")."""
         value = self._read(key, default, _to_int, "an integer")
-        return value if value is default else self._ranged(key, value, min, max)
+        return value if value is default else self._ranged(key, value, min, max, note=note)
 
     def float(self, key, default=REQUIRED, *, min=None, max=None, above=None, below=None):
         """A finite float32-representable number within the given range.
@@ -320,7 +321,9 @@ def check_keys(section, strict, kind=None, known=()):
             message = f"'{opt.key} = {_cut(opt.value)}' is read but not implemented: {reason}"
             if strict:
                 raise section.error(message, opt.key)
-            warnings.warn(f"{_where(section, opt)}: {message}", ConfigWarning, stacklevel=3)
+            warnings.warn(
+                printable(f"{_where(section, opt)}: {message}"), ConfigWarning, stacklevel=3
+            )
     unused = section.unused()
     for opt in unused:
         if opt.key in known:
@@ -334,7 +337,9 @@ def check_keys(section, strict, kind=None, known=()):
     if strict:
         first = unused[0]
         raise section.error(f"unused field(s) {fields}", first.key)
-    warnings.warn(f"{_where(section)}: unused field(s) {fields}", ConfigWarning, stacklevel=3)
+    warnings.warn(
+        printable(f"{_where(section)}: unused field(s) {fields}"), ConfigWarning, stacklevel=3
+    )
 
 
 def _is_zero(value):

@@ -100,8 +100,8 @@ def read_net_config(s):
         c.B2 = s.float("B2", c.B2, min=0, below=1)
         c.eps = s.float("eps", c.eps, above=0)
     c.notruth = s.int("notruth", 0)
-    c.backup_every = s.int("backup_every", c.backup_every, min=0)  # 0: never
-    c.valid_every = s.int("valid_every", c.valid_every, min=0)  # 0: never
+    c.backup_every = s.int("backup_every", c.backup_every, min=0, note=" (0: no checkpoints)")
+    c.valid_every = s.int("valid_every", c.valid_every, min=0, note=" (0: no validation)")
     _read_schedule(s, c)
     return c
 
@@ -168,7 +168,7 @@ def _read_schedule(s, c):
         c.policy = "sigmoid"
     c.burn_in = s.int("burn_in", 0, min=0)
     c.power = s.float("power", 4.0)
-    c.max_batches = s.int("max_batches", 0, min=0)  # 0: until interrupted
+    c.max_batches = s.int("max_batches", 0, min=0, note=" (0: train until interrupted)")
     if c.power < 0 and (c.policy in ("poly", "random") or c.burn_in):
         use = f"policy={c.policy}" if c.policy in ("poly", "random") else "burn_in"
         raise s.error(

@@ -45,8 +45,9 @@ def refused(text, key, fragment, section=None, **kwargs):
     ("learning_rate=1e-50", "0 in float32"), ("learning_rate=1e39", "float32"),
     ("momentum=1", "must be < 1"), ("momentum=-0.1", "must be >= 0"),
     ("decay=-1e-4", "must be >= 0"), ("decay=65536", "learning_rate x decay"),
-    ("max_batches=-1", "must be >= 0"), ("valid_every=-1", "must be >= 0"),
-    ("backup_every=-1", "must be >= 0"),
+    ("max_batches=-1", "must be >= 0 (0: train until interrupted)"),
+    ("valid_every=-1", "must be >= 0 (0: no validation)"),
+    ("backup_every=-1", "must be >= 0 (0: no checkpoints)"),
     ("min_crop=0", "must be >= 1"), ("max_crop=99999999999999999999", "int range"),
     ("max_crop=4", "max_crop (4) must be >= min_crop (8)"),
     ("aspect=0", "must be > 0"), ("hue=2", "must be <= 1"), ("exposure=-1", "must be > 0"),
@@ -166,6 +167,12 @@ def test_unknown_keys_far_from_any_known_key_warn_once_with_long_values_cut():
     assert "'mosaic = 1'" in net_message and "(500 characters)" in net_message
     assert len(net_message) < 300
     assert "'dilation = 2'" in next(m for m in messages if "[convolutional]" in m)
+
+
+def test_warnings_escape_control_characters():
+    with pytest.warns(ConfigWarning) as record:
+        build(f"{NET}mosaic=\x1b[2J\n{CONV}")
+    assert "\\x1b[2J" in str(record[0].message) and str(record[0].message).isprintable()
 
 
 def test_known_keys_come_from_what_make_reads():
