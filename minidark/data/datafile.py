@@ -44,9 +44,10 @@ import warnings
 from ..errors import DataError, printable
 from ..files import TEXT_LIMIT, read_text
 
-KNOWN = ("classes", "train", "valid", "labels", "names", "backup", "top")
+KNOWN = ("classes", "train", "valid", "labels", "names", "backup", "top",
+         "eval", "results", "map")   # the last three: minidark detector valid/map
 # darknet keys minidark does not use
-IGNORED = ("test", "tree", "tag", "leaves", "eval", "results", "map", "gpus")
+IGNORED = ("test", "tree", "tag", "leaves", "gpus")
 
 
 class DataWarning(UserWarning):
