@@ -390,6 +390,8 @@ class Trainer:
             if not match or match.group(2) or not (fresh or name == f"{self.base}.weights"):
                 continue
             path = os.path.join(self.backup_dir, name)
+            if not os.path.isfile(path):
+                continue
             try:
                 if self.start and os.path.samefile(path, self.start):
                     continue

@@ -514,3 +514,17 @@ def test_every_checkpoint_resumes_to_the_same_run_history_included(tmp_path):
         assert (folder / "tiny.weights").read_bytes() == final, start
         assert resumed.valid_history == straight.valid_history, start
         assert resumed.history == straight.history, start
+
+
+@pytest.mark.parametrize(
+    "planted", ["tiny.backup", "tiny.backup.state.npz", "tiny.backup.state.npz.next"]
+)
+def test_a_folder_planted_where_a_checkpoint_goes_stops_with_one_line(tmp_path, planted):
+    cfg = write_tiny_cfg(tmp_path, max_batches=4, backup_every=2)
+    folder = tmp_path / "backup"
+    (folder / planted / "inside").mkdir(parents=True)
+    with pytest.raises(TrainingStopped) as stopped:
+        tiny_trainer(cfg, folder).run()
+    message = str(stopped.value)
+    assert "\n" not in message and "Is a directory" in message, message
+    assert (folder / planted / "inside").is_dir()
