@@ -79,7 +79,7 @@ class MemoryBudget:
     def check(self, extra, describe):
         """Raise (via ``describe(message)``) if ``extra`` more bytes exceed the limit."""
         if self.limit is not None and self.used + extra > self.limit:
-            so_far = f" (the layers before it hold {human(self.used)})" if self.used else ""
+            so_far = f" (the network before it holds {human(self.used)})" if self.used else ""
             raise describe(
                 f"needs {human(extra)}{so_far}, above the {human(self.limit)} of "
                 f"{self.source}; make it smaller, or raise the limit with "
@@ -123,7 +123,7 @@ class SizeParams:
         (``what``: e.g. "output 640x480x16, weights ...") would exceed the memory limit."""
 
         def describe(message):
-            return section.error(f"layer {self.index} [{section.type}] {what} {message}", key)
+            return section.error(f"layer {self.index} {what} {message}", key)
 
         self.budget.check(4 * int(floats), describe)
 

@@ -59,7 +59,7 @@ def make_deconvolutional(options: Section, params: SizeParams) -> Layer:
     stride = options.int("stride", 1)
     activation = options.activation("activation", "logistic")
     batch_normalize = options.bool("batch_normalize", False)
-    pad = options.int("pad", 0)
+    pad = options.bool("pad", False)
     padding = options.int("padding", 0)
     if pad:
         padding = k // 2
@@ -73,6 +73,11 @@ def make_deconvolutional(options: Section, params: SizeParams) -> Layer:
     if out_h < 1 or out_w < 1:
         raise options.error(f"padding={padding} leaves no output: (in - 1) * stride + size "
                             f"- 2 * padding = {out_w}x{out_h}", "pad" if pad else "padding")
+    pixels, columns = batch * h * w, n * k * k
+    params.reserve(options, 2 * batch * out_h * out_w * n + 6 * c * columns + 2 * columns * pixels
+                   + n * batch * (out_h + 2 * padding) * (out_w + 2 * padding) + 2 * c * pixels,
+                   "stride" if stride > max(k, n) else "size" if k * k > n else "filters",
+                   f"(output {out_w}x{out_h}x{n}, batch {batch}; {c * columns:,} weights)")
     l = Layer(type="deconvolutional", batch=batch, h=h, w=w, c=c, n=n, size=k, stride=stride,
               pad=padding, out_h=out_h, out_w=out_w, out_c=n, inputs=h * w * c,
               outputs=out_h * out_w * n, activation=activation,
@@ -88,7 +93,6 @@ def make_deconvolutional(options: Section, params: SizeParams) -> Layer:
     if batch_normalize:
         make_bn(l, n, out_h * out_w)
         l.saved = ("biases", "scales", "rolling_mean", "rolling_variance", "weights")
-    pixels = batch * h * w
     l.input_cnhw = np.zeros((c, pixels), np.float32)        # xc, kept for backward
     l.cols = np.zeros((n * k * k, pixels), np.float32)      # forward cols, backward D
     l.padded = np.zeros((n, batch, out_h + 2 * padding, out_w + 2 * padding), np.float32)

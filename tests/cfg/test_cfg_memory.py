@@ -33,6 +33,9 @@ def build(text, **kwargs):
     (IMAGE + "[reorg]\nextra=2000000000\n", "reorg", "extra"),
     (IMAGE + "[convolutional]\nsize=12345678901234567890\n", "convolutional", "size"),
     (IMAGE + "[local]\nfilters=100000\nsize=3\n", "local", "filters"),
+    (IMAGE + "[deconvolutional]\nfilters=10000000\nsize=3\n", "deconvolutional", "filters"),
+    (IMAGE + "[deconvolutional]\nfilters=4\nsize=3\nstride=100000\n", "deconvolutional",
+     "stride"),
     (IMAGE + "[maxpool]\nsize=2\nstride=1\n" + "[route]\nlayers=-1,-1,-1,-1,-1,-1,-1,-1\n" * 12,
      "route", None),
 ])
@@ -59,7 +62,7 @@ def test_max_memory_counts_the_layers_before(tmp_path):
     text = IMAGE + "[convolutional]\nfilters=16\nsize=3\npad=1\n" * 4
     net = build(text, max_memory=64 << 20)
     held = sum(l.output.nbytes + l.delta.nbytes for l in net.layers)
-    with pytest.raises(ConfigError, match="layers before it hold") as info:
+    with pytest.raises(ConfigError, match="network before it holds") as info:
         build(text, max_memory=held // 2)
     assert info.value.section == "convolutional"
 
