@@ -8,24 +8,32 @@ Public API (stable)::
     minidark.save_weights(net, "mlp.weights")
     minidark.register_layer("name", make_fn)
 """
+
 from __future__ import annotations
 
 import os
 
+from .cfg import parse_network, parse_network_cfg, read_sections
 from .errors import ConfigError, DataError, MinidarkError, WeightsError
 from .layer import Layer
 from .network import Network
-from .cfg import parse_network, parse_network_cfg, read_sections
 from .registry import register_layer
 from .weights import load_weights, save_weights
 
 __version__ = "0.1.0"
 
 
-def load_network(cfg: str | os.PathLike, weights: str | os.PathLike | None = None, *,
-                 batch: int | None = None, clear: bool = False, strict: bool = False,
-                 seed: int | None = None, verbose: bool = False,
-                 max_memory: int | None = None) -> Network:
+def load_network(
+    cfg: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    *,
+    batch: int | None = None,
+    clear: bool = False,
+    strict: bool = False,
+    seed: int | None = None,
+    verbose: bool = False,
+    max_memory: int | None = None,
+) -> Network:
     """Build the Network described by a .cfg/.yaml file and optionally load weights.
 
     ``batch`` overrides the cfg's batch (for inference); ``clear`` resets
@@ -35,8 +43,9 @@ def load_network(cfg: str | os.PathLike, weights: str | os.PathLike | None = Non
     ``$MINIDARK_MAX_MEMORY``, else the available memory): a larger network
     is a ConfigError naming the layer.
     """
-    net = parse_network_cfg(cfg, batch=batch, strict=strict, seed=seed, verbose=verbose,
-                            max_memory=max_memory)
+    net = parse_network_cfg(
+        cfg, batch=batch, strict=strict, seed=seed, verbose=verbose, max_memory=max_memory
+    )
     if weights:
         load_weights(net, weights)
     if clear:
@@ -44,6 +53,19 @@ def load_network(cfg: str | os.PathLike, weights: str | os.PathLike | None = Non
     return net
 
 
-__all__ = ["ConfigError", "DataError", "Layer", "MinidarkError", "Network", "WeightsError",
-           "load_network", "load_weights", "parse_network", "parse_network_cfg",
-           "read_sections", "register_layer", "save_weights", "__version__"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "Layer",
+    "MinidarkError",
+    "Network",
+    "WeightsError",
+    "__version__",
+    "load_network",
+    "load_weights",
+    "parse_network",
+    "parse_network_cfg",
+    "read_sections",
+    "register_layer",
+    "save_weights",
+]

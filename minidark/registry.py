@@ -5,6 +5,7 @@
 
 or, for a function defined elsewhere, ``register_layer("prelu", make_prelu)``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -16,10 +17,10 @@ from .errors import LayerNameClash
 if TYPE_CHECKING:
     from .layer import Layer
 
-    MakeFn = Callable[..., Layer]   # make_x(options, params) -> Layer
+    MakeFn = Callable[..., Layer]  # make_x(options, params) -> Layer
 
-_REGISTRY = {}   # section name -> make function
-_ORIGIN = {}     # section name -> "module.function" that registered it
+_REGISTRY = {}  # section name -> make function
+_ORIGIN = {}  # section name -> "module.function" that registered it
 
 
 def _origin(fn: Any) -> str:
@@ -45,6 +46,7 @@ def register_layer(*names_and_fn: str | MakeFn) -> Callable[..., Any]:
     def decorator(fn):
         _add(names_and_fn, fn)
         return fn
+
     return decorator
 
 
@@ -57,8 +59,10 @@ def _add(names: tuple | list, fn: MakeFn) -> None:
         if name in ("net", "network"):
             raise ValueError(f"'{name}' is reserved for the [net] section")
         if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise LayerNameClash(f"layer name '{name}' from {_origin(fn)} clashes with "
-                             f"'{name}' already registered by {_ORIGIN[name]}")
+            raise LayerNameClash(
+                f"layer name '{name}' from {_origin(fn)} clashes with "
+                f"'{name}' already registered by {_ORIGIN[name]}"
+            )
     for name in names:
         _REGISTRY[name] = fn
         _ORIGIN[name] = _origin(fn)
@@ -82,6 +86,8 @@ def layer_names() -> list[str]:
 def suggest(name: str) -> str:
     """' (did you mean [x]?)' or a hint to load a plugin, for an unknown section name."""
     close = difflib.get_close_matches(name, layer_names(), n=1)
-    return (f" (did you mean [{close[0]}]?)" if close else
-            "; if it is a plugin layer, load it first (--plugin FILE.py or MODULE)")
-
+    return (
+        f" (did you mean [{close[0]}]?)"
+        if close
+        else "; if it is a plugin layer, load it first (--plugin FILE.py or MODULE)"
+    )

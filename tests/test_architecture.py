@@ -14,6 +14,7 @@
 * Every field a built-in layer sets is declared on ``Layer``, and no code
   reads a declared field with ``getattr(l, "name", default)``.
 """
+
 import ast
 import pathlib
 
@@ -25,15 +26,23 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "minidark"
 
 # room: (rank, modules or packages in it). Lower ranks are lower in the house.
 ROOMS = {
-    "core": (0, ("minidark.errors", "minidark.files", "minidark.layer", "minidark.registry",
-                 "minidark.weights")),
+    "core": (
+        0,
+        (
+            "minidark.errors",
+            "minidark.files",
+            "minidark.layer",
+            "minidark.registry",
+            "minidark.weights",
+        ),
+    ),
     "kernels": (1, ("minidark.kernels",)),
     "optim": (2, ("minidark.optim",)),
     # the loops and what they call: network.py reads optim's policy; layers
     # call kernels and sgd; the network never imports a layer
     "network": (3, ("minidark.network", "minidark.layers")),
     "cfg": (4, ("minidark.cfg", "minidark.plugins")),
-    "api": (5, ("minidark",)),                      # minidark/__init__.py: load_network ...
+    "api": (5, ("minidark",)),  # minidark/__init__.py: load_network ...
     "data": (6, ("minidark.data",)),
     "train": (7, ("minidark.train",)),
     "tools": (8, ("minidark.tools", "minidark.testing")),
@@ -60,18 +69,23 @@ def room_of(module):
     best = None
     for room, (_, names) in ROOMS.items():
         for name in names:
-            if (module == name or module.startswith(name + ".")) and \
-                    (best is None or len(name) > len(best[1])):
+            if (module == name or module.startswith(name + ".")) and (
+                best is None or len(name) > len(best[1])
+            ):
                 best = (room, name)
     return best[0] if best else None
 
 
 def _is_main_test(test):
     """``__name__ == "__main__"``."""
-    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
-            and test.left.id == "__name__" and len(test.comparators) == 1
-            and isinstance(test.comparators[0], ast.Constant)
-            and test.comparators[0].value == "__main__")
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and len(test.comparators) == 1
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
 
 
 def _skipped_lines(tree):
@@ -107,13 +121,17 @@ def imports_of(module, path):
             targets = [alias.name for alias in node.names]
         else:
             if node.level:
-                base = ".".join(package[:len(package) - node.level + 1]
-                                + ([node.module] if node.module else []))
+                base = ".".join(
+                    package[: len(package) - node.level + 1]
+                    + ([node.module] if node.module else [])
+                )
             else:
                 base = node.module
             # `from pkg import sub` imports the module pkg.sub; `from pkg import name`, pkg
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
-                       for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+                for alias in node.names
+            ]
         for target in targets:
             known = _known(target) if target.startswith("minidark") else None
             if known is not None and known != module:
@@ -126,8 +144,9 @@ GRAPH = {module: imports_of(module, path) for module, path in MODULES.items()}
 
 def test_every_module_has_a_room():
     homeless = [m for m in MODULES if room_of(m) is None]
-    assert not homeless, (f"modules in no room: {homeless}; add them to ROOMS here and to "
-                          f"docs/architecture.md")
+    assert not homeless, (
+        f"modules in no room: {homeless}; add them to ROOMS here and to docs/architecture.md"
+    )
 
 
 def test_imports_point_down():
@@ -137,8 +156,10 @@ def test_imports_point_down():
         for target, line in imports:
             there = room_of(target)
             if here and there and ROOMS[there][0] > ROOMS[here][0]:
-                upward.append(f"{MODULES[module].relative_to(PACKAGE.parent)}:{line}: "
-                              f"{module} ({here}) imports {target} ({there})")
+                upward.append(
+                    f"{MODULES[module].relative_to(PACKAGE.parent)}:{line}: "
+                    f"{module} ({here}) imports {target} ({there})"
+                )
     assert not upward, "imports pointing up the house:\n" + "\n".join(upward)
 
 
@@ -150,7 +171,7 @@ def test_no_import_cycle():
         stack.append(module)
         for target, _ in GRAPH[module]:
             if state.get(target) == "open":
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target)
         stack.pop()
@@ -164,28 +185,32 @@ def test_no_import_cycle():
 
 def test_the_registry_imports_no_layer():
     imported = [target for target, _ in GRAPH["minidark.registry"]]
-    assert "minidark.errors" in imported          # the graph reads this module at all
+    assert "minidark.errors" in imported  # the graph reads this module at all
     layers = [t for t in imported if t.startswith(("minidark.layers", "minidark.plugins"))]
     assert not layers
 
 
 def test_the_reader_sees_function_level_and_relative_imports_only(tmp_path):
-    fake = tmp_path / "blas.py"          # read as if it were minidark/kernels/blas.py
-    fake.write_text("from typing import TYPE_CHECKING\n"
-                    "if TYPE_CHECKING:\n"
-                    "    from ..network import Network\n"
-                    "def f():\n"
-                    "    from ..cli import main\n"
-                    "    import minidark.layers.connected\n"
-                    "if __name__ == '__main__':\n"
-                    "    from minidark.cli import main\n")
-    assert imports_of("minidark.kernels.blas", fake) == [("minidark.cli", 5),
-                                                          ("minidark.layers.connected", 6)]
+    fake = tmp_path / "blas.py"  # read as if it were minidark/kernels/blas.py
+    fake.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from ..network import Network\n"
+        "def f():\n"
+        "    from ..cli import main\n"
+        "    import minidark.layers.connected\n"
+        "if __name__ == '__main__':\n"
+        "    from minidark.cli import main\n"
+    )
+    assert imports_of("minidark.kernels.blas", fake) == [
+        ("minidark.cli", 5),
+        ("minidark.layers.connected", 6),
+    ]
     assert ROOMS[room_of("minidark.cli")][0] > ROOMS[room_of("minidark.kernels.blas")][0]
 
 
 # ------------------------------------------------------------------ layer fields
-LAYER_NAMES = {"l", "layer", "sub", "whole"}      # how the code names a Layer
+LAYER_NAMES = {"l", "layer", "sub", "whole"}  # how the code names a Layer
 DECLARED = {name for name in dir(Layer) if not name.startswith("__")}
 
 
@@ -201,32 +226,62 @@ def test_every_field_a_layer_sets_is_declared_on_layer():
             names = []
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Layer":
                 names = [(kw.arg, node.lineno) for kw in node.keywords if kw.arg]
-            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
-                    isinstance(node.value, ast.Name) and node.value.id in LAYER_NAMES:
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in LAYER_NAMES
+            ):
                 names = [(node.attr, node.lineno)]
-            undeclared += [f"{path.relative_to(PACKAGE.parent)}:{line}: {name}"
-                           for name, line in names if name not in DECLARED]
-    assert not undeclared, ("fields set on a layer but not declared (with a comment) in "
-                            "minidark/layer.py:\n" + "\n".join(undeclared))
+            undeclared += [
+                f"{path.relative_to(PACKAGE.parent)}:{line}: {name}"
+                for name, line in names
+                if name not in DECLARED
+            ]
+    assert not undeclared, (
+        "fields set on a layer but not declared (with a comment) in "
+        "minidark/layer.py:\n" + "\n".join(undeclared)
+    )
 
 
 def test_declared_fields_are_read_as_attributes():
     lookups = []
     for path, tree in _layer_code():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
-                    "getattr", "hasattr") and len(node.args) >= 2 and \
-                    isinstance(node.args[0], ast.Name) and node.args[0].id in LAYER_NAMES and \
-                    isinstance(node.args[1], ast.Constant) and node.args[1].value in DECLARED:
-                lookups.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: "
-                               f"{node.func.id}({node.args[0].id}, {node.args[1].value!r})")
-    assert not lookups, ("declared Layer fields read with getattr/hasattr (read l.name; the "
-                         "default is in minidark/layer.py):\n" + "\n".join(lookups))
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) in ("getattr", "hasattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id in LAYER_NAMES
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in DECLARED
+            ):
+                lookups.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: "
+                    f"{node.func.id}({node.args[0].id}, {node.args[1].value!r})"
+                )
+    assert not lookups, (
+        "declared Layer fields read with getattr/hasattr (read l.name; the "
+        "default is in minidark/layer.py):\n" + "\n".join(lookups)
+    )
 
 
-@pytest.mark.parametrize("field", ["truths", "workspace_size", "train_state", "next_rand",
-                                   "noloss", "sgd_params", "learned", "gradcheck_gap",
-                                   "input_layers", "cost"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "truths",
+        "workspace_size",
+        "train_state",
+        "next_rand",
+        "noloss",
+        "sgd_params",
+        "learned",
+        "gradcheck_gap",
+        "input_layers",
+        "cost",
+    ],
+)
 def test_the_optional_fields_the_tools_read_are_declared(field):
     assert field in DECLARED
     assert f"    {field}:" in (PACKAGE / "layer.py").read_text(encoding="utf-8")

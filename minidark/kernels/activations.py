@@ -23,6 +23,7 @@ Each entry is ``(activate, gradient)``:
 | hardtan  | clamp(x, -1, 1)                             | -1<y<1                       |
 | lhtan    | .001x x<0; .001(x-1)+1 x>1; else x          | 1 if 0<y<1 else .001         |
 """
+
 import numpy as np
 
 SELU_SCALE, SELU_ALPHA = 1.0507, 1.6732
@@ -51,8 +52,8 @@ def _loggy_grad(y, d):
     d *= 2 * (1 - q) * q
 
 
-ROW = 256                 # zeros per row for _relu (see there)
-_ZEROS = {}               # dtype -> read-only row of zeros
+ROW = 256  # zeros per row for _relu (see there)
+_ZEROS = {}  # dtype -> read-only row of zeros
 
 
 def _relu(x):
@@ -97,7 +98,7 @@ def _selu_grad(y, d):
 
 def _slope_below(slope):
     def activate(x):
-        np.maximum(x, slope * x, out=x)   # x>0 ? x : slope*x, for 0<slope<1
+        np.maximum(x, slope * x, out=x)  # x>0 ? x : slope*x, for 0<slope<1
 
     def gradient(y, d):
         # factor (y > 0) * (1 - slope) + slope is exactly 1 or slope ((1 - s) + s
@@ -106,6 +107,7 @@ def _slope_below(slope):
         factor = np.multiply(y > 0, one - low, dtype=d.dtype)
         factor += low
         d *= factor
+
     return activate, gradient
 
 
@@ -146,7 +148,7 @@ def _stair(x):
 
 
 def _stair_grad(y, d):
-    d *= (np.floor(y) != y)
+    d *= np.floor(y) != y
 
 
 def _hardtan(x):

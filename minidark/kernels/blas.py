@@ -5,6 +5,7 @@ Update rules read like algebra with these (``axpy(lr / batch, updates, w)``).
 (a ``(batch, outputs)`` delta and a ``(batch, c, h, w)`` one are the same
 buffer to darknet).
 """
+
 import numpy as np
 
 

@@ -30,6 +30,7 @@ Deliberate fixes: rolling_variance starts at 1 (darknet: 0, so an untrained
 net divides by 1e-6), and ``N - 1`` is clamped to 1 so batch-1 connected BN
 gives var 0 instead of inf.
 """
+
 import numpy as np
 
 FORWARD_EPS, BACKWARD_EPS = 1e-6, 1e-5
@@ -47,7 +48,7 @@ def make_bn(layer, channels, spatial):
     layer.variance = np.ones(channels, np.float32)
     layer.x = np.zeros(shape, np.float32)
     layer.x_norm = np.zeros(shape, np.float32)
-    layer.bn_centered = np.zeros(shape, np.float32)   # backward scratch: x - mean
+    layer.bn_centered = np.zeros(shape, np.float32)  # backward scratch: x - mean
     layer.bn_plane = np.zeros((channels, spatial), np.float32)
 
 
@@ -74,11 +75,11 @@ def forward_bn(layer, out, train):
     """Normalize ``out`` (viewed (batch, C, S)) in place, then scale and shift."""
     out = out.reshape(layer.bn_shape)
     np.copyto(layer.x, out)
-    x_norm = layer.x_norm             # computed in place: no temporaries
+    x_norm = layer.x_norm  # computed in place: no temporaries
     if train:
         n = out.shape[0] * out.shape[2]
         np.mean(out, axis=(0, 2), out=layer.mean)
-        np.subtract(out, _plane(layer, layer.mean, out), out=x_norm)      # centered
+        np.subtract(out, _plane(layer, layer.mean, out), out=x_norm)  # centered
         np.einsum("bcs,bcs->c", x_norm, x_norm, out=layer.variance)
         layer.variance /= max(n - 1, 1)
         layer.rolling_mean *= 0.99
@@ -101,15 +102,16 @@ def backward_bn(layer, delta):
     layer.bias_updates += delta.sum(axis=(0, 2))
     layer.scale_updates += np.einsum("bcs,bcs->c", delta, layer.x_norm)
     if not layer.bn_train:  # inference statistics are constants: an affine map
-        delta *= _plane(layer, layer.scales / (np.sqrt(layer.rolling_variance) + FORWARD_EPS),
-                        delta)
+        delta *= _plane(
+            layer, layer.scales / (np.sqrt(layer.rolling_variance) + FORWARD_EPS), delta
+        )
         return
     delta *= _plane(layer, layer.scales, delta)
     inv_std = 1.0 / np.sqrt(layer.variance + BACKWARD_EPS)
     centered = _buffer(layer, "bn_centered", layer.x)
     np.subtract(layer.x, _plane(layer, layer.mean, delta), out=centered)
     mean_delta = -delta.sum(axis=(0, 2)) * inv_std
-    var_delta = np.einsum("bcs,bcs->c", delta, centered) * -0.5 * inv_std ** 3
+    var_delta = np.einsum("bcs,bcs->c", delta, centered) * -0.5 * inv_std**3
     delta *= _plane(layer, inv_std, delta)
     centered *= _plane(layer, var_delta * 2 / n, centered)
     delta += centered

@@ -36,6 +36,7 @@ objectness 0 take no part. darknet sorts with ``qsort`` (tie order
 undefined) and reorders its array; minidark sorts stably and keeps the
 original order of the detections, only changing their scores.
 """
+
 import numpy as np
 
 F32 = np.float32
@@ -87,8 +88,8 @@ def correct_boxes(boxes, w, h, net_w, net_h, relative=True, letterbox=True):
     else:
         new_w, new_h = net_w, net_h
     # darknet: offsets in double ((netw - new_w)/2./netw), ratios in float
-    boxes[:, 0] = (boxes[:, 0] - (net_w - new_w) / 2. / net_w) / (F32(new_w) / F32(net_w))
-    boxes[:, 1] = (boxes[:, 1] - (net_h - new_h) / 2. / net_h) / (F32(new_h) / F32(net_h))
+    boxes[:, 0] = (boxes[:, 0] - (net_w - new_w) / 2.0 / net_w) / (F32(new_w) / F32(net_w))
+    boxes[:, 1] = (boxes[:, 1] - (net_h - new_h) / 2.0 / net_h) / (F32(new_h) / F32(net_h))
     boxes[:, 2] *= F32(net_w) / F32(new_w)
     boxes[:, 3] *= F32(net_h) / F32(new_h)
     if not relative:
@@ -125,11 +126,14 @@ class Detections:
             return cls(np.zeros((0, 4)), np.zeros(0), np.zeros((0, classes)))
         prob = np.zeros((sum(len(p) for p in parts), classes), F32)
         row = 0
-        for p in parts:   # heads with fewer classes fill the first columns
-            prob[row:row + len(p), :p.classes] = p.prob[:, :classes]
+        for p in parts:  # heads with fewer classes fill the first columns
+            prob[row : row + len(p), : p.classes] = p.prob[:, :classes]
             row += len(p)
-        return cls(np.concatenate([p.bbox for p in parts]),
-                   np.concatenate([p.objectness for p in parts]), prob)
+        return cls(
+            np.concatenate([p.bbox for p in parts]),
+            np.concatenate([p.objectness for p in parts]),
+            prob,
+        )
 
     def __repr__(self):
         return f"<Detections {len(self)} boxes, {self.classes} classes>"
@@ -153,33 +157,38 @@ def decode_boxes(planes, anchors_w, anchors_h, lw, lh, div_w, div_h):
     boxes[..., 0] = (col + planes[:, 0]) / F32(lw)
     boxes[..., 1] = (row + planes[:, 1]) / F32(lh)
     with np.errstate(over="ignore"):
-        boxes[..., 2] = np.exp(planes[:, 2]) * np.asarray(anchors_w, F32)[:, None, None] / F32(div_w)
-        boxes[..., 3] = np.exp(planes[:, 3]) * np.asarray(anchors_h, F32)[:, None, None] / F32(div_h)
+        boxes[..., 2] = (
+            np.exp(planes[:, 2]) * np.asarray(anchors_w, F32)[:, None, None] / F32(div_w)
+        )
+        boxes[..., 3] = (
+            np.exp(planes[:, 3]) * np.asarray(anchors_h, F32)[:, None, None] / F32(div_h)
+        )
     return boxes
 
 
 def yolo_boxes(l, net_w, net_h, batch_index=0):
     """Every predicted box of a [yolo] layer for one image: (n, lh, lw, 4)."""
     anchors = l.biases.reshape(-1, 2)[l.mask]
-    return decode_boxes(_planes(l, batch_index), anchors[:, 0], anchors[:, 1],
-                        l.w, l.h, net_w, net_h)
+    return decode_boxes(
+        _planes(l, batch_index), anchors[:, 0], anchors[:, 1], l.w, l.h, net_w, net_h
+    )
 
 
 def region_boxes(l, batch_index=0):
     """Every predicted box of a [region] layer for one image: (n, lh, lw, 4)."""
-    anchors = l.biases.reshape(-1, 2)[:l.n]
-    return decode_boxes(_planes(l, batch_index), anchors[:, 0], anchors[:, 1],
-                        l.w, l.h, l.w, l.h)
+    anchors = l.biases.reshape(-1, 2)[: l.n]
+    return decode_boxes(_planes(l, batch_index), anchors[:, 0], anchors[:, 1], l.w, l.h, l.w, l.h)
 
 
-def get_yolo_detections(l, w, h, net_w, net_h, thresh, relative=True, letterbox=True,
-                        batch_index=0):
+def get_yolo_detections(
+    l, w, h, net_w, net_h, thresh, relative=True, letterbox=True, batch_index=0
+):
     """Slots with objectness > thresh, cells row-major and anchors inner (darknet's order)."""
-    planes = _planes(l, batch_index)                      # (n, 5 + C, lh, lw)
+    planes = _planes(l, batch_index)  # (n, 5 + C, lh, lw)
     boxes = yolo_boxes(l, net_w, net_h, batch_index)
     obj = planes[:, 4]
     # darknet's order: cell (row-major) outer, anchor inner
-    keep = (obj > F32(thresh)).transpose(1, 2, 0)         # (lh, lw, n)
+    keep = (obj > F32(thresh)).transpose(1, 2, 0)  # (lh, lw, n)
     objectness = obj.transpose(1, 2, 0)[keep]
     prob = planes[:, 5:].transpose(2, 3, 0, 1)[keep] * objectness[:, None]
     prob[prob <= F32(thresh)] = 0
@@ -188,17 +197,27 @@ def get_yolo_detections(l, w, h, net_w, net_h, thresh, relative=True, letterbox=
     return Detections(bbox, objectness, prob)
 
 
-def get_region_detections(l, w, h, net_w, net_h, thresh, hier_thresh=.5, class_map=None,
-                          relative=True, letterbox=True, batch_index=0):
+def get_region_detections(
+    l,
+    w,
+    h,
+    net_w,
+    net_h,
+    thresh,
+    hier_thresh=0.5,
+    class_map=None,
+    relative=True,
+    letterbox=True,
+    batch_index=0,
+):
     """All n * lh * lw slots, anchor-major (darknet's index ``a * lw * lh + cell``)."""
-    planes = _planes(l, batch_index)                      # (n, coords + 1 + C, lh, lw)
+    planes = _planes(l, batch_index)  # (n, coords + 1 + C, lh, lw)
     count = l.n * l.h * l.w
     bbox = region_boxes(l, batch_index).reshape(count, 4)
-    scale = (np.ones(count, F32) if l.background
-             else planes[:, l.coords].reshape(count).copy())
+    scale = np.ones(count, F32) if l.background else planes[:, l.coords].reshape(count).copy()
     objectness = np.where(scale > F32(thresh), scale, F32(0))
     first = l.coords + (0 if l.background else 1)
-    classes = planes[:, first:first + l.classes].transpose(0, 2, 3, 1).reshape(count, l.classes)
+    classes = planes[:, first : first + l.classes].transpose(0, 2, 3, 1).reshape(count, l.classes)
     tree = l.softmax_tree
     if tree is not None:
         absolute = hierarchy_absolute(classes, tree)
@@ -214,7 +233,7 @@ def get_region_detections(l, w, h, net_w, net_h, thresh, hier_thresh=.5, class_m
         prob = np.where((prob > F32(thresh)) & (objectness[:, None] != 0), prob, F32(0))
     mask = None
     if l.coords > 4:
-        mask = planes[:, 4:l.coords].transpose(0, 2, 3, 1).reshape(count, l.coords - 4).copy()
+        mask = planes[:, 4 : l.coords].transpose(0, 2, 3, 1).reshape(count, l.coords - 4).copy()
     correct_boxes(bbox, w, h, net_w, net_h, relative, letterbox)
     return Detections(bbox, objectness, prob, mask)
 
@@ -226,9 +245,9 @@ def get_detection_detections(l, w, h, thresh, batch_index=0):
     side, n, classes = l.side, l.n, l.classes
     cells = side * side
     out = l.output.reshape(l.batch, -1)[batch_index]
-    probs = out[:cells * classes].reshape(cells, classes)
-    conf = out[cells * classes:cells * (classes + n)].reshape(cells, n)
-    coords = out[cells * (classes + n):].reshape(cells, n, -1)[..., :4]
+    probs = out[: cells * classes].reshape(cells, classes)
+    conf = out[cells * classes : cells * (classes + n)].reshape(cells, n)
+    coords = out[cells * (classes + n) :].reshape(cells, n, -1)[..., :4]
     col = (np.arange(cells) % side).astype(F32)[:, None]
     row = (np.arange(cells) // side).astype(F32)[:, None]
     bbox = np.empty((cells, n, 4), F32)
@@ -237,26 +256,52 @@ def get_detection_detections(l, w, h, thresh, batch_index=0):
     power = 2 if l.sqrt else 1
     bbox[..., 2] = coords[..., 2] ** power * F32(w)
     bbox[..., 3] = coords[..., 3] ** power * F32(h)
-    prob = conf[:, :, None] * probs[:, None, :]          # (cells, n, classes)
+    prob = conf[:, :, None] * probs[:, None, :]  # (cells, n, classes)
     prob = np.where(prob > F32(thresh), prob, F32(0))
     return Detections(bbox.reshape(-1, 4), conf.reshape(-1), prob.reshape(-1, classes))
 
 
-def get_network_boxes(net, w, h, thresh=.5, hier_thresh=.5, class_map=None, relative=True,
-                      letterbox=True, batch_index=0):
+def get_network_boxes(
+    net,
+    w,
+    h,
+    thresh=0.5,
+    hier_thresh=0.5,
+    class_map=None,
+    relative=True,
+    letterbox=True,
+    batch_index=0,
+):
     """darknet's get_network_boxes: the detections of every head, layer by layer,
     for image ``batch_index`` of the batch, in the coordinates of the original ``w x h`` image."""
     parts, classes = [], 0
     for l in net.layers:
         if l.type == "yolo":
-            parts.append(get_yolo_detections(l, w, h, net.w, net.h, thresh, relative, letterbox,
-                                             batch_index))
+            parts.append(
+                get_yolo_detections(l, w, h, net.w, net.h, thresh, relative, letterbox, batch_index)
+            )
         elif l.type == "region":
-            parts.append(get_region_detections(l, w, h, net.w, net.h, thresh, hier_thresh,
-                                               class_map, relative, letterbox, batch_index))
+            parts.append(
+                get_region_detections(
+                    l,
+                    w,
+                    h,
+                    net.w,
+                    net.h,
+                    thresh,
+                    hier_thresh,
+                    class_map,
+                    relative,
+                    letterbox,
+                    batch_index,
+                )
+            )
         elif l.type == "detection":
-            parts.append(get_detection_detections(l, 1 if relative else w, 1 if relative else h,
-                                                  thresh, batch_index))
+            parts.append(
+                get_detection_detections(
+                    l, 1 if relative else w, 1 if relative else h, thresh, batch_index
+                )
+            )
         else:
             continue
         classes = l.classes
@@ -290,12 +335,12 @@ def hierarchy_top_prediction(probs, tree, thresh):
     while active.any():
         idx = rows[active]
         best, best_i = np.zeros(len(idx), F32), np.zeros(len(idx), np.int64)
-        for g in np.unique(group[idx]):       # one arg-max per group present (a tree walk)
+        for g in np.unique(group[idx]):  # one arg-max per group present (a tree walk)
             sel = group[idx] == g
-            block = probs[idx[sel], offsets[g]:offsets[g] + sizes[g]]
-            arg = np.argmax(block, axis=1)               # first maximum, as strict '>'
+            block = probs[idx[sel], offsets[g] : offsets[g] + sizes[g]]
+            arg = np.argmax(block, axis=1)  # first maximum, as strict '>'
             value = block[np.arange(len(arg)), arg]
-            positive = value > 0                          # darknet starts from max 0, index 0
+            positive = value > 0  # darknet starts from max 0, index 0
             best[sel] = np.where(positive, value, F32(0))
             best_i[sel] = np.where(positive, offsets[g] + arg, 0)
         go = p[idx] * best > F32(thresh)
@@ -330,7 +375,7 @@ def _greedy_keep(rank, first, second):
     bounds = list(starts) + [winner.size]
     for k in range(len(starts)):
         if alive[winner[bounds[k]]]:
-            alive[loser[bounds[k]:bounds[k + 1]]] = False
+            alive[loser[bounds[k] : bounds[k + 1]]] = False
     return alive
 
 
@@ -346,13 +391,13 @@ def _ranks(count, order):
     return rank
 
 
-def do_nms_sort(dets, classes=None, thresh=.45):
+def do_nms_sort(dets, classes=None, thresh=0.45):
     """darknet's do_nms_sort, in place on a Detections: per class, in descending
     probability, each surviving box zeroes that class's probability of every
     later box with IoU > thresh. Entries with objectness 0 take no part."""
     classes = dets.classes if classes is None else classes
     active = np.flatnonzero(dets.objectness != 0)
-    scored = active[(dets.prob[active, :classes] != 0).any(axis=1)]   # boxes NMS can change
+    scored = active[(dets.prob[active, :classes] != 0).any(axis=1)]  # boxes NMS can change
     if scored.size < 2:
         return dets
     first, second = _overlapping_pairs(dets.bbox[scored], thresh)
@@ -369,7 +414,7 @@ def do_nms_sort(dets, classes=None, thresh=.45):
     return dets
 
 
-def do_nms_obj(dets, classes=None, thresh=.45):
+def do_nms_obj(dets, classes=None, thresh=0.45):
     """darknet's do_nms_obj, in place: one pass in descending objectness; a
     surviving box zeroes the objectness and every probability of later boxes
     with IoU > thresh (class-agnostic)."""

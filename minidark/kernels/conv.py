@@ -22,7 +22,7 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
   there is an input gradient: both gradients come from one im2col, of the
   delta padded by ``q = k-1-p``, taken at every input pixel::
 
-      D (B h w, k k N) = im2col(delta padded by q)          D[(b,y,x),(a,e,n)] = dy[b, y+a-q, x+e-q, n]
+      D (B h w, k k N) = im2col(delta padded by q)     D[(b,y,x),(a,e,n)] = dy[b, y+a-q, x+e-q, n]
       dx (B h w, C)    = D @ F,   F[(a,e,n), c] = W[n, c, k-1-a, k-1-e]      (flipped kernel)
       G (C, k k N)     = x (C, B h w) @ D,   dW[n, c, ky, kx] = G[c, (k-1-ky, k-1-kx, n)]
 
@@ -41,17 +41,26 @@ time, on the NHWC path: band ``[r0, r1)`` reads padded input rows
 those rows (``forward_banded`` / ``backward_banded``), so the workspace is one
 padded image plus a band, whatever the image size.
 """
+
 import math
 
 import numpy as np
 
 from .activations import activate, gradient
-from .im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im_cnhw, col2im_nhwc,
-                     im2col_cnhw, im2col_nhwc, to_padded_cnhw, to_padded_nhwc)
+from .im2col import (
+    add_from_padded_cnhw,
+    add_from_padded_nhwc,
+    col2im_cnhw,
+    col2im_nhwc,
+    im2col_cnhw,
+    im2col_nhwc,
+    to_padded_cnhw,
+    to_padded_nhwc,
+)
 
-CHUNK_BYTES = 4 << 20        # target size of one chunk's columns
-COLUMN_BYTES = 64 << 20      # largest columns of one image; beyond, bands of output rows
-LAYOUT = "auto"              # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
+CHUNK_BYTES = 4 << 20  # target size of one chunk's columns
+COLUMN_BYTES = 64 << 20  # largest columns of one image; beyond, bands of output rows
+LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 SLOTS = ("xpad", "dxpad", "y", "cols", "dypad", "grads")
 
 
@@ -59,19 +68,18 @@ def plan(l):
     """Pick the layer's path (module docstring) and size its buffers and workspace."""
     k, s, n, c, g = l.size, l.stride, l.n, l.c, l.groups
     cg, ng, kk, rows = c // g, n // g, k * k * (c // g), l.out_h * l.out_w
-    l.direct = k == 1 and s == 1 and g == 1 and LAYOUT != "cnhw"   # 1x1: NHWC = columns
-    l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and s == 1 and k * cg < l.out_w
-                                  and not l.direct)
+    l.direct = k == 1 and s == 1 and g == 1 and LAYOUT != "cnhw"  # 1x1: NHWC = columns
+    l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and s == 1 and k * cg < l.out_w and not l.direct)
     l.transposed = not l.cnhw and not l.direct and s == 1 and g == 1 and l.pad <= k - 1
     image_columns = 0 if l.direct else max(rows * kk, l.h * l.w * k * k * n if l.transposed else 0)
     l.band = 0
-    if 4 * image_columns > COLUMN_BYTES:     # one image is too big: bands of rows, NHWC
+    if 4 * image_columns > COLUMN_BYTES:  # one image is too big: bands of rows, NHWC
         l.cnhw = l.transposed = False
         l.band = int(min(l.out_h, max(1, COLUMN_BYTES // (4 * l.out_w * max(kk, n)))))
     l.ordered = None if l.cnhw else np.zeros((n, k, k, cg), np.float32)  # W as (n, ky, kx, c)
     l.ordered_grad = np.zeros((n, cg, k, k) if l.cnhw else (n, k, k, cg), np.float32)
-    l.chunk_grad = np.zeros((ng, kk), np.float32)             # one chunk's, one group's
-    if l.transposed:       # F (k, k, n, c), and G (c, k, k, n) of one chunk and summed
+    l.chunk_grad = np.zeros((ng, kk), np.float32)  # one chunk's, one group's
+    if l.transposed:  # F (k, k, n, c), and G (c, k, k, n) of one chunk and summed
         l.flipped = np.zeros((k, k, n, c), np.float32)
         l.flipped_grad = np.zeros((c, k, k, n), np.float32)
         l.chunk_flipped_grad = np.zeros((c, k * k * n), np.float32)
@@ -82,43 +90,64 @@ def plan(l):
     q = k - 1 - l.pad
     padded = (l.h + 2 * l.pad) * (l.w + 2 * l.pad) * c
     columns = 0 if l.direct else max(rows * kk, l.h * l.w * k * k * n if l.transposed else 0)
-    backward = [padded, padded, rows * n, columns,
-                (l.out_h + 2 * q) * (l.out_w + 2 * q) * n if l.transposed else 0,
-                ng * kk if l.cnhw else 0]      # CNHW dW: one GEMM per image
+    backward = [
+        padded,
+        padded,
+        rows * n,
+        columns,
+        (l.out_h + 2 * q) * (l.out_w + 2 * q) * n if l.transposed else 0,
+        ng * kk if l.cnhw else 0,
+    ]  # CNHW dW: one GEMM per image
     forward = [padded, 0, 0 if l.cnhw else rows * n, 0 if l.direct else rows * kk, 0, 0]
     l.chunk = int(max(1, min(l.batch, CHUNK_BYTES // (4 * max(columns, rows * n)))))
-    l.forward_chunk = int(max(1, min(l.batch, 2 * CHUNK_BYTES // (4 * max(forward[3], 1)),
-                                     CHUNK_BYTES // (4 * rows * n))))
-    sizes = [max(f * l.forward_chunk, b * l.chunk) for f, b in zip(forward, backward)]
-    if l.band:             # one image at a time; y and the columns of one band
+    l.forward_chunk = int(
+        max(
+            1,
+            min(
+                l.batch, 2 * CHUNK_BYTES // (4 * max(forward[3], 1)), CHUNK_BYTES // (4 * rows * n)
+            ),
+        )
+    )
+    sizes = [max(f * l.forward_chunk, b * l.chunk) for f, b in zip(forward, backward, strict=True)]
+    if l.band:  # one image at a time; y and the columns of one band
         l.chunk = l.forward_chunk = 1
         band_rows = l.band * l.out_w
         sizes = [padded, padded, band_rows * n, band_rows * kk, 0, 0]
-    if l.cnhw:             # biases broadcast over the pixels
+    if l.cnhw:  # biases broadcast over the pixels
         l.bias_plane = np.zeros((n, rows), np.float32)
-    l.slots = dict(zip(SLOTS, (int(a) for a in np.cumsum([0] + sizes))))
+    l.slots = dict(
+        zip(SLOTS, (int(a) for a in np.cumsum([0] + sizes)), strict=False)
+    )  # starts; the last cumsum is the end
     l.workspace_size = int(sum(sizes))
 
 
 def slot(l, net, name, shape):
     """A view of net.workspace: the named slot (see plan), shaped for this chunk."""
     start = l.slots[name]
-    return net.workspace[start:start + math.prod(shape)].reshape(shape)
+    return net.workspace[start : start + math.prod(shape)].reshape(shape)
 
 
 def scratch(l, net, images):
     """This chunk's padded input, its gradient, y (or dy) and columns; y is
     (rows, n) in NHWC order, (n, rows) in CNHW order."""
     hp, wp, rows = l.h + 2 * l.pad, l.w + 2 * l.pad, images * l.out_h * l.out_w
-    kk = l.size ** 2 * l.c // l.groups
+    kk = l.size**2 * l.c // l.groups
     if l.cnhw:
         padded = (l.c, images, hp, wp)
-        return (slot(l, net, "xpad", padded), slot(l, net, "dxpad", padded),
-                slot(l, net, "y", (l.n, rows)), slot(l, net, "cols", (kk, rows)))
+        return (
+            slot(l, net, "xpad", padded),
+            slot(l, net, "dxpad", padded),
+            slot(l, net, "y", (l.n, rows)),
+            slot(l, net, "cols", (kk, rows)),
+        )
     xpad = slot(l, net, "xpad", (images, hp, wp, l.c))
     cols = xpad.reshape(rows, l.c) if l.direct else slot(l, net, "cols", (rows, kk))
-    return (xpad, slot(l, net, "dxpad", (images, hp, wp, l.c)),
-            slot(l, net, "y", (rows, l.n)), cols)
+    return (
+        xpad,
+        slot(l, net, "dxpad", (images, hp, wp, l.c)),
+        slot(l, net, "y", (rows, l.n)),
+        cols,
+    )
 
 
 def chunks(l, size):
@@ -154,17 +183,20 @@ def forward(l, net, finish):
         (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
         for g in range(l.groups):
             group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
-            if l.cnhw:       # out_b (n, rows) = W @ cols_b, one GEMM per image, in place
+            if l.cnhw:  # out_b (n, rows) = W @ cols_b, one GEMM per image, in place
                 im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
-                np.matmul(weights[group], cols.reshape(-1, b1 - b0, rows).transpose(1, 0, 2),
-                          out=out[b0:b1, group])
-            else:            # y (rows, n) = cols @ W.T
+                np.matmul(
+                    weights[group],
+                    cols.reshape(-1, b1 - b0, rows).transpose(1, 0, 2),
+                    out=out[b0:b1, group],
+                )
+            else:  # y (rows, n) = cols @ W.T
                 if not l.direct:
                     im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
                 np.matmul(cols, weights[group].T, out=y[:, group])
         if l.cnhw:
             y = out[b0:b1]
-        if finish:        # CNHW: a full plane of biases adds ~2.5x faster than a column
+        if finish:  # CNHW: a full plane of biases adds ~2.5x faster than a column
             y += bias_plane if l.cnhw else l.biases
             activate(y, l.activation)
         if not l.cnhw:
@@ -190,9 +222,9 @@ def backward(l, net, finish):
     dx = None if net.delta is None else net.delta.reshape(l.batch, l.c, l.h, l.w)
     for b0, b1, border in chunks(l, l.chunk):
         xpad, dxpad, dy, cols = scratch(l, net, b1 - b0)
-        if finish:                         # delta *= f'(output), chunk by chunk
+        if finish:  # delta *= f'(output), chunk by chunk
             gradient(l.output[b0:b1], l.activation, l.delta[b0:b1])
-        if dx is not None or not l.cnhw:   # CNHW dW reads delta as it is
+        if dx is not None or not l.cnhw:  # CNHW dW reads delta as it is
             source = in_layout(l, delta[b0:b1])
             np.copyto(dy.reshape(source.shape), source)
         (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
@@ -200,13 +232,16 @@ def backward(l, net, finish):
             dxpad.fill(0)
         for g in range(l.groups):
             group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
-            if l.cnhw:       # dW = sum over images of delta_b (n, rows) @ cols_b.T
+            if l.cnhw:  # dW = sum over images of delta_b (n, rows) @ cols_b.T
                 im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
                 parts = slot(l, net, "grads", (b1 - b0, ng, kk))
-                np.matmul(delta[b0:b1, group], cols.reshape(-1, b1 - b0, rows).transpose(1, 2, 0),
-                          out=parts)
+                np.matmul(
+                    delta[b0:b1, group],
+                    cols.reshape(-1, b1 - b0, rows).transpose(1, 2, 0),
+                    out=parts,
+                )
                 np.add.reduce(parts, axis=0, out=l.chunk_grad)
-            else:            # dW = dy.T @ cols
+            else:  # dW = dy.T @ cols
                 if not l.direct:
                     im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
                 np.matmul(dy[:, group].T, cols, out=l.chunk_grad)
@@ -226,12 +261,12 @@ def input_gradient(l, g, dy, cols, dxpad):
     k, s, ng, cg = l.size, l.stride, l.n // l.groups, l.c // l.groups
     group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
     weights = (l.weights if l.cnhw else l.ordered).reshape(l.n, -1)
-    if l.cnhw:              # cols = W.T @ dy, scattered back
+    if l.cnhw:  # cols = W.T @ dy, scattered back
         np.matmul(weights[group].T, dy[group], out=cols)
         col2im_cnhw(cols, k, s, l.out_h, l.out_w, dxpad[channels])
-    elif l.direct:          # the columns are the padded input itself
+    elif l.direct:  # the columns are the padded input itself
         np.matmul(dy, weights, out=dxpad.reshape(cols.shape))
-    else:                   # cols = dy @ W, scattered back
+    else:  # cols = dy @ W, scattered back
         np.matmul(dy[:, group], weights[group], out=cols)
         col2im_nhwc(cols, k, s, l.out_h, l.out_w, dxpad[..., channels])
 
@@ -248,20 +283,20 @@ def backward_transposed(l, net, finish):
     grad.fill(0)
     for b0, b1, border in chunks(l, l.chunk):
         images = b1 - b0
-        if finish:                         # delta *= f'(output), chunk by chunk
+        if finish:  # delta *= f'(output), chunk by chunk
             gradient(l.output[b0:b1], l.activation, l.delta[b0:b1])
         dypad = slot(l, net, "dypad", (images, l.out_h + 2 * q, l.out_w + 2 * q, n))
         columns = slot(l, net, "cols", (images * pixels, k * k * n))
         to_padded_nhwc(delta[b0:b1], q, dypad, border)
         im2col_nhwc(dypad, k, 1, l.h, l.w, columns)
-        if images == 1:                    # x (C, B h w): one image is already so
+        if images == 1:  # x (C, B h w): one image is already so
             channel_major = x[b0]
         else:
             channel_major = slot(l, net, "xpad", (c, images, pixels))
             np.copyto(channel_major, x[b0:b1].transpose(1, 0, 2))
         np.matmul(channel_major.reshape(c, -1), columns, out=l.chunk_flipped_grad)
         grad += l.chunk_flipped_grad
-        dxn = slot(l, net, "dxpad", (images, l.h, l.w, c))      # dx, NHWC
+        dxn = slot(l, net, "dxpad", (images, l.h, l.w, c))  # dx, NHWC
         np.matmul(columns, flipped, out=dxn.reshape(-1, c))
         add_from_padded_nhwc(dxn, 0, dx[b0:b1])
     if finish:
@@ -285,7 +320,7 @@ def forward_banded(l, net, finish):
     out = l.output.reshape(l.batch, l.n, l.out_h * w)
     xpad = slot(l, net, "xpad", (1, l.h + 2 * l.pad, l.w + 2 * l.pad, l.c))
     for b in range(l.batch):
-        to_padded_nhwc(x[b:b + 1], l.pad, xpad, b == 0)
+        to_padded_nhwc(x[b : b + 1], l.pad, xpad, b == 0)
         for r0, r1, inputs in bands(l):
             rows = (r1 - r0) * w
             y, cols = slot(l, net, "y", (rows, l.n)), slot(l, net, "cols", (rows, k * k * cg))
@@ -296,7 +331,7 @@ def forward_banded(l, net, finish):
             if finish:
                 y += l.biases
                 activate(y, l.activation)
-            np.copyto(out[b, :, r0 * w:r1 * w].T, y)
+            np.copyto(out[b, :, r0 * w : r1 * w].T, y)
 
 
 def backward_banded(l, net, finish):
@@ -311,25 +346,25 @@ def backward_banded(l, net, finish):
     padded = (1, l.h + 2 * l.pad, l.w + 2 * l.pad, l.c)
     xpad, dxpad = slot(l, net, "xpad", padded), slot(l, net, "dxpad", padded)
     for b in range(l.batch):
-        if finish:                         # delta *= f'(output)
-            gradient(l.output[b:b + 1], l.activation, l.delta[b:b + 1])
-        to_padded_nhwc(x[b:b + 1], l.pad, xpad, b == 0)
+        if finish:  # delta *= f'(output)
+            gradient(l.output[b : b + 1], l.activation, l.delta[b : b + 1])
+        to_padded_nhwc(x[b : b + 1], l.pad, xpad, b == 0)
         if dx is not None:
             dxpad.fill(0)
         for r0, r1, inputs in bands(l):
             rows = (r1 - r0) * w
             dy, cols = slot(l, net, "y", (rows, l.n)), slot(l, net, "cols", (rows, k * k * cg))
-            np.copyto(dy, delta[b, :, r0 * w:r1 * w].T)
+            np.copyto(dy, delta[b, :, r0 * w : r1 * w].T)
             for g in range(l.groups):
                 group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
                 im2col_nhwc(xpad[:, inputs, :, channels], k, s, r1 - r0, w, cols)
                 np.matmul(dy[:, group].T, cols, out=l.chunk_grad)
                 grad[group] += l.chunk_grad
-                if dx is not None:         # cols = dy @ W, scattered back into the band's rows
+                if dx is not None:  # cols = dy @ W, scattered back into the band's rows
                     np.matmul(dy[:, group], weights[group], out=cols)
                     col2im_nhwc(cols, k, s, r1 - r0, w, dxpad[:, inputs, :, channels])
         if dx is not None:
-            add_from_padded_nhwc(dxpad, l.pad, dx[b:b + 1])
+            add_from_padded_nhwc(dxpad, l.pad, dx[b : b + 1])
     if finish:
         l.bias_updates += np.einsum("bnr->n", delta)
     l.weight_updates += l.ordered_grad.transpose(0, 3, 1, 2)

@@ -37,6 +37,7 @@ r + m, ...`` do not overlap, so their k x C blocks go in with one add (k*m
 adds moving runs of k*C floats). All are checked against naive loops in
 tests/test_im2col.py.
 """
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -53,24 +54,28 @@ def to_padded_nhwc(x, pad, xpad, border=True):
     h, w = x.shape[2:]
     if pad and border:
         xpad[:, :pad] = 0
-        xpad[:, pad + h:] = 0
-        xpad[:, pad:pad + h, :pad] = 0
-        xpad[:, pad:pad + h, pad + w:] = 0
-    np.copyto(xpad[:, pad:pad + h, pad:pad + w], x.transpose(0, 2, 3, 1))
+        xpad[:, pad + h :] = 0
+        xpad[:, pad : pad + h, :pad] = 0
+        xpad[:, pad : pad + h, pad + w :] = 0
+    np.copyto(xpad[:, pad : pad + h, pad : pad + w], x.transpose(0, 2, 3, 1))
 
 
 def add_from_padded_nhwc(xpad, pad, x):
     """``x`` (n, C, H, W) += the interior of ``xpad`` (n, H+2p, W+2p, C)."""
     h, w = x.shape[2:]
-    x += xpad[:, pad:pad + h, pad:pad + w].transpose(0, 3, 1, 2)
+    x += xpad[:, pad : pad + h, pad : pad + w].transpose(0, 3, 1, 2)
 
 
 def window_view(xpad, k, stride, out_h, out_w):
     """Read-only view (n, out_h, out_w, k, k, C) of every window of ``xpad``."""
     sb, sh, sw, sc = xpad.strides
     n, c = xpad.shape[0], xpad.shape[3]
-    return as_strided(xpad, (n, out_h, out_w, k, k, c),
-                      (sb, sh * stride, sw * stride, sh, sw, sc), writeable=False)
+    return as_strided(
+        xpad,
+        (n, out_h, out_w, k, k, c),
+        (sb, sh * stride, sw * stride, sh, sw, sc),
+        writeable=False,
+    )
 
 
 def im2col_nhwc(xpad, k, stride, out_h, out_w, cols):
@@ -88,22 +93,25 @@ def col2im_nhwc(cols, k, stride, out_h, out_w, xpad):
     n, c = xpad.shape[0], xpad.shape[3]
     blocks = cols.reshape(n, out_h, out_w, k, k, c)
     sb, sh, sw, sc = xpad.strides
-    m = -(-k // stride)                  # windows m apart along x never overlap
-    tiled = m * stride == k                  # consecutive windows abut
+    m = -(-k // stride)  # windows m apart along x never overlap
+    tiled = m * stride == k  # consecutive windows abut
     for ky in range(k):
         rows = slice(ky, ky + (out_h - 1) * stride + 1, stride)
         for r in range(min(m, out_w)):
             count = len(range(r, out_w, m))
-            if tiled:      # a plain slice, split into windows: cheaper than as_strided
+            if tiled:  # a plain slice, split into windows: cheaper than as_strided
                 start = r * stride
-                target = xpad[:, rows, start:start + count * k].reshape(n, out_h, count, k, c)
+                target = xpad[:, rows, start : start + count * k].reshape(n, out_h, count, k, c)
             else:
-                target = as_strided(xpad[:, ky:, r * stride:], (n, out_h, count, k, c),
-                                    (sb, sh * stride, sw * stride * m, sw, sc))
+                target = as_strided(
+                    xpad[:, ky:, r * stride :],
+                    (n, out_h, count, k, c),
+                    (sb, sh * stride, sw * stride * m, sw, sc),
+                )
             np.add(target, blocks[:, :, r::m, ky], out=target)
 
 
-im2col, col2im = im2col_nhwc, col2im_nhwc     # the default layout's short names
+im2col, col2im = im2col_nhwc, col2im_nhwc  # the default layout's short names
 
 
 def to_padded_cnhw(x, pad, xpad, border=True):
@@ -112,24 +120,28 @@ def to_padded_cnhw(x, pad, xpad, border=True):
     h, w = x.shape[2:]
     if pad and border:
         xpad[:, :, :pad] = 0
-        xpad[:, :, pad + h:] = 0
-        xpad[:, :, pad:pad + h, :pad] = 0
-        xpad[:, :, pad:pad + h, pad + w:] = 0
-    np.copyto(xpad[:, :, pad:pad + h, pad:pad + w], x.transpose(1, 0, 2, 3))
+        xpad[:, :, pad + h :] = 0
+        xpad[:, :, pad : pad + h, :pad] = 0
+        xpad[:, :, pad : pad + h, pad + w :] = 0
+    np.copyto(xpad[:, :, pad : pad + h, pad : pad + w], x.transpose(1, 0, 2, 3))
 
 
 def add_from_padded_cnhw(xpad, pad, x):
     """``x`` (n, C, H, W) += the interior of ``xpad`` (C, n, H+2p, W+2p)."""
     h, w = x.shape[2:]
-    x += xpad[:, :, pad:pad + h, pad:pad + w].transpose(1, 0, 2, 3)
+    x += xpad[:, :, pad : pad + h, pad : pad + w].transpose(1, 0, 2, 3)
 
 
 def im2col_cnhw(xpad, k, stride, out_h, out_w, cols):
     """Fill ``cols`` (C*k*k, n*out_h*out_w), contiguous, from ``xpad`` (C, n, Hp, Wp)."""
     c, n = xpad.shape[:2]
     sc, sb, sh, sw = xpad.strides
-    view = as_strided(xpad, (c, k, k, n, out_h, out_w),
-                      (sc, sh, sw, sb, sh * stride, sw * stride), writeable=False)
+    view = as_strided(
+        xpad,
+        (c, k, k, n, out_h, out_w),
+        (sc, sh, sw, sb, sh * stride, sw * stride),
+        writeable=False,
+    )
     np.copyto(cols.reshape(c, k, k, n, out_h, out_w), view)
 
 
@@ -139,6 +151,10 @@ def col2im_cnhw(cols, k, stride, out_h, out_w, xpad):
     blocks = cols.reshape(c, k, k, n, out_h, out_w)
     for ky in range(k):
         for kx in range(k):
-            target = xpad[:, :, ky:ky + (out_h - 1) * stride + 1:stride,
-                          kx:kx + (out_w - 1) * stride + 1:stride]
+            target = xpad[
+                :,
+                :,
+                ky : ky + (out_h - 1) * stride + 1 : stride,
+                kx : kx + (out_w - 1) * stride + 1 : stride,
+            ]
             np.add(target, blocks[:, ky, kx], out=target)

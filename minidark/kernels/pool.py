@@ -27,10 +27,11 @@ positions (``take`` and fancy assignment are ~2x faster with int64 than with
 int32 indexes); otherwise one masked add per offset, so overlapping windows
 accumulate without ``np.add.at``.
 """
+
 import numpy as np
 
-LOWEST = np.finfo(np.float32).min     # darknet's -FLT_MAX
-CHUNK_BYTES = 1 << 19                 # input bytes per chunk of scan_tiles (stays in L2)
+LOWEST = np.finfo(np.float32).min  # darknet's -FLT_MAX
+CHUNK_BYTES = 1 << 19  # input bytes per chunk of scan_tiles (stays in L2)
 
 
 def overlap(start, stride, outs, size):
@@ -49,15 +50,18 @@ def plan(l):
     k, s, h, w = l.size, l.stride, l.h, l.w
     start = -(l.pad // 2)
     # per offset o = dy*size + dx: (output rows, input rows, output cols, input cols)
-    l.offsets = [overlap(start + dy, s, l.out_h, h) + overlap(start + dx, s, l.out_w, w)
-                 for dy in range(k) for dx in range(k)]
+    l.offsets = [
+        overlap(start + dy, s, l.out_h, h) + overlap(start + dx, s, l.out_w, w)
+        for dy in range(k)
+        for dx in range(k)
+    ]
     ys = (np.arange(l.out_h) * s + start)[:, None] * w + (np.arange(l.out_w) * s + start)
     cells = (np.arange(l.batch * l.c) * h * w)[:, None, None] + ys
     l.base = cells.reshape(l.batch, l.outputs).astype(np.int32)
     l.table = np.array([0] + [dy * w + dx for dy in range(k) for dx in range(k)], np.int32)
     l.tiled = k == s and start == 0 and l.out_h * k == h and l.out_w * k == w
     l.chunk = max(1, min(l.batch, CHUNK_BYTES // (4 * l.inputs))) if l.tiled else 0
-    l.workspace_size = l.chunk * l.inputs          # the planes of one chunk
+    l.workspace_size = l.chunk * l.inputs  # the planes of one chunk
 
 
 def offset_views(l, o, *arrays):
@@ -72,13 +76,14 @@ def scan_offsets(l, x):
     l.output.fill(LOWEST)
     l.winner.fill(0)
     for o in range(len(l.offsets)):
-        (best, winner, mask, cell), (iy, ix) = offset_views(l, o, l.output, l.winner,
-                                                            l.mask, l.scratch)
-        np.copyto(cell, x[:, :, iy, ix])       # one strided read, then contiguous ops
+        (best, winner, mask, cell), (iy, ix) = offset_views(
+            l, o, l.output, l.winner, l.mask, l.scratch
+        )
+        np.copyto(cell, x[:, :, iy, ix])  # one strided read, then contiguous ops
         np.greater(cell, best, out=mask)
         np.multiply(mask, o + 1, out=mask, casting="unsafe")
         np.maximum(winner, mask, out=winner)
-        np.fmax(best, cell, out=best)          # NaN never wins, as in darknet's compare
+        np.fmax(best, cell, out=best)  # NaN never wins, as in darknet's compare
     return bool(l.winner.all())
 
 
@@ -93,8 +98,8 @@ def scan_tiles(l, x, workspace):
     for b0 in range(0, l.batch, l.chunk):
         b1 = min(b0 + l.chunk, l.batch)
         n = b1 - b0
-        planes = workspace[:n * l.inputs].reshape(k, k, n, *shape)
-        np.copyto(planes, cells[b0:b1].transpose(3, 5, 0, 1, 2, 4))   # (dy, dx, b, c, oy, ox)
+        planes = workspace[: n * l.inputs].reshape(k, k, n, *shape)
+        np.copyto(planes, cells[b0:b1].transpose(3, 5, 0, 1, 2, 4))  # (dy, dx, b, c, oy, ox)
         planes = planes.reshape(kk, n, *shape)
         best, win, greater = output[b0:b1], winner[b0:b1], mask[b0:b1]
         if kk == 1:
@@ -109,12 +114,12 @@ def scan_tiles(l, x, workspace):
             np.multiply(greater, o + 1, out=greater, casting="unsafe")
             np.maximum(win, greater, out=win)
             np.maximum(best, planes[o], out=best)
-    return bool(l.output.min() > LOWEST)     # False on NaN too
+    return bool(l.output.min() > LOWEST)  # False on NaN too
 
 
 def set_indexes(l, complete):
     """l.indexes from l.winner: flat input index of each winner, -1 for none."""
-    np.take(l.table, l.winner, out=l.indexes, mode="wrap")    # (no bounds check)
+    np.take(l.table, l.winner, out=l.indexes, mode="wrap")  # (no bounds check)
     l.indexes += l.base
     if not complete:
         np.copyto(l.indexes, -1, where=l.winner == 0)
@@ -134,8 +139,9 @@ def scatter_offsets(l, dx):
     """dx (B, C, h, w) += delta at each winner, one masked add per offset
     (overlapping windows accumulate)."""
     for o in range(len(l.offsets)):
-        (winner, mask, part, delta), (iy, ix) = offset_views(l, o, l.winner, l.mask,
-                                                             l.scratch, l.delta)
+        (winner, mask, part, delta), (iy, ix) = offset_views(
+            l, o, l.winner, l.mask, l.scratch, l.delta
+        )
         np.equal(winner, o + 1, out=mask)
         np.multiply(delta, mask, out=part)
         target = dx[:, :, iy, ix]

@@ -4,6 +4,7 @@ A tree file has one node per line, ``<name> <parent index>`` (parent -1 for
 the top level). A *group* is a maximal run of consecutive lines with the
 same parent, so siblings must be contiguous; the softmax runs per group.
 """
+
 import numpy as np
 
 from ..errors import ConfigError, printable
@@ -38,12 +39,13 @@ class Tree:
 
 def read_tree(path, options=None):
     """Read a tree file; errors name the file and line (and the cfg key)."""
+
     def fail(message, line=None):
         if options is not None:
             return options.error(f"{path}{':' + str(line) if line else ''}: {message}", "tree")
         return ConfigError(message, file=path, line=line)
 
-    def refused(message):   # read_text's messages start with the path, which fail() adds
+    def refused(message):  # read_text's messages start with the path, which fail() adds
         return fail(message.removeprefix(f"{printable(path)}: "))
 
     # a FIFO, a device or a huge file is refused before reading (minidark.files)
@@ -70,12 +72,12 @@ def fill_hierarchy(truth, tree):
     """darknet's fill_hierarchy, vectorised over rows: set every ancestor of a
     positive label, and mark each group with no positive as SECRET_NUM."""
     truth = np.asarray(truth, np.float32).copy()
-    for j in range(tree.n - 1, -1, -1):       # children come after parents
+    for j in range(tree.n - 1, -1, -1):  # children come after parents
         p = tree.parent[j]
         if p >= 0:
             truth[:, p] = np.maximum(truth[:, p], truth[:, j] > 0)
     for offset, size in zip(tree.group_offset, tree.group_size, strict=True):
-        block = truth[:, offset:offset + size]
+        block = truth[:, offset : offset + size]
         empty = ~(block > 0).any(axis=1)
         block[empty] = SECRET_NUM
     return truth

@@ -15,6 +15,7 @@ from ``net.config`` (minidark/cfg/netconfig.py):
 | random   | ``lr * U(0,1) ** power`` (a new draw per call)  |
 | sigmoid  | ``lr / (1 + exp(gamma * (n - step)))``          |
 """
+
 import math
 
 import numpy as np
@@ -43,7 +44,7 @@ def current_rate(net, rng=None):
             rate *= scale
         return rate
     if policy == "exp":
-        return lr * config.gamma ** n
+        return lr * config.gamma**n
     if policy == "poly":
         return lr * max(0.0, 1 - n / config.max_batches) ** config.power
     if policy == "random":

@@ -13,12 +13,13 @@ backward adds the new batch's summed negative gradient to them. For weights
 this is ``torch.optim.SGD(lr, momentum=m, weight_decay=d)`` on the mean loss;
 biases and scales get momentum but no decay.
 """
+
 from ..kernels.blas import axpy, scal
 
 
 def sgd_update(layer, args):
     rate = args.learning_rate * layer.learning_rate_scale / args.batch
-    for param, updates in layer.sgd_params:       # default: biases and scales
+    for param, updates in layer.sgd_params:  # default: biases and scales
         values = getattr(layer, param, None)
         if values is None:
             continue

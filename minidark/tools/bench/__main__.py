@@ -1,6 +1,7 @@
 """``python -m minidark.tools.bench ARGS``: ``minidark bench ARGS``, or, with
 ``--worker``, one measurement in this fresh process (how the parent starts a
 worker). An entry point, at the top of the house: it may import the CLI."""
+
 import sys
 
 from .command import worker_main
@@ -11,6 +12,7 @@ def main(argv):
         return worker_main(argv)
     # the CLI (every command) only when not a worker: workers start lean
     from ...cli import main as cli_main
+
     return cli_main(["bench", *argv])
 
 

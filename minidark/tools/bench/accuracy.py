@@ -2,6 +2,7 @@
 -- the same initial weights, batch order and per-iteration learning rates --
 and both test top-1 accuracies.
 """
+
 import datetime
 import hashlib
 import os
@@ -16,8 +17,8 @@ from ...errors import MinidarkError
 from .common import ENGINE_NAMES, ENGINES
 from .runner import find_mnist, machine_info, run_worker, torch_available
 
-ORDER_STREAM = 0x6D64          # keeps the data order's random stream apart from the weights'
-ACCURACY_TARGET_POINTS = 0.3   # the goal: within 0.3 points of PyTorch's top-1
+ORDER_STREAM = 0x6D64  # keeps the data order's random stream apart from the weights'
+ACCURACY_TARGET_POINTS = 0.3  # the goal: within 0.3 points of PyTorch's top-1
 
 
 def epoch_order(rows, epochs, batch_rows, seed):
@@ -28,7 +29,7 @@ def epoch_order(rows, epochs, batch_rows, seed):
     rng = np.random.default_rng(np.random.SeedSequence([seed, ORDER_STREAM]))
     order = np.concatenate([rng.permutation(rows) for _ in range(epochs)]).astype(np.int64)
     iterations = order.size // batch_rows
-    return order[:iterations * batch_rows].reshape(iterations, batch_rows)
+    return order[: iterations * batch_rows].reshape(iterations, batch_rows)
 
 
 def rate_at(net, seen):
@@ -47,12 +48,16 @@ def check_accuracy_net(net, cfg):
     with the same learning rates."""
     classes = net.output_layer.outputs
     if net.inputs != 784 or classes != 10:
-        raise MinidarkError(f"{cfg}: --accuracy trains on MNIST, which needs 784 inputs "
-                            f"(28x28x1) and 10 outputs; this cfg has {net.inputs} -> {classes}")
+        raise MinidarkError(
+            f"{cfg}: --accuracy trains on MNIST, which needs 784 inputs "
+            f"(28x28x1) and 10 outputs; this cfg has {net.inputs} -> {classes}"
+        )
     if net.policy == "random":
-        raise MinidarkError(f"{cfg}: policy=random draws a new rate at every call, so the two "
-                            f"engines could not get the same rates; use another policy for "
-                            f"--accuracy")
+        raise MinidarkError(
+            f"{cfg}: policy=random draws a new rate at every call, so the two "
+            f"engines could not get the same rates; use another policy for "
+            f"--accuracy"
+        )
 
 
 def _spy_rates(net, rates):
@@ -104,10 +109,12 @@ def train_torch(twin, net, images, labels, order, rates=None, optimizer=None):
     beforehand (its first construction imports ~1 s of torch modules).
     Returns the per-iteration mean losses."""
     import torch
+
     rows, batch = order.shape[1], net.batch
     if rows != net.batch * net.subdivisions:
-        raise ValueError(f"order has {rows} rows per iteration; the net trains "
-                         f"{net.batch} x {net.subdivisions}")
+        raise ValueError(
+            f"order has {rows} rows per iteration; the net trains {net.batch} x {net.subdivisions}"
+        )
     model, opt = twin.model, optimizer or twin.optimizer()
     model.train()
     buffer = np.empty((rows, images.shape[1]), np.float32)
@@ -125,7 +132,7 @@ def train_torch(twin, net, images, labels, order, rates=None, optimizer=None):
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for start in range(0, rows, batch):
-            loss = twin.loss(model(x[start:start + batch]), y[start:start + batch])
+            loss = twin.loss(model(x[start : start + batch]), y[start : start + batch])
             loss.backward()
             total += loss.item()
         opt.step()
@@ -141,14 +148,15 @@ def top1_minidark(net, images, labels):
 def top1_torch(twin, images, labels, batch):
     """The same in eval mode (dropout off), in chunks of ``batch``."""
     import torch
+
     model = twin.model
     model.eval()
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     correct = 0
     with torch.inference_mode():
         for start in range(0, x.shape[0], batch):
-            logits = model(x[start:start + batch])
-            correct += int((logits.argmax(1) == y[start:start + batch]).sum())
+            logits = model(x[start : start + batch])
+            correct += int((logits.argmax(1) == y[start : start + batch]).sum())
     return correct / x.shape[0]
 
 
@@ -172,9 +180,13 @@ def _spread(values):
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None,
-            "min": min(values), "max": max(values), "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
 
 
 def run_accuracy(cfgs, options, progress=None):
@@ -183,8 +195,10 @@ def run_accuracy(cfgs, options, progress=None):
     say = progress or (lambda message: None)
     mnist = find_mnist()
     if mnist is None:
-        raise MinidarkError("--accuracy trains on MNIST: put its four IDX files (.gz or raw) "
-                            "in data/mnist, or in $MINIDARK_DATA/mnist")
+        raise MinidarkError(
+            "--accuracy trains on MNIST: put its four IDX files (.gz or raw) "
+            "in data/mnist, or in $MINIDARK_DATA/mnist"
+        )
     available = int(read_idx(find_idx(mnist, "train-labels-idx1-ubyte")).shape[0])
     train_rows = options.train_rows or available
     if train_rows > available:
@@ -196,8 +210,14 @@ def run_accuracy(cfgs, options, progress=None):
     meta = machine_info(options, use_torch, started)
     for key in ("steps", "warmup", "repeats", "train_batches", "eval_rows", "eval_passes"):
         meta.pop(key, None)
-    meta.update(mode="accuracy", epochs=epochs, seeds=seeds, train_rows=train_rows,
-                mnist=mnist, target_points=ACCURACY_TARGET_POINTS)
+    meta.update(
+        mode="accuracy",
+        epochs=epochs,
+        seeds=seeds,
+        train_rows=train_rows,
+        mnist=mnist,
+        target_points=ACCURACY_TARGET_POINTS,
+    )
     result = {"meta": meta, "results": []}
     with tempfile.TemporaryDirectory(prefix="minidark-bench-") as tmp:
         for index, cfg in enumerate(cfgs):
@@ -206,15 +226,27 @@ def run_accuracy(cfgs, options, progress=None):
             rows = net.batch * net.subdivisions
             iterations = epochs * train_rows // rows
             if iterations < 1:
-                raise MinidarkError(f"{cfg}: {epochs} epoch(s) of {train_rows} rows is less "
-                                    f"than one iteration of {rows} rows")
-            entry = {"cfg": cfg, "batch": net.batch, "subdivisions": net.subdivisions,
-                     "rows_per_iteration": rows, "iterations": iterations,
-                     "params": int(net.params), "policy": net.policy,
-                     "runs": {engine: [] for engine in ENGINES}, "torch_error": None}
+                raise MinidarkError(
+                    f"{cfg}: {epochs} epoch(s) of {train_rows} rows is less "
+                    f"than one iteration of {rows} rows"
+                )
+            entry = {
+                "cfg": cfg,
+                "batch": net.batch,
+                "subdivisions": net.subdivisions,
+                "rows_per_iteration": rows,
+                "iterations": iterations,
+                "params": int(net.params),
+                "policy": net.policy,
+                "runs": {engine: [] for engine in ENGINES},
+                "torch_error": None,
+            }
             if not use_torch:
-                entry["torch_error"] = ("disabled (--no-torch)" if options.no_torch else
-                                        "PyTorch not installed: pip install -e '.[bench]'")
+                entry["torch_error"] = (
+                    "disabled (--no-torch)"
+                    if options.no_torch
+                    else "PyTorch not installed: pip install -e '.[bench]'"
+                )
             del net
             for seed in seeds:
                 order_file = os.path.join(tmp, f"order{index}_{seed}.npy")
@@ -223,9 +255,15 @@ def run_accuracy(cfgs, options, progress=None):
                     if engine == "torch" and entry["torch_error"] is not None:
                         continue
                     say(f"{cfg} seed {seed}: {ENGINE_NAMES[engine]}, {iterations} iterations")
-                    run = run_worker("accuracy", engine, options, cfg=cfg, data=order_file,
-                                     seed=seed, extra=("--mnist", mnist,
-                                                       "--train-rows", train_rows))
+                    run = run_worker(
+                        "accuracy",
+                        engine,
+                        options,
+                        cfg=cfg,
+                        data=order_file,
+                        seed=seed,
+                        extra=("--mnist", mnist, "--train-rows", train_rows),
+                    )
                     if "error" in run:
                         entry["torch_error"] = run["error"]
                         continue
@@ -241,26 +279,37 @@ def summarize_accuracy(entry):
     and initial weights. Runs keep their rate change points, not every rate."""
     runs = entry["runs"]
     for engine in ENGINES:
-        entry[engine] = None if not runs[engine] else {
-            "top1_pct": _spread([100 * r["top1"] for r in runs[engine]]),
-            "train_s": _spread([r["train_s"] for r in runs[engine]]),
-            "eval_s": _spread([r["eval_s"] for r in runs[engine]]),
-            "wall_s": _spread([r["wall_s"] for r in runs[engine]]),
-            "last_epoch_loss": _spread([r["last_epoch_loss"] for r in runs[engine]]),
-            "pools": runs[engine][0]["pools"]}
+        entry[engine] = (
+            None
+            if not runs[engine]
+            else {
+                "top1_pct": _spread([100 * r["top1"] for r in runs[engine]]),
+                "train_s": _spread([r["train_s"] for r in runs[engine]]),
+                "eval_s": _spread([r["eval_s"] for r in runs[engine]]),
+                "wall_s": _spread([r["wall_s"] for r in runs[engine]]),
+                "last_epoch_loss": _spread([r["last_epoch_loss"] for r in runs[engine]]),
+                "pools": runs[engine][0]["pools"],
+            }
+        )
     pairs = list(zip(runs["minidark"], runs["torch"], strict=False))  # torch may have failed
     entry["difference_points"] = _spread([100 * (a["top1"] - b["top1"]) for a, b in pairs])
     entry["same_rates"] = all(a["rates"] == b["rates"] for a, b in pairs) if pairs else None
-    entry["same_initial_weights"] = (all(a["initial_weights"] == b["initial_weights"]
-                                         for a, b in pairs) if pairs else None)
-    entry["same_order"] = (all(a["order"] == b["order"] and a["iterations"] ==
-                               b["iterations"] == entry["iterations"] for a, b in pairs)
-                           if pairs else None)
+    entry["same_initial_weights"] = (
+        all(a["initial_weights"] == b["initial_weights"] for a, b in pairs) if pairs else None
+    )
+    entry["same_order"] = (
+        all(
+            a["order"] == b["order"] and a["iterations"] == b["iterations"] == entry["iterations"]
+            for a, b in pairs
+        )
+        if pairs
+        else None
+    )
     first = (runs["minidark"] or runs["torch"] or [None])[0]
     entry["rate_schedule"] = _rate_changes(first["rates"]) if first else []
     for run in runs["minidark"] + runs["torch"]:
         run["rate_changes"] = _rate_changes(run.pop("rates"))
     diff = entry["difference_points"]
-    entry["within_target"] = (abs(diff["mean"]) <= ACCURACY_TARGET_POINTS
-                              if diff is not None else None)
-
+    entry["within_target"] = (
+        abs(diff["mean"]) <= ACCURACY_TARGET_POINTS if diff is not None else None
+    )

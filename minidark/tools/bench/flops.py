@@ -11,8 +11,11 @@ def training_flops(net):
     gradient, weight gradient), less the input gradient of layer 0, which
     neither engine computes."""
     first = net.layers[0] if net.layers else None
-    skipped = first.flops if first is not None and first.type in (
-        "connected", "conn", "convolutional", "conv") else 0
+    skipped = (
+        first.flops
+        if first is not None and first.type in ("connected", "conn", "convolutional", "conv")
+        else 0
+    )
     return int(3 * forward_flops(net) - skipped)
 
 
@@ -39,4 +42,3 @@ def gemm_shapes(net):
         if i > 0:
             shapes["train"].append(igrad + (groups,))
     return shapes
-

@@ -2,6 +2,7 @@
 turn (minidark, PyTorch, minidark, PyTorch ...), and the summary of their
 results: medians, per-pair ratios, fractions of the GEMM rate.
 """
+
 import datetime
 import importlib.util
 import json
@@ -58,18 +59,24 @@ def prepare_data(net, directory, train_batches, eval_rows, seed=0):
         eval_x = np.tile(eval_x, (repeat, 1))[:eval_rows]
         eval_y = np.tile(eval_y, repeat)[:eval_rows]
         train_x, train_y = train_x[:train_rows], train_y[:train_rows]
-        description = (f"MNIST ({train_batches} training batches of {net.batch}, "
-                       f"{eval_rows} test rows)")
+        description = (
+            f"MNIST ({train_batches} training batches of {net.batch}, {eval_rows} test rows)"
+        )
     else:
         train_x = rng.random((train_rows, net.inputs), np.float32)
         eval_x = rng.random((eval_rows, net.inputs), np.float32)
         train_y = rng.integers(0, classes, train_rows)
         eval_y = rng.integers(0, classes, eval_rows)
-        description = (f"random uniform ({train_batches} training batches of {net.batch}, "
-                       f"{eval_rows} rows)" + ("" if net.inputs != 784 else
-                                              "; MNIST not found"))
-    for name, array in (("train_x", train_x), ("train_y", train_y),
-                        ("eval_x", eval_x), ("eval_y", eval_y)):
+        description = (
+            f"random uniform ({train_batches} training batches of {net.batch}, "
+            f"{eval_rows} rows)" + ("" if net.inputs != 784 else "; MNIST not found")
+        )
+    for name, array in (
+        ("train_x", train_x),
+        ("train_y", train_y),
+        ("eval_x", eval_x),
+        ("eval_y", eval_y),
+    ):
         dtype = np.float32 if name.endswith("x") else np.int64
         np.save(os.path.join(directory, name + ".npy"), np.ascontiguousarray(array, dtype))
     return description
@@ -98,31 +105,53 @@ def worker_environment(threads, native_blas=False):
     return env
 
 
-def run_worker(mode, engine, options, cfg=None, data=None, batch=None, shapes=None,
-               seed=None, extra=()):
+def run_worker(
+    mode, engine, options, cfg=None, data=None, batch=None, shapes=None, seed=None, extra=()
+):
     """Run one measurement in a fresh process; return its JSON result (with
     ``wall_s``, the process's wall time, imports and data loading included)."""
     seed = options.seed if seed is None else seed
-    command = [sys.executable, "-m", "minidark.tools.bench", "--worker", mode, "--engine", engine,
-               "--threads", str(options.threads), "--steps", str(options.steps),
-               "--warmup", str(options.warmup), "--eval-passes", str(options.eval_passes),
-               "--gemm-size", str(options.gemm_size), "--seed", str(seed)]
-    for flag, value in (("--cfg", cfg), ("--data", data), ("--batch", batch),
-                        ("--shapes", shapes)):
+    command = [
+        sys.executable,
+        "-m",
+        "minidark.tools.bench",
+        "--worker",
+        mode,
+        "--engine",
+        engine,
+        "--threads",
+        str(options.threads),
+        "--steps",
+        str(options.steps),
+        "--warmup",
+        str(options.warmup),
+        "--eval-passes",
+        str(options.eval_passes),
+        "--gemm-size",
+        str(options.gemm_size),
+        "--seed",
+        str(seed),
+    ]
+    for flag, value in (("--cfg", cfg), ("--data", data), ("--batch", batch), ("--shapes", shapes)):
         if value is not None:
             command += [flag, str(value)]
     command += [str(e) for e in extra]
     for spec in options.plugin or ():
         command += ["--plugin", spec]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env=worker_environment(options.threads,
-                                                 options.native_blas))
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=worker_environment(options.threads, options.native_blas),
+    )
     wall = time.perf_counter() - started
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        raise MinidarkError(f"bench worker ({engine} {mode} {cfg or ''}) failed with exit "
-                            f"code {done.returncode}:\n{done.stderr.strip()[-2000:]}")
+        raise MinidarkError(
+            f"bench worker ({engine} {mode} {cfg or ''}) failed with exit "
+            f"code {done.returncode}:\n{done.stderr.strip()[-2000:]}"
+        )
     result = json.loads(lines[-1])
     result.setdefault("wall_s", wall)
     return result
@@ -137,18 +166,25 @@ def _ratio_summary(pairs):
     pairs = [p for p in pairs if p is not None]
     if not pairs:
         return None
-    return {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs),
-            "pairs": pairs}
+    return {
+        "median": statistics.median(pairs),
+        "min": min(pairs),
+        "max": max(pairs),
+        "pairs": pairs,
+    }
 
 
 def torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
-METRICS = (("train_img_s", "train", "img_s"), ("eval_img_s", "eval", "img_s"),
-           ("train_peak_rss_mb", "train", "peak_rss_mb"),
-           ("eval_peak_rss_mb", "eval", "peak_rss_mb"),
-           ("rss_after_import_mb", "train", "rss_after_import_mb"))
+METRICS = (
+    ("train_img_s", "train", "img_s"),
+    ("eval_img_s", "eval", "img_s"),
+    ("train_peak_rss_mb", "train", "peak_rss_mb"),
+    ("eval_peak_rss_mb", "eval", "peak_rss_mb"),
+    ("rss_after_import_mb", "train", "rss_after_import_mb"),
+)
 
 
 def run_bench(cfgs, options, progress=None):
@@ -164,15 +200,25 @@ def run_bench(cfgs, options, progress=None):
             net = load_network(cfg, seed=options.seed)
             data = os.path.join(tmp, f"cfg{index}")
             os.makedirs(data)
-            entry = {"cfg": cfg, "batch": net.batch, "subdivisions": net.subdivisions,
-                     "params": int(net.params), "forward_flops": forward_flops(net),
-                     "training_flops": training_flops(net),
-                     "data": prepare_data(net, data, options.train_batches,
-                                          options.eval_rows, options.seed),
-                     "runs": {engine: [] for engine in ENGINES}, "torch_error": None}
+            entry = {
+                "cfg": cfg,
+                "batch": net.batch,
+                "subdivisions": net.subdivisions,
+                "params": int(net.params),
+                "forward_flops": forward_flops(net),
+                "training_flops": training_flops(net),
+                "data": prepare_data(
+                    net, data, options.train_batches, options.eval_rows, options.seed
+                ),
+                "runs": {engine: [] for engine in ENGINES},
+                "torch_error": None,
+            }
             if not use_torch:
-                entry["torch_error"] = ("disabled (--no-torch)" if options.no_torch else
-                                        "PyTorch not installed: pip install -e '.[bench]'")
+                entry["torch_error"] = (
+                    "disabled (--no-torch)"
+                    if options.no_torch
+                    else "PyTorch not installed: pip install -e '.[bench]'"
+                )
             nets[cfg] = gemm_shapes(net)
             plans.append((entry, data))
             del net
@@ -190,19 +236,25 @@ def run_bench(cfgs, options, progress=None):
                     for engine in ENGINES:
                         if engine == "torch" and entry["torch_error"] is not None:
                             continue
-                        say(f"repeat {repeat + 1}/{options.repeats}: {entry['cfg']} "
-                            f"{ENGINE_NAMES[engine]} {mode}")
-                        run = run_worker(mode, engine, options, cfg=entry["cfg"], data=data,
-                                         batch=entry["batch"])
+                        say(
+                            f"repeat {repeat + 1}/{options.repeats}: {entry['cfg']} "
+                            f"{ENGINE_NAMES[engine]} {mode}"
+                        )
+                        run = run_worker(
+                            mode, engine, options, cfg=entry["cfg"], data=data, batch=entry["batch"]
+                        )
                         if "error" in run:
                             entry["torch_error"] = run["error"]
                             continue
                         entry["runs"][engine].append(run)
     result["meta"]["gemm"] = {
-        "size": options.gemm_size, "gflops": max(g["gflops"] for g in gemms),
-        "gflops_runs": [g["gflops"] for g in gemms], "blas": gemms[0]["pools"],
+        "size": options.gemm_size,
+        "gflops": max(g["gflops"] for g in gemms),
+        "gflops_runs": [g["gflops"] for g in gemms],
+        "blas": gemms[0]["pools"],
         "torch_gflops": max((g["gflops"] for g in torch_gemms), default=None),
-        "torch_blas": torch_gemms[0]["pools"][0] if torch_gemms else None}
+        "torch_blas": torch_gemms[0]["pools"][0] if torch_gemms else None,
+    }
     for entry, _ in plans:
         summarize(entry, gemms, result["meta"]["gemm"]["gflops"])
         result["results"].append(entry)
@@ -214,8 +266,11 @@ def summarize(entry, gemms, gflops):
     flops = {"train": entry["training_flops"], "eval": entry["forward_flops"]}
     limits = [g["nets"].get(entry["cfg"]) for g in gemms]
     entry["gemm_limit_img_s"] = {
-        kind: entry["batch"] / min(l[kind] for l in limits if l) if any(
-            l and l[kind] for l in limits) else None for kind in ("train", "eval")}
+        kind: entry["batch"] / min(l[kind] for l in limits if l)
+        if any(l and l[kind] for l in limits)
+        else None
+        for kind in ("train", "eval")
+    }
     for engine in ENGINES:
         runs = entry["runs"][engine]
         if not runs:
@@ -231,17 +286,19 @@ def summarize(entry, gemms, gflops):
         for mode in ("train", "eval"):
             rate = summary[f"{mode}_img_s"]
             summary[f"{mode}_gflops"] = rate * flops[mode] / 1e9 if rate else None
-            summary[f"{mode}_gemm_fraction"] = (summary[f"{mode}_gflops"] / gflops
-                                                if rate and gflops else None)
+            summary[f"{mode}_gemm_fraction"] = (
+                summary[f"{mode}_gflops"] / gflops if rate and gflops else None
+            )
         entry[engine] = summary
     entry["ratios"] = {}
     if entry["minidark"] and entry["torch"]:
         for name, mode, key in METRICS:
             ours = [r.get(key) for r in entry["runs"]["minidark"] if r["mode"] == mode]
             theirs = [r.get(key) for r in entry["runs"]["torch"] if r["mode"] == mode]
-            pairs = zip(ours, theirs, strict=False)          # torch may have stopped early
+            pairs = zip(ours, theirs, strict=False)  # torch may have stopped early
             entry["ratios"][name] = _ratio_summary(
-                [a / b if a is not None and b else None for a, b in pairs])
+                [a / b if a is not None and b else None for a, b in pairs]
+            )
 
 
 def _cpu_model():
@@ -265,19 +322,27 @@ def _program():
 
 
 def machine_info(options, use_torch, started):
-    info = {"date": started.isoformat(timespec="seconds"), "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "threads": options.threads,
-            "steps": options.steps, "warmup": options.warmup, "repeats": options.repeats,
-            "train_batches": options.train_batches, "eval_rows": options.eval_rows,
-            "eval_passes": options.eval_passes, "torch": None,
-            "pinned_kernel": pinned_kernel(),
-            "native_blas": bool(options.native_blas),
-            "command": " ".join([_program()] + sys.argv[1:])}
+    info = {
+        "date": started.isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "threads": options.threads,
+        "steps": options.steps,
+        "warmup": options.warmup,
+        "repeats": options.repeats,
+        "train_batches": options.train_batches,
+        "eval_rows": options.eval_rows,
+        "eval_passes": options.eval_passes,
+        "torch": None,
+        "pinned_kernel": pinned_kernel(),
+        "native_blas": bool(options.native_blas),
+        "command": " ".join([_program()] + sys.argv[1:]),
+    }
     if use_torch:
         try:
             info["torch"] = version("torch")
         except PackageNotFoundError:
             info["torch"] = "installed"
     return info
-

@@ -2,6 +2,7 @@
 built from the *parsed* Network (its resolved sizes, padding and settings),
 with minidark's initial weights copied in and darknet's SGD as the optimiser.
 """
+
 from .common import TORCH_ACTIVATIONS, UnsupportedForTorch
 
 
@@ -19,6 +20,7 @@ class TorchNet:
     def copy_weights_from(self, net=None):
         """Copy weights, biases and BN statistics from the minidark layers."""
         import torch
+
         with torch.no_grad():
             for layer, module, bn in self.pairs:
                 module.weight.copy_(torch.from_numpy(layer.weights).reshape(module.weight.shape))
@@ -35,16 +37,21 @@ class TorchNet:
         learning_rate scales (kept as each group's ``lr_scale``); groups with
         equal settings are merged."""
         import torch
+
         groups = {}
         for layer, module, bn in self.pairs:
             scale = layer.learning_rate_scale
             no_decay = [module.bias] if bn is None else [bn.weight, bn.bias]
             groups.setdefault((scale, self.decay), []).append(module.weight)
             groups.setdefault((scale, 0.0), []).extend(no_decay)
-        params = [{"params": p, "lr": self.learning_rate * scale, "lr_scale": scale,
-                   "weight_decay": wd} for (scale, wd), p in groups.items() if p]
-        return torch.optim.SGD(params, lr=self.learning_rate, momentum=self.momentum,
-                               weight_decay=0.0)
+        params = [
+            {"params": p, "lr": self.learning_rate * scale, "lr_scale": scale, "weight_decay": wd}
+            for (scale, wd), p in groups.items()
+            if p
+        ]
+        return torch.optim.SGD(
+            params, lr=self.learning_rate, momentum=self.momentum, weight_decay=0.0
+        )
 
     @staticmethod
     def set_learning_rate(optimizer, rate):
@@ -55,12 +62,14 @@ class TorchNet:
     def loss(self, logits, labels):
         """Mean cross-entropy, divided by subdivisions as darknet's B = batch * subdivisions."""
         import torch.nn.functional as F
+
         loss = F.cross_entropy(logits, labels)
         return loss / self.subdivisions if self.subdivisions != 1 else loss
 
 
 def _torch_activation(name, where, inplace=True):
     from torch import nn
+
     if name == "linear":
         return None
     if name == "relu":
@@ -71,19 +80,26 @@ def _torch_activation(name, where, inplace=True):
         return nn.Sigmoid()
     if name == "tanh":
         return nn.Tanh()
-    raise UnsupportedForTorch(f"{where}: activation '{name}' is unsupported for torch "
-                              f"comparison (supported: {', '.join(TORCH_ACTIVATIONS)})")
+    raise UnsupportedForTorch(
+        f"{where}: activation '{name}' is unsupported for torch "
+        f"comparison (supported: {', '.join(TORCH_ACTIVATIONS)})"
+    )
 
 
 def _conv_modules(l, where):
     """Conv2d (+ BatchNorm2d) with the padding minidark resolved (``l.pad``)."""
     from torch import nn
+
     size, stride, pad, groups = l.size, l.stride, l.pad, l.groups
-    if ((l.h + 2 * pad - size) // stride + 1, (l.w + 2 * pad - size) // stride + 1) != \
-            (l.out_h, l.out_w):
-        raise UnsupportedForTorch(f"{where}: cannot reproduce its output {l.out_w}x{l.out_h}"
-                                  f"x{l.out_c} from size {size}, stride {stride}, pad {pad}; "
-                                  f"unsupported for torch comparison")
+    if ((l.h + 2 * pad - size) // stride + 1, (l.w + 2 * pad - size) // stride + 1) != (
+        l.out_h,
+        l.out_w,
+    ):
+        raise UnsupportedForTorch(
+            f"{where}: cannot reproduce its output {l.out_w}x{l.out_h}"
+            f"x{l.out_c} from size {size}, stride {stride}, pad {pad}; "
+            f"unsupported for torch comparison"
+        )
     conv = nn.Conv2d(l.c, l.n, size, stride, pad, groups=groups, bias=not l.batch_normalize)
     norm = nn.BatchNorm2d(l.n, eps=1e-5, momentum=0.01) if l.batch_normalize else None
     return conv, norm
@@ -94,10 +110,11 @@ def _maxpool_modules(l, where):
     -padding // 2 + i * stride, out-of-image values are -inf (``l.pad`` is
     darknet's total padding)."""
     from torch import nn
+
     size, stride, total = l.size, l.stride, l.pad
     left = total // 2
 
-    def torch_out(n, ceil):   # PyTorch's pooling output size (symmetric padding `left`)
+    def torch_out(n, ceil):  # PyTorch's pooling output size (symmetric padding `left`)
         span = n + 2 * left - size
         out = (-(-span // stride) if ceil else span // stride) + 1
         if ceil and (out - 1) * stride >= n + left:
@@ -105,11 +122,13 @@ def _maxpool_modules(l, where):
         return out
 
     if left <= size // 2:
-        for ceil in (False, True):   # same window starts; pick the matching count
+        for ceil in (False, True):  # same window starts; pick the matching count
             if (torch_out(l.h, ceil), torch_out(l.w, ceil)) == (l.out_h, l.out_w):
                 return [nn.MaxPool2d(size, stride, padding=left, ceil_mode=ceil)]
-    return [nn.ConstantPad2d((left, total - left, left, total - left), float("-inf")),
-            nn.MaxPool2d(size, stride)]
+    return [
+        nn.ConstantPad2d((left, total - left, left, total - left), float("-inf")),
+        nn.MaxPool2d(size, stride),
+    ]
 
 
 def build_torch_model(net, copy_weights=True):
@@ -122,20 +141,27 @@ def build_torch_model(net, copy_weights=True):
     from torch import nn
 
     modules, pairs = [], []
-    image = None                      # (c, h, w) while the tensor is NCHW, None when flat
+    image = None  # (c, h, w) while the tensor is NCHW, None when flat
     layers = list(net.layers)
     head = None
     for i, l in enumerate(layers):
         where = f"layer {i} [{l.type}]"
-        kind = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool",
-                "conn": "connected", "soft": "softmax"}.get(l.type, l.type)
+        kind = {
+            "conv": "convolutional",
+            "max": "maxpool",
+            "avg": "avgpool",
+            "conn": "connected",
+            "soft": "softmax",
+        }.get(l.type, l.type)
         if head is not None:
-            raise UnsupportedForTorch(f"{where}: layers after the softmax head are "
-                                      f"unsupported for torch comparison")
+            raise UnsupportedForTorch(
+                f"{where}: layers after the softmax head are unsupported for torch comparison"
+            )
         if kind in ("convolutional", "maxpool", "avgpool") and image is None:
             if not (l.c and l.h and l.w) or l.c * l.h * l.w != l.inputs:
-                raise UnsupportedForTorch(f"{where}: a non-image input is unsupported for "
-                                          f"torch comparison")
+                raise UnsupportedForTorch(
+                    f"{where}: a non-image input is unsupported for torch comparison"
+                )
             modules.append(nn.Unflatten(1, (l.c, l.h, l.w)))
             image = (l.c, l.h, l.w)
         if kind == "convolutional":
@@ -150,8 +176,9 @@ def build_torch_model(net, copy_weights=True):
             image = (l.out_c, l.out_h, l.out_w)
         elif kind == "avgpool":
             if l.outputs != l.c:
-                raise UnsupportedForTorch(f"{where}: non-global average pooling is "
-                                          f"unsupported for torch comparison")
+                raise UnsupportedForTorch(
+                    f"{where}: non-global average pooling is unsupported for torch comparison"
+                )
             modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
             image = None
         elif kind == "connected":
@@ -172,30 +199,36 @@ def build_torch_model(net, copy_weights=True):
             modules += [act] if act is not None else []
         elif kind == "softmax":
             if l.groups != 1 or l.temperature != 1 or l.tree is not None or l.spatial:
-                raise UnsupportedForTorch(f"{where}: groups, temperature, tree and spatial are "
-                                          f"unsupported for torch comparison (only the "
-                                          f"defaults)")
+                raise UnsupportedForTorch(
+                    f"{where}: groups, temperature, tree and spatial are "
+                    f"unsupported for torch comparison (only the "
+                    f"defaults)"
+                )
             head = l
         else:
             raise UnsupportedForTorch(
                 f"{where}: layer type '{l.type}' is unsupported for torch comparison "
                 f"(supported: connected, convolutional, maxpool, avgpool, dropout, "
-                f"activation, softmax)")
+                f"activation, softmax)"
+            )
     if head is None:
-        raise UnsupportedForTorch("a network without a [softmax] head is unsupported for "
-                                  "torch comparison (the head maps to cross_entropy)")
+        raise UnsupportedForTorch(
+            "a network without a [softmax] head is unsupported for "
+            "torch comparison (the head maps to cross_entropy)"
+        )
     if image is not None:
         modules.append(nn.Flatten())
     model = nn.Sequential(*modules)
     twin = TorchNet(model, pairs, net, head.inputs)
     if copy_weights:
         twin.copy_weights_from(net)
-    with torch.no_grad():            # the shapes must agree layer by layer: check the end
+    with torch.no_grad():  # the shapes must agree layer by layer: check the end
         model.eval()
         out = model(torch.zeros(1, net.inputs))
         model.train()
     if tuple(out.shape) != (1, head.inputs):
-        raise UnsupportedForTorch(f"torch model gives {tuple(out.shape)[1:]} outputs, "
-                                  f"minidark {head.inputs}: unsupported for torch comparison")
+        raise UnsupportedForTorch(
+            f"torch model gives {tuple(out.shape)[1:]} outputs, "
+            f"minidark {head.inputs}: unsupported for torch comparison"
+        )
     return twin
-

@@ -2,6 +2,7 @@
 --worker MODE``), printed as one JSON line, so that peak memory never mixes and
 the thread count is set in the environment before numpy or torch loads.
 """
+
 import contextlib
 import hashlib
 import json
@@ -48,13 +49,19 @@ def _peak_rss_mb():
 def _limit_threads(threads, with_torch=False):
     """Apply the thread count in-process; return what the libraries report."""
     from threadpoolctl import threadpool_info, threadpool_limits
+
     threadpool_limits(threads)
-    info = {"threads": threads, "pools": [
-        f"{p.get('internal_api')} {p.get('version')} {p.get('architecture') or ''} "
-        f"({p.get('num_threads')} threads)".replace("  ", " ")
-        for p in threadpool_info()]}
+    info = {
+        "threads": threads,
+        "pools": [
+            f"{p.get('internal_api')} {p.get('version')} {p.get('architecture') or ''} "
+            f"({p.get('num_threads')} threads)".replace("  ", " ")
+            for p in threadpool_info()
+        ],
+    }
     if with_torch:
         import torch
+
         info["torch_threads"] = torch.get_num_threads()
         info["pools"].insert(0, _torch_config())
     return info
@@ -65,8 +72,9 @@ def _worker(args):
     with_torch = args.engine == "torch"
     if with_torch:
         import torch
+
         torch.set_num_threads(args.threads)
-        with contextlib.suppress(RuntimeError):      # already set in this process
+        with contextlib.suppress(RuntimeError):  # already set in this process
             torch.set_num_interop_threads(args.threads)
     result = {"engine": args.engine, "mode": args.worker, "rss_after_import_mb": _rss_now_mb()}
     if args.plugin:
@@ -92,8 +100,7 @@ def _worker(args):
         else:
             result.update(_limit_threads(args.threads, with_torch))
             try:
-                twin = build_torch_model(load_network(args.cfg, batch=1,
-                                                               seed=args.seed))
+                twin = build_torch_model(load_network(args.cfg, batch=1, seed=args.seed))
             except UnsupportedForTorch as exc:
                 print(json.dumps({"error": str(exc)}))
                 return 0
@@ -119,8 +126,10 @@ def _minidark_train(net, data, labels, args):
     truths = np.zeros((labels.size, net.truths), np.float32)
     truths[np.arange(labels.size), labels % net.truths] = 1
     count = data.shape[0] // batch
-    batches = [(data[j * batch:(j + 1) * batch], truths[j * batch:(j + 1) * batch])
-               for j in range(count)]
+    batches = [
+        (data[j * batch : (j + 1) * batch], truths[j * batch : (j + 1) * batch])
+        for j in range(count)
+    ]
 
     def step(i):
         x, truth = batches[i % count]
@@ -129,25 +138,35 @@ def _minidark_train(net, data, labels, args):
         net.update()
 
     times = _timed_steps(step, args.steps, args.warmup)
-    return {"step_s": times, "img_s": batch / statistics.median(times), "batch": batch,
-            "final_loss": net.cost / batch}
+    return {
+        "step_s": times,
+        "img_s": batch / statistics.median(times),
+        "batch": batch,
+        "final_loss": net.cost / batch,
+    }
 
 
 def _minidark_eval(net, data, labels, args):
-    net.predict(data[:2 * net.batch])                        # warm-up
+    net.predict(data[: 2 * net.batch])  # warm-up
     times = _timed_steps(lambda i: net.predict(data), args.eval_passes, 0)
-    return {"pass_s": times, "img_s": data.shape[0] / statistics.median(times),
-            "rows": int(data.shape[0]), "batch": net.batch}
+    return {
+        "pass_s": times,
+        "img_s": data.shape[0] / statistics.median(times),
+        "rows": int(data.shape[0]),
+        "batch": net.batch,
+    }
 
 
 def _torch_train(twin, data, labels, args):
     import torch
+
     batch = args.batch
     count = data.shape[0] // batch
     x = torch.from_numpy(data)
     y = torch.from_numpy(labels.astype("int64") % twin.outputs)
-    batches = [(x[j * batch:(j + 1) * batch], y[j * batch:(j + 1) * batch])
-               for j in range(count)]
+    batches = [
+        (x[j * batch : (j + 1) * batch], y[j * batch : (j + 1) * batch]) for j in range(count)
+    ]
     model, opt = twin.model, twin.optimizer()
     model.train()
     last = []
@@ -161,12 +180,17 @@ def _torch_train(twin, data, labels, args):
         last[:] = [loss]
 
     times = _timed_steps(step, args.steps, args.warmup)
-    return {"step_s": times, "img_s": batch / statistics.median(times), "batch": batch,
-            "final_loss": float(last[0]) * twin.subdivisions}
+    return {
+        "step_s": times,
+        "img_s": batch / statistics.median(times),
+        "batch": batch,
+        "final_loss": float(last[0]) * twin.subdivisions,
+    }
 
 
 def _torch_eval(twin, data, labels, args):
     import torch
+
     batch, model = args.batch, twin.model
     model.eval()
     x = torch.from_numpy(data)
@@ -174,14 +198,18 @@ def _torch_eval(twin, data, labels, args):
     def predict(rows):
         result = torch.from_numpy(np.empty((rows.shape[0], twin.outputs), np.float32))
         for start in range(0, rows.shape[0], batch):
-            result[start:start + batch] = torch.softmax(model(rows[start:start + batch]), 1)
+            result[start : start + batch] = torch.softmax(model(rows[start : start + batch]), 1)
         return result
 
     with torch.inference_mode():
-        predict(x[:2 * batch])                               # warm-up
+        predict(x[: 2 * batch])  # warm-up
         times = _timed_steps(lambda i: predict(x), args.eval_passes, 0)
-    return {"pass_s": times, "img_s": data.shape[0] / statistics.median(times),
-            "rows": int(data.shape[0]), "batch": batch}
+    return {
+        "pass_s": times,
+        "img_s": data.shape[0] / statistics.median(times),
+        "rows": int(data.shape[0]),
+        "batch": batch,
+    }
 
 
 def _time_matmul(m, k, n, min_time=0.05, reps=3, with_torch=False):
@@ -193,6 +221,7 @@ def _time_matmul(m, k, n, min_time=0.05, reps=3, with_torch=False):
     c = np.empty((m, n), np.float32)
     if with_torch:
         import torch
+
         a, b, c = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
         matmul = torch.matmul
     else:
@@ -209,17 +238,19 @@ def _time_matmul(m, k, n, min_time=0.05, reps=3, with_torch=False):
 
 def _worker_gemm(args, with_torch=False):
     size = args.gemm_size
-    seconds = _time_matmul(size, size, size, min_time=0.3, reps=5,
-                           with_torch=with_torch)
-    result = {"gemm_size": size, "gflops": 2 * size ** 3 / seconds / 1e9, "nets": {}}
+    seconds = _time_matmul(size, size, size, min_time=0.3, reps=5, with_torch=with_torch)
+    result = {"gemm_size": size, "gflops": 2 * size**3 / seconds / 1e9, "nets": {}}
     if args.shapes:
         with open(args.shapes) as handle:
             nets = json.load(handle)
         for name, shapes in nets.items():
             result["nets"][name] = {
-                kind: sum(count * _time_matmul(m, k, n, with_torch=with_torch)
-                          for m, k, n, count in products)
-                for kind, products in shapes.items()}
+                kind: sum(
+                    count * _time_matmul(m, k, n, with_torch=with_torch)
+                    for m, k, n, count in products
+                )
+                for kind, products in shapes.items()
+            }
     return result
 
 
@@ -232,8 +263,9 @@ def _worker_accuracy(args):
     net = load_network(args.cfg, seed=args.seed)
     rates = []
     if args.engine == "minidark":
-        initial = _digest(a for l in net.layers if l.weights is not None
-                          for a in (l.weights, l.biases))
+        initial = _digest(
+            a for l in net.layers if l.weights is not None for a in (l.weights, l.biases)
+        )
         setup_s = 0.0
         start = time.perf_counter()
         losses = train_minidark(net, train_x, train_y, order, rates)
@@ -242,12 +274,16 @@ def _worker_accuracy(args):
         top1 = top1_minidark(net, test_x, test_y)
     else:
         import torch
-        torch.manual_seed(args.seed)                 # dropout masks
+
+        torch.manual_seed(args.seed)  # dropout masks
         twin = build_torch_model(net)
-        initial = _digest(t.detach().numpy() for _, module, bn in twin.pairs
-                          for t in (module.weight, module.bias if bn is None else bn.bias))
+        initial = _digest(
+            t.detach().numpy()
+            for _, module, bn in twin.pairs
+            for t in (module.weight, module.bias if bn is None else bn.bias)
+        )
         start = time.perf_counter()
-        optimizer = twin.optimizer()                 # imports torch.optim's lazy modules
+        optimizer = twin.optimizer()  # imports torch.optim's lazy modules
         setup_s = time.perf_counter() - start
         start = time.perf_counter()
         losses = train_torch(twin, net, train_x, train_y, order, rates, optimizer)
@@ -256,21 +292,30 @@ def _worker_accuracy(args):
         top1 = top1_torch(twin, test_x, test_y, net.batch)
     eval_s = time.perf_counter() - start
     per_epoch = max(1, round((args.train_rows or train_x.shape[0]) / order.shape[1]))
-    return {"seed": args.seed, "iterations": int(order.shape[0]),
-            "rows_per_iteration": int(order.shape[1]), "top1": top1,
-            "test_rows": int(test_x.shape[0]), "train_s": train_s, "eval_s": eval_s,
-            "setup_s": setup_s,
-            "first_loss": losses[0] if losses else None,
-            "last_epoch_loss": statistics.fmean(losses[-per_epoch:]) if losses else None,
-            "rates": rates, "initial_weights": initial,
-            "order": hashlib.sha256(order.tobytes()).hexdigest()[:16]}
+    return {
+        "seed": args.seed,
+        "iterations": int(order.shape[0]),
+        "rows_per_iteration": int(order.shape[1]),
+        "top1": top1,
+        "test_rows": int(test_x.shape[0]),
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "setup_s": setup_s,
+        "first_loss": losses[0] if losses else None,
+        "last_epoch_loss": statistics.fmean(losses[-per_epoch:]) if losses else None,
+        "rates": rates,
+        "initial_weights": initial,
+        "order": hashlib.sha256(order.tobytes()).hexdigest()[:16],
+    }
 
 
 def _torch_config():
     """PyTorch's BLAS and oneDNN, from its build configuration."""
     import torch
-    match = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
-    return (f"torch {torch.__version__} BLAS {match.group(1) if match else '?'}, oneDNN "
-            f"{'on' if torch.backends.mkldnn.is_available() else 'off'} "
-            f"({torch.get_num_threads()} threads)")
 
+    match = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return (
+        f"torch {torch.__version__} BLAS {match.group(1) if match else '?'}, oneDNN "
+        f"{'on' if torch.backends.mkldnn.is_available() else 'off'} "
+        f"({torch.get_num_threads()} threads)"
+    )
