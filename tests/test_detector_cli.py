@@ -148,3 +148,14 @@ def test_yolov3_tiny_with_random_weights_on_a_photograph(tmp_path):
         name, percent = line.split(": ")
         assert name.startswith("class") and 50 <= int(percent[:-1]) <= 100
     assert Image.open(tmp_path / "predictions.png").size == (500, 375)
+
+
+def test_bench_times_minidark_beside_opencv(tmp_path):
+    cfg = tmp_path / "small.cfg"
+    text = open(os.path.join(STOCK, "yolov3-tiny.cfg")).read()
+    cfg.write_text(text)
+    result = run("detector", "bench", str(cfg), "--size", "96", "--runs", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "small.cfg: 96x96x3" in out and "minidark / OpenCV speed: " in out
+    assert "convolutional" in out.split("where minidark's time goes")[1]
