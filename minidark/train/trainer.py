@@ -61,7 +61,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, printable
 from ..optim import policy
 from ..weights import weights_bytes
 from .checkpoint import (
@@ -698,6 +698,7 @@ class Trainer:
 
     # --------------------------------------------------------------- plumbing
     def say(self, message):
+        message = printable(message)  # paths (backup=, weights) may hold control characters
         if self.bar is not None and not self.bar.disable:
             self.bar.write(message, file=self.out)
         else:
