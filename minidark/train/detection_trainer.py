@@ -1,0 +1,148 @@
+"""The training loop of ``minidark detector train`` (darknet's train_detector).
+
+The classifier's :class:`~minidark.train.trainer.Trainer` with another batch
+source: images read per batch from a
+:class:`~minidark.data.detection.DetectionDataset`, augmented as darknet's
+``load_data_detection`` with the trainer's generator (saved in every
+checkpoint, so a resumed run draws the same batches) and packed as the last
+head's truth. Everything else is the Trainer's: checkpoints with sidecars and
+exact resume, log, NaN guard, Ctrl-C backup, metrics JSONL and chart.
+
+Per iteration the log gets darknet's statistics line of every head (``Region
+16 Avg IOU: ..., Class: ..., Obj: ..., No Obj: ..., .5R: ..., .75R: ...,
+count: ...``, of the iteration's last mini-batch) before the iteration's line.
+
+Evaluation (``valid_every`` and at the end) computes mAP@0.5 (VOC all-point,
+or ``points``) and COCO mAP@[.5:.95] on the valid list (its first
+``valid_limit`` images); the chart's accuracy curves are these two
+(``top1`` = mAP@0.5, ``topk`` = mAP@[.5:.95] in the history the sidecar keeps).
+
+Multi-scale (``random=1`` in the last head): before iterations 0, 10, 20, ...
+(counted by ``net.current_batch``, so a resumed run resizes where the
+uninterrupted one did) the network is resized to a square ``dim`` drawn
+from the trainer's generator: darknet's ``(R(10) + 10) 32`` (320..608) for
+a cfg of width >= 320; for a smaller cfg width ``s``, the multiples of 32
+from ``s / 1.4`` to ``1.4 s`` (AB's random_coef; at least 32). In the last
+200 iterations the size is the cfg's (darknet: 608). The size in force is
+saved in the sidecar (``detector/width``, ``detector/height``).
+"""
+import time
+
+import numpy as np
+
+from ..data.detection import DetectionLoader
+from .checkpoint import (CheckpointError, checkpoint_base, read_sidecar, resolve_sidecar,
+                         size_limit)
+from .detection_eval import evaluate_detector
+from .metrics import append_record
+from .trainer import Trainer
+
+HEADS = ("yolo", "region", "detection")
+
+
+def multiscale_sizes(size):
+    """The square sizes multi-scale training draws from, for a cfg of width ``size``."""
+    if size >= 320:
+        return [(k + 10) * 32 for k in range(10)]
+    low, high = max(32, -(-int(size / 1.4) // 32) * 32), max(32, int(size * 1.4) // 32 * 32)
+    return list(range(low, high + 1, 32))
+
+
+class DetectionTrainer(Trainer):
+    """Trains a YOLO network on a DetectionDataset (see the module docstring)."""
+
+    truth_checked = "the truth boxes are finite"
+
+    def __init__(self, net, train_set, valid_set=None, *, points=0, valid_limit=None,
+                 **kwargs):
+        self.points, self.valid_limit = points, valid_limit
+        self.cfg_size = (net.w, net.h)
+        super().__init__(net, train_set, valid_set, **kwargs)
+
+    # --------------------------------------------------------------- data
+    def setup_data(self):
+        self.loader = DetectionLoader(self.train_set, self.net)
+        self.augment = self.loader          # what the start line describes
+        self.heads = [l for l in self.net.layers if l.type in HEADS]
+        self.multiscale = bool(self.loader.head.random)
+        self.sizes = multiscale_sizes(self.cfg_size[0])
+        self.batch_stats = {}
+        self._allocate()
+
+    def _allocate(self):
+        self._x = np.zeros((self.rows, self.net.inputs), np.float32)
+        self._truth = np.zeros((self.rows, self.net.truths), np.float32)
+
+    def load_batch(self, indices):
+        self._multiscale()
+        self.batch_stats = self.loader.load(indices, self.rng, self._x, self._truth)
+        return self._x, self._truth
+
+    def _multiscale(self):
+        net = self.net
+        if not self.multiscale or net.current_batch % 10:
+            return
+        dim = self.sizes[int(self.rng.integers(len(self.sizes)))]
+        if net.max_batches and net.current_batch + 200 > net.max_batches:
+            dim = self.cfg_size[0]
+        self.resize(dim, dim if self.cfg_size[0] == self.cfg_size[1] else
+                    int(round(dim * self.cfg_size[1] / self.cfg_size[0] / 32)) * 32)
+
+    def resize(self, w, h):
+        if (w, h) != (self.net.w, self.net.h):
+            self.net.resize(w, h)
+            self.heads = [l for l in self.net.layers if l.type in HEADS]
+            self.loader.head = self.heads[-1]
+            self._allocate()
+
+    def truth_problem(self):
+        if not np.isfinite(self._truth).all():
+            return f"the truth holds non-finite values: check the labels of {self.train_set.source}"
+        return None
+
+    def head_lines(self):
+        from ..layers.yolo import stats_line
+        return [line for line in (stats_line(l) for l in self.heads) if line]
+
+    # ---------------------------------------------------------- evaluation
+    def validate(self):
+        net, size = self.net, (self.net.w, self.net.h)
+        self.resize(*self.cfg_size)                     # evaluated at the cfg's size
+        try:
+            result = evaluate_detector(net, self.valid_set, self.loader.head.classes,
+                                       points=self.points, limit=self.valid_limit)
+        finally:
+            self.resize(*size)
+        batch = net.current_batch
+        self.valid_history["iteration"].append(batch)
+        self.valid_history["top1"].append(result["map50"])
+        self.valid_history["topk"].append(max(result["map"], 0.0))
+        record = {"iteration": batch, "seen": net.seen, "epoch": round(net.seen / self.n, 4),
+                  "loss": self.history["loss"][-1] if self.history["loss"] else None,
+                  "avg_loss": self.avg_loss, "map50": result["map50"],
+                  "map50_95": result["map"], "images": result["images"],
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        append_record(f"{self.backup_dir}/{self.base}_metrics.jsonl", record)
+        self.say(f"{self.base}: iteration {batch}: valid mAP@0.5 = {result['map50']:.4f}, "
+                 f"mAP@[.5:.95] = {result['map']:.4f} on {result['images']} images")
+        self.last_result = result
+        return result
+
+    # --------------------------------------------------------- checkpoints
+    def state_arrays(self):
+        arrays = super().state_arrays()
+        arrays["detector/width"] = np.array(self.net.w, np.int64)
+        arrays["detector/height"] = np.array(self.net.h, np.int64)
+        return arrays
+
+    def restore(self, weights_path, exact=True):
+        message = super().restore(weights_path, exact)
+        if self.restored:
+            path = resolve_sidecar(weights_path, checkpoint_base(weights_path, self.base))
+            state = read_sidecar(path, size_limit(self.net, self.n))
+            if "detector/width" in state and "detector/height" in state:
+                w, h = int(state["detector/width"]), int(state["detector/height"])
+                if not (32 <= w <= 8192 and 32 <= h <= 8192):
+                    raise CheckpointError(f"{path}: detector size {w} x {h} is not a network size")
+                self.resize(w, h)
+        return message
