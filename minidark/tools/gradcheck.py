@@ -323,7 +323,7 @@ def gradcheck_layer(
     sources = [net.layers[j] for j in layer.input_layers]
     for source in sources:
         source.output[...] = rng.uniform(-1, 1, source.output.shape)
-    truth = _truth_for(layer, rng, (net.batch, layer.outputs)) if is_loss else None
+    truth = _truth_for(layer, rng, (net.batch, layer.truths or layer.outputs)) if is_loss else None
     weights_r = rng.normal(size=layer.output.shape)
 
     carried = {name: getattr(layer, name).copy() for name in layer.carried}
