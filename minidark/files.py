@@ -1,9 +1,10 @@
 """Reading the files a user names: refuse what is not a regular file, or is too
 big, before reading a byte.
 
-Every file minidark reads because a user named it (weights, cfg, ``.data``,
-names/labels, tree, image lists, IDX) goes through :func:`open_regular` (or
-:func:`read_bytes` / :func:`read_text`). A FIFO would block the reader
+Every file minidark reads because a user named it (weights, ``.data``,
+names/labels, tree, image lists, images, IDX) goes through
+:func:`open_regular` (or :func:`read_bytes` / :func:`read_text`); cfg files
+get the same check in ``cfg/grammar.py``. A FIFO would block the reader
 forever, ``/dev/zero`` never ends, a directory fails with a bare
 IsADirectoryError, and a 40 GB file given by mistake would be read into
 memory: each is refused with one line naming the file and what it is. The
@@ -11,13 +12,15 @@ file is opened without blocking (``O_NONBLOCK``: a FIFO opens at once, with
 no writer) and checked with ``fstat`` on the open descriptor, so nothing can
 be swapped in between the check and the read.
 
-The cfg and tree readers use the same helpers::
+A reader of a new kind of file calls them the same way (kernels/tree.py
+does, raising the cfg's error)::
 
     from minidark.files import TEXT_LIMIT, read_text
-    text = read_text(path, "cfg file", TEXT_LIMIT, ConfigError)
+    text = read_text(path, "tree file", TEXT_LIMIT, ConfigError)
 
-``error`` is the exception class raised, called with the message alone;
-messages start with the path, its control characters escaped.
+``error`` is the exception class raised (or any callable returning an
+exception), called with the message alone; messages start with the path,
+its control characters escaped.
 """
 
 import os

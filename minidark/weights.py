@@ -93,17 +93,14 @@ MAX_VERSION = 1 << 16  # a larger (or negative) major/minor/revision is not a he
 SEEN_LIMIT = 1 << 63  # darknet's seen is a size_t; beyond int64 it is not a count
 
 
-def read_header(handle, size, path):
+def read_header(handle, path):
     """(major, minor, revision, seen, header bytes) with their plausibility checked."""
     shown = printable(path)
     head = handle.read(20)
     if len(head) < 12:
         raise WeightsError(f"{shown}: too short for a .weights header ({len(head)} bytes)")
     major, minor, revision = struct.unpack_from("<iii", head, 0)
-    if not all(
-        0 <= v < MAX_VERSION or (v in (major, minor) and 1000 < v < MAX_VERSION)
-        for v in (major, minor, revision)
-    ):
+    if not all(0 <= v < MAX_VERSION for v in (major, minor, revision)):
         raise WeightsError(
             f"{shown}: the header's format version {major}.{minor}.{revision} is not one "
             f"darknet writes (0.1.0, 0.2.0, 0.2.5; 1000 and more marks transposed weights): "
@@ -138,7 +135,7 @@ def load_weights(net: Network, path: str | os.PathLike, allow_nonfinite: bool = 
     shown = printable(path)
     handle, size = open_regular(path, "weights file", None, WeightsError)
     with handle:
-        major, minor, _, seen, head = read_header(handle, size, path)
+        major, minor, _, seen, head = read_header(handle, path)
         arrays = [(layer, name) for layer in _layers(net, "dontload") for name in layer.saved]
         needed = len(head) + 4 * sum(getattr(layer, name).size for layer, name in arrays)
         if size > needed:
@@ -147,9 +144,12 @@ def load_weights(net: Network, path: str | os.PathLike, allow_nonfinite: bool = 
                 f"{shown}: {size - needed} bytes left after the last layer "
                 f"({last.index} [{last.type}]): the file does not fit this cfg"
             )
+        data = bytearray(needed)  # read in place: no second copy of a large file
+        data[: len(head)] = head
         try:
             handle.seek(len(head))  # a legacy header is 16 bytes, 20 were read
-            data = head + handle.read(needed - len(head))
+            got = handle.readinto(memoryview(data)[len(head) :])
+            data = memoryview(data)[: len(head) + got]
         except OSError as exc:
             raise WeightsError(f"{shown}: cannot read weights file: {exc.strerror}") from None
     offset = len(head)
