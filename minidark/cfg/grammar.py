@@ -50,6 +50,8 @@ INT_LIMIT = 2**31  # darknet reads integers into a C int: |n| < 2^31
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_CFG_BYTES = 16 << 20  # darknet's largest stock cfgs are ~20 KB
 SHOWN_VALUE = 40  # characters of a value quoted in a warning
+MAX_SECTIONS = 50_000  # darknet's largest stock cfgs have a few hundred; each costs a make
+MAX_OPTIONS = 1_000_000  # YAML aliases can repeat a mapping without growing the file
 
 
 class ConfigWarning(UserWarning):
@@ -232,11 +234,12 @@ def _plain(value):
 
 
 def _to_int(value):
-    if len(value) > 30:  # int() of a huge digit string is slow, and out of range anyway
-        raise _Reason("beyond darknet's int range (|n| < 2^31)")
+    digits = value.lstrip("+-").lstrip("0")
+    if len(digits) > 12 and digits.isdigit():  # out of range; int() of 10^6 digits is slow
+        raise _Reason("beyond darknet's int range (-2^31 <= n < 2^31)")
     result = int(_plain(value), 10)
-    if not -INT_LIMIT < result < INT_LIMIT:
-        raise _Reason("beyond darknet's int range (|n| < 2^31)")
+    if not -INT_LIMIT <= result < INT_LIMIT:
+        raise _Reason("beyond darknet's int range (-2^31 <= n < 2^31)")
     return result
 
 
@@ -379,6 +382,8 @@ def read_cfg_text(text, file="<string>"):
                 raise ConfigError(
                     f"malformed section header '{_cut(raw.strip())}'", file=file, line=number
                 )
+            if len(sections) == MAX_SECTIONS:
+                raise ConfigError(f"more than {MAX_SECTIONS:,} sections", file=file, line=number)
             sections.append(Section(line[1:-1], line=number, file=file))
             continue
         key, sep, value = line.partition("=")
@@ -429,9 +434,11 @@ def read_yaml_text(text, file="<string>"):
         return []
     if not isinstance(root, yaml.SequenceNode):
         raise ConfigError("expected a list of sections", file=file, line=root.start_mark.line + 1)
-    sections = []
+    sections, count = [], 0
     for node in root.value:
         line = node.start_mark.line + 1
+        if len(sections) == MAX_SECTIONS:
+            raise ConfigError(f"more than {MAX_SECTIONS:,} sections", file=file, line=line)
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError("each section must be a mapping with a 'type'", file=file, line=line)
         body = node.value[0][1] if len(node.value) == 1 else None
@@ -444,6 +451,11 @@ def read_yaml_text(text, file="<string>"):
         else:
             section, pairs = None, node.value
         options = []
+        count += len(pairs)
+        if count > MAX_OPTIONS:
+            raise ConfigError(
+                f"more than {MAX_OPTIONS:,} options (YAML aliases?)", file=file, line=line
+            )
         for key_node, value_node in pairs:
             key_line = key_node.start_mark.line + 1
             key = _yaml_scalar(key_node, file, key_line, None)

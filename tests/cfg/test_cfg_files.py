@@ -100,3 +100,17 @@ def test_control_characters_are_escaped_in_messages(tmp_path, text):
 def test_printable():
     assert printable("a\tb\x1b[0m\u202ec") == "a\\tb\\x1b[0m\\u202ec"
     assert printable("caf\u00e9 \u0661") == "caf\u00e9 \u0661"    # printable non-ASCII stays
+
+
+def test_too_many_sections_or_aliased_options_are_refused(tmp_path, monkeypatch):
+    from minidark.cfg import grammar
+    monkeypatch.setattr(grammar, "MAX_SECTIONS", 100)
+    monkeypatch.setattr(grammar, "MAX_OPTIONS", 10_000)
+    path = write(tmp_path, "[net]\ninputs=4\n" + "[logistic]\n" * 100)
+    with pytest.raises(ConfigError, match="more than 100 sections"):
+        read_sections(path)
+    # one mapping of 100 options, aliased far more often than the file's size suggests
+    keys = "\n".join(f"  k{i}: 1" for i in range(100))
+    text = f"- &a\n  type: logistic\n{keys}\n" + "- *a\n" * 99
+    with pytest.raises(ConfigError, match="more than 10,000 options"):
+        read_sections(write(tmp_path, text, "aliases.yaml"))
