@@ -54,7 +54,7 @@ from ..kernels.boxes import box_iou, decode_boxes
 from ..kernels.tree import read_tree
 from ..layer import Layer
 from ..registry import register_layer
-from .yolo import HEAD_GAP, _classes, _ratio, check_channels, read_anchors, read_map
+from .yolo import HEAD_GAP, _classes, _ratio, check_channels, find_file, read_anchors, read_map
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -94,7 +94,7 @@ def make_region(options: Section, params: SizeParams) -> Layer:
               class_scale=options.float("class_scale", 1.0),
               bias_match=options.bool("bias_match", False), softmax_tree=None,
               cost=0.0, stats={})
-    tree_file = options.str("tree", None)
+    tree_file = find_file(options, options.str("tree", None))
     if tree_file is not None:
         l.softmax_tree = read_tree(tree_file, options)
         if l.softmax_tree.n != classes:

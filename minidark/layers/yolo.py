@@ -42,6 +42,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import math
+import os
 
 import numpy as np
 
@@ -71,9 +72,22 @@ def read_anchors(options, count):
     return biases
 
 
+def find_file(options, path):
+    """A file named in a cfg: as given (darknet: relative to the current folder),
+    else beside the cfg or in its parent (darknet's layout: cfg/x.cfg naming
+    data/...), so a stock cfg works from any folder."""
+    if path is None or os.path.exists(path) or os.path.isabs(path) or not options.file:
+        return path
+    folder = os.path.dirname(os.path.abspath(options.file))
+    for base in (folder, os.path.dirname(folder)):
+        if os.path.exists(os.path.join(base, path)):
+            return os.path.join(base, path)
+    return path
+
+
 def read_map(options):
     """``map=`` file: one class index per line (darknet's read_map), or None."""
-    path = options.str("map", None)
+    path = find_file(options, options.str("map", None))
     if path is None:
         return None
     try:
