@@ -73,82 +73,61 @@ summary), ``accuracy`` (accuracy mode), ``output`` (the tables) and
 ``command`` (the command line).
 """
 
-from .accuracy import (
-    ACCURACY_TARGET_POINTS,
-    check_accuracy_net,
-    epoch_order,
-    rate_at,
-    run_accuracy,
-    summarize_accuracy,
-    top1_minidark,
-    top1_torch,
-    train_minidark,
-    train_torch,
-)
-from .command import add_arguments, parse_seeds, run, worker_main
-from .common import (
-    DEFAULT_CFGS,
-    ENGINE_NAMES,
-    ENGINES,
-    REPO_ROOT,
-    THREAD_VARIABLES,
-    UnsupportedForTorch,
-)
-from .flops import forward_flops, gemm_shapes, training_flops
-from .output import format_accuracy_table, format_table, kernel_note
-from .runner import (
-    KERNEL_VARIABLES,
-    find_mnist,
-    machine_info,
-    pinned_kernel,
-    prepare_data,
-    resolve_cfg,
-    run_bench,
-    run_worker,
-    summarize,
-    torch_available,
-    worker_environment,
-)
-from .torch_twin import TorchNet, build_torch_model
+import importlib
 
-__all__ = [
-    "ACCURACY_TARGET_POINTS",
-    "DEFAULT_CFGS",
-    "ENGINES",
-    "ENGINE_NAMES",
-    "KERNEL_VARIABLES",
-    "REPO_ROOT",
-    "THREAD_VARIABLES",
-    "TorchNet",
-    "UnsupportedForTorch",
-    "add_arguments",
-    "build_torch_model",
-    "check_accuracy_net",
-    "epoch_order",
-    "find_mnist",
-    "format_accuracy_table",
-    "format_table",
-    "forward_flops",
-    "gemm_shapes",
-    "kernel_note",
-    "machine_info",
-    "parse_seeds",
-    "pinned_kernel",
-    "prepare_data",
-    "rate_at",
-    "resolve_cfg",
-    "run",
-    "run_accuracy",
-    "run_bench",
-    "run_worker",
-    "summarize",
-    "summarize_accuracy",
-    "top1_minidark",
-    "top1_torch",
-    "torch_available",
-    "train_minidark",
-    "train_torch",
-    "training_flops",
-    "worker_environment",
-    "worker_main",
-]
+# public name -> the module of this package that defines it. They are imported on
+# first use (PEP 562), so that a worker process (python -m minidark.tools.bench
+# --worker) loads only what it measures with: its RSS after imports is a reported figure.
+_EXPORTS = {
+    "ACCURACY_TARGET_POINTS": "accuracy",
+    "check_accuracy_net": "accuracy",
+    "epoch_order": "accuracy",
+    "rate_at": "accuracy",
+    "run_accuracy": "accuracy",
+    "summarize_accuracy": "accuracy",
+    "top1_minidark": "accuracy",
+    "top1_torch": "accuracy",
+    "train_minidark": "accuracy",
+    "train_torch": "accuracy",
+    "parse_seeds": "command",
+    "run": "command",
+    "DEFAULT_CFGS": "common",
+    "ENGINE_NAMES": "common",
+    "ENGINES": "common",
+    "REPO_ROOT": "common",
+    "THREAD_VARIABLES": "common",
+    "UnsupportedForTorch": "common",
+    "add_arguments": "common",
+    "forward_flops": "flops",
+    "gemm_shapes": "flops",
+    "training_flops": "flops",
+    "format_accuracy_table": "output",
+    "format_table": "output",
+    "kernel_note": "output",
+    "KERNEL_VARIABLES": "runner",
+    "find_mnist": "runner",
+    "machine_info": "runner",
+    "pinned_kernel": "runner",
+    "prepare_data": "runner",
+    "resolve_cfg": "runner",
+    "run_bench": "runner",
+    "run_worker": "runner",
+    "summarize": "runner",
+    "torch_available": "runner",
+    "worker_environment": "runner",
+    "TorchNet": "torch_twin",
+    "build_torch_model": "torch_twin",
+    "worker_main": "worker",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

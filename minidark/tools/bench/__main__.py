@@ -4,7 +4,7 @@ worker). An entry point, at the top of the house: it may import the CLI."""
 
 import sys
 
-from .command import worker_main
+from .worker import worker_main
 
 
 def main(argv):

@@ -3,6 +3,7 @@
 the thread count is set in the environment before numpy or torch loads.
 """
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -16,10 +17,8 @@ import time
 import numpy as np
 
 from ... import load_network
-from ...data.mnist import load_mnist
-from ...plugins import load_plugins
-from .accuracy import _digest, top1_minidark, top1_torch, train_minidark, train_torch
-from .common import UnsupportedForTorch
+from ...plugins import add_plugin_argument, load_plugins
+from .common import ENGINES, UnsupportedForTorch, add_arguments
 from .torch_twin import build_torch_model
 
 
@@ -257,6 +256,11 @@ def _worker_gemm(args, with_torch=False):
 def _worker_accuracy(args):
     """Train ``args.cfg`` (seed ``args.seed``) on the MNIST rows listed in the
     order file ``args.data``, then top-1 on the MNIST test set."""
+    # only accuracy workers read MNIST and train: the speed workers import no more
+    # than they measure, so their "RSS after imports" is minidark's own
+    from ...data.mnist import load_mnist
+    from .accuracy import _digest, top1_minidark, top1_torch, train_minidark, train_torch
+
     order = np.load(args.data)
     train_x, train_y = load_mnist(args.mnist, "train")
     test_x, test_y = load_mnist(args.mnist, "test")
@@ -319,3 +323,26 @@ def _torch_config():
         f"{'on' if torch.backends.mkldnn.is_available() else 'off'} "
         f"({torch.get_num_threads()} threads)"
     )
+
+
+def worker_main(argv):
+    """``python -m minidark.tools.bench --worker MODE ...``: one measurement in this
+    fresh process, started by the parent (see bench/__main__.py)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m minidark.tools.bench",
+        description="Training/inference images/s and peak memory of minidark, against "
+        "PyTorch on the same network when it is installed.",
+    )
+    add_arguments(parser)
+    # internal: one measurement in this (fresh) process
+    parser.add_argument(
+        "--worker", choices=("train", "eval", "gemm", "accuracy"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--mnist", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=ENGINES, default="minidark", help=argparse.SUPPRESS)
+    parser.add_argument("--cfg", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--shapes", help=argparse.SUPPRESS)
+    add_plugin_argument(parser)
+    return _worker(parser.parse_args(argv))
