@@ -69,6 +69,9 @@ def test_cfg_mutations_are_seeded_and_flag_nonsense(tmp_path):
     assert misspelt and all(whats[w][0] for w in misspelt)
     nan = [w for w in whats if "'nan'" in w]
     assert nan and all(whats[w][0] for w in nan)
+    inserted = {w: whats[w][0] for w in whats if "] += " in w}
+    assert inserted and all(level == 2 for w, level in inserted.items() if "learning_rate=0" in w)
+    assert all(level == 1 for w, level in inserted.items() if w == "[net] += adam=1")
     bom_only = [w for w in whats if w == "UTF-8 BOM"]
     assert bom_only and all(whats[w] == (False, True) for w in bom_only)
     bom = next(body for body, what, *_ in first if what == "UTF-8 BOM")

@@ -138,6 +138,7 @@ class Case:
     warning_excuses: bool = True
     expect_ok: bool = False  # valid input: an error is a failure
     specials: list = field(default_factory=list)  # files cmd.sh must recreate
+    post: object = None  # post(case) -> a failure outcome or None, checked after the run
     outcome: str = ""
     returncode: object = None
     stdout: str = ""
@@ -223,6 +224,13 @@ class Fixture:
             net = minidark.load_network(str(cfg), seed=self.seed)
             minidark.save_weights(net, str(folder / f"{name}.weights"))
             self.weights[name] = (cfg, folder / f"{name}.weights")
+        from ..cfg import convert_cfg
+
+        convert_cfg(str(folder / "mlp.cfg"), str(folder / "mlp.yaml"))
+        import yaml  # block style, `type` first: "- type: net\n  batch: 2\n..."
+
+        network = yaml.safe_load((folder / "mlp.yaml").read_text())
+        self.mlp_yaml = yaml.safe_dump(network, sort_keys=False, default_flow_style=False)
         # a checkpoint with its sidecar: 4 iterations, a backup every one
         self.checkpoint = {}
         for tag, seed in (("own", self.seed), ("foreign", self.seed + 1)):
@@ -382,6 +390,60 @@ VALUES = [  # (value, tag)
 ]
 
 
+# Keys added to a section with a value the math cannot use: (section, lines, level),
+# level 2: must be an error; 1: a warning is enough (a key parsed but not implemented).
+INSERTS = [
+    ("net", ["learning_rate=0"], 2),
+    ("net", ["learning_rate=-0.1"], 2),
+    ("net", ["learning_rate=inf"], 2),
+    ("net", ["momentum=1.5"], 2),
+    ("net", ["momentum=-0.5"], 2),
+    ("net", ["decay=-0.1"], 2),
+    ("net", ["max_batches=-1"], 2),
+    ("net", ["valid_every=-1"], 2),
+    ("net", ["backup_every=-1"], 2),
+    ("net", ["policy=steps", "steps=3,1", "scales=.1,.1"], 2),
+    ("net", ["min_crop=0"], 2),
+    ("net", ["policy=poly", "power=-1"], 2),
+    ("net", ["max_crop=99999999999999999999"], 2),
+    ("net", ["flip=-1"], 2),
+    ("net", ["flip=1e20"], 2),
+    ("net", ["adam=1"], 1),
+    ("net", ["burn_in=-5"], 2),
+    ("net", ["subdivisions=0"], 2),
+    ("net", ["subdivisions=3"], 2),
+    ("net", ["batch=0"], 2),
+    ("net", ["learnin_rate=0.5"], 2),
+    ("net", ["height=32", "width=32"], 0),
+    ("net", ["channels=3"], 0),
+    ("net", ["height=4096", "width=4096", "channels=3"], 0),
+    ("net", ["width=1000000"], 0),
+    ("convolutional", ["stride=99999999999999999999"], 2),
+    ("convolutional", ["stride=0"], 2),
+    ("convolutional", ["filters=10000000"], 0),
+    ("convolutional", ["size=0"], 2),
+    ("convolutional", ["padding=1000000"], 0),
+    ("convolutional", ["groups=0"], 2),
+    ("convolutional", ["groups=7"], 2),
+    ("convolutional", ["activation=relux"], 2),
+    ("convolutional", ["activaton=relu"], 2),
+    ("convolutional", ["batch_normalize=-1"], 2),
+    ("maxpool", ["size=100000000000000000000"], 2),
+    ("maxpool", ["size=1000000"], 0),
+    ("maxpool", ["padding=50"], 2),
+    ("maxpool", ["stride=0"], 2),
+    ("connected", ["output=1000000000"], 0),
+    ("connected", ["output=0"], 2),
+    ("connected", ["activation=nonexistent"], 2),
+    ("softmax", ["temperature=1e-50"], 2),
+    ("softmax", ["temperature=0"], 2),
+    ("softmax", ["groups=0"], 2),
+    ("softmax", ["groups=3"], 2),
+    ("dropout", ["probability=1.5"], 2),
+    ("dropout", ["probability=-0.5"], 2),
+]
+
+
 def value_is_nonsense(key, tag, old):
     """Whether ``key`` set to a value of kind ``tag`` (see VALUES) can mean nothing."""
     return (
@@ -413,14 +475,16 @@ def typo(key, rng, known):
 
 
 def mutate_cfg(text, rng, fixture, training):
-    """(bytes, description, nonsense, expect_ok) of one or two mutations of ``text``."""
+    """(bytes, description, nonsense, expect_ok) of one or two mutations of ``text``;
+    nonsense is 0 (meaningful input), 1 (a warning is enough) or 2 (must be an error)."""
     lines = text.splitlines()
-    what, nonsense, valid = [], False, True
+    what, nonsense, valid = [], 0, True
     prefix, suffix = b"", b""
     for _ in range(1 if rng.random() < 0.7 else 2):
         keyed = list(cfg_keys(lines))
         op = rng.choice(
             ["value"] * 6
+            + ["insert"] * 5
             + [
                 "delete",
                 "rename",
@@ -449,7 +513,20 @@ def mutate_cfg(text, rng, fixture, training):
                 value, tag = "-1", "negative"  # a long run is not a hang
             lines[i] = f"{key}={value}"
             what.append(f"[{section}] {key}={value!r} (was {old})")
-            nonsense = nonsense or value_is_nonsense(key, tag, old)
+            nonsense = max(nonsense, 2 * value_is_nonsense(key, tag, old))
+        elif op == "insert":
+            sections = {}
+            for i, line in enumerate(lines):
+                stripped = line.strip().lower()
+                if stripped.startswith("[") and stripped.endswith("]"):
+                    kind = stripped[1:-1].strip()
+                    sections.setdefault("net" if kind == "network" else kind, i)
+            choices = [entry for entry in INSERTS if entry[0] in sections]
+            section, new_lines, level = rng.choice(choices)
+            at = sections[section] + 1
+            lines[at:at] = new_lines
+            what.append(f"[{section}] += {', '.join(new_lines)}")
+            nonsense = max(nonsense, level)
         elif op == "delete" and keyed:
             section, key, _old, i = rng.choice(keyed)
             del lines[i]
@@ -464,7 +541,7 @@ def mutate_cfg(text, rng, fixture, training):
             new = typo(key, rng, fixture.all_keys)
             lines[i] = f"{new}={old}"
             what.append(f"[{section}] {key} misspelt {new}")
-            nonsense = True
+            nonsense = 2
         elif op in ("dup-section", "dup-net", "swap-sections"):
             starts = [i for i, line in enumerate(lines) if line.strip().startswith("[")]
             if len(starts) < 2:
@@ -474,7 +551,7 @@ def mutate_cfg(text, rng, fixture, training):
                 a, b = bounds[0]
                 lines[b:b] = lines[a:b]
                 what.append("[net] doubled")
-                nonsense = True
+                nonsense = 2
             elif op == "dup-section":
                 a, b = rng.choice(bounds[1:])
                 lines[b:b] = lines[a:b]
@@ -494,7 +571,7 @@ def mutate_cfg(text, rng, fixture, training):
             i = rng.randrange(1, len(lines) + 1)
             lines[i:i] = ["[frobnicate]", "size=3"]
             what.append(f"unknown section [frobnicate] at line {i + 1}")
-            nonsense = True
+            nonsense = 2
         elif op == "bom":
             prefix = b"\xef\xbb\xbf"
             what.append("UTF-8 BOM")
@@ -535,15 +612,20 @@ def mutate_cfg(text, rng, fixture, training):
 
 def cfg_case(case, rng, fx):
     name = rng.choice(sorted(fx.cfgs))
-    training = rng.random() < 0.5
-    text, case.what, case.nonsense, case.expect_ok = mutate_cfg(fx.cfgs[name], rng, fx, training)
-    case.warning_excuses = False
+    verb = rng.choices(["train", "summary", "convert", "gradcheck"], [45, 35, 10, 10])[0]
+    training = verb == "train"
+    text, case.what, level, case.expect_ok = mutate_cfg(fx.cfgs[name], rng, fx, training)
+    case.nonsense, case.warning_excuses = level > 0, level == 1
     cfg = case.folder / f"{name}.cfg"
     cfg.write_bytes(text)
     case.what = f"{name}.cfg: {case.what}"
     if training:
         (case.folder / "tiny.data").write_text(fx.data_text())
         case.argv = ["classifier", "train", "tiny.data", cfg.name, "--no-progress", "--seed", "1"]
+    elif verb == "convert":
+        case.argv = ["cfg", "convert", cfg.name, "out.yaml"]
+    elif verb == "gradcheck":
+        case.argv = ["gradcheck", cfg.name, "--max-checks", "4"]
     else:
         case.argv = ["cfg", "summary", cfg.name]
 
@@ -719,10 +801,15 @@ def corrupt_idx(rng, fx, folder):
 
 def data_case(case, rng, fx):
     folder = case.folder
-    target = rng.choice(["idx", "idx", "names", "data-file", "data-file", "image-list"])
+    target = rng.choice(
+        ["idx", "idx", "names", "data-file", "data-file", "image-list", "smaller-than-batch"]
+    )
     override, nonsense, excuses = {}, False, False
     validate = rng.random() < 0.3  # `classifier valid` reads only valid=
     split = "valid" if validate else rng.choice(["train", "valid"])
+    if target == "smaller-than-batch":
+        smaller_than_batch(case, rng, fx)
+        return
     if target == "idx":
         path, case.what, nonsense = corrupt_idx(rng, fx, folder)
         case.what = f"{split}= {case.what}"
@@ -911,6 +998,31 @@ def data_case(case, rng, fx):
         case.argv = ["classifier", "train", "tiny.data", "mlp.cfg", "--no-progress", "--seed", "1"]
 
 
+def smaller_than_batch(case, rng, fx):
+    """A dataset of fewer images than one batch: every iteration is an epoch boundary,
+    yet the backup folder must not fill with per-epoch checkpoints, and a warning
+    must name both numbers."""
+    images = rng.randrange(1, 8)
+    pixels = np.random.default_rng(images).integers(0, 255, (images, 28, 28), dtype=np.uint8)
+    write_idx(case.folder / "few-images-idx3-ubyte.gz", pixels)
+    write_idx(case.folder / "few-labels-idx1-ubyte.gz", np.arange(images) % 10)
+    (case.folder / "tiny.data").write_text(fx.data_text(train="few-images-idx3-ubyte.gz"))
+    (case.folder / "mlp.cfg").write_text(set_net_keys(fx.mlp, batch=8, max_batches=60))
+    case.what = f"{images} training images, batch 8, 60 iterations"
+    case.argv = ["classifier", "train", "tiny.data", "mlp.cfg", "--no-progress", "--seed", "1"]
+    case.nonsense, case.warning_excuses = True, True
+
+    def post(case):
+        backup = case.folder / "backup"
+        files = len(list(backup.iterdir())) if backup.is_dir() else 0
+        if files > 12:
+            case.what += f"; {files} files in backup/"
+            return "disk-flood"
+        return None
+
+    case.post = post
+
+
 def huge_png_header():
     """A PNG whose header claims 100000 x 100000 pixels (a decompression bomb's shape)."""
     import zlib
@@ -1082,6 +1194,11 @@ def paths_case(case, rng, fx):
             "backup-control",
             "train-control",
             "image-control",
+            "swapped",
+            "swapped",
+            "planted-links",
+            "yaml",
+            "yaml",
         ]
     )
     name = rng.choice(HOSTILE_NAMES)
@@ -1091,6 +1208,11 @@ def paths_case(case, rng, fx):
     paths = {"cfg": folder / "net.cfg", "data": data, "weights": folder / "net.weights"}
     shutil.copy(cfg, paths["cfg"])
     shutil.copy(weights, paths["weights"])
+    if op in ("swapped", "planted-links", "yaml"):
+        {"swapped": swapped_arguments, "planted-links": planted_links, "yaml": hostile_yaml}[op](
+            case, rng, fx, paths
+        )
+        return
     if op == "name":
         hostile = folder / (name if role == "cfg" else name.replace(".cfg", f".{role}"))
         os.replace(paths[role], hostile)
@@ -1171,6 +1293,119 @@ def paths_case(case, rng, fx):
         case.argv = ["classifier", "valid", names["data"], names["cfg"], names["weights"]]
 
 
+def swapped_arguments(case, rng, fx, paths):
+    """Files given in the wrong places: each must be named for what it is."""
+    data, cfg, weights = (paths[k].name for k in ("data", "cfg", "weights"))
+    case.argv, case.what = rng.choice(
+        [
+            (["classifier", "train", cfg, data], "train CFG DATA (swapped)"),
+            (["classifier", "train", data, data], "train DATA DATA"),
+            (["classifier", "train", data, weights], "train DATA WEIGHTS (no cfg)"),
+            (["classifier", "valid", data, weights, cfg], "valid DATA WEIGHTS CFG"),
+            (["classifier", "valid", data, cfg, cfg], "valid DATA CFG CFG"),
+            (["classifier", "predict", data, cfg, weights, cfg], "predict a cfg as the image"),
+            (["cfg", "summary", data], "cfg summary DATA"),
+            (["cfg", "summary", weights], "cfg summary WEIGHTS"),
+            (["gradcheck", weights], "gradcheck WEIGHTS"),
+        ]
+    )
+    if case.argv[1] == "train":
+        case.argv += ["--no-progress", "--seed", "1"]
+    case.nonsense, case.warning_excuses = True, False
+
+
+def planted_links(case, rng, fx, paths):
+    """Links planted in the backup folder where training appends its log and metrics."""
+    backup = case.folder / "backup"
+    backup.mkdir()
+    victims = []
+    for name in ("net.log", "net_metrics.jsonl", "net_chart.png"):
+        victim = case.folder / f"victim-{name}"
+        victim.write_text("untouched\n")
+        (backup / name).symlink_to(os.path.join("..", victim.name))
+        case.specials.append(("link", f"backup/{name}", os.path.join("..", victim.name)))
+        victims.append(victim)
+    case.what = "backup/net.log, net_metrics.jsonl, net_chart.png are links to files outside"
+    case.argv = ["classifier", "train", "tiny.data", "net.cfg", "--no-progress", "--seed", "1"]
+
+    def post(case):
+        changed = [v.name for v in victims if v.read_text(errors="replace") != "untouched\n"]
+        if changed:
+            case.what += f"; written through the links: {changed}"
+            return "followed-symlink"
+        return None
+
+    case.post = post
+
+
+BILLION_LAUGHS = """a: &a [x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def hostile_yaml(case, rng, fx, paths):
+    """A YAML network with a code-running tag, an alias bomb, or a wrong structure."""
+    marker = case.folder / "PWNED"
+    good = fx.mlp_yaml
+    op = rng.choice(
+        [
+            "python-tag",
+            "bomb-value",
+            "bomb-document",
+            "not-a-list",
+            "scalar",
+            "deep",
+            "anchor-loop",
+            "tab-indent",
+            "huge-int",
+        ]
+    )
+    if op == "python-tag":
+        text = f"!!python/object/apply:os.system ['touch {marker}']\n"
+    elif op == "bomb-value":  # unknown [net] keys whose values expand to 9**9 items
+        anchors = "".join(f"  bomb_{line[0]}: {line[3:]}\n" for line in BILLION_LAUGHS.splitlines())
+        text = good.replace("- type: net\n", "- type: net\n" + anchors, 1)
+        if text == good:
+            raise RuntimeError("campaign: the fixture's YAML has no '- type: net' line")
+    elif op == "bomb-document":
+        text = BILLION_LAUGHS
+    elif op == "not-a-list":
+        text = "network: {type: net}\n"
+    elif op == "scalar":
+        text = "42\n"
+    elif op == "deep":
+        text = "[" * 5000 + "]" * 5000 + "\n"
+    elif op == "anchor-loop":
+        text = "- &a [*a]\n"
+    elif op == "tab-indent":
+        text = good.replace("  batch", "\tbatch", 1)
+    else:
+        text = good.replace("output: 10", "output: " + "9" * 4000, 1)
+    cfg = case.folder / "net.yaml"
+    cfg.write_text(text)
+    case.what = f"YAML network: {op}"
+    case.argv = rng.choice(
+        [
+            ["cfg", "summary", cfg.name],
+            ["cfg", "convert", cfg.name, "out.cfg"],
+            ["classifier", "train", "tiny.data", cfg.name, "--no-progress", "--seed", "1"],
+        ]
+    )
+    case.nonsense, case.warning_excuses = op != "tab-indent", False
+
+    def post(case):
+        return "code-execution" if marker.exists() else None
+
+    case.post = post
+
+
 # ------------------------------------------------------------------------ running
 def limit_memory(limit_bytes):
     def preexec():
@@ -1222,6 +1457,8 @@ def classify(code, stderr):
 
 def judge(case):
     outcome = classify(case.returncode, case.stderr)
+    if case.argv[:1] == ["gradcheck"] and outcome == "unclear-error" and case.returncode == 1:
+        return "gradcheck-fail"  # a check that ran and failed: a correct layer never does
     raw = CONTROL.search(case.stderr) or CONTROL.search(case.stdout)
     if raw and outcome in ("ok", "clean-error"):
         return "raw-control-chars"
@@ -1239,6 +1476,8 @@ def run_case(case, fx, args):
     )
     case.returncode, case.stdout, case.stderr, case.seconds = code, out, err, seconds
     case.outcome = judge(case)
+    if case.post is not None and case.outcome in PASSING:
+        case.outcome = case.post(case) or case.outcome
 
 
 # ----------------------------------------------------------------- kill and resume
