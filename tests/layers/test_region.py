@@ -250,3 +250,28 @@ def test_tree_softmax_per_group(tmp_path):
     net.forward(x, truth, train=True)
     l = net.layers[0]
     assert l.stats["count"] == 1 and np.isfinite(l.cost)
+
+
+def test_tree_class_only_label_trains_its_class_at_the_most_confident_slot(tmp_path):
+    """A YOLO9000 label without a box (x, y > 100000): no-object on every slot of
+    that image, the label's class and its ancestors' groups at the slot with the
+    highest obj * P(class), no box and no anchor prior."""
+    tree = tmp_path / "t.tree"
+    tree.write_text("animal -1\nthing -1\ncat 0\ndog 0\nbird 0\n")
+    text = CFG.format(anchors=ANCHORS, softmax=1, rescore=1, bias_match=1, thresh=.6)
+    text = text.replace("classes=2", "classes=5\ntree=" + str(tree)).replace("channels=21",
+                                                                             "channels=30")
+    net = net_from(tmp_path, text, verbose=False)
+    x = np.random.default_rng(0).normal(size=(2, net.inputs)).astype(np.float32)
+    truth = np.zeros((2, 20), np.float32)
+    truth[0, :5] = [999999, 999999, 999999, 999999, 4]        # bird, no box
+    truth[1, :5] = [.3, .3, .2, .2, 3]
+    net.forward(x, truth, train=True)
+    l = net.layers[0]
+    out, d = l.output.reshape(2, 3, 10, 5, 5), l.delta.reshape(2, 3, 10, 5, 5)
+    score = out[0, :, 4] * out[0, :, 5 + 4] * out[0, :, 5 + 0]  # obj * P(bird | animal) P(animal)
+    a, j, i = np.unravel_index(np.argmax(score), score.shape)
+    assert d[0, a, 4, j, i] == 0 and (d[0, :, 4] != 0).sum() == 3 * 25 - 1
+    assert set(np.flatnonzero(d[0, a, 5:, j, i])) == {0, 1, 2, 3, 4}
+    assert d[0, a, 5 + 4, j, i] == pytest.approx(1.5 * (1 - out[0, a, 5 + 4, j, i]))
+    assert (d[0, :, :4] == 0).all() and l.stats["count"] == 1
