@@ -4,8 +4,9 @@ The weights file is darknet's format, byte for byte (darknet reads it). The
 sidecar ``<file>.state.npz`` holds what that format cannot: every layer's
 ``*_updates`` momentum buffers (and any arrays a layer lists in
 ``train_state``), ``t``, both random generators, the epoch's permutation and
-the position in it, the loss/accuracy history, and the SHA-256 of the exact
-weights bytes it belongs to. A sidecar is only ever used with those bytes.
+the position in it, the loss/accuracy history, the SHA-256 of the exact
+weights bytes it belongs to, and a SHA-256 of its own arrays. A sidecar is
+only ever used with those weights bytes, and only whole and unedited.
 
 Writing one checkpoint (each step: temporary file, fsync, rename, fsync of
 the folder, so every name always holds a whole file)::
@@ -47,7 +48,7 @@ except ImportError:  # not POSIX: no lock, the rest works
 from ..errors import MinidarkError
 from ..weights import atomic_write
 
-STATE_VERSION = 2  # 2 adds last_epoch_checkpoint; 1 is still read
+STATE_VERSION = 2  # 2 adds last_epoch_checkpoint and state_sha256; 1 is still read
 READ_VERSIONS = (1, 2)
 PENDING = ".next"  # a sidecar waiting for its weights (step 1 done)
 NO_EXACT = "--no-exact-resume"  # the CLI flag that resumes from the weights alone
@@ -117,13 +118,28 @@ def state_array(layer, name):
 
 
 # ----------------------------------------------------------------- writing
+def state_checksum(arrays):
+    """SHA-256 over every array but ``state_sha256`` itself (name, dtype, shape,
+    bytes, in name order): a member swapped, dropped or edited changes it."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        if key == "state_sha256":
+            continue
+        value = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}\0{value.dtype.str}\0{value.shape}\0".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def sidecar_bytes(arrays, weights_data):
-    """The sidecar's bytes: ``arrays`` plus the version and the weights digest."""
+    """The sidecar's bytes: ``arrays`` plus the version, the weights digest and
+    the checksum of it all."""
     arrays = dict(
         arrays,
         version=np.array(STATE_VERSION),
         weights_sha256=np.array(hashlib.sha256(weights_data).hexdigest()),
     )
+    arrays["state_sha256"] = np.array(state_checksum(arrays))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -303,6 +319,8 @@ def check_state(state, net, dataset_size, weights_digest):
             f"format version {version}; this minidark reads versions "
             f"{', '.join(map(str, READ_VERSIONS))}"
         )
+    if version >= 2 and text("state_sha256") != state_checksum(state):
+        raise CheckpointError("its contents were changed or damaged (their checksum differs)")
     for key in TEXT_KEYS:
         text(key)
     if text("weights_sha256") != weights_digest:

@@ -13,7 +13,7 @@ from tiny_training import tiny_trainer, write_tiny_cfg, write_tiny_data_file
 
 import minidark.train.chart as chart
 from minidark.cli import main
-from minidark.train.checkpoint import CheckpointError, sidecar_path
+from minidark.train.checkpoint import CheckpointError, sidecar_path, state_checksum
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +133,19 @@ CASES = {
         lambda a: edited(a, t=np.array([{"x": 1}], dtype=object)),
         "member 't.npy' is damaged",
     ),
+    # these two are not re-signed: the checksum finds them
+    "edited": (lambda a: edited(a, position=np.array(2)), "their checksum differs"),
+    "swapped members": (
+        lambda a: edited(a, history__loss=a["history/avg"], history__avg=a["history/loss"]),
+        "its contents were changed or damaged (their checksum differs)",
+    ),
 }
+UNSIGNED = ("edited", "swapped members")
+
+
+def signed(arrays):
+    """``arrays`` with a valid checksum, as a program forging a sidecar would write."""
+    return dict(arrays, state_sha256=np.array(state_checksum(arrays)))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -146,14 +158,13 @@ def test_a_bad_sidecar_is_one_line_saying_what_to_do(trained, tmp_path, case):
         with open(sidecar, "wb") as handle:
             handle.write(content)
     else:
+        content = content if case in UNSIGNED else signed(content)
         with open(sidecar, "wb") as handle:
-            np.savez(handle, **content) if case != "object array" else np.savez(
-                handle, allow_pickle=True, **content
-            )
+            np.savez(handle, allow_pickle=case == "object array", **content)
     message = restore_error(cfg, weights)
     assert expected in message, message
-    # the newest other complete checkpoint beside it is offered
-    assert "(the newest other complete one is" not in message  # none beside the copy
+    # no other checkpoint beside the copy: none is offered
+    assert "(the newest other complete one is" not in message
     # --no-exact-resume: the weights alone
     trainer = tiny_trainer(cfg, tmp_path / "out", weights=str(weights), exact=False)
     assert not trainer.restored and trainer.net.current_batch == 5
@@ -176,7 +187,7 @@ def test_a_member_whose_header_lies_about_its_size(trained, tmp_path):
     """A shape of 2^40 floats in a few bytes is refused before anything is allocated."""
     cfg = trained[0]
     weights, sidecar, arrays = copy_checkpoint(trained, tmp_path)
-    save_npz(sidecar, arrays)
+    save_npz(sidecar, signed(arrays))
     header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }"
     header += b" " * (118 - len(header)) + b"\n"
     with zipfile.ZipFile(sidecar, "a") as archive:
