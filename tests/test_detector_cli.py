@@ -159,3 +159,9 @@ def test_bench_times_minidark_beside_opencv(tmp_path):
     out = result.stdout
     assert "small.cfg: 96x96x3" in out and "minidark / OpenCV speed: " in out
     assert "convolutional" in out.split("where minidark's time goes")[1]
+
+
+def test_cli_names_files_given_in_the_wrong_place(tmp_path):
+    data, cfg, weights = one_box_files(tmp_path)
+    result = run("detector", "test", cfg, data, weights, str(photo(tmp_path / "p.jpg")))
+    assert result.returncode == 2 and "swapped" in result.stderr

@@ -25,8 +25,10 @@ import os
 import sys
 import time
 
-from ..errors import DataError
-from .base import add_command
+from ..errors import DataError, printable
+from .base import SUCCESS, USER_ERROR, add_command, check_file_kinds
+
+TEST_USAGE = "minidark detector test DATA CFG WEIGHTS [IMAGE...]"
 
 
 def test_arguments(parser):
@@ -64,6 +66,9 @@ def run_test(args):
 
     from ..data.datafile import read_data_file
     from ..data.image import detect, draw_detections
+    check_file_kinds(TEST_USAGE, [("DATA", args.data, "data"), ("CFG", args.cfg, "cfg"),
+                                  ("WEIGHTS", args.weights, "weights")]
+                     + [("IMAGE", image, "image") for image in args.images])
     data = read_data_file(args.data, strict=args.strict)
     net = minidark.load_network(args.cfg, args.weights, batch=1, strict=args.strict,
                                 verbose=args.verbose)
@@ -82,20 +87,21 @@ def run_test(args):
             with Image.open(path) as opened:
                 image = opened.convert("RGB")
         except (OSError, ValueError) as exc:
-            print(f"minidark: error: {path}: cannot read image: {exc}", file=sys.stderr)
+            print(printable(f"minidark: error: {path}: cannot read image: {exc}"),
+                  file=sys.stderr)
             failed += 1
             continue
         tick = time.perf_counter()
         found = detect(net, image, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
                        names=data.names)
-        print(f"{path}: Predicted in {time.perf_counter() - tick:f} seconds.")
+        print(printable(f"{path}: Predicted in {time.perf_counter() - tick:f} seconds."))
         for d in found:
             print(f"{d.label}: {100 * d.prob:.0f}%")
         draw_detections(image, found, classes)
         stem = os.path.splitext(os.path.basename(path))[0]
         name = f"{stem}_predictions.png" if several else "predictions.png"
         image.save(os.path.join(args.out, name))
-    return 2 if failed else 0      # an unreadable image is a user error
+    return USER_ERROR if failed else SUCCESS      # an unreadable image is a user error
 
 
 def bench_arguments(parser):
@@ -116,7 +122,7 @@ def run_bench(args):
         result = bench_inference(cfg, args.weights, runs=args.runs, size=args.size,
                                  opencv=args.opencv)
         print(format_report(os.path.basename(cfg), result))
-    return 0
+    return SUCCESS
 
 
 add_command("detector bench", "inference images/s of a YOLO cfg, minidark beside OpenCV's dnn "
