@@ -139,6 +139,7 @@ class Case:
     expect_ok: bool = False  # valid input: an error is a failure
     specials: list = field(default_factory=list)  # files cmd.sh must recreate
     post: object = None  # post(case) -> a failure outcome or None, checked after the run
+    file_bytes: object = None  # RLIMIT_FSIZE: writes past it fail as on a full disk
     outcome: str = ""
     returncode: object = None
     stdout: str = ""
@@ -1070,6 +1071,8 @@ def sidecar_case(case, rng, fx):
             "order-duplicates",
             "pending-junk",
             "not-zip",
+            "disk-full",
+            "disk-full",
         ]
     )
     case.nonsense, case.warning_excuses = True, False
@@ -1136,6 +1139,25 @@ def sidecar_case(case, rng, fx):
                 order[:] = order[0]
         arrays["order"] = order
         save_npz(target, arrays)
+    elif op == "disk-full":  # resume from backup/mlp.backup, which each backup rewrites
+        (folder / "backup").mkdir()
+        os.replace(folder / "mlp.backup", folder / "backup" / "mlp.backup")
+        shutil.copy(sidecar, folder / "backup" / "mlp.backup.state.npz")
+        size = len(backup.read_bytes())
+        case.file_bytes = rng.choice([0, 4096, size // 2, size + 64, 2 * size])
+        what = f"disk full: no file may grow past {case.file_bytes} bytes"
+        case.nonsense = False
+        names = ("backup/mlp.backup", "backup/mlp.backup.state.npz")
+        before = {n: (folder / n).read_bytes() for n in names}
+
+        def post(case):  # the checkpoint resumed from must survive a failed write
+            damaged = [n for n, b in before.items() if (folder / n).read_bytes() != b]
+            if case.returncode != 0 and damaged:
+                case.what += f"; the previous checkpoint was damaged: {damaged}"
+                return "checkpoint-damaged"
+            return None
+
+        case.post = post
     elif op == "pending-junk":
         shutil.copy(sidecar, target)
         (folder / "mlp.backup.state.npz.next").write_bytes(b"PK\x03\x04 half a zip")
@@ -1144,16 +1166,9 @@ def sidecar_case(case, rng, fx):
     case.what = f"sidecar: {what}"
     (folder / "mlp.cfg").write_text(set_net_keys(fx.mlp, max_batches=6, backup_every=1))
     (folder / "tiny.data").write_text(fx.data_text())
-    case.argv = [
-        "classifier",
-        "train",
-        "tiny.data",
-        "mlp.cfg",
-        "mlp.backup",
-        "--no-progress",
-        "--seed",
-        str(fx.seed),
-    ]
+    resume = "backup/mlp.backup" if op == "disk-full" else "mlp.backup"
+    case.argv = ["classifier", "train", "tiny.data", "mlp.cfg", resume, "--no-progress"]
+    case.argv += ["--seed", str(fx.seed)]
 
 
 def save_npz(path, arrays):
@@ -1407,15 +1422,21 @@ def hostile_yaml(case, rng, fx, paths):
 
 
 # ------------------------------------------------------------------------ running
-def limit_memory(limit_bytes):
+def limit_memory(limit_bytes, file_bytes=None):
+    """The child's limits: address space, and (a full disk, as the child sees it) the
+    size of any file it writes: past it a write fails with EFBIG (Python ignores
+    SIGXFSZ)."""
+
     def preexec():
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+        if file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
         os.setsid()  # a group of its own: a timeout kills it all
 
     return preexec
 
 
-def run_command(argv, cwd, env, timeout, memory):
+def run_command(argv, cwd, env, timeout, memory, file_bytes=None):
     """(returncode or None on timeout, stdout, stderr, seconds)."""
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -1425,7 +1446,7 @@ def run_command(argv, cwd, env, timeout, memory):
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=limit_memory(memory),
+        preexec_fn=limit_memory(memory, file_bytes),
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -1472,7 +1493,12 @@ def judge(case):
 
 def run_case(case, fx, args):
     code, out, err, seconds = run_command(
-        case.argv, case.folder, fx.env(), case.timeout * args.timeout_scale, args.memory_bytes
+        case.argv,
+        case.folder,
+        fx.env(),
+        case.timeout * args.timeout_scale,
+        args.memory_bytes,
+        case.file_bytes,
     )
     case.returncode, case.stdout, case.stderr, case.seconds = code, out, err, seconds
     case.outcome = judge(case)
