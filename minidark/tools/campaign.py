@@ -20,19 +20,28 @@ unclear-error          exit != 0 without a recognisable last line
 accepted-nonsense      exit 0, silently, on input that cannot be meant
 rejected-valid         an error on input that is valid (a BOM, CRLF lines)
 raw-control-chars      a control character from the input printed raw
+gradcheck-fail         ``minidark gradcheck`` reports FAIL (a correct layer never does)
+followed-symlink       training wrote through a link planted in its backup folder
+code-execution         a YAML tag ran code
+disk-flood             a dataset smaller than a batch filled the backup folder
+checkpoint-damaged     a failed write (full disk) damaged the checkpoint resumed from
 kill-resume-identical  kill -9 during training, resume: same final bytes as an
                        uninterrupted run with the same seed
 kill-resume-differs    ... different bytes (or temporary files left behind)
 =====================  ======================================================
 
 Kinds: ``cfg`` (cfg/*.cfg made small, then keys deleted, renamed, misspelt,
-values made huge, negative, NaN, inf, 20-digit, sections doubled, a BOM,
-binary junk); ``weights`` (truncated, bit-flipped, implausible header, NaN,
-/dev/zero, huge sparse files); ``data`` (IDX, gzip, names, .data files and
-image lists, corrupted); ``sidecar`` (a checkpoint's ``.state.npz`` damaged);
-``kill`` (kill -9 of ``classifier train`` at random instants with a backup
-every iteration, then resume, compared byte for byte); ``paths`` (FIFOs,
-/dev/zero, directories, control characters, spaces, unicode, long names).
+values made huge, negative, NaN, inf, 20-digit, keys added with values the math
+cannot use, sections doubled, a BOM, binary junk; run through ``classifier
+train``, ``cfg summary``, ``cfg convert`` and ``gradcheck``); ``weights``
+(truncated, bit-flipped, implausible header and ``seen``, NaN, /dev/zero, FIFOs,
+huge sparse files); ``data`` (IDX, gzip, names, .data files and image lists,
+corrupted; a dataset smaller than one batch); ``sidecar`` (a checkpoint's
+``.state.npz`` damaged; a full disk while resuming); ``kill`` (kill -9 of
+``classifier train`` at random instants with a backup every iteration, then
+resume, compared byte for byte); ``paths`` (FIFOs, /dev/zero, directories,
+control characters, spaces, unicode, long names, files in the wrong argument
+places, links planted in the backup folder, hostile YAML).
 
 The counts per kind and outcome are printed; every failing case is copied
 to ``--out`` (inputs, ``cmd.sh`` to rerun it, stdout, stderr). The exit
