@@ -256,3 +256,20 @@ def test_status_lines_escape_control_characters(capsys):
     say("net: from bell\x07.weights\x1b[2J: iteration 0")
     out = capsys.readouterr().out
     assert out == "net: from bell\\x07.weights\\x1b[2J: iteration 0\n"
+
+
+def test_top_k_beyond_the_classes_is_refused(tmp_path, weights, image):
+    from minidark.data.datafile import read_data_file
+    from minidark.errors import DataError
+
+    data = tmp_path / "x.data"
+    data.write_text(f"classes=10\nnames={ROOT / 'data' / 'mnist.names'}\ntop=11\n")
+    with pytest.raises(DataError, match=r"x.data:3: key 'top': top-11 of 10 classes"):
+        read_data_file(str(data))
+    for command in ("valid", "predict"):
+        extra = [image] if command == "predict" else []
+        status, _, err = run_main(
+            "classifier", command, DATA, MLP_CFG, weights, *extra, "--top", "11"
+        )
+        assert status == 2
+        assert "--top 11: the network" in one_line(err) and "has only 10 classes" in err

@@ -44,12 +44,17 @@ def input_shape(net):
     return (net.c, net.h, net.w) if net.c and net.h and net.w else None
 
 
-def check_classes(net, data):
+def check_classes(net, data, top=None):
+    """The data's classes, and the k of top-k, must fit the network's outputs."""
     if data.classes is not None and net.outputs != data.classes:
         raise DataError(
             f"{data.path}: classes={data.classes} but the network "
             f"({net.cfg_file}) outputs {net.outputs} values"
         )
+    top = top or data.top
+    if top > net.outputs:
+        origin = f"--top {top}" if top != data.top else f"{data.path}: top={top}"
+        raise DataError(f"{origin}: the network ({net.cfg_file}) has only {net.outputs} classes")
 
 
 def load_split(data, key, net, progress=True):
@@ -208,7 +213,7 @@ def run_valid(args):
     net = minidark.load_network(
         args.cfg, args.weights, batch=100, strict=args.strict, verbose=args.verbose
     )
-    check_classes(net, data)
+    check_classes(net, data, args.top)
     valid_set = load_split(data, "valid", net)
     top = args.top or data.top
     result = evaluate(net, valid_set, top, confusion=True, classes=net.outputs)
@@ -281,7 +286,7 @@ def run_predict(args):
     net = minidark.load_network(
         args.cfg, args.weights, batch=1, strict=args.strict, verbose=args.verbose
     )
-    check_classes(net, data)
+    check_classes(net, data, args.top)
     shape = input_shape(net)
     if shape is None:
         raise DataError(

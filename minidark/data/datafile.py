@@ -44,8 +44,18 @@ import warnings
 from ..errors import DataError, printable
 from ..files import TEXT_LIMIT, read_text
 
-KNOWN = ("classes", "train", "valid", "labels", "names", "backup", "top",
-         "eval", "results", "map")   # the last three: minidark detector valid/map
+KNOWN = (
+    "classes",
+    "train",
+    "valid",
+    "labels",
+    "names",
+    "backup",
+    "top",
+    "eval",
+    "results",
+    "map",
+)  # the last three: minidark detector valid/map
 # darknet keys minidark does not use
 IGNORED = ("test", "tree", "tag", "leaves", "gpus")
 
@@ -93,6 +103,11 @@ class DataConfig:
                     f"{self._where(key)}: {values[key]} has {len(entries)} "
                     f"entries but classes={self.classes}"
                 )
+        if self.classes is not None and self.top > self.classes:
+            raise DataError(
+                f"{self._where('top')}: top-{self.top} of {self.classes} classes: top must be "
+                f"at most classes"
+            )
 
     def _where(self, key):
         return where(self.path, self.lines.get(key), key)
