@@ -127,7 +127,8 @@ def _load_file(spec):
     if path in _state.files:
         return _state.files[path]
     if not os.path.isfile(path):
-        raise PluginError(f"plugin '{spec}': no such file ({os.path.abspath(spec)})")
+        what = "not a regular file" if os.path.exists(path) else "no such file"
+        raise PluginError(f"plugin '{spec}': {what} ({os.path.abspath(spec)})")
     name = module_name_for(path)
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:

@@ -273,3 +273,14 @@ def test_top_k_beyond_the_classes_is_refused(tmp_path, weights, image):
         )
         assert status == 2
         assert "--top 11: the network" in one_line(err) and "has only 10 classes" in err
+
+
+def test_fifos_as_convert_destination_or_plugin_are_refused(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    status, _, err = run_main("cfg", "convert", MLP_CFG, fifo)  # would wait for a reader
+    assert status == 2 and f"{fifo}: DST exists and is not a regular file" in one_line(err)
+    status, _, err = run_main("cfg", "summary", MLP_CFG, "--plugin", fifo)
+    assert status == 2 and f"plugin '{fifo}': not a regular file" in one_line(err)
+    status, _, err = run_main("cfg", "summary", MLP_CFG, "--plugin", tmp_path / "none.py")
+    assert status == 2 and "none.py': no such file" in one_line(err)

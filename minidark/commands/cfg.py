@@ -1,6 +1,8 @@
 """``minidark cfg summary|convert``: the layer table, and .cfg <-> .yaml."""
 
-from ..errors import DataError
+import os
+
+from ..errors import DataError, printable
 from .base import add_command, check_file_kinds
 
 
@@ -31,11 +33,15 @@ def run_convert(args):
     from ..cfg.parser import convert_cfg
 
     check_file_kinds("minidark cfg convert SRC DST", [("SRC", args.source, "cfg")])
+    shown = printable(args.destination)
+    if os.path.exists(args.destination) and not os.path.isfile(args.destination):
+        # opening a FIFO for writing would wait for a reader forever
+        raise DataError(f"{shown}: DST exists and is not a regular file")
     try:
         convert_cfg(args.source, args.destination)
     except OSError as exc:
-        raise DataError(f"cannot write {args.destination}: {exc.strerror}") from None
-    print(f"wrote {args.destination}")
+        raise DataError(f"cannot write {shown}: {exc.strerror}") from None
+    print(f"wrote {shown}")
     return 0
 
 
