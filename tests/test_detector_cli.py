@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def one_box_files(tmp_path, w_px=24, h_px=12):
 
 
 def test_net_detect_decodes_letterboxes_and_scales_to_the_image(tmp_path):
-    data, cfg, weights = one_box_files(tmp_path)
+    _, cfg, weights = one_box_files(tmp_path)
     net = minidark.load_network(cfg, weights)
     image = np.zeros((48, 64, 3), np.uint8)            # 64 x 48: letterboxed to 32 x 24
     found = detect(net, image, names=["cat", "dog", "bird"])
@@ -152,8 +153,7 @@ def test_yolov3_tiny_with_random_weights_on_a_photograph(tmp_path):
 
 def test_bench_times_minidark_beside_opencv(tmp_path):
     cfg = tmp_path / "small.cfg"
-    text = open(os.path.join(STOCK, "yolov3-tiny.cfg")).read()
-    cfg.write_text(text)
+    cfg.write_text((Path(STOCK) / "yolov3-tiny.cfg").read_text())
     result = run("detector", "bench", str(cfg), "--size", "96", "--runs", "2")
     assert result.returncode == 0, result.stderr
     out = result.stdout

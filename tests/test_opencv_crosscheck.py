@@ -24,17 +24,22 @@ give the same detections.
 """
 import os
 import re
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 import minidark
 from minidark.data.image import letterbox_image, resize_image
-from minidark.kernels.boxes import (Detections, decode_boxes, do_nms_sort,
-                                    get_detection_detections, get_network_boxes)
+from minidark.kernels.boxes import (
+    Detections,
+    decode_boxes,
+    do_nms_sort,
+    get_detection_detections,
+    get_network_boxes,
+)
 from minidark.weights import save_weights
-
-import cv2  # noqa: E402  (the test extra: opencv-python-headless<5; a missing module fails)
 
 STOCK = os.path.join(os.path.dirname(__file__), "cfg", "stock")
 
@@ -42,7 +47,7 @@ STOCK = os.path.join(os.path.dirname(__file__), "cfg", "stock")
 def variant(name, size=None, classes=None, region_thresh=None):
     """A stock cfg's text with another input size and class count (the conv before
     each head resized to match), and [region] thresh (OpenCV's score cut) changed."""
-    text = open(os.path.join(STOCK, name + ".cfg")).read()
+    text = (Path(STOCK) / f"{name}.cfg").read_text()
     if region_thresh is not None:
         text = re.sub(r"^thresh=.*$", f"thresh={region_thresh}", text, flags=re.M)
     if size:
@@ -77,9 +82,7 @@ def randomize(net, seed, head_gain=3.0):
                 fan_in = array.size // array.shape[0]
                 values = rng.uniform(-1, 1, array.shape) * np.sqrt(3 / fan_in)
                 values *= head_gain if feeds_head else 1
-            elif name == "rolling_variance":
-                values = rng.uniform(.5, 1.5, array.shape)
-            elif name == "scales":
+            elif name == "rolling_variance" or name == "scales":
                 values = rng.uniform(.5, 1.5, array.shape)
             else:
                 values = rng.uniform(-.3, .3, array.shape)
@@ -158,7 +161,7 @@ def opencv_detections(rows, classes, thresh, nms):
 def minidark_detections(dets, thresh, nms):
     do_nms_sort(dets, dets.classes, nms)
     found = []
-    for i, c in zip(*np.nonzero(dets.prob > thresh)):
+    for i, c in zip(*np.nonzero(dets.prob > thresh), strict=True):
         found.append((int(c), *np.round(dets.bbox[i].astype(np.float64), 4),
                       round(float(dets.prob[i, c]), 4)))
     return sorted(found)
@@ -166,7 +169,7 @@ def minidark_detections(dets, thresh, nms):
 
 def same_detections(ours, theirs):
     assert len(ours) == len(theirs), (ours, theirs)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert a[0] == b[0]
         np.testing.assert_allclose(a[1:], b[1:], rtol=1e-4, atol=2e-4)
 
@@ -188,7 +191,7 @@ def test_yolo_and_region_heads_agree_with_opencv(tmp_path, name, size, classes):
     outputs = opencv_rows(theirs, x)
     heads = [l for l in ours.layers if l.type in ("yolo", "region")]
     assert len(outputs) == len(heads)
-    for l, rows in zip(heads, outputs):
+    for l, rows in zip(heads, outputs, strict=True):
         mine = head_rows(l, ours)
         assert rows.shape == mine.shape
         np.testing.assert_allclose(rows[:, :5], mine[:, :5], rtol=1e-4, atol=2e-5)

@@ -70,7 +70,7 @@ def _axis_weights(size_in, size_out):
 
 def resize_image(im, w, h):
     """darknet's resize_image: (c, H, W) -> (c, h, w), bilinear, aligned corners."""
-    c, H, W = im.shape
+    _, H, W = im.shape
     ix, fx = _axis_weights(W, w)
     if W > 1 and w > 1:          # darknet copies the last column exactly
         ix[-1], fx[-1] = W - 1, 0
@@ -145,7 +145,7 @@ class Detection:
     ``prob``, ``box`` = (x, y, w, h), centre and size in pixels of the
     original image; ``corners`` = (left, top, right, bottom)."""
 
-    __slots__ = ("class_index", "name", "prob", "box")
+    __slots__ = ("box", "class_index", "name", "prob")
 
     def __init__(self, class_index, name, prob, box):
         self.class_index, self.name, self.prob, self.box = class_index, name, prob, box
@@ -203,5 +203,5 @@ def detect(net, image, thresh=.5, hier_thresh=.5, nms=.45, names=None):
     label = (lambda j: names[j] if j < len(names) else None) if names is not None else \
         (lambda j: None)
     found = [Detection(j, label(j), p, tuple(box)) for j, p, box in
-             zip(cols.tolist(), probs.tolist(), boxes.tolist())]
+             zip(cols.tolist(), probs.tolist(), boxes.tolist(), strict=True)]
     return found

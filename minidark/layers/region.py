@@ -131,7 +131,8 @@ def forward_region(l: Layer, net: Network) -> None:
         activate(out[:, :, l.coords], "logistic")
     first = l.coords + 1
     if l.softmax_tree is not None:
-        for offset, size in zip(l.softmax_tree.group_offset, l.softmax_tree.group_size):
+        tree = l.softmax_tree
+        for offset, size in zip(tree.group_offset, tree.group_size, strict=True):
             s = slice(first + offset, first + offset + size)
             _softmax(raw[:, :, s], out[:, :, s])
     elif l.softmax:
@@ -228,7 +229,8 @@ def _loss(l, net, out, delta):
 
 
 def _box_targets(l, box, anchor, i, j):
-    """darknet's delta_region_box targets: (x w - i, y h - j, ln(w w_grid / aw), ln(h h_grid / ah))."""
+    """darknet's delta_region_box targets:
+    (x w - i, y h - j, ln(w w_grid / aw), ln(h h_grid / ah))."""
     return (box[..., 0] * F32(l.w) - i, box[..., 1] * F32(l.h) - j,
             np.log(box[..., 2] * F32(l.w) / anchor[..., 0]),
             np.log(box[..., 3] * F32(l.h) / anchor[..., 1]))

@@ -39,10 +39,9 @@ whose cell index reaches the grid edge is clamped into it, a class outside
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -220,7 +219,8 @@ def forward_yolo(l: Layer, net: Network) -> None:
     flat = l.delta.reshape(-1)
     l.cost = float(np.dot(flat, flat))
     count = stats["count"]
-    l.stats = {"avg_iou": _ratio(stats["iou"], count), "avg_class_prob": _ratio(stats["cat"], count),
+    l.stats = {"avg_iou": _ratio(stats["iou"], count),
+               "avg_class_prob": _ratio(stats["cat"], count),
                "avg_obj_pos": _ratio(stats["obj"], count),
                "avg_obj_all": float(obj.sum(dtype=np.float64)) / obj.size,
                "recall_iou_gt_0.5": _ratio(stats["recall"], count),

@@ -30,7 +30,7 @@ def _layer_times(net, x, runs):
     samples = collections.defaultdict(list)
     originals = [l.forward for l in net.layers]
     try:
-        for l, forward in zip(net.layers, originals):
+        for l, forward in zip(net.layers, originals, strict=True):
             def timed(layer, n, _f=forward):
                 tick = time.perf_counter()
                 _f(layer, n)
@@ -39,7 +39,7 @@ def _layer_times(net, x, runs):
         for _ in range(runs):
             net.predict(x)
     finally:
-        for l, forward in zip(net.layers, originals):
+        for l, forward in zip(net.layers, originals, strict=True):
             l.forward = forward
     return {i: statistics.median(v) for i, v in samples.items()}
 
@@ -48,11 +48,13 @@ def bench_inference(cfg, weights=None, runs=10, size=None, opencv=True):
     """Return a dict: ``minidark`` and ``opencv`` seconds per image (median),
     ``layers`` ({index: seconds}), the network and notes."""
     import minidark
+
     from ..weights import save_weights
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
         if size:
-            text = open(cfg).read()
+            with open(cfg, encoding="utf-8") as handle:
+                text = handle.read()
             import re
             text = re.sub(r"(?m)^width\s*=.*$", f"width={size}", text)
             text = re.sub(r"(?m)^height\s*=.*$", f"height={size}", text)
@@ -74,7 +76,7 @@ def bench_inference(cfg, weights=None, runs=10, size=None, opencv=True):
                 outputs = cv.getUnconnectedOutLayersNames()
             except ImportError:
                 notes.append("OpenCV not installed (pip install 'opencv-python-headless<5')")
-            except Exception as exc:  # noqa: BLE001 - e.g. a layer OpenCV cannot read
+            except Exception as exc:
                 notes.append(f"OpenCV cannot read this cfg: {str(exc).splitlines()[-1]}")
                 cv = None
         limit, note = _one_thread()
@@ -121,7 +123,7 @@ def format_report(name, result, top=8):
     lines.append("  where minidark's time goes (per layer type):")
     for kind, t in sorted(by_type.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {kind:14} {1000 * t:7.1f} ms  {100 * t / total:5.1f}%")
-    lines.append(f"  slowest layers:")
+    lines.append("  slowest layers:")
     for i, t in sorted(layers.items(), key=lambda kv: -kv[1])[:top]:
         l = net.layers[i]
         rate = f"{l.flops / t / 1e9:6.1f} GFLOP/s" if l.flops and t else ""

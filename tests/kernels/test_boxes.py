@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from minidark.data.image import letterbox_image, resize_image
-from minidark.kernels.boxes import (Detections, box_iou, correct_boxes, do_nms_obj, do_nms_sort,
-                                    get_region_detections, get_yolo_detections,
-                                    hierarchy_top_prediction, letterbox_size)
+from minidark.kernels.boxes import (
+    Detections,
+    box_iou,
+    correct_boxes,
+    do_nms_obj,
+    do_nms_sort,
+    get_region_detections,
+    get_yolo_detections,
+    hierarchy_top_prediction,
+    letterbox_size,
+)
 from minidark.kernels.tree import Tree
 from minidark.layer import Layer
 
@@ -33,7 +41,7 @@ def test_iou_matches_the_naive_formula_and_edge_cases():
     rng = np.random.default_rng(0)
     a, b = random_boxes(rng, 300), random_boxes(rng, 300)
     ours = box_iou(a, b)
-    expected = [naive_iou(p, q) for p, q in zip(a.astype(float), b.astype(float))]
+    expected = [naive_iou(p, q) for p, q in zip(a.astype(float), b.astype(float), strict=True)]
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-7)
     assert (ours == 0).sum() > 50 and (ours > .1).sum() > 5
     assert box_iou([.5, .5, .2, .2], [.5, .5, .2, .2]) == pytest.approx(1)

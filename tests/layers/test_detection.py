@@ -5,9 +5,10 @@ with rescore=1 the confidence target is the IoU, held constant."""
 import numpy as np
 import pytest
 
-from conftest import net_from
 from minidark.errors import ConfigError
 from minidark.testing import to_float64
+
+from conftest import net_from
 
 S, N, C = 3, 2, 2
 CFG = f"""[net]
@@ -70,7 +71,7 @@ def naive(x, truth, l):
                 o = out[b, cells * (C + N) + (i * N + j) * 4:][:4]
                 ob = (o[0] / S, o[1] / S, o[2] ** 2, o[3] ** 2)
                 v = iou(ob, tb)
-                r = np.sqrt(sum((u - w) ** 2 for u, w in zip(ob, tb)))
+                r = np.sqrt(sum((u - w) ** 2 for u, w in zip(ob, tb, strict=True)))
                 if best_iou > 0 or v > 0:
                     if v > best_iou:
                         best_iou, best = v, j

@@ -12,9 +12,10 @@ import math
 import numpy as np
 import pytest
 
-from conftest import net_from
 from minidark.errors import ConfigError
 from minidark.testing import to_float64
+
+from conftest import net_from
 
 ANCHORS = "1.08,1.19, 3.42,4.41, 6.63,11.38"
 CFG = """[net]

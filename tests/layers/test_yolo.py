@@ -14,9 +14,10 @@ import math
 import numpy as np
 import pytest
 
-from conftest import net_from
 from minidark.errors import ConfigError
 from minidark.testing import to_float64
+
+from conftest import net_from
 
 NET = 96   # the network input size the anchors (pixels) refer to; the grid is 4x4
 ANCHORS = "10,14, 23,27, 37,58, 81,82, 135,169, 344,319"
@@ -117,7 +118,7 @@ def naive_yolo(x, truth, l, net_w, net_h, ignore, truth_thresh):
                         delta[b, a, 4, j, i] = 1 - out[b, a, 4, j, i]
                         class_delta(b, a, j, i, int(boxes[b, best_t, 4]))
                         box_delta(b, a, j, i, boxes[b, best_t], l.mask[a])
-        for t, box in truths(b):
+        for _, box in truths(b):
             i, j = int(box[0] * W), int(box[1] * H)
             fits = [iou((0, 0, box[2], box[3]), (0, 0, anchors[m, 0] / net_w,
                                                  anchors[m, 1] / net_h)) for m in range(l.total)]
@@ -313,7 +314,7 @@ def test_backward_accumulates_and_layer_zero(tmp_path):
 
 
 def test_two_heads_network_cost_is_the_mean_and_log_line(tmp_path):
-    text = """[net]
+    text = f"""[net]
 batch=1
 width=16
 height=16
@@ -326,7 +327,7 @@ pad=1
 activation=linear
 [yolo]
 mask=3,4,5
-anchors={a}
+anchors={ANCHORS}
 classes=3
 num=6
 [route]
@@ -335,10 +336,10 @@ layers=-2
 stride=2
 [yolo]
 mask=0,1,2
-anchors={a}
+anchors={ANCHORS}
 classes=3
 num=6
-""".format(a=ANCHORS)
+"""
     net = net_from(tmp_path, text, verbose=False)
     assert [l.out_w for l in net.layers] == [4, 4, 4, 8, 8]
     truth = np.zeros((1, 450), np.float32)
