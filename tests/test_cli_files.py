@@ -284,3 +284,12 @@ def test_fifos_as_convert_destination_or_plugin_are_refused(tmp_path):
     assert status == 2 and f"plugin '{fifo}': not a regular file" in one_line(err)
     status, _, err = run_main("cfg", "summary", MLP_CFG, "--plugin", tmp_path / "none.py")
     assert status == 2 and "none.py': no such file" in one_line(err)
+
+
+def test_names_with_control_characters_are_printed_escaped():
+    import numpy as np
+
+    from minidark.commands.classifier import confusion_table
+
+    table = confusion_table(np.array([[3, 1], [0, 2]]), ["cat\x1b[2J", "dog"])
+    assert "\x1b" not in table and "cat\\x1b[2J" in table

@@ -225,7 +225,7 @@ def run_valid(args):
 def confusion_table(matrix, names=None):
     """Per-class counts and accuracy; the full matrix when there are <= 20 classes."""
     classes = matrix.shape[0]
-    names = list(names or [str(i) for i in range(classes)])
+    names = [printable(n) for n in names] if names else [str(i) for i in range(classes)]
     width = max(6, max(len(n) for n in names))
     totals, hits = matrix.sum(axis=1), matrix.diagonal()
     lines = []
@@ -306,7 +306,7 @@ def run_predict(args):
         probs = net.predict(x)[0]
         say(f"{image}: predicted in {time.perf_counter() - tick:.4f} s")
         for index in topk_indices(probs[None], top)[0]:
-            print(f"{100 * probs[index]:5.2f}%: {names[index]}")
+            say(f"{100 * probs[index]:5.2f}%: {names[index]}")
     return USER_ERROR if failed else SUCCESS
 
 
