@@ -257,6 +257,10 @@ def valid_arguments(parser):
                              "coco)")
 
 
+COCO_IDS = (list(range(1, 12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45))
+            + list(range(46, 66)) + [67, 70] + list(range(72, 83)) + list(range(84, 91)))
+
+
 def coco_image_id(path):
     """darknet's image id: the number after the last '_' of the path, else after the
     last '/' (its leading digits; 0 when there are none)."""
@@ -306,7 +310,9 @@ def run_valid(args):
             for c, p, x0, y0, x1, y1 in rows:
                 x0, x1 = min(max(x0 * w, 0), w), min(max(x1 * w, 0), w)
                 y0, y1 = min(max(y0 * h, 0), h), min(max(y1 * h, 0), h)
-                records.append({"image_id": image_id, "category_id": int(c),
+                # darknet's 80 COCO classes map to COCO's category ids; others keep their index
+                category = COCO_IDS[int(c)] if head.classes == 80 else int(c)
+                records.append({"image_id": image_id, "category_id": category,
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(p)})
         written = os.path.join(folder, f"{args.out or 'coco_results'}.json")
         with open(written, "w", encoding="utf-8") as handle:

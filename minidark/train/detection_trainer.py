@@ -104,6 +104,19 @@ class DetectionTrainer(Trainer):
         from ..layers.yolo import stats_line
         return [line for line in (stats_line(l) for l in self.heads) if line]
 
+    def bar_suffix(self):
+        """Per head: avg IoU, class, obj, no-obj and recall of the last mini-batch."""
+        parts = []
+        for l in self.heads:
+            s = l.stats
+            if not s:
+                continue
+            recall = s.get("recall_iou_gt_0.5", s.get("avg_recall_iou_gt_0.5", 0.0))
+            cls = s.get("avg_class_prob", s.get("avg_true_class_prob", 0.0))
+            parts.append(f"[{l.index}] IoU {s['avg_iou']:.2f} cls {cls:.2f} obj "
+                         f"{s['avg_obj_pos']:.2f} no-obj {s['avg_obj_all']:.3f} R {recall:.2f}")
+        return ("; " + "; ".join(parts)) if parts else ""
+
     # ---------------------------------------------------------- evaluation
     def validate(self):
         net, size = self.net, (self.net.w, self.net.h)

@@ -235,6 +235,10 @@ class Trainer:
         """Lines logged before an iteration's line (a detector's per-head statistics)."""
         return []
 
+    def bar_suffix(self):
+        """Text appended to the progress bar's figures (a detector's head statistics)."""
+        return ""
+
     # --------------------------------------------------------------- data order
     def next_indices(self):
         """The next ``rows`` indices, continuing into a new permutation at epoch ends."""
@@ -429,7 +433,7 @@ class Trainer:
         if self.bar is not None and not self.bar.disable:
             self.bar.set_postfix_str(
                 f"loss {loss:.4f}, avg {self.avg_loss:.4f}, lr {rate:.3g},"
-                f" {self.rows / max(seconds, 1e-9):,.0f} img/s",
+                f" {self.rows / max(seconds, 1e-9):,.0f} img/s{self.bar_suffix()}",
                 refresh=False,
             )
             self.bar.update(1)

@@ -211,6 +211,7 @@ def test_resume_is_byte_identical(tmp_path, random):
     trainer.on_iteration = stop_at(14, sizes)
     assert trainer.run()["status"] == "interrupted"
     straight = (tmp_path / "a" / "backup" / "tiny.backup").read_bytes()
+    assert trainer.bar_suffix().startswith("; [4] IoU ") and " no-obj " in trainer.bar_suffix()
     if random:
         assert multiscale_sizes(96) == [96, 128] and sizes[0] != sizes[-1]
     net, trainer = trainer_for(tmp_path / "b", data, cfg)
