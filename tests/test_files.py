@@ -434,3 +434,39 @@ def test_a_tree_file_is_refused_by_type(tmp_path, fifo):
     assert isinstance(error, ConfigError), repr(error)
     assert f"{fifo}: tree file is a named pipe (FIFO), not a regular file" in str(error)
     assert "[softmax]" in str(error) and "key 'tree'" in str(error)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_any_data_file_text_parses_or_gives_a_data_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("d") / "any.data"
+    path.write_text(text, encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            config = read_data_file(str(path))
+        except DataError as exc:
+            assert "\n" not in str(exc) and "\x1b" not in str(exc)
+            return
+    assert config.top >= 1 and (config.classes is None or config.classes >= 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_have_a_kind_or_none(tmp_path_factory, data):
+    from minidark.commands.base import file_kind
+
+    path = tmp_path_factory.mktemp("k") / "any"
+    path.write_bytes(data)
+    assert file_kind(str(path)) in (None, "cfg", "data", "weights", "image", "binary")
+
+
+@pytest.mark.parametrize(
+    "text", ["classes=\x1b[2J\n", "top=\x07\n", "train\x1b\n", "names=\x1bnone.names\n"]
+)
+def test_data_file_errors_escape_values(tmp_path, text):
+    path = tmp_path / "x.data"
+    path.write_text(text)
+    with pytest.raises(DataError) as error:
+        read_data_file(str(path))
+    assert not any(c in str(error.value) for c in "\x1b\x07")

@@ -60,6 +60,11 @@ KNOWN = (
 IGNORED = ("test", "tree", "tag", "leaves", "gpus")
 
 
+def data_error(message):
+    """A DataError whose message has the control characters of values and paths escaped."""
+    return DataError(printable(message))
+
+
 class DataWarning(UserWarning):
     """A .data file key that minidark does not use."""
 
@@ -99,12 +104,12 @@ class DataConfig:
             if self.classes is None:
                 self.classes = len(entries)
             elif len(entries) != self.classes:
-                raise DataError(
+                raise data_error(
                     f"{self._where(key)}: {values[key]} has {len(entries)} "
                     f"entries but classes={self.classes}"
                 )
         if self.classes is not None and self.top > self.classes:
-            raise DataError(
+            raise data_error(
                 f"{self._where('top')}: top-{self.top} of {self.classes} classes: top must be "
                 f"at most classes"
             )
@@ -119,16 +124,16 @@ class DataConfig:
         try:
             value = int(text, 10)
         except ValueError:
-            raise DataError(f"{self._where(key)}: expected an integer, got '{text}'") from None
+            raise data_error(f"{self._where(key)}: expected an integer, got '{text}'") from None
         if value < minimum:
-            raise DataError(f"{self._where(key)}: must be >= {minimum}, got {value}")
+            raise data_error(f"{self._where(key)}: must be >= {minimum}, got {value}")
         return value
 
     def require(self, key):
         """The resolved path of ``train``/``valid``, or an error saying it is missing."""
         value = getattr(self, key)
         if value is None:
-            raise DataError(
+            raise data_error(
                 f"{self.path}: key '{key}' is missing: add a line "
                 f"'{key}=<list of image paths or MNIST IDX file>'"
             )
@@ -173,7 +178,7 @@ def read_stripped_lines(path, what, origin=None, limit=TEXT_LIMIT):
     try:
         text = read_text(path, what, limit, DataError)
     except DataError as exc:
-        raise DataError(f"{origin}: {exc}" if origin else str(exc)) from None
+        raise data_error(f"{origin}: {exc}" if origin else str(exc)) from None
     return [
         (number, line.strip())
         for number, line in enumerate(text.splitlines(), start=1)
@@ -187,7 +192,7 @@ def read_names(path, origin=None):
     names = [name for _, name in read_stripped_lines(path, "names file", origin)]
     if not names:
         where = f"{origin}: " if origin else ""
-        raise DataError(f"{where}{printable(path)} has no labels")
+        raise data_error(f"{where}{printable(path)} has no labels")
     return names
 
 
@@ -201,11 +206,11 @@ def parse_data_text(text, file="<string>"):
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
-            raise DataError(
+            raise data_error(
                 printable(f"{file}:{number}: malformed line '{line}': expected key=value")
             )
         if not value:
-            raise DataError(f"{where(file, number, key)}: empty value")
+            raise data_error(f"{where(file, number, key)}: empty value")
         if key in values:
             warnings.warn(
                 f"{file}:{number}: key '{key}' repeats line {lines[key]}; "
@@ -227,11 +232,11 @@ def parse_data_yaml(text, file="<string>"):
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise DataError(f"{file}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise data_error(f"{file}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if root is None:
         return {}, {}
     if not isinstance(root, yaml.MappingNode):
-        raise DataError(
+        raise data_error(
             f"{file}:{root.start_mark.line + 1}: expected a mapping of "
             f"key: value (classes, train, valid, names, backup, top)"
         )
@@ -239,12 +244,12 @@ def parse_data_yaml(text, file="<string>"):
     for key_node, value_node in root.value:
         number = key_node.start_mark.line + 1
         if not isinstance(key_node, yaml.ScalarNode) or not isinstance(value_node, yaml.ScalarNode):
-            raise DataError(f"{file}:{number}: expected 'key: value' with a plain value")
+            raise data_error(f"{file}:{number}: expected 'key: value' with a plain value")
         key, value = key_node.value.strip(), value_node.value.strip()
         if not value or value_node.tag.endswith(":null"):
-            raise DataError(f"{where(file, number, key)}: empty value")
+            raise data_error(f"{where(file, number, key)}: empty value")
         if key in values:
-            raise DataError(f"{where(file, number, key)}: repeats line {lines[key]}")
+            raise data_error(f"{where(file, number, key)}: repeats line {lines[key]}")
         values[key], lines[key] = value, number
     return values, lines
 
@@ -265,6 +270,6 @@ def read_data_file(path, strict=False):
         )
         message = f"{where(path, lines[key], key)}: {what}"
         if strict:
-            raise DataError(message)
+            raise data_error(message)
         warnings.warn(message, DataWarning, stacklevel=2)
     return DataConfig(path, values, lines)
