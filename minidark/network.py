@@ -116,7 +116,7 @@ class Network:
         self.rng = np.random.default_rng()
         self.cfg_file = None
         self.sections = None          # the cfg's sections (for resize)
-        self.rebuild_layers = None    # set by the cfg builder: sections -> layers at the current size
+        self.rebuild_layers = None    # set by the cfg builder: sections -> layers, for resize
 
     # ------------------------------------------------------------------ build
     def finalize(self) -> None:

@@ -61,8 +61,9 @@ def _paths(args):
 
 
 def run_test(args):
-    import minidark
     from PIL import Image
+
+    import minidark
 
     from ..data.datafile import read_data_file
     from ..data.image import detect, draw_detections
@@ -289,10 +290,10 @@ def run_valid(args):
                                            limit=args.limit, progress=args.progress)
     if kind == "voc":
         stem = args.out or "comp4_det_test_"
-        handles = [open(os.path.join(folder, f"{stem}{name}.txt"), "w", encoding="utf-8")
-                   for name in names]
+        handles = [open(os.path.join(folder, f"{stem}{name}.txt"), "w",  # noqa: SIM115
+                        encoding="utf-8") for name in names]
         try:
-            for path, rows, (w, h) in zip(valid.paths, detections, sizes):
+            for path, rows, (w, h) in zip(valid.paths, detections, sizes, strict=False):
                 image_id = os.path.basename(path).split(".")[0]
                 for c, p, x0, y0, x1, y1 in rows:
                     # darknet: 1-based pixels, xmin/ymin >= 1, xmax/ymax <= the image size
@@ -305,7 +306,7 @@ def run_valid(args):
         written = os.path.join(folder, f"{stem}<class>.txt")
     else:
         records = []
-        for path, rows, (w, h) in zip(valid.paths, detections, sizes):
+        for path, rows, (w, h) in zip(valid.paths, detections, sizes, strict=False):
             image_id = coco_image_id(path)
             for c, p, x0, y0, x1, y1 in rows:
                 x0, x1 = min(max(x0 * w, 0), w), min(max(x1 * w, 0), w)
@@ -324,12 +325,12 @@ def run_valid(args):
 
 
 def run_recall(args):
-    from ..kernels.boxes import do_nms_obj
-    from ..train.detection_eval import iou_matrix, truth_corners
-    from ..data.image import load_image, resize_image
-    from ..kernels.boxes import get_network_boxes
     import numpy as np
-    data, net, head, valid = _eval_setup(args)
+
+    from ..data.image import load_image, resize_image
+    from ..kernels.boxes import do_nms_obj, get_network_boxes
+    from ..train.detection_eval import iou_matrix, truth_corners
+    _, net, _, valid = _eval_setup(args)
     count = len(valid) if args.limit is None else min(args.limit, len(valid))
     total = correct = proposals = 0
     avg_iou = 0.0

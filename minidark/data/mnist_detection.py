@@ -64,8 +64,8 @@ def make_canvas(digits, labels, size, rng):
         k = int(rng.integers(len(digits)))
         top, bottom, left, right = ink_box(digits[k])
         crop = digits[k][top:bottom, left:right]
-        height = int(round(rng.uniform(size / 9, size / 2.3)))
-        width = max(2, int(round(crop.shape[1] * height / crop.shape[0])))
+        height = round(rng.uniform(size / 9, size / 2.3))
+        width = max(2, round(crop.shape[1] * height / crop.shape[0]))
         width = min(width, size)
         for _try in range(30):
             x0 = int(rng.integers(0, size - width + 1))

@@ -76,7 +76,7 @@ def voc_ap(recall, precision, points=0):
 def voc_class(detections, truths, cls, iou_thresh=.5):
     """(recall, precision, npos, tp, fp) of one class, VOC's greedy matching."""
     scores, image_of, matched, npos = [], [], [], 0
-    for i, (dets, gts) in enumerate(zip(detections, truths)):
+    for i, (dets, gts) in enumerate(zip(detections, truths, strict=True)):
         dets, gts = _as_rows(dets, 6), _as_rows(gts, 5)
         dets, gts = dets[dets[:, 0] == cls], gts[gts[:, 0] == cls]
         npos += len(gts)
@@ -146,7 +146,7 @@ def coco_map(detections, truths, classes, thresholds=COCO_IOUS):
     ap = -np.ones((len(thresholds), classes))
     for cls in range(classes):
         scores, matched, npos = [], [], 0
-        for dets, gts in zip(detections, truths):
+        for dets, gts in zip(detections, truths, strict=True):
             dets, gts = _as_rows(dets, 6), _as_rows(gts, 5)
             dets, gts = dets[dets[:, 0] == cls], gts[gts[:, 0] == cls]
             npos += len(gts)
@@ -214,7 +214,7 @@ def predict_dataset(net, dataset, thresh=.005, nms=.45, hier_thresh=.5, limit=No
     """Detections of ``net`` on every image of a DetectionDataset, decoded in
     relative coordinates: (detections, truths, sizes) lists as this module
     takes them (boxes relative to the image), plus each image's (w, h)."""
-    from ..data.image import load_image, letterbox_image, resize_image, uses_letterbox
+    from ..data.image import letterbox_image, load_image, resize_image, uses_letterbox
     from ..kernels.boxes import do_nms_sort, get_network_boxes
     count = len(dataset) if limit is None else min(limit, len(dataset))
     letterbox = uses_letterbox(net)

@@ -31,8 +31,7 @@ import time
 import numpy as np
 
 from ..data.detection import DetectionLoader
-from .checkpoint import (CheckpointError, checkpoint_base, read_sidecar, resolve_sidecar,
-                         size_limit)
+from .checkpoint import CheckpointError, checkpoint_base, read_sidecar, resolve_sidecar, size_limit
 from .detection_eval import evaluate_detector
 from .metrics import append_record
 from .trainer import Trainer
@@ -86,7 +85,7 @@ class DetectionTrainer(Trainer):
         if net.max_batches and net.current_batch + 200 > net.max_batches:
             dim = self.cfg_size[0]
         self.resize(dim, dim if self.cfg_size[0] == self.cfg_size[1] else
-                    int(round(dim * self.cfg_size[1] / self.cfg_size[0] / 32)) * 32)
+                    round(dim * self.cfg_size[1] / self.cfg_size[0] / 32) * 32)
 
     def resize(self, w, h):
         if (w, h) != (self.net.w, self.net.h):

@@ -183,8 +183,10 @@ def darknet_place_image(im, w, h, dx, dy, canvas):
                     np.float32(y) / np.float32(h) * np.float32(H)
                 ix, iy = int(np.floor(rx)), int(np.floor(ry))
                 fx, fy = rx - ix, ry - iy
-                value = ((1 - fy) * (1 - fx) * pixel(k, ix, iy) + fy * (1 - fx) * pixel(k, ix, iy + 1)
-                         + (1 - fy) * fx * pixel(k, ix + 1, iy) + fy * fx * pixel(k, ix + 1, iy + 1))
+                value = ((1 - fy) * (1 - fx) * pixel(k, ix, iy)
+                         + fy * (1 - fx) * pixel(k, ix, iy + 1)
+                         + (1 - fy) * fx * pixel(k, ix + 1, iy)
+                         + fy * fx * pixel(k, ix + 1, iy + 1))
                 if 0 <= x + dx < canvas.shape[2] and 0 <= y + dy < canvas.shape[1]:
                     canvas[k, y + dy, x + dx] = value
 
@@ -305,6 +307,6 @@ def test_loader_refuses_a_class_count_mismatch(tmp_path):
     net = minidark.load_network(tmp_path / "yolo.cfg")
     with warnings.catch_warnings():
         data = DetectionDataset.from_list(listing, classes=5)
-    with pytest.raises(DataError, match="classes=5 .* classes=2"):
+    with pytest.raises(DataError, match=r"classes=5 .* classes=2"):
         DetectionLoader(data, net)
     assert os.path.exists(listing)

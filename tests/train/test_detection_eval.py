@@ -44,7 +44,7 @@ def pycocotools_ap(detections, truths, classes):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     images, annotations, results = [], [], []
-    for i, (dets, gts) in enumerate(zip(detections, truths)):
+    for i, (dets, gts) in enumerate(zip(detections, truths, strict=True)):
         images.append({"id": i + 1, "width": 200, "height": 200})
         for c, x0, y0, x1, y1 in gts:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1,

@@ -2,13 +2,12 @@
 rectangles (two classes) reaches a real mAP on images it has not seen."""
 import numpy as np
 import pytest
+from test_detector_train import CFG, make_dataset
 
 import minidark
 from minidark.data.detection import DetectionDataset
 from minidark.train.detection_eval import evaluate_detector
 from minidark.train.detection_trainer import DetectionTrainer
-
-from test_detector_train import CFG, make_dataset
 
 
 @pytest.mark.slow

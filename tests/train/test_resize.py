@@ -99,7 +99,7 @@ def test_resize_keeps_parameters_and_matches_a_fresh_net(tmp_path):
         assert getattr(net.layers[index], name) is array          # moved, not copied
     assert weights_bytes(net) == before
     fresh = build(tmp_path, 96)
-    for a, b in zip(fresh.layers, net.layers):
+    for a, b in zip(fresh.layers, net.layers, strict=True):
         for name in a.saved:
             getattr(a, name)[...] = getattr(b, name)
     x = rng.random((2, net.inputs), np.float32)
