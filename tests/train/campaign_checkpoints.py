@@ -158,7 +158,7 @@ def sidecars(cases, rng, work):
         )
         errors = [line for line in result.stderr.splitlines() if line.startswith("minidark: error")]
         if "Traceback" in result.stderr:
-            outcome = "TRACEBACK"
+            outcome = "TRACEBACK " + result.stderr.strip().splitlines()[-1][:100]
         elif result.returncode == 0:
             outcome = "resumed (damage in bytes zip does not read)"
         elif len(errors) == 1 and "--no-exact-resume" in errors[0]:
