@@ -32,12 +32,15 @@ from the newest complete one gives the same bytes as an uninterrupted run.
 A sidecar that is damaged or belongs to other weights or data is an error
 that says what to do (``--no-exact-resume``: the weights alone, as darknet);
 a file without a sidecar (a darknet file) starts momentum and data order
-fresh. Before training: the folder is created and locked, files left by an
-interrupted write are removed, and warnings name a dataset smaller than one
-update and checkpoints of an earlier run that this one would overwrite.
+fresh. Resuming from a checkpoint at max_batches whose final
+``<base>.weights`` never landed (a kill while finishing) writes it. Before
+training: the folder is created and locked, files left by an interrupted
+write are removed, and warnings name a dataset smaller than one update and
+checkpoints of an earlier run that this one would overwrite.
 
 Evaluation (top-1 and top-k) runs on the valid set at the end and every
-``valid_every`` batches; results are printed and appended as JSON lines to
+``valid_every`` batches, before that iteration's checkpoints (so they hold
+its result); results are printed and appended as JSON lines to
 ``<base>_metrics.jsonl``; ``<base>_chart.png`` plots the run. The log and
 metrics files are never appended through a symbolic link (metrics.py).
 
