@@ -22,7 +22,7 @@ class TrainingStopped(MinidarkError):
 def open_append(path):
     """``path`` opened for appending text, refusing links and non-regular files."""
     flags = (
-        os.O_WRONLY
+        os.O_RDWR  # read too: a line a killed run left unfinished is seen and ended
         | os.O_APPEND
         | os.O_CREAT
         | os.O_NONBLOCK
@@ -47,6 +47,9 @@ def open_append(path):
                 f"{path} is not a regular file: refusing to append to it (remove it)"
             )
         os.set_blocking(fd, True)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")
         return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
     except BaseException:
         os.close(fd)

@@ -217,3 +217,14 @@ def test_without_backups_epoch_weights_keep_the_default_spacing(tmp_path):
     with pytest.warns(UserWarning, match="at most once per 1000 iterations"):
         tiny_trainer(cfg, tmp_path / "backup", data=tiny_data(20)).run()
     assert weights_files(tmp_path / "backup") == ["tiny.weights", "tiny_6.weights"]
+
+
+def test_a_log_line_a_killed_run_left_unfinished_is_ended(tmp_path):
+    cfg = write_tiny_cfg(tmp_path, max_batches=2)
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    (folder / "tiny.log").write_text("1, 0.400: 1.0986")  # killed mid-line
+    tiny_trainer(cfg, folder).run()
+    lines = (folder / "tiny.log").read_text().splitlines()
+    assert lines[0] == "1, 0.400: 1.0986" and lines[1].startswith("# ")
+    assert len(lines) == 4
