@@ -5,6 +5,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minidark
 from minidark.cfg import parse_network, read_cfg_text
@@ -140,3 +142,29 @@ def test_huge_image_workspace_is_bounded(monkeypatch):
     padded = 2050 * 2050 * 16 * 4
     assert net.workspace.nbytes <= 2 * padded + 3 * conv.COLUMN_BYTES
     assert all(l.band for l in net.layers)
+
+
+SIZES = st.one_of(st.integers(-3, 40), st.integers(0, 2**40), st.sampled_from([2**31 - 1, 2**31]))
+
+
+@pytest.mark.filterwarnings("ignore::minidark.cfg.ConfigWarning")   # e.g. filters in [maxpool]
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(["filters", "size", "stride", "padding", "groups"]),
+       st.sampled_from(["[net]", "[convolutional]", "[maxpool]", "[upsample]", "[connected]",
+                        "[reorg]", "[local]", "[deconvolutional]"]), SIZES, SIZES)
+def test_any_size_is_a_network_or_a_quick_clear_error(key, section, width, value):
+    """Sizes from -3 to 2^40 in the input and in a layer: a Network within the
+    limit, or a one-line ConfigError, each in well under a second or two."""
+    keys = {"[net]": "", "[connected]": "output", "[reorg]": "extra", "[upsample]": "stride"}
+    key = keys.get(section, key) or key
+    layer = section if section != "[net]" else "[convolutional]"
+    text = (f"[net]\nbatch=2\nheight=6\nwidth={width}\nchannels=2\n{layer}\n"
+            + (f"{key}={value}\n" if section != "[net]" else "") + "[avgpool]\n")
+    start = time.perf_counter()
+    try:
+        net = build(text, max_memory=256 << 20)
+    except ConfigError as error:
+        assert "\n" not in str(error) and str(error).startswith("x.cfg:")
+    else:
+        assert sum(l.output.nbytes for l in net.layers) <= 256 << 20
+    assert time.perf_counter() - start < 3
