@@ -486,26 +486,25 @@ def test_every_checkpoint_resumes_to_the_same_run_history_included(tmp_path):
     cfg = write_tiny_cfg(tmp_path, max_batches=8, backup_every=2, valid_every=3)
     valid = tiny_data(6, seed=2)
     straight = tiny_trainer(cfg, tmp_path / "straight", valid=valid)
-    kept = {}
+    kept = {}  # (name, weights bytes) -> (iteration, sidecar bytes): each checkpoint once
 
     def keep(trainer):
         for name in checkpoint_files(trainer.backup_dir):
             path = os.path.join(trainer.backup_dir, name)
-            for suffix in ("", ".state.npz"):
-                with open(path + suffix, "rb") as handle:
-                    kept[f"{trainer.net.current_batch}-{name}{suffix}"] = handle.read()
+            with open(path, "rb") as weights, open(sidecar_path(path), "rb") as sidecar:
+                key = name, weights.read()
+                kept.setdefault(key, (trainer.net.current_batch, sidecar.read()))
 
     straight.on_iteration = keep
     straight.run()
     final = (tmp_path / "straight" / "tiny.weights").read_bytes()
-    starts = sorted({key.rsplit(".state.npz", 1)[0] for key in kept})
-    assert "3-tiny_1.weights" in starts  # epoch 1 at an evaluation
-    for start in starts:
+    assert ("tiny_1.weights", 3) in {(n, i) for (n, _), (i, _) in kept.items()}  # at an eval
+    for (name, weights), (iteration, sidecar) in kept.items():
+        start = f"{iteration}-{name}"
         folder = tmp_path / f"from-{start}"
         folder.mkdir()
-        name = start.split("-", 1)[1]
-        (folder / name).write_bytes(kept[start])
-        (folder / (name + ".state.npz")).write_bytes(kept[start + ".state.npz"])
+        (folder / name).write_bytes(weights)
+        (folder / (name + ".state.npz")).write_bytes(sidecar)
         resumed = tiny_trainer(cfg, folder, weights=str(folder / name), valid=valid, seed=99)
         assert resumed.restored
         with warnings.catch_warnings():
