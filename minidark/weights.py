@@ -100,10 +100,15 @@ def read_header(handle, path):
     if len(head) < 12:
         raise WeightsError(f"{shown}: too short for a .weights header ({len(head)} bytes)")
     major, minor, revision = struct.unpack_from("<iii", head, 0)
-    if not all(0 <= v < MAX_VERSION for v in (major, minor, revision)):
+    # darknet: major and minor below 1000 (0.1, 0.2), or above 1000 to mark transposed
+    # connected weights; exactly 1000 is neither
+    if not (
+        all(0 <= v < MAX_VERSION and v != 1000 for v in (major, minor))
+        and 0 <= revision < MAX_VERSION
+    ):
         raise WeightsError(
             f"{shown}: the header's format version {major}.{minor}.{revision} is not one "
-            f"darknet writes (0.1.0, 0.2.0, 0.2.5; 1000 and more marks transposed weights): "
+            f"darknet writes (0.1.0, 0.2.0, 0.2.5; over 1000 marks transposed weights): "
             f"this is not a .weights file, or its first bytes are damaged"
         )
     if major * 10 + minor >= 2 and major < 1000 and minor < 1000:

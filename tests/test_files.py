@@ -245,6 +245,7 @@ def test_any_idx_bytes_give_an_array_or_a_data_error(tmp_path_factory, data):
         struct.pack("<fffQ", 1.0, 0.5, -2.0, 0),  # floats where the header should be
         struct.pack("<iiiQ", -1, 2, 0, 0),
         struct.pack("<iiiQ", 0, 2, 70000, 0),
+        struct.pack("<iiiQ", 1000, 2, 0, 0),  # neither a version nor the transposed mark
         struct.pack("<iiii", 2**20, 0, 0, 0),
     ],
 )
