@@ -166,6 +166,7 @@ def test_a_crash_at_any_write_or_rename_resumes_exactly(memory_tmp, monkeypatch)
     cases = [(k, "before") for k, name in operations if name != "fsync"]
     cases += [(k, "partial") for k, name in operations if name == "write"]
     cases.append((counter.count, "after"))
+    assert len(cases) == 55  # 38 kills before a write or rename, 16 mid-write, 1 at the end
     outcomes = {"fresh": 0, "resumed": 0, "finished": 0}
     for crash_at, mode in cases:
         folder = tmp_path / f"crash-{crash_at}-{mode}"
