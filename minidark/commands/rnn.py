@@ -26,7 +26,7 @@ the state carries from character to character. Sampling is darknet's: the
 softmax at temperature T, probabilities below 1e-4 dropped, one draw from
 what is left (``--rseed`` seeds it). ``--reset-state`` zeroes the state
 after the seed text (generation starts from the seed's last byte alone).
-Validation feeds the text in chunks of ``time_steps`` bytes (the same
+Validation feeds the text to one stream in chunks of 64 bytes (the same
 numbers as one byte per call) and prints ``N.NNN bits/char``.
 """
 import hashlib
