@@ -85,6 +85,17 @@ def make_lstm(options: Section, params: SizeParams) -> Layer:
     return l
 
 
+def torch_weights(l):
+    """The layer as ``torch.nn.LSTM(inputs, H)``'s state dict (float32 numpy arrays):
+    torch stacks the gates in the order i, f, g, o; ``weight_ih`` holds the u-sublayers,
+    ``weight_hh`` the w-sublayers, and the two bias vectors add up as here."""
+    s = l.sublayers
+    return {"weight_ih_l0": np.concatenate([s["u" + g].weights for g in "ifgo"]),
+            "weight_hh_l0": np.concatenate([s["w" + g].weights for g in "ifgo"]),
+            "bias_ih_l0": np.concatenate([s["u" + g].biases for g in "ifgo"]),
+            "bias_hh_l0": np.concatenate([s["w" + g].biases for g in "ifgo"])}
+
+
 def _previous(l, out, t):
     """(h_{t-1}, c_{t-1})."""
     return (l.prev_state, l.prev_cell) if t == 0 else (out[t - 1], l.cell[t - 1])

@@ -345,3 +345,28 @@ def test_fused_gemms_equal_the_step_by_step_path(tmp_path, kind):
                        + [getattr(l, u).copy() for u in l.learned.values()])
     for fused, stepwise in zip(*results):
         np.testing.assert_allclose(fused, stepwise, rtol=1e-12, atol=1e-12)
+
+
+def test_lstm_is_the_standard_lstm_in_torch_layout(tmp_path):
+    """darknet's LSTM is torch.nn.LSTM without peepholes: with the weights mapped by
+    lstm.torch_weights, torch's documented equations (gates i, f, g, o stacked) give
+    the same outputs, from the same initial state, step after step."""
+    from minidark.layers.lstm import torch_weights
+    net = recurrent_net(tmp_path, RECURRENT["lstm"], batch=2, steps=4, seed=2)
+    l = net.layers[0]
+    rng = np.random.default_rng(1)
+    for name in l.saved:
+        getattr(l, name)[...] = rng.normal(size=getattr(l, name).shape) * 0.4
+    state = torch_weights(l)
+    assert state["weight_ih_l0"].shape == (20, 4) and state["weight_hh_l0"].shape == (20, 5)
+    x = rng.uniform(-1, 1, (4, 2, 4)).astype(np.float32)
+    out = net.forward(x.reshape(8, 4)).reshape(4, 2, 5)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))                          # noqa: E731
+    h, c = np.zeros((2, 5)), np.zeros((2, 5))
+    for t in range(4):
+        gates = (x[t] @ state["weight_ih_l0"].T + state["bias_ih_l0"]
+                 + h @ state["weight_hh_l0"].T + state["bias_hh_l0"])
+        i, f, g, o = np.split(gates, 4, axis=1)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        np.testing.assert_allclose(out[t], h, rtol=1e-5, atol=1e-6)
