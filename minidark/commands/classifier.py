@@ -131,7 +131,7 @@ def run_train(args):
     import minidark
 
     from ..data.datafile import read_data_file
-    from ..train.trainer import Trainer, cfg_base, final_missing, format_accuracy
+    from ..train.trainer import Trainer, cfg_base, final_missing, format_accuracy, tidy
 
     check_kinds(TRAIN_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
@@ -146,6 +146,7 @@ def run_train(args):
         and net.current_batch >= net.max_batches
         and not (args.exact_resume and final_missing(args.weights, data.backup, base))
     ):
+        tidy(data.backup, base)  # what a run killed after its last checkpoint left
         say(
             f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
             f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, "

@@ -99,6 +99,7 @@ __all__ = [
     "final_missing",
     "format_accuracy",
     "sidecar_path",
+    "tidy",
     "topk_indices",
     "train_state_names",
 ]
@@ -265,7 +266,7 @@ class Trainer:
             and start_batch >= net.max_batches
             and not (self.restored and final_missing(self.start, self.backup_dir, self.base))
         ):
-            self._tidy()
+            tidy(self.backup_dir, self.base)
             self.say(
                 f"{self.base}: already trained to max_batches={net.max_batches} "
                 f"(seen {net.seen} images = {start_batch} batches): nothing to do; "
@@ -313,21 +314,6 @@ class Trainer:
         finally:
             self.bar = None
             self._restore_sigint(previous_handler)
-            unlock_folder(lock)
-
-    def _tidy(self):
-        """Clear what a killed run left, when there is nothing else to do (best effort)."""
-        if not os.path.isdir(self.backup_dir):
-            return
-        try:
-            lock = lock_folder(self.backup_dir, self.base)
-        except CheckpointError:
-            return
-        try:
-            clean_folder(self.backup_dir, self.base)
-        except OSError:
-            pass
-        finally:
             unlock_folder(lock)
 
     def _prepare_folder(self):
@@ -734,6 +720,24 @@ class Trainer:
     def _restore_sigint(previous):
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def tidy(backup_dir, base):
+    """Clear what a killed run of ``base`` left in ``backup_dir`` when there is
+    nothing else to do (best effort: a busy or unwritable folder is left alone)."""
+    backup_dir = os.fspath(backup_dir)
+    if not os.path.isdir(backup_dir):
+        return
+    try:
+        lock = lock_folder(backup_dir, base)
+    except CheckpointError:
+        return
+    try:
+        clean_folder(backup_dir, base)
+    except OSError:
+        pass
+    finally:
+        unlock_folder(lock)
 
 
 def final_missing(weights_path, backup_dir, base):

@@ -457,8 +457,10 @@ def test_a_run_killed_while_writing_its_final_weights_finishes_on_resume(tmp_pat
     assert "nothing to do" not in capsys.readouterr().out
     assert (folder / "tiny.weights").read_bytes() == final
     assert_no_leftovers(folder)
+    (folder / ".tmp-abcd1234tiny_chart.png").write_bytes(b"a kill while drawing")
     assert main(["classifier", "train", data, cfg, backup, "--no-progress"]) == 0
     assert "nothing to do" in capsys.readouterr().out
+    assert_no_leftovers(folder)  # tidied all the same
 
 
 def test_resuming_from_files_a_live_run_is_writing_is_refused(tmp_path):
