@@ -13,6 +13,13 @@ so each step calls the sublayer's unchanged forward/backward, and the
 parameter gradients (``*_updates``) sum over all steps. Network buffers are
 step-major: rows t*B .. t*B+B-1 of ``net.input`` are step t.
 
+Without batch norm (``l.fused``) the same sums take fewer, larger GEMMs: a
+sublayer outside the recurrence runs once over all T*B rows
+(``all_steps``), and a recurrent one computes only its input gradient per
+step (``backward_input_only``) and its parameter gradients once after the
+loop (``backward_params``). With batch norm, darknet's per-step statistics
+need the step-by-step path.
+
 The parent layer exposes each sublayer array darknet saves as
 ``<sub>_<array>`` (the same array object), so ``saved`` lists them in
 darknet's .weights order and the reference harness finds
