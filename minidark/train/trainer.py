@@ -687,6 +687,7 @@ class Trainer:
         self.history["iteration"] = [int(i) for i in self.history["iteration"]]
         self.valid_history = {key: list(state[f"valid/{key}"]) for key in self.valid_history}
         self.restored = True
+        self.last_checkpoint = weights_path  # until this run writes a newer one
         return f"momentum, random state and data order restored from {os.path.basename(path)}"
 
     # --------------------------------------------------------------- plumbing

@@ -530,3 +530,28 @@ def test_a_folder_planted_where_a_checkpoint_goes_stops_with_one_line(tmp_path, 
     message = str(stopped.value)
     assert "\n" not in message and "Is a directory" in message, message
     assert (folder / planted / "inside").is_dir()
+
+
+def test_a_full_disk_right_after_a_resume_names_the_checkpoint_resumed_from(tmp_path, monkeypatch):
+    cfg = write_tiny_cfg(tmp_path, max_batches=2, backup_every=2)
+    folder = tmp_path / "backup"
+    tiny_trainer(cfg, folder).run()
+    before = (folder / "tiny.backup").read_bytes()
+    longer = write_tiny_cfg(tmp_path, max_batches=6, backup_every=2, name="longer.cfg")
+    trainer = tiny_trainer(longer, folder, weights=str(folder / "tiny.backup"))
+
+    def full(fd, data):
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+    real_write = os.write
+    monkeypatch.setattr(
+        os, "write", lambda fd, data: full(fd, data) if len(data) > 100 else real_write(fd, data)
+    )
+    with pytest.warns(UserWarning), pytest.raises(TrainingStopped) as stopped:
+        trainer.run()
+    monkeypatch.undo()
+    assert str(stopped.value).endswith(
+        f"File too large: training stopped; the last good checkpoint is {folder / 'tiny.backup'}"
+    )
+    assert (folder / "tiny.backup").read_bytes() == before
+    assert tiny_trainer(longer, folder, weights=str(folder / "tiny.backup")).restored
