@@ -2,7 +2,7 @@
 test per kind of ConfigError (each asserting file, line, section and key),
 unused-key warnings, cfg <-> YAML round trips, and a hypothesis fuzz test
 that arbitrary text only ever gives a Network or a ConfigError."""
-import os
+
 import warnings
 
 import numpy as np
@@ -11,11 +11,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minidark
-from conftest import ROOT, write_cfg
+from minidark.cfg import (
+    ConfigWarning,
+    Option,
+    Section,
+    convert_cfg,
+    parse_network,
+    read_cfg_text,
+    read_sections,
+    read_yaml_text,
+    sections_to_cfg,
+    sections_to_yaml,
+)
 from minidark.errors import ConfigError
-from minidark.cfg import (ConfigWarning, Option, Section, convert_cfg, parse_network,
-                          read_cfg_text, read_sections, read_yaml_text, sections_to_cfg,
-                          sections_to_yaml)
+
+from conftest import ROOT, write_cfg
 
 MLP_CFG = ROOT / "cfg" / "mnist_mlp.cfg"
 SMALL = "[net]\ninputs=4\n[softmax]\n"
@@ -35,6 +45,11 @@ def config_error(text, **kwargs):
 
 def pairs(section):
     return [(o.key, o.value) for o in section.options]
+
+
+def text_of(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def shape(sections):
@@ -100,13 +115,18 @@ def test_aliases_build_the_same_layer_types():
 # Typed readers and defaults
 # --------------------------------------------------------------------------
 def make_section(**values):
-    return Section("test", line=1, file="t.cfg",
-                   options=[Option(k, v, i + 2) for i, (k, v) in enumerate(values.items())])
+    return Section(
+        "test",
+        line=1,
+        file="t.cfg",
+        options=[Option(k, v, i + 2) for i, (k, v) in enumerate(values.items())],
+    )
 
 
 def test_typed_readers():
-    s = make_section(i="-3", f=".1", e="1e-3", name="leaky", flag="1", lst="100,200",
-                     fl=".1,2,3e1", act="relu")
+    s = make_section(
+        i="-3", f=".1", e="1e-3", name="leaky", flag="1", lst="100,200", fl=".1,2,3e1", act="relu"
+    )
     assert s.int("i") == -3 and isinstance(s.int("i"), int)
     assert s.float("f") == pytest.approx(0.1) and s.float("e") == pytest.approx(1e-3)
     assert s.float("i") == -3.0
@@ -120,13 +140,21 @@ def test_typed_readers():
     assert s.unused() == []
 
 
-@pytest.mark.parametrize("reader, value, kind", [
-    ("int", "abc", "an integer"), ("int", "1.5", "an integer"), ("int", "1_000", "an integer"),
-    ("int", "\u0661\u0662", "an integer"), ("float", "x1", "a number"),
-    ("float", "nan", "a number"), ("bool", "true", "0 or 1"),
-    ("ints", "1,,2", "comma-separated list of integers"),
-    ("ints", "1,a", "comma-separated list of integers"),
-    ("floats", ".1,", "comma-separated list of numbers")])
+@pytest.mark.parametrize(
+    "reader, value, kind",
+    [
+        ("int", "abc", "an integer"),
+        ("int", "1.5", "an integer"),
+        ("int", "1_000", "an integer"),
+        ("int", "\u0661\u0662", "an integer"),
+        ("float", "x1", "a number"),
+        ("float", "nan", "a number"),
+        ("bool", "true", "0 or 1"),
+        ("ints", "1,,2", "comma-separated list of integers"),
+        ("ints", "1,a", "comma-separated list of integers"),
+        ("floats", ".1,", "comma-separated list of numbers"),
+    ],
+)
 def test_typed_reader_rejects(reader, value, kind):
     s = make_section(pad="0", key=value)
     with pytest.raises(ConfigError) as info:
@@ -144,22 +172,44 @@ def test_required_key_missing_names_the_key():
 
 def test_net_defaults_are_darknets():
     net = build("[net]\ninputs=10\n[softmax]\n")
-    expected = dict(batch=1, subdivisions=1, time_steps=1, learning_rate=0.001, momentum=0.9,
-                    decay=0.0001, policy="constant", burn_in=0, power=4.0, max_batches=0,
-                    height=0, width=0, channels=0, flip=1, angle=0.0, aspect=1.0,
-                    saturation=1.0, exposure=1.0, hue=0.0, center=0, random=0, adam=0,
-                    backup_every=1000, valid_every=0)
+    expected = dict(
+        batch=1,
+        subdivisions=1,
+        time_steps=1,
+        learning_rate=0.001,
+        momentum=0.9,
+        decay=0.0001,
+        policy="constant",
+        burn_in=0,
+        power=4.0,
+        max_batches=0,
+        height=0,
+        width=0,
+        channels=0,
+        flip=1,
+        angle=0.0,
+        aspect=1.0,
+        saturation=1.0,
+        exposure=1.0,
+        hue=0.0,
+        center=0,
+        random=0,
+        adam=0,
+        backup_every=1000,
+        valid_every=0,
+    )
     for name, value in expected.items():
         assert getattr(net.config, name) == pytest.approx(value), name
     assert (net.batch, net.subdivisions, net.time_steps, net.h, net.w, net.c) == (1, 1, 1, 0, 0, 0)
-    assert net.learning_rate == net.config.learning_rate     # darknet's names, read-only
-    with pytest.raises(AttributeError, match="net.config.momentum"):
+    assert net.learning_rate == net.config.learning_rate  # darknet's names, read-only
+    with pytest.raises(AttributeError, match=r"net\.config\.momentum"):
         net.momentum = 0.5
 
 
 def test_net_image_defaults_and_batch_division():
-    net = build("[net]\nbatch=64\nsubdivisions=4\nheight=28\nwidth=28\nchannels=3\n"
-                "policy=step\n[softmax]\n")
+    net = build(
+        "[net]\nbatch=64\nsubdivisions=4\nheight=28\nwidth=28\nchannels=3\npolicy=step\n[softmax]\n"
+    )
     assert (net.batch, net.subdivisions, net.inputs) == (16, 4, 28 * 28 * 3)
     assert net.images_per_update == 64
     c = net.config
@@ -276,9 +326,15 @@ def test_error_impossible_geometry_inputs_disagree():
     assert "disagrees" in located(error, 5, "net", "inputs")
 
 
-@pytest.mark.parametrize("line, message", [
-    ("batch=0", "batch must be >= 1"), ("subdivisions=3", "subdivisions must be between"),
-    ("time_steps=-1", "time_steps must be >= 1"), ("height=-2", "height must be >= 0")])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("batch=0", "batch must be >= 1"),
+        ("subdivisions=3", "subdivisions must be between"),
+        ("time_steps=-1", "time_steps must be >= 1"),
+        ("height=-2", "height must be >= 0"),
+    ],
+)
 def test_error_bad_net_sizes(line, message):
     error = config_error(f"[net]\ninputs=4\n{line}\n[softmax]\n")
     assert message in located(error, 3, "net", line.split("=")[0])
@@ -363,15 +419,17 @@ def test_unused_keys_warn_with_line_numbers():
     messages = [str(r.message) for r in record]
     assert any("[net]" in m and "'mosaic = 0.1' (line 3)" in m for m in messages)
     layer = [m for m in messages if "[connected]" in m]
-    assert len(layer) == 1   # one grouped warning per section
+    assert len(layer) == 1  # one grouped warning per section
     assert "'filters = 3' (line 6)" in layer[0] and "'size = 3' (line 7)" in layer[0]
 
 
 def test_no_warning_when_every_key_is_read():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        build("[net]\ninputs=4\nbatch=2\n[connected]\noutput=3\nactivation=relu\n"
-              "learning_rate=2\nstopbackward=0\n[softmax]\ngroups=3\n")
+        build(
+            "[net]\ninputs=4\nbatch=2\n[connected]\noutput=3\nactivation=relu\n"
+            "learning_rate=2\nstopbackward=0\n[softmax]\ngroups=3\n"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         minidark.load_network(str(MLP_CFG))
@@ -423,33 +481,42 @@ def test_yaml_reading_builds_the_same_network(tmp_path):
 
 
 def test_yaml_errors_name_file_and_line(tmp_path):
-    path = write_cfg(tmp_path, "- type: net\n  inputs: 4\n- type: softmax\n  groups: [1, [2]]\n",
-                     "bad.yml")
+    path = write_cfg(
+        tmp_path, "- type: net\n  inputs: 4\n- type: softmax\n  groups: [1, [2]]\n", "bad.yml"
+    )
     with pytest.raises(ConfigError) as info:
         minidark.load_network(path)
     assert info.value.file == path and info.value.line == 4 and info.value.key == "groups"
-    for text, message in [("a: [", "invalid YAML"), ("{a: 1}", "list of sections"),
-                          ("- 3\n", "mapping"), ("- batch: 2\n  inputs: 3\n", "no 'type'"),
-                          ("- type: net\n  inputs: null\n", "empty value"),
-                          ("- type: net\n  inputs:\n", "plain value")]:
+    for text, message in [
+        ("a: [", "invalid YAML"),
+        ("{a: 1}", "list of sections"),
+        ("- 3\n", "mapping"),
+        ("- batch: 2\n  inputs: 3\n", "no 'type'"),
+        ("- type: net\n  inputs: null\n", "empty value"),
+        ("- type: net\n  inputs:\n", "plain value"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             read_yaml_text(text, "y.yaml")
 
 
 def test_yaml_value_errors_name_line_section_and_key(tmp_path):
-    path = write_cfg(tmp_path, "- type: net\n  inputs: 4\n- type: softmax\n  groups: two\n",
-                     "bad.yaml")
+    path = write_cfg(
+        tmp_path, "- type: net\n  inputs: 4\n- type: softmax\n  groups: two\n", "bad.yaml"
+    )
     with pytest.raises(ConfigError) as info:
         minidark.load_network(path)
     assert (info.value.line, info.value.section, info.value.key) == (4, "softmax", "groups")
 
 
 def test_yaml_nested_form_for_sections_with_a_type_key():
-    sections = read_yaml_text("- type: net\n  inputs: 4\n- cost:\n    type: masked\n"
-                              "    scale: 2\n- softmax:\n")
-    assert shape(sections) == [("net", [("inputs", "4")]),
-                               ("cost", [("type", "masked"), ("scale", "2")]),
-                               ("softmax", [])]
+    sections = read_yaml_text(
+        "- type: net\n  inputs: 4\n- cost:\n    type: masked\n    scale: 2\n- softmax:\n"
+    )
+    assert shape(sections) == [
+        ("net", [("inputs", "4")]),
+        ("cost", [("type", "masked"), ("scale", "2")]),
+        ("softmax", []),
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -495,10 +562,7 @@ groups=1
 
 @pytest.mark.parametrize("source", ["mlp", "tricky"])
 def test_cfg_yaml_cfg_round_trip_is_exact(tmp_path, source):
-    if source == "mlp":
-        cfg = str(MLP_CFG)
-    else:
-        cfg = write_cfg(tmp_path, TRICKY, "tricky.cfg")
+    cfg = str(MLP_CFG) if source == "mlp" else write_cfg(tmp_path, TRICKY, "tricky.cfg")
     original = read_sections(cfg)
     yaml_path, back_path = str(tmp_path / "a.yaml"), str(tmp_path / "b.cfg")
     convert_cfg(cfg, yaml_path)
@@ -506,24 +570,24 @@ def test_cfg_yaml_cfg_round_trip_is_exact(tmp_path, source):
     assert shape(read_sections(yaml_path)) == shape(original)
     assert shape(read_sections(back_path)) == shape(original)
     # and the text is a fixed point after one conversion
-    assert open(back_path).read() == sections_to_cfg(original)
+    assert text_of(back_path) == sections_to_cfg(original)
     again = str(tmp_path / "c.yaml")
     convert_cfg(back_path, again)
-    assert open(again).read() == open(yaml_path).read()
+    assert text_of(again) == text_of(yaml_path)
 
 
 def test_round_trip_keeps_types_lists_and_first_wins(tmp_path):
     cfg = write_cfg(tmp_path, TRICKY, "tricky.cfg")
     yaml_path = str(tmp_path / "t.yml")
     convert_cfg(cfg, yaml_path)
-    text = open(yaml_path).read()
-    assert "[100, 200, 300]" in text            # lists become YAML lists
+    text = text_of(yaml_path)
+    assert "[100, 200, 300]" in text  # lists become YAML lists
     with pytest.warns(ConfigWarning):
         a = build(TRICKY)
     with pytest.warns(ConfigWarning):
         b = minidark.load_network(yaml_path)
     assert a.layers[1].cost_type == b.layers[1].cost_type == "masked"
-    assert a.layers[1].scale == b.layers[1].scale == 0.5      # the first 'scale' wins
+    assert a.layers[1].scale == b.layers[1].scale == 0.5  # the first 'scale' wins
     assert a.config.steps == b.config.steps == [100, 200, 300]
     assert a.learning_rate == b.learning_rate == pytest.approx(0.1)
 
@@ -557,8 +621,11 @@ def only_network_or_config_error(text):
     return net
 
 
-FUZZ = settings(max_examples=200, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @FUZZ
@@ -589,7 +656,9 @@ def test_fuzz_yaml_text(text):
 
 
 @FUZZ
-@given(st.one_of(st.text(), st.text(alphabet="[]=#;,.-+ \t\r\nabtypenet0123456789:'\"!&*?|>{}%@`~")))
+@given(
+    st.one_of(st.text(), st.text(alphabet="[]=#;,.-+ \t\r\nabtypenet0123456789:'\"!&*?|>{}%@`~"))
+)
 def test_fuzz_any_readable_cfg_round_trips_through_yaml(text):
     try:
         sections = read_cfg_text(text)
@@ -599,22 +668,91 @@ def test_fuzz_any_readable_cfg_round_trips_through_yaml(text):
     assert shape(read_cfg_text(sections_to_cfg(sections))) == shape(sections)
 
 
-SECTIONS = ["net", "network", "connected", "conn", "softmax", "soft", "dropout", "cost",
-            "activation", "conected", "", "maxpool"]
-KEYS = ["batch", "subdivisions", "inputs", "height", "width", "channels", "time_steps",
-        "learning_rate", "policy", "steps", "scales", "step", "scale", "gamma", "power",
-        "max_batches", "burn_in", "output", "activation", "batch_normalize", "groups",
-        "temperature", "noloss", "spatial", "probability", "type", "stopbackward", "foo"]
+SECTIONS = [
+    "net",
+    "network",
+    "connected",
+    "conn",
+    "softmax",
+    "soft",
+    "dropout",
+    "cost",
+    "activation",
+    "conected",
+    "",
+    "maxpool",
+]
+KEYS = [
+    "batch",
+    "subdivisions",
+    "inputs",
+    "height",
+    "width",
+    "channels",
+    "time_steps",
+    "learning_rate",
+    "policy",
+    "steps",
+    "scales",
+    "step",
+    "scale",
+    "gamma",
+    "power",
+    "max_batches",
+    "burn_in",
+    "output",
+    "activation",
+    "batch_normalize",
+    "groups",
+    "temperature",
+    "noloss",
+    "spatial",
+    "probability",
+    "type",
+    "stopbackward",
+    "foo",
+]
 VALUES = st.one_of(
     st.integers(-3, 12).map(str),
-    st.sampled_from(["0", "1", ".5", "1e-3", "-1", "abc", "relu", "leaky", "nope", "steps",
-                     "step", "exp", "poly", "sig", "random", "constant", "1,2", "3,", ".1,.2",
-                     "masked", "smooth", "L1", "sse", "inf", "-inf", "nan", "1_0", "9" * 30]),
-    st.text(max_size=5))
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            ".5",
+            "1e-3",
+            "-1",
+            "abc",
+            "relu",
+            "leaky",
+            "nope",
+            "steps",
+            "step",
+            "exp",
+            "poly",
+            "sig",
+            "random",
+            "constant",
+            "1,2",
+            "3,",
+            ".1,.2",
+            "masked",
+            "smooth",
+            "L1",
+            "sse",
+            "inf",
+            "-inf",
+            "nan",
+            "1_0",
+            "9" * 30,
+        ]
+    ),
+    st.text(max_size=5),
+)
 LINE = st.one_of(
     st.sampled_from(SECTIONS).map(lambda s: f"[{s}]"),
     st.tuples(st.sampled_from(KEYS), VALUES).map(lambda kv: f"{kv[0]}={kv[1]}"),
-    st.sampled_from(["# comment", "; comment", "", "novalue", "=3", "key=", "[", "[]"]))
+    st.sampled_from(["# comment", "; comment", "", "novalue", "=3", "key=", "[", "[]"]),
+)
 
 
 @FUZZ
@@ -630,37 +768,61 @@ def mostly(valid, invalid):
 
 
 SMALL_INT = mostly(["1", "2", "3", "4", "6", "12"], ["0", "-1"])
-ACTIVATION = mostly(["relu", "leaky", "logistic", "linear", "tanh", "elu", "stair"],
-                    ["relu6"])
+ACTIVATION = mostly(["relu", "leaky", "logistic", "linear", "tanh", "elu", "stair"], ["relu6"])
 LAYER_OPTIONS = {
-    "connected": {"output": SMALL_INT, "activation": ACTIVATION,
-                  "batch_normalize": st.sampled_from(["0", "1", "2"])},
-    "softmax": {"groups": mostly(["1", "2", "3"], ["5"]),
-                "temperature": mostly([".5", "1", "2"], ["0"]),
-                "noloss": st.sampled_from(["0", "1"]), "spatial": st.sampled_from(["0", "1"])},
+    "connected": {
+        "output": SMALL_INT,
+        "activation": ACTIVATION,
+        "batch_normalize": st.sampled_from(["0", "1", "2"]),
+    },
+    "softmax": {
+        "groups": mostly(["1", "2", "3"], ["5"]),
+        "temperature": mostly([".5", "1", "2"], ["0"]),
+        "noloss": st.sampled_from(["0", "1"]),
+        "spatial": st.sampled_from(["0", "1"]),
+    },
     "dropout": {"probability": mostly(["0", ".5", ".9"], ["1"])},
-    "cost": {"type": mostly(["sse", "masked", "smooth", "L1"], ["seg"]),
-             "scale": st.sampled_from(["1", ".5", "-2"])},
+    "cost": {
+        "type": mostly(["sse", "masked", "smooth", "L1"], ["seg"]),
+        "scale": st.sampled_from(["1", ".5", "-2"]),
+    },
     "activation": {"activation": ACTIVATION},
 }
-NET_OPTIONS = {"batch": mostly(["1", "2", "4"], ["0"]),
-               "subdivisions": mostly(["1"], ["2", "0"]),
-               "policy": mostly(["constant", "steps", "poly", "sig"], ["cosine"]),
-               "steps": mostly(["1,2"], ["3"]), "scales": mostly([".1,.1"], [".5"]),
-               "max_batches": mostly(["10"], ["0"]),
-               "learning_rate": mostly([".1", ".01"], ["x"])}
-INPUTS = mostly(["inputs=6", "inputs=12", "height=2\nwidth=3\nchannels=1",
-                 "height=2\nwidth=2\nchannels=3"],
-                ["inputs=0", "", "height=2\nwidth=2", "height=-1\nwidth=-6\nchannels=1"])
-JUNK = st.sampled_from(["# comment", "; comment", "", "novalue", "=3", "key=", "[", "[]",
-                        "[net]", "[conected]", "foo=1"])
+NET_OPTIONS = {
+    "batch": mostly(["1", "2", "4"], ["0"]),
+    "subdivisions": mostly(["1"], ["2", "0"]),
+    "policy": mostly(["constant", "steps", "poly", "sig"], ["cosine"]),
+    "steps": mostly(["1,2"], ["3"]),
+    "scales": mostly([".1,.1"], [".5"]),
+    "max_batches": mostly(["10"], ["0"]),
+    "learning_rate": mostly([".1", ".01"], ["x"]),
+}
+INPUTS = mostly(
+    ["inputs=6", "inputs=12", "height=2\nwidth=3\nchannels=1", "height=2\nwidth=2\nchannels=3"],
+    ["inputs=0", "", "height=2\nwidth=2", "height=-1\nwidth=-6\nchannels=1"],
+)
+JUNK = st.sampled_from(
+    [
+        "# comment",
+        "; comment",
+        "",
+        "novalue",
+        "=3",
+        "key=",
+        "[",
+        "[]",
+        "[net]",
+        "[conected]",
+        "foo=1",
+    ]
+)
 
 
 @st.composite
 def section_lines(draw, kind, options):
     keys = draw(st.lists(st.sampled_from(sorted(options)), max_size=len(options)))
     lines = [f"[{kind}]"] + [f"{key}={draw(options[key])}" for key in keys]
-    if draw(st.integers(0, 9)) == 0:     # now and then a junk line
+    if draw(st.integers(0, 9)) == 0:  # now and then a junk line
         lines.insert(draw(st.integers(0, len(lines))), draw(JUNK))
     return lines
 
@@ -701,6 +863,7 @@ def test_structured_fuzz_builds_networks():
     @given(cfg_texts())
     def count(text):
         built.append(only_network_or_config_error(text) is not None)
+
     count()
     assert sum(built) >= 30, f"only {sum(built)} of {len(built)} fuzzed cfgs built a network"
 
@@ -711,6 +874,7 @@ def test_fuzz_helper_catches_other_exceptions():
 
     def make_broken(options, params):
         return 1 / 0
+
     register_layer("fuzzbroken", make_broken)
     try:
         with pytest.raises(ZeroDivisionError):

@@ -39,7 +39,7 @@ class NetConfig:
     min_ratio: float = 0.0  # min_crop / width unless given
     center: int = 0  # darknet: centred crops (read, not implemented)
     clip: float = 0.0  # darknet: gradient clipping (read, not implemented)
-    angle: float = 0.0  # random rotation, degrees
+    angle: float = 0.0  # random rotation, degrees, in [-360, 360]
     aspect: float = 1.0  # random aspect-ratio scale, > 0
     saturation: float = 1.0  # random saturation scale, > 0
     exposure: float = 1.0  # random exposure scale, > 0
@@ -152,7 +152,7 @@ def _read_augmentation(s, c):
         )
     c.center = int(s.bool("center", False))
     c.clip = s.float("clip", 0.0, min=0)
-    c.angle = s.float("angle", 0.0)
+    c.angle = s.float("angle", 0.0, min=-360, max=360)  # degrees
     c.aspect = s.float("aspect", 1.0, above=0)
     c.saturation = s.float("saturation", 1.0, above=0)
     c.exposure = s.float("exposure", 1.0, above=0)

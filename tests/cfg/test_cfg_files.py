@@ -1,6 +1,7 @@
 """cfg files: a BOM is read, a doubled [net] is named, files that are not
 plain text of a sane size are refused before reading, and control
 characters from a cfg or its path never reach the terminal raw."""
+
 import os
 import threading
 import warnings
@@ -56,6 +57,7 @@ def test_fifo_is_refused_without_blocking(tmp_path):
             minidark.load_network(fifo)
         except ConfigError as error:
             result["error"] = str(error)
+
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
     thread.join(5)
@@ -71,7 +73,7 @@ def test_device_is_refused():
 
 def test_huge_file_is_refused_by_size(tmp_path):
     path = tmp_path / "huge.cfg"
-    with open(path, "wb") as handle:         # sparse: no disk used
+    with open(path, "wb") as handle:  # sparse: no disk used
         handle.truncate(MAX_CFG_BYTES + 1)
     with pytest.raises(ConfigError, match="bytes; at most"):
         minidark.load_network(str(path))
@@ -82,11 +84,14 @@ def test_missing_file(tmp_path):
         minidark.load_network(str(tmp_path / "nope.cfg"))
 
 
-@pytest.mark.parametrize("text", [
-    "[net]\ninputs=4\n[soft\x1b[31mmax]\n",                   # a section name
-    "[net]\ninputs=4\nbat\x1bch=2\n[softmax]\ngroups=\x07\n",   # a key and a value
-    "[net]\ninputs=4\n[softmax]\ngroups=3\u202e\n",             # right-to-left override
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[net]\ninputs=4\n[soft\x1b[31mmax]\n",  # a section name
+        "[net]\ninputs=4\nbat\x1bch=2\n[softmax]\ngroups=\x07\n",  # a key and a value
+        "[net]\ninputs=4\n[softmax]\ngroups=3\u202e\n",  # right-to-left override
+    ],
+)
 def test_control_characters_are_escaped_in_messages(tmp_path, text):
     path = write(tmp_path, text, "a\x1b]0;title\x07.cfg")
     with pytest.raises(ConfigError) as info, warnings.catch_warnings():
@@ -94,16 +99,17 @@ def test_control_characters_are_escaped_in_messages(tmp_path, text):
         minidark.load_network(path)
     message = str(info.value)
     assert message.isprintable(), repr(message)
-    assert "\\x1b" in message                                   # from the path, visibly
+    assert "\\x1b" in message  # from the path, visibly
 
 
 def test_printable():
     assert printable("a\tb\x1b[0m\u202ec") == "a\\tb\\x1b[0m\\u202ec"
-    assert printable("caf\u00e9 \u0661") == "caf\u00e9 \u0661"    # printable non-ASCII stays
+    assert printable("caf\u00e9 \u0661") == "caf\u00e9 \u0661"  # printable non-ASCII stays
 
 
 def test_too_many_sections_or_aliased_options_are_refused(tmp_path, monkeypatch):
     from minidark.cfg import grammar
+
     monkeypatch.setattr(grammar, "MAX_SECTIONS", 100)
     monkeypatch.setattr(grammar, "MAX_OPTIONS", 10_000)
     path = write(tmp_path, "[net]\ninputs=4\n" + "[logistic]\n" * 100)

@@ -6,6 +6,7 @@ Run as a script for a campaign with counts per outcome::
 
     python tests/cfg/test_cfg_fuzz.py [CASES] [SEED]
 """
+
 import os
 import random
 import sys
@@ -25,15 +26,47 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 CLASSIFIERS = [os.path.join(ROOT, "cfg", f"mnist_{name}.cfg") for name in ("mlp", "lenet", "bn")]
 CLASSIFIERS += [os.path.join(HERE, "stock", f"{name}.cfg") for name in ("tiny", "cifar", "mixed")]
 EVERY_CFG = sorted(
-    [os.path.join(ROOT, "cfg", name) for name in os.listdir(os.path.join(ROOT, "cfg"))
-     if name.endswith(".cfg")]
-    + [os.path.join(HERE, "stock", name) for name in os.listdir(os.path.join(HERE, "stock"))])
-MEMORY = 2 << 30   # a fixed limit: the outcome must not depend on the machine
+    [
+        os.path.join(ROOT, "cfg", name)
+        for name in os.listdir(os.path.join(ROOT, "cfg"))
+        if name.endswith(".cfg")
+    ]
+    + [os.path.join(HERE, "stock", name) for name in os.listdir(os.path.join(HERE, "stock"))]
+)
+MEMORY = 2 << 30  # a fixed limit: the outcome must not depend on the machine
 
-HOSTILE = ["0", "-1", "1", "2", "-2147483649", "2147483648", "99999999999999999999", "1e20",
-           "-1e20", "1e-50", "1e39", "nan", "inf", "-inf", "0.5", "-0.5", "3.7", "1000000",
-           "65536", "abc", "1,2", ",", "0x10", "1_000", "\u0661", "\x1b[2J", "9" * 400,
-           "relu", "steps", "-0"]
+HOSTILE = [
+    "0",
+    "-1",
+    "1",
+    "2",
+    "-2147483649",
+    "2147483648",
+    "99999999999999999999",
+    "1e20",
+    "-1e20",
+    "1e-50",
+    "1e39",
+    "nan",
+    "inf",
+    "-inf",
+    "0.5",
+    "-0.5",
+    "3.7",
+    "1000000",
+    "65536",
+    "abc",
+    "1,2",
+    ",",
+    "0x10",
+    "1_000",
+    "\u0661",
+    "\x1b[2J",
+    "9" * 400,
+    "relu",
+    "steps",
+    "-0",
+]
 
 
 def mutate(text, rng):
@@ -48,8 +81,13 @@ def mutate(text, rng):
         lines[i] = f"{key}={rng.choice(HOSTILE)}"
     elif kind == "typo" and len(key) > 3:
         j = rng.randrange(len(key) - 1)
-        typo = rng.choice([key[:j] + key[j + 1:], key[:j] + key[j + 1] + key[j] + key[j + 2:],
-                           key[:j] + key[j] + key[j:]])
+        typo = rng.choice(
+            [
+                key[:j] + key[j + 1 :],
+                key[:j] + key[j + 1] + key[j] + key[j + 2 :],
+                key[:j] + key[j] + key[j:],
+            ]
+        )
         lines[i] = f"{typo}={value}"
     elif kind == "insert":
         other = lines[rng.choice(options)].partition("=")[0].strip()
@@ -67,8 +105,9 @@ def outcome(text, file):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            parse_network(read_cfg_text(text, file=file), file=file, batch=1, verbose=False,
-                          max_memory=MEMORY)
+            parse_network(
+                read_cfg_text(text, file=file), file=file, batch=1, verbose=False, max_memory=MEMORY
+            )
         except ConfigError as error:
             message = str(error)
             if "\n" in message or not message.startswith(file) or not message.isprintable():
@@ -77,8 +116,9 @@ def outcome(text, file):
     return "warned+network" if caught else "network"
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.sampled_from(CLASSIFIERS), st.integers(0, 2**32 - 1))
 def test_mutated_stock_cfgs(path, seed):
     with open(path, encoding="utf-8") as handle:

@@ -1,6 +1,7 @@
 """Size and memory guards: a network whose buffers would not fit is refused
 before anything is allocated, quickly, with one line naming the layer, the
 size and the key; the convolution workspace stays bounded for huge images."""
+
 import time
 
 import numpy as np
@@ -23,24 +24,38 @@ def build(text, **kwargs):
     return parse_network(read_cfg_text(text, file="x.cfg"), file="x.cfg", **kwargs)
 
 
-@pytest.mark.parametrize("text, section, key", [
-    ("[net]\nbatch=1\nheight=40000\nwidth=40000\nchannels=1\n[softmax]\n", "net", "width"),
-    ("[net]\nbatch=1\nheight=100000\nwidth=100000\nchannels=3\n[softmax]\n", "net", "width"),
-    ("[net]\nbatch=2000000000\ninputs=4\n[softmax]\n", "net", "batch"),
-    (IMAGE + "[convolutional]\nfilters=10000000\nsize=3\n", "convolutional", "filters"),
-    (IMAGE + "[convolutional]\nfilters=4\nsize=3\npadding=1000000\n", "convolutional",
-     "padding"),
-    ("[net]\ninputs=784\n[connected]\noutput=1000000000\n", "connected", "output"),
-    (IMAGE + "[upsample]\nstride=100000\n", "upsample", "stride"),
-    (IMAGE + "[reorg]\nextra=2000000000\n", "reorg", "extra"),
-    (IMAGE + "[convolutional]\nsize=12345678901234567890\n", "convolutional", "size"),
-    (IMAGE + "[local]\nfilters=100000\nsize=3\n", "local", "filters"),
-    (IMAGE + "[deconvolutional]\nfilters=10000000\nsize=3\n", "deconvolutional", "filters"),
-    (IMAGE + "[deconvolutional]\nfilters=4\nsize=3\nstride=100000\n", "deconvolutional",
-     "stride"),
-    (IMAGE + "[maxpool]\nsize=2\nstride=1\n" + "[route]\nlayers=-1,-1,-1,-1,-1,-1,-1,-1\n" * 12,
-     "route", None),
-])
+@pytest.mark.parametrize(
+    "text, section, key",
+    [
+        ("[net]\nbatch=1\nheight=40000\nwidth=40000\nchannels=1\n[softmax]\n", "net", "width"),
+        ("[net]\nbatch=1\nheight=100000\nwidth=100000\nchannels=3\n[softmax]\n", "net", "width"),
+        ("[net]\nbatch=2000000000\ninputs=4\n[softmax]\n", "net", "batch"),
+        (IMAGE + "[convolutional]\nfilters=10000000\nsize=3\n", "convolutional", "filters"),
+        (
+            IMAGE + "[convolutional]\nfilters=4\nsize=3\npadding=1000000\n",
+            "convolutional",
+            "padding",
+        ),
+        ("[net]\ninputs=784\n[connected]\noutput=1000000000\n", "connected", "output"),
+        (IMAGE + "[upsample]\nstride=100000\n", "upsample", "stride"),
+        (IMAGE + "[reorg]\nextra=2000000000\n", "reorg", "extra"),
+        (IMAGE + "[convolutional]\nsize=12345678901234567890\n", "convolutional", "size"),
+        (IMAGE + "[local]\nfilters=100000\nsize=3\n", "local", "filters"),
+        (IMAGE + "[deconvolutional]\nfilters=10000000\nsize=3\n", "deconvolutional", "filters"),
+        (
+            IMAGE + "[deconvolutional]\nfilters=4\nsize=3\nstride=100000\n",
+            "deconvolutional",
+            "stride",
+        ),
+        (
+            IMAGE
+            + "[maxpool]\nsize=2\nstride=1\n"
+            + "[route]\nlayers=-1,-1,-1,-1,-1,-1,-1,-1\n" * 12,
+            "route",
+            None,
+        ),
+    ],
+)
 def test_too_large_is_refused_quickly_with_one_line(text, section, key):
     start = time.perf_counter()
     with pytest.raises(ConfigError) as info:
@@ -90,6 +105,7 @@ def test_parse_size():
 
 def test_cfg_summary_says_one_line(tmp_path, capsys):
     from minidark.cli import main
+
     path = tmp_path / "big.cfg"
     path.write_text("[net]\ninputs=784\n[connected]\noutput=1000000000\n")
     status = main(["cfg", "summary", str(path)])
@@ -100,10 +116,12 @@ def test_cfg_summary_says_one_line(tmp_path, capsys):
 # --------------------------------------------------------------------------
 # The convolution workspace: bands of rows for huge images
 # --------------------------------------------------------------------------
-CONVS = ("[net]\nbatch=3\nheight=11\nwidth=9\nchannels=4\n"
-         "[convolutional]\nfilters=6\nsize=3\nstride={stride}\npad=1\ngroups={groups}\n"
-         "activation=leaky\nbatch_normalize={bn}\n"
-         "[convolutional]\nfilters=4\nsize={size}\nstride=1\npad=1\nactivation=linear\n")
+CONVS = (
+    "[net]\nbatch=3\nheight=11\nwidth=9\nchannels=4\n"
+    "[convolutional]\nfilters=6\nsize=3\nstride={stride}\npad=1\ngroups={groups}\n"
+    "activation=leaky\nbatch_normalize={bn}\n"
+    "[convolutional]\nfilters=4\nsize={size}\nstride=1\npad=1\nactivation=linear\n"
+)
 
 
 def run_once(text, seed=1):
@@ -116,9 +134,11 @@ def run_once(text, seed=1):
     return net, out
 
 
-@pytest.mark.parametrize("cap", [1, 600])     # bytes: bands of one row, or of a few
-@pytest.mark.parametrize("stride, groups, bn, size", [
-    (1, 1, 0, 3), (2, 1, 0, 3), (1, 2, 0, 3), (2, 2, 1, 3), (1, 1, 1, 5), (3, 1, 0, 1)])
+@pytest.mark.parametrize("cap", [1, 600])  # bytes: bands of one row, or of a few
+@pytest.mark.parametrize(
+    "stride, groups, bn, size",
+    [(1, 1, 0, 3), (2, 1, 0, 3), (1, 2, 0, 3), (2, 2, 1, 3), (1, 1, 1, 5), (3, 1, 0, 1)],
+)
 def test_bands_match_whole_images(monkeypatch, stride, groups, bn, size, cap):
     text = CONVS.format(stride=stride, groups=groups, bn=bn, size=size)
     whole, expected = run_once(text)
@@ -130,14 +150,16 @@ def test_bands_match_whole_images(monkeypatch, stride, groups, bn, size, cap):
     for a, b in zip(banded.layers, whole.layers, strict=True):
         np.testing.assert_allclose(a.weight_updates, b.weight_updates, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(a.bias_updates, b.bias_updates, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(a.delta, b.delta, rtol=1e-5, atol=1e-5)   # input gradient
+        np.testing.assert_allclose(a.delta, b.delta, rtol=1e-5, atol=1e-5)  # input gradient
 
 
 def test_huge_image_workspace_is_bounded(monkeypatch):
     # 2048x2048x3 through a 3x3x16 conv: 1.8 GB of columns per image without bands
-    text = ("[net]\nbatch=1\nheight=2048\nwidth=2048\nchannels=3\n"
-            "[convolutional]\nfilters=16\nsize=3\npad=1\n[convolutional]\nfilters=16\nsize=3\n"
-            "pad=1\n")
+    text = (
+        "[net]\nbatch=1\nheight=2048\nwidth=2048\nchannels=3\n"
+        "[convolutional]\nfilters=16\nsize=3\npad=1\n[convolutional]\nfilters=16\nsize=3\n"
+        "pad=1\n"
+    )
     net = build(text)
     padded = 2050 * 2050 * 16 * 4
     assert net.workspace.nbytes <= 2 * padded + 3 * conv.COLUMN_BYTES
@@ -147,19 +169,36 @@ def test_huge_image_workspace_is_bounded(monkeypatch):
 SIZES = st.one_of(st.integers(-3, 40), st.integers(0, 2**40), st.sampled_from([2**31 - 1, 2**31]))
 
 
-@pytest.mark.filterwarnings("ignore::minidark.cfg.ConfigWarning")   # e.g. filters in [maxpool]
+@pytest.mark.filterwarnings("ignore::minidark.cfg.ConfigWarning")  # e.g. filters in [maxpool]
 @settings(max_examples=80, deadline=None)
-@given(st.sampled_from(["filters", "size", "stride", "padding", "groups"]),
-       st.sampled_from(["[net]", "[convolutional]", "[maxpool]", "[upsample]", "[connected]",
-                        "[reorg]", "[local]", "[deconvolutional]"]), SIZES, SIZES)
+@given(
+    st.sampled_from(["filters", "size", "stride", "padding", "groups"]),
+    st.sampled_from(
+        [
+            "[net]",
+            "[convolutional]",
+            "[maxpool]",
+            "[upsample]",
+            "[connected]",
+            "[reorg]",
+            "[local]",
+            "[deconvolutional]",
+        ]
+    ),
+    SIZES,
+    SIZES,
+)
 def test_any_size_is_a_network_or_a_quick_clear_error(key, section, width, value):
     """Sizes from -3 to 2^40 in the input and in a layer: a Network within the
     limit, or a one-line ConfigError, each in well under a second or two."""
     keys = {"[net]": "", "[connected]": "output", "[reorg]": "extra", "[upsample]": "stride"}
     key = keys.get(section, key) or key
     layer = section if section != "[net]" else "[convolutional]"
-    text = (f"[net]\nbatch=2\nheight=6\nwidth={width}\nchannels=2\n{layer}\n"
-            + (f"{key}={value}\n" if section != "[net]" else "") + "[avgpool]\n")
+    text = (
+        f"[net]\nbatch=2\nheight=6\nwidth={width}\nchannels=2\n{layer}\n"
+        + (f"{key}={value}\n" if section != "[net]" else "")
+        + "[avgpool]\n"
+    )
     start = time.perf_counter()
     try:
         net = build(text, max_memory=256 << 20)
