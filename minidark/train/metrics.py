@@ -19,6 +19,16 @@ class TrainingStopped(MinidarkError):
     """Training cannot go on (a NaN loss, a checkpoint or log that cannot be written)."""
 
 
+def check_appendable(path):
+    """Refuse ``path`` now, before training, if open_append would refuse it later."""
+    if os.path.islink(path):
+        raise TrainingStopped(
+            f"{path} is a symbolic link: refusing to append to it (remove the link)"
+        )
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise TrainingStopped(f"{path} is not a regular file: refusing to append to it (remove it)")
+
+
 def open_append(path):
     """``path`` opened for appending text, refusing links and non-regular files."""
     flags = (
@@ -32,14 +42,7 @@ def open_append(path):
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
-        if os.path.islink(path):
-            raise TrainingStopped(
-                f"{path} is a symbolic link: refusing to append to it (remove the link)"
-            ) from None
-        if os.path.lexists(path) and not os.path.isfile(path):
-            raise TrainingStopped(
-                f"{path} is not a regular file: refusing to append to it (remove it)"
-            ) from None
+        check_appendable(path)
         raise TrainingStopped(f"cannot open {path}: {exc.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -87,7 +87,7 @@ from .checkpoint import (
     unusable,
     write_checkpoint,
 )
-from .metrics import Log, TrainingStopped, append_record
+from .metrics import Log, TrainingStopped, append_record, check_appendable
 
 DEFAULT_BACKUP_EVERY = 1000  # [net] backup_every's default
 
@@ -317,9 +317,8 @@ class Trainer:
             unlock_folder(lock)
 
     def _prepare_folder(self):
-        """Create and lock the backup folder, clear what a killed run left, warn
-        about a tiny dataset and about files of an earlier run; returns the lock."""
-        folder, net = self.backup_dir, self.net
+        """Create and lock the backup folder, then _check_folder; returns the lock."""
+        folder = self.backup_dir
         if os.path.lexists(folder) and not os.path.isdir(folder):
             raise TrainingStopped(
                 f"the backup folder {folder} is a file, not a folder: set "
@@ -330,17 +329,26 @@ class Trainer:
         except OSError as exc:
             raise TrainingStopped(
                 f"cannot create the backup folder {folder}: {exc.strerror}; "
-                f"set backup= in the .data file to a folder you can "
-                f"write"
+                f"set backup= in the .data file to a folder you can write"
             ) from None
         try:
             lock = lock_folder(folder, self.base)
         except CheckpointError as exc:
             raise TrainingStopped(str(exc)) from None
         try:
+            self._check_folder()
+        except BaseException:
+            unlock_folder(lock)
+            raise
+        return lock
+
+    def _check_folder(self):
+        """Under the lock: clear what a killed run left, refuse a planted metrics
+        file, warn about a tiny dataset and about files of an earlier run."""
+        folder, net = self.backup_dir, self.net
+        try:
             removed = clean_folder(folder, self.base)
         except OSError as exc:
-            unlock_folder(lock)
             raise TrainingStopped(
                 f"cannot tidy the backup folder {folder}: {exc.strerror}"
             ) from None
@@ -359,6 +367,8 @@ class Trainer:
                 UserWarning,
                 stacklevel=3,
             )
+        if self.valid_set is not None:  # appended only at the first evaluation: check now
+            check_appendable(os.path.join(folder, f"{self.base}_metrics.jsonl"))
         overwritten = self._earlier_outputs()
         if overwritten:
             names = ", ".join(overwritten[:3]) + (
@@ -372,7 +382,6 @@ class Trainer:
                 UserWarning,
                 stacklevel=3,
             )
-        return lock
 
     def _earlier_outputs(self):
         """Checkpoints in the folder that this run would overwrite and did not start

@@ -129,6 +129,7 @@ def test_metrics_are_never_appended_through_a_planted_link(tmp_path):
     with pytest.raises(TrainingStopped, match=r"tiny_metrics\.jsonl is a symbolic link"):
         tiny_trainer(cfg, folder, valid=tiny_data(6, seed=2)).run()
     assert victim.read_text() == "precious\n"
+    assert not (folder / "tiny.log").exists()  # refused before training, not at iteration 2
 
 
 def test_a_log_write_that_fails_stops_with_one_line(tmp_path, monkeypatch):
