@@ -96,7 +96,8 @@ def parse_labels(text, path, classes=None):
             raise DataError(f"{where}: the class must be an integer, got "
                             f"'{printable(fields[0])}'") from None
         try:
-            x, y, w, h = (float(f) for f in fields[1:])
+            with np.errstate(over="ignore"):           # 1e300 becomes inf: refused below
+                x, y, w, h = (float(np.float32(float(f))) for f in fields[1:])   # as stored
         except ValueError:
             raise DataError(f"{where}: x, y, width and height must be numbers, got "
                             f"'{printable(' '.join(fields[1:]))}'") from None

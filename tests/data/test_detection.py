@@ -310,3 +310,21 @@ def test_loader_refuses_a_class_count_mismatch(tmp_path):
     with pytest.raises(DataError, match=r"classes=5 .* classes=2"):
         DetectionLoader(data, net)
     assert os.path.exists(listing)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.text(alphabet="0123456789 .-+eEinfa\t", max_size=30),
+    st.tuples(st.integers(-2, 12), unit, unit, st.floats(-1, 2), st.floats(-1, 2)).map(
+        lambda r: " ".join(map(str, r)))), max_size=6))
+def test_any_label_text_parses_or_is_one_line_error(lines):
+    text = "\n".join(lines)
+    try:
+        rows = parse_labels(text, "l.txt", classes=10)
+    except DataError as exc:
+        message = str(exc)
+        assert message.startswith("l.txt:") and "\n" not in message
+        return
+    assert rows.shape[1] == 5 and np.isfinite(rows).all()
+    assert ((rows[:, 0] >= 0) & (rows[:, 0] < 10)).all()
+    assert ((rows[:, 3] > 0) & (rows[:, 4] > 0)).all()
