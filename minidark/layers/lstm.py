@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import (StepNet, adopt, all_steps, at_step, backward_input_only, backward_params,
-                        clear_deltas, per_step_batch, steps_of, sublayer)
+from .recurrent import (StepNet, adopt, all_steps, at_step, backward_params, clear_deltas,
+                        per_step_batch, steps_of, sublayer)
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
@@ -79,7 +79,10 @@ def make_lstm(options: Section, params: SizeParams) -> Layer:
     l.dc_t = np.zeros((batch, hidden), np.float32)
     l.scratch = np.zeros((batch, hidden), np.float32)
     l.carried = ("hidden", "cell_state")
-    l.fused = not batch_normalize          # u-sublayers over all steps at once
+    l.fused = not batch_normalize          # u-sublayers over all steps at once, w-gates stacked
+    l.w_stacked = np.zeros((len(GATES) * hidden, hidden), np.float32)   # wf, wi, wg, wo weights
+    l.w_out = np.zeros((batch, len(GATES) * hidden), np.float32)        # one step's h W^T
+    l.gate_deltas = np.zeros((batch, len(GATES) * hidden), np.float32)  # one step's gate deltas
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
     l.forward, l.backward = forward_lstm, backward_lstm
     return l
@@ -111,16 +114,22 @@ def forward_lstm(l: Layer, net: Network) -> None:
     step = StepNet(net)
     np.copyto(l.prev_state, l.hidden)
     np.copyto(l.prev_cell, l.cell_state)
+    H = l.outputs
     if l.fused:
-        for gate in GATES:
+        for k, gate in enumerate(GATES):
             forward_connected(all_steps(s["u" + gate]), step.at(net.input))
+            np.copyto(l.w_stacked[k * H:(k + 1) * H], s["w" + gate].weights)
     for t in range(l.steps):
         h, c_prev = _previous(l, out, t)
         np.copyto(l.h_prev[t], h)
-        for gate in GATES:
+        if l.fused:                      # the four linear w-sublayers in one GEMM
+            np.matmul(h, l.w_stacked.T, out=l.w_out)
+        for k, gate in enumerate(GATES):
             w, u = at_step(s["w" + gate], t), at_step(s["u" + gate], t)
-            forward_connected(w, step.at(h))
-            if not l.fused:
+            if l.fused:
+                np.add(l.w_out[:, k * H:(k + 1) * H], w.biases, out=w.output)
+            else:
+                forward_connected(w, step.at(h))
                 forward_connected(u, step.at(x[t]))
             value = l.gates[GATES.index(gate), t]
             np.add(w.output, u.output, out=value)
@@ -143,7 +152,7 @@ def backward_lstm(l: Layer, net: Network) -> None:
     delta = steps_of(l.delta, l.steps, l.batch)
     step = StepNet(net)
     l.dc.fill(0)
-    dc, tmp = l.dc_t, l.scratch
+    dc, tmp, H = l.dc_t, l.scratch, l.outputs
     for t in range(l.steps - 1, -1, -1):
         h_p, c_p = _previous(l, out, t)
         f, i, g, o = l.gates[:, t]
@@ -170,12 +179,16 @@ def backward_lstm(l: Layer, net: Network) -> None:
         earlier = delta[t - 1] if t > 0 else None
         for gate in ("o", "g", "i", "f"):        # darknet's order
             np.copyto(s["w" + gate].delta_steps[t], gate_delta[gate])
-            if l.fused:
-                backward_input_only(at_step(s["w" + gate], t), earlier)
+            if l.fused:                          # linear: the delta is final
+                k = GATES.index(gate)
+                np.copyto(l.gate_deltas[:, k * H:(k + 1) * H], gate_delta[gate])
             else:
                 backward_connected(at_step(s["w" + gate], t), step.at(h_p, earlier))
                 backward_connected(at_step(s["u" + gate], t),
                                    step.at(x[t], None if dx is None else dx[t]))
+        if l.fused and earlier is not None:      # dh_{t-1} += sum over gates of d W
+            np.matmul(l.gate_deltas, l.w_stacked, out=tmp)
+            earlier += tmp
         np.multiply(dc, f, out=l.dc)
     if l.fused:
         for gate in ("o", "g", "i", "f"):
