@@ -293,3 +293,14 @@ def test_names_with_control_characters_are_printed_escaped():
 
     table = confusion_table(np.array([[3, 1], [0, 2]]), ["cat\x1b[2J", "dog"])
     assert "\x1b" not in table and "cat\\x1b[2J" in table
+
+
+def test_convert_refuses_a_cfg_that_does_not_build(tmp_path):
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[net]\ninputs=4\n\n[connected]\noutput=" + "9" * 40 + "\n")
+    status, _, err = run_main("cfg", "convert", bad, tmp_path / "out.yaml")
+    assert status == 2 and "bad.cfg:5 [connected] key 'output'" in one_line(err)
+    assert not (tmp_path / "out.yaml").exists()
+    status, out, _ = run_main("cfg", "convert", bad, tmp_path / "out.yaml", "--no-check")
+    assert "wrote" in out
+    assert status == 0 and (tmp_path / "out.yaml").exists()

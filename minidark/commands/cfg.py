@@ -27,12 +27,23 @@ def convert_arguments(parser):
         metavar="DST",
         help="output; .yaml/.yml writes YAML, anything else darknet cfg",
     )
+    parser.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="convert even if SRC does not build a network (by default it must, so that "
+        "a bad value is reported here, not when the converted file is used)",
+    )
 
 
 def run_convert(args):
     from ..cfg.parser import convert_cfg
 
     check_file_kinds("minidark cfg convert SRC DST", [("SRC", args.source, "cfg")])
+    if args.check:  # a cfg error (a 400-digit output=, say) names SRC's line and key
+        import minidark
+
+        minidark.load_network(args.source, batch=1)
     shown = printable(args.destination)
     if os.path.exists(args.destination) and not os.path.isfile(args.destination):
         # opening a FIFO for writing would wait for a reader forever
