@@ -1,5 +1,6 @@
 """``minidark data export-mnist``: MNIST as PNG files plus darknet image lists."""
 
+from ..errors import printable
 from .base import add_command, positive_int
 
 
@@ -26,8 +27,10 @@ def run_export(args):
 
     data = export_mnist(args.out, args.mnist, args.limit)
     print(
-        f"wrote MNIST as PNG image lists to {args.out}; train on them with: "
-        f"minidark classifier train {data} cfg/mnist_mlp.cfg"
+        printable(
+            f"wrote MNIST as PNG image lists to {args.out}; train on them with: "
+            f"minidark classifier train {data} cfg/mnist_mlp.cfg"
+        )
     )
     return 0
 
@@ -84,8 +87,10 @@ def run_export_detection(args):
         args.out, args.images, args.valid, args.size, args.seed, args.mnist
     )
     print(
-        f"wrote MNIST detection ({args.images} train, {args.valid} valid canvases) to "
-        f"{args.out}; train on it with: minidark detector train {data} cfg/mnist_yolo.cfg"
+        printable(
+            f"wrote MNIST detection ({args.images} train, {args.valid} valid canvases) to "
+            f"{args.out}; train on it with: minidark detector train {data} cfg/mnist_yolo.cfg"
+        )
     )
     return 0
 
