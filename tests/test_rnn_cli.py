@@ -1,11 +1,13 @@
 """``minidark rnn train/generate/valid`` and ``data export-text``: darknet's
 character streams, the offline corpus, checkpoints and exact resume, seeded
 sampling, bits per character, and darknet's own rnn cfgs."""
+
 import contextlib
 import io
 import math
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,10 +63,10 @@ def test_streams_are_step_major_one_hot_and_continue():
     assert (x.sum(1) == 1).all() and (y.sum(1) == 1).all()
     for t in range(4):
         for b in range(3):
-            row = t * 3 + b                    # darknet's row = step * streams + stream
+            row = t * 3 + b  # darknet's row = step * streams + stream
             assert x[row].argmax() == text[(start[b] + t) % 20]
             assert y[row].argmax() == text[(start[b] + t + 1) % 20]
-    data.fill(x, y)                           # the next batch continues each stream
+    data.fill(x, y)  # the next batch continues each stream
     assert x[0].argmax() == text[(start[0] + 4) % 20]
 
 
@@ -78,11 +80,12 @@ def test_python_stdlib_corpus_is_deterministic_and_disjoint(tmp_path):
     a = python_stdlib_corpus(tmp_path / "a" / "text.txt", max_bytes=50000)
     b = python_stdlib_corpus(tmp_path / "b" / "text.txt", max_bytes=50000)
     assert a[2] == 50000 and "valid" in os.path.basename(a[1]) and a[3] > 0
-    assert open(a[0], "rb").read() == open(b[0], "rb").read()
-    train, valid = open(a[0], "rb").read(), open(a[1], "rb").read()
+    train, valid = Path(a[0]).read_bytes(), Path(a[1]).read_bytes()
+    assert train == Path(b[0]).read_bytes()
     assert valid[:2000] not in train
-    status, out, _ = run("data", "export-text", "--python-stdlib", tmp_path / "c.txt",
-                         "--max-bytes", 1000)
+    status, _, _ = run(
+        "data", "export-text", "--python-stdlib", tmp_path / "c.txt", "--max-bytes", 1000
+    )
     assert status == 0 and os.path.getsize(tmp_path / "c.txt") == 1000
     assert os.path.isfile(tmp_path / "c_valid.txt")
 
@@ -91,16 +94,33 @@ def test_python_stdlib_corpus_is_deterministic_and_disjoint(tmp_path):
 def test_train_writes_checkpoints_log_chart_and_learns(tmp_path):
     (tmp_path / "t.txt").write_bytes(TEXT)
     cfg = tiny_cfg(tmp_path, max_batches=40)
-    status, out, err = run("rnn", "train", cfg, "--file", tmp_path / "t.txt", "--backup",
-                           tmp_path / "bk", "--seed", 3, "--quiet", "--backup-every", 10)
+    status, out, err = run(
+        "rnn",
+        "train",
+        cfg,
+        "--file",
+        tmp_path / "t.txt",
+        "--backup",
+        tmp_path / "bk",
+        "--seed",
+        3,
+        "--quiet",
+        "--backup-every",
+        10,
+    )
     assert status == 0, err
-    for name in ("tiny.backup", "tiny.backup.state.npz", "tiny_final.weights", "tiny.log",
-                 "tiny_chart.png"):
+    for name in (
+        "tiny.backup",
+        "tiny.backup.state.npz",
+        "tiny_final.weights",
+        "tiny.log",
+        "tiny_chart.png",
+    ):
         assert (tmp_path / "bk" / name).is_file(), name
     lines = (tmp_path / "bk" / "tiny.log").read_text().splitlines()
     assert len(lines) == 40 and lines[0].startswith("1: ")
     losses = [float(re.match(r"\d+: ([\d.]+),", line)[1]) for line in lines]
-    assert losses[0] == pytest.approx(8.0, abs=0.3)          # 256-way uniform: 8 bits/char
+    assert losses[0] == pytest.approx(8.0, abs=0.3)  # 256-way uniform: 8 bits/char
     assert np.mean(losses[-5:]) < losses[0] - 1.0
     assert "bits/char" in out
 
@@ -110,13 +130,28 @@ def test_resume_is_exact(tmp_path):
     common = ["--file", tmp_path / "t.txt", "--seed", 5, "--quiet"]
     straight = tiny_cfg(tmp_path, max_batches=8, name="net.cfg")
     assert run("rnn", "train", straight, *common, "--backup", tmp_path / "a")[0] == 0
-    assert run("rnn", "train", straight, *common, "--backup", tmp_path / "b",
-               "--max-batches", 5, "--backup-every", 5)[0] == 0
-    status, _, err = run("rnn", "train", straight, tmp_path / "b" / "net.backup", *common,
-                         "--backup", tmp_path / "b")
+    assert (
+        run(
+            "rnn",
+            "train",
+            straight,
+            *common,
+            "--backup",
+            tmp_path / "b",
+            "--max-batches",
+            5,
+            "--backup-every",
+            5,
+        )[0]
+        == 0
+    )
+    status, _, err = run(
+        "rnn", "train", straight, tmp_path / "b" / "net.backup", *common, "--backup", tmp_path / "b"
+    )
     assert status == 0, err
-    assert ((tmp_path / "a" / "net_final.weights").read_bytes()
-            == (tmp_path / "b" / "net_final.weights").read_bytes())
+    assert (tmp_path / "a" / "net_final.weights").read_bytes() == (
+        tmp_path / "b" / "net_final.weights"
+    ).read_bytes()
 
 
 def test_train_rejects_a_non_character_network(tmp_path):
@@ -133,8 +168,9 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rnn")
     (tmp / "t.txt").write_bytes(TEXT)
     cfg = tiny_cfg(tmp, kind="gru", max_batches=30)
-    status, _, err = run("rnn", "train", cfg, "--file", tmp / "t.txt", "--backup", tmp / "bk",
-                         "--seed", 1, "--quiet")
+    status, _, err = run(
+        "rnn", "train", cfg, "--file", tmp / "t.txt", "--backup", tmp / "bk", "--seed", 1, "--quiet"
+    )
     assert status == 0, err
     return cfg, tmp / "bk" / "tiny_final.weights", tmp
 
@@ -153,7 +189,7 @@ def test_generate_is_seeded_and_starts_with_the_seed(trained):
 def test_sampling_is_darknets():
     p = np.zeros(256, np.float32)
     p[[3, 7]] = 0.5 - 5e-5
-    p[9] = 9e-5                               # below 1e-4: never drawn
+    p[9] = 9e-5  # below 1e-4: never drawn
     rng = np.random.default_rng(0)
     draws = [sample(p, rng) for _ in range(2000)]
     assert set(draws) == {3, 7} and abs(draws.count(3) - 1000) < 120
@@ -181,7 +217,7 @@ def test_valid_by_hand_on_a_fresh_network(tmp_path):
     net.layers[1].weights[...] = 0
     bpc, count = bits_per_char(net, b"hello world")
     assert count == 10 and bpc == pytest.approx(8.0, abs=1e-5)
-    assert math.isclose(2 ** bpc, 256, rel_tol=1e-4)
+    assert math.isclose(2**bpc, 256, rel_tol=1e-4)
 
 
 # --------------------------------------------------- darknet's own rnn cfgs
@@ -226,13 +262,26 @@ activation=leaky
 
 def test_darknets_rnn_cfg_builds_and_trains(tmp_path):
     cfg = tmp_path / "rnn.cfg"
-    cfg.write_text(DARKNET_RNN.replace("batch = 1", "batch = 2").replace("time_steps=1",
-                                                                         "time_steps=3"))
+    cfg.write_text(
+        DARKNET_RNN.replace("batch = 1", "batch = 2").replace("time_steps=1", "time_steps=3")
+    )
     (tmp_path / "t.txt").write_bytes(TEXT)
-    status, _, err = run("rnn", "train", cfg, "--file", tmp_path / "t.txt", "--quiet",
-                         "--max-batches", 2, "--backup", tmp_path / "bk", "--seed", 0)
+    status, _, err = run(
+        "rnn",
+        "train",
+        cfg,
+        "--file",
+        tmp_path / "t.txt",
+        "--quiet",
+        "--max-batches",
+        2,
+        "--backup",
+        tmp_path / "bk",
+        "--seed",
+        0,
+    )
     assert status == 0, err
-    assert "hidden" in err                       # unused, as darknet reports it too
+    assert "hidden" in err  # unused, as darknet reports it too
     with pytest.warns(UserWarning, match="hidden"):
         net = load_text_network(cfg, tmp_path / "bk" / "rnn_final.weights")
     assert [l.type for l in net.layers] == ["rnn", "rnn", "rnn", "connected", "softmax"]

@@ -29,6 +29,8 @@ after the seed text (generation starts from the seed's last byte alone).
 Validation feeds the text to one stream in chunks of 64 bytes (the same
 numbers as one byte per call) and prints ``N.NNN bits/char``.
 """
+
+import contextlib
 import hashlib
 import io
 import json
@@ -39,11 +41,11 @@ import time
 
 import numpy as np
 
-from .base import UsageError, add_command, positive_int
 from ..errors import DataError
+from .base import UsageError, add_command, positive_int
 
 SIDECAR = ".state.npz"
-VALID_STEPS = 64          # bytes per validation forward (the result does not depend on it)
+VALID_STEPS = 64  # bytes per validation forward (the result does not depend on it)
 
 
 # ------------------------------------------------------------------ network
@@ -51,11 +53,15 @@ def load_text_network(cfg, weights=None, *, batch=None, time_steps=None, seed=No
     """The cfg's network, optionally with ``batch`` streams of ``time_steps`` steps."""
     from ..cfg.parser import Option, parse_network, read_sections
     from ..weights import load_weights
+
     sections = read_sections(cfg)
     head = sections[0] if sections else None
     if head is not None and head.type in ("net", "network"):
-        for key, value in (("batch", batch), ("time_steps", time_steps),
-                           ("subdivisions", 1 if batch is not None else None)):
+        for key, value in (
+            ("batch", batch),
+            ("time_steps", time_steps),
+            ("subdivisions", 1 if batch is not None else None),
+        ):
             if value is not None:
                 head.options = [o for o in head.options if o.key != key]
                 head.options.append(Option(key, str(value), head.line))
@@ -65,8 +71,10 @@ def load_text_network(cfg, weights=None, *, batch=None, time_steps=None, seed=No
     if clear:
         net.seen = 0
     if net.inputs != 256 or net.outputs != 256:
-        raise UsageError(f"{cfg}: a character network reads and predicts bytes: it needs "
-                         f"inputs=256 and 256 outputs, got {net.inputs} and {net.outputs}")
+        raise UsageError(
+            f"{cfg}: a character network reads and predicts bytes: it needs "
+            f"inputs=256 and 256 outputs, got {net.inputs} and {net.outputs}"
+        )
     return net
 
 
@@ -83,8 +91,9 @@ def training_arrays(net):
     arrays = {}
     for layer in net.layers:
         for name, value in vars(layer).items():
-            if isinstance(value, np.ndarray) and (name.endswith("_updates")
-                                                  or name in layer.carried):
+            if isinstance(value, np.ndarray) and (
+                name.endswith("_updates") or name in layer.carried
+            ):
                 arrays[f"L{layer.index}/{name}"] = value
     return arrays
 
@@ -94,9 +103,14 @@ def save_checkpoint(net, path, run, offsets):
     momentum and recurrent state, the weights' SHA-256. Sidecar first: a weights
     file is never newer than its sidecar's digest without being detected."""
     from ..weights import atomic_write, weights_bytes
+
     data = weights_bytes(net)
-    state = dict(training_arrays(net), offsets=offsets, run=np.array(json.dumps(run)),
-                 weights_sha256=np.array(hashlib.sha256(data).hexdigest()))
+    state = dict(
+        training_arrays(net),
+        offsets=offsets,
+        run=np.array(json.dumps(run)),
+        weights_sha256=np.array(hashlib.sha256(data).hexdigest()),
+    )
     buffer = io.BytesIO()
     np.savez(buffer, **state)
     atomic_write(path + SIDECAR, buffer.getvalue())
@@ -112,8 +126,10 @@ def load_checkpoint(net, path):
         digest = hashlib.sha256(handle.read()).hexdigest()
     with np.load(sidecar, allow_pickle=False) as state:
         if str(state["weights_sha256"]) != digest:
-            raise DataError(f"{sidecar} belongs to other weights than {path}: remove it to "
-                            f"resume from the weights alone")
+            raise DataError(
+                f"{sidecar} belongs to other weights than {path}: remove it to "
+                f"resume from the weights alone"
+            )
         for name, target in training_arrays(net).items():
             if name not in state or state[name].shape != target.shape:
                 raise DataError(f"{sidecar} does not fit this cfg ({name})")
@@ -126,17 +142,37 @@ def load_checkpoint(net, path):
 # --------------------------------------------------------------------- train
 def train_arguments(parser):
     parser.add_argument("cfg", metavar="CFG")
-    parser.add_argument("weights", metavar="WEIGHTS", nargs="?", default=None,
-                        help="start from these weights (with their .state.npz: resume exactly)")
+    parser.add_argument(
+        "weights",
+        metavar="WEIGHTS",
+        nargs="?",
+        default=None,
+        help="start from these weights (with their .state.npz: resume exactly)",
+    )
     parser.add_argument("--file", required=True, metavar="TEXT", help="the training text")
-    parser.add_argument("--backup", default="backup", metavar="DIR",
-                        help="checkpoint folder (default: backup)")
-    parser.add_argument("--max-batches", type=positive_int, metavar="N",
-                        help="stop after N batches (default: the cfg's max_batches)")
-    parser.add_argument("--backup-every", type=positive_int, default=100, metavar="N",
-                        help="write <base>.backup every N batches (default 100, as darknet)")
-    parser.add_argument("--seed", type=int, default=None, metavar="N",
-                        help="seed initialisation and stream offsets (default: random)")
+    parser.add_argument(
+        "--backup", default="backup", metavar="DIR", help="checkpoint folder (default: backup)"
+    )
+    parser.add_argument(
+        "--max-batches",
+        type=positive_int,
+        metavar="N",
+        help="stop after N batches (default: the cfg's max_batches)",
+    )
+    parser.add_argument(
+        "--backup-every",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="write <base>.backup every N batches (default 100, as darknet)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed initialisation and stream offsets (default: random)",
+    )
     parser.add_argument("--clear", action="store_true", help="start seen at 0")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -144,12 +180,14 @@ def train_arguments(parser):
 def run_train(args):
     from ..data.text import TextStreams, read_text
     from ..train.trainer import cfg_base
+
     text = read_text(args.file)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     net = load_text_network(args.cfg, seed=seed)
     run = None
     if args.weights:
         from ..weights import load_weights
+
         load_weights(net, args.weights)
         if args.clear:
             net.seen = 0
@@ -171,80 +209,111 @@ def run_train(args):
     prefix = os.path.join(args.backup, base)
     x = np.zeros((net.batch, 256), np.float32)
     y = np.zeros((net.batch, 256), np.float32)
+
     def checkpoint(path):
-        state = dict(rng=rng.bit_generator.state, net_rng=net.rng.bit_generator.state,
-                     t=net.t, history=history, seed=seed)
+        state = dict(
+            rng=rng.bit_generator.state,
+            net_rng=net.rng.bit_generator.state,
+            t=net.t,
+            history=history,
+            seed=seed,
+        )
         save_checkpoint(net, path, state, data.offsets)
 
     bar = None
     if not args.quiet:
         from tqdm import tqdm
-        bar = tqdm(total=max_batches, initial=min(net.current_batch, max_batches),
-                   unit="batch", file=sys.stderr, dynamic_ncols=True)
+
+        bar = tqdm(
+            total=max_batches,
+            initial=min(net.current_batch, max_batches),
+            unit="batch",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
     avg = history["avg"][-1] if history["avg"] else None
     started, chars = time.time(), 0
-    log = open(prefix + ".log", "a", encoding="utf-8", buffering=1)     # a line per batch
-    try:
-        while net.current_batch < max_batches:
-            tick = time.time()
-            data.fill(x, y)
-            loss = net.train_datum(x, y) / net.batch / math.log(2)      # bits per character
-            if not math.isfinite(loss):
-                raise DataError(f"batch {net.current_batch}: the loss is {loss}; "
-                                f"lower the learning rate")
-            avg = loss if avg is None else 0.9 * avg + 0.1 * loss
-            reset_streams(net, data.jump())
-            i, chars = net.current_batch, chars + net.batch
-            for key, value in (("iteration", i), ("loss", loss), ("avg", avg)):
-                history[key].append(value)
-            log.write(f"{i}: {loss:f}, {avg:f} avg bits/char, {net.current_rate():g} rate, "
-                      f"{time.time() - tick:f} seconds, {i * net.batch / len(text):f} epochs\n")
+    with open(prefix + ".log", "a", encoding="utf-8", buffering=1) as log:  # a line per batch
+        try:
+            while net.current_batch < max_batches:
+                tick = time.time()
+                data.fill(x, y)
+                loss = net.train_datum(x, y) / net.batch / math.log(2)  # bits per character
+                if not math.isfinite(loss):
+                    raise DataError(
+                        f"batch {net.current_batch}: the loss is {loss}; lower the learning rate"
+                    )
+                avg = loss if avg is None else 0.9 * avg + 0.1 * loss
+                reset_streams(net, data.jump())
+                i, chars = net.current_batch, chars + net.batch
+                for key, value in (("iteration", i), ("loss", loss), ("avg", avg)):
+                    history[key].append(value)
+                log.write(
+                    f"{i}: {loss:f}, {avg:f} avg bits/char, {net.current_rate():g} rate, "
+                    f"{time.time() - tick:f} seconds, {i * net.batch / len(text):f} epochs\n"
+                )
+                if bar is not None:
+                    bar.set_postfix_str(
+                        f"{loss:.3f} bits/char, avg {avg:.3f}, "
+                        f"{chars / (time.time() - started):.0f} chars/s"
+                    )
+                    bar.update(1)
+                if i % args.backup_every == 0:
+                    checkpoint(prefix + ".backup")
+                if i % 10000 == 0:
+                    checkpoint(f"{prefix}_{i}.weights")
+        except KeyboardInterrupt:
+            checkpoint(prefix + ".backup")
+            print(f"interrupted: saved {prefix}.backup", file=sys.stderr)
+            return 130
+        finally:
             if bar is not None:
-                bar.set_postfix_str(f"{loss:.3f} bits/char, avg {avg:.3f}, "
-                                    f"{chars / (time.time() - started):.0f} chars/s")
-                bar.update(1)
-            if i % args.backup_every == 0:
-                checkpoint(prefix + ".backup")
-            if i % 10000 == 0:
-                checkpoint(f"{prefix}_{i}.weights")
-    except KeyboardInterrupt:
-        checkpoint(prefix + ".backup")
-        print(f"interrupted: saved {prefix}.backup", file=sys.stderr)
-        return 130
-    finally:
-        log.close()
-        if bar is not None:
-            bar.close()
+                bar.close()
     checkpoint(prefix + "_final.weights")
     _chart(prefix + "_chart.png", history, base)
     if avg is not None:
-        print(f"{net.current_batch} batches, {avg:.3f} bits/char (average); "
-              f"saved {prefix}_final.weights")
+        print(
+            f"{net.current_batch} batches, {avg:.3f} bits/char (average); "
+            f"saved {prefix}_final.weights"
+        )
     return 0
 
 
 def _chart(path, history, base):
     from ..train.chart import draw_chart
-    try:
+
+    with contextlib.suppress(OSError):  # a chart is a convenience, never a failure
         draw_chart(path, history, title=f"{base}: loss in bits per character")
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------ generate
 def generate_arguments(parser):
     parser.add_argument("cfg", metavar="CFG")
     parser.add_argument("weights", metavar="WEIGHTS")
-    parser.add_argument("--seed", default="\n", metavar="TEXT",
-                        help="text fed first (default: a newline)")
-    parser.add_argument("--len", type=int, default=1000, metavar="N", dest="length",
-                        help="characters to generate (default 1000)")
-    parser.add_argument("--temp", type=float, default=0.7, metavar="T",
-                        help="softmax temperature (default .7, as darknet)")
-    parser.add_argument("--rseed", type=int, default=0, metavar="N",
-                        help="seed of the sampling (default 0)")
-    parser.add_argument("--reset-state", action="store_true",
-                        help="zero the state after the seed text")
+    parser.add_argument(
+        "--seed", default="\n", metavar="TEXT", help="text fed first (default: a newline)"
+    )
+    parser.add_argument(
+        "--len",
+        type=int,
+        default=1000,
+        metavar="N",
+        dest="length",
+        help="characters to generate (default 1000)",
+    )
+    parser.add_argument(
+        "--temp",
+        type=float,
+        default=0.7,
+        metavar="T",
+        help="softmax temperature (default .7, as darknet)",
+    )
+    parser.add_argument(
+        "--rseed", type=int, default=0, metavar="N", help="seed of the sampling (default 0)"
+    )
+    parser.add_argument(
+        "--reset-state", action="store_true", help="zero the state after the seed text"
+    )
 
 
 def sample(probabilities, rng):
@@ -284,12 +353,13 @@ def run_generate(args):
     if args.length < 0:
         raise UsageError(f"--len must be >= 0, got {args.length}")
     net = load_text_network(args.cfg, args.weights, batch=1, time_steps=1)
-    text = generate(net, args.seed, args.length, args.temp, np.random.default_rng(args.rseed),
-                    args.reset_state)
+    text = generate(
+        net, args.seed, args.length, args.temp, np.random.default_rng(args.rseed), args.reset_state
+    )
     stream = getattr(sys.stdout, "buffer", None)
     if stream is not None:
         stream.write(text + b"\n")
-    else:                                  # a text-only stdout: bytes as latin-1
+    else:  # a text-only stdout: bytes as latin-1
         sys.stdout.write((text + b"\n").decode("latin-1"))
     sys.stdout.flush()
     return 0
@@ -300,8 +370,9 @@ def valid_arguments(parser):
     parser.add_argument("cfg", metavar="CFG")
     parser.add_argument("weights", metavar="WEIGHTS")
     parser.add_argument("--file", required=True, metavar="TEXT", help="held-out text")
-    parser.add_argument("--seed", default="", metavar="TEXT",
-                        help="text fed first, not scored (darknet's -seed)")
+    parser.add_argument(
+        "--seed", default="", metavar="TEXT", help="text fed first, not scored (darknet's -seed)"
+    )
 
 
 def bits_per_char(net, text, seed=b""):
@@ -312,12 +383,12 @@ def bits_per_char(net, text, seed=b""):
     x = np.zeros((steps, 256), np.float32)
     total, count = 0.0, 0
     for start in range(0, inputs.size, steps):
-        chunk = inputs[start:start + steps]
+        chunk = inputs[start : start + steps]
         x.fill(0)
         x[np.arange(chunk.size), chunk] = 1
         probabilities = net.forward(x)
-        rows = np.arange(max(len(seed) - start, 0), chunk.size)   # predictions of the text
-        if not rows.size:                                         # after its first byte
+        rows = np.arange(max(len(seed) - start, 0), chunk.size)  # predictions of the text
+        if not rows.size:  # after its first byte
             continue
         p = probabilities[rows, targets[start + rows]].astype(np.float64)
         total -= np.log2(np.maximum(p, 1e-30)).sum()
@@ -327,36 +398,61 @@ def bits_per_char(net, text, seed=b""):
 
 def run_valid(args):
     from ..data.text import read_text
+
     text = read_text(args.file)
     net = load_text_network(args.cfg, args.weights, batch=1, time_steps=VALID_STEPS)
     bpc, count = bits_per_char(net, text, args.seed.encode("utf-8"))
-    print(f"{bpc:.3f} bits/char ({count} characters, perplexity {2 ** bpc:.3f})")
+    print(f"{bpc:.3f} bits/char ({count} characters, perplexity {2**bpc:.3f})")
     return 0
 
 
 # --------------------------------------------------------------- export-text
 def export_arguments(parser):
-    parser.add_argument("out", metavar="OUT.txt", help="the training text to write; the "
-                        "validation text goes beside it as OUT_valid.txt")
-    parser.add_argument("--python-stdlib", action="store_true", required=True,
-                        help="the Python standard library's source (a fixed module list)")
-    parser.add_argument("--max-bytes", type=positive_int, metavar="N",
-                        help="at most N bytes of training text (validation: N/10)")
+    parser.add_argument(
+        "out",
+        metavar="OUT.txt",
+        help="the training text to write; the validation text goes beside it as OUT_valid.txt",
+    )
+    parser.add_argument(
+        "--python-stdlib",
+        action="store_true",
+        required=True,
+        help="the Python standard library's source (a fixed module list)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        metavar="N",
+        help="at most N bytes of training text (validation: N/10)",
+    )
 
 
 def run_export(args):
     from ..data.text import python_stdlib_corpus
+
     train, valid, n_train, n_valid = python_stdlib_corpus(args.out, args.max_bytes)
-    print(f"wrote {n_train} bytes to {train} and {n_valid} to {valid} (Python "
-          f"{sys.version_info.major}.{sys.version_info.minor} standard library)")
+    print(
+        f"wrote {n_train} bytes to {train} and {n_valid} to {valid} (Python "
+        f"{sys.version_info.major}.{sys.version_info.minor} standard library)"
+    )
     return 0
 
 
-add_command("rnn train", "train a character-level recurrent network on a text",
-            train_arguments, run_train)
-add_command("rnn generate", "sample text from a trained character network",
-            generate_arguments, run_generate)
-add_command("rnn valid", "bits per character of a trained network on held-out text",
-            valid_arguments, run_valid)
-add_command("data export-text", "write a text corpus (the Python standard library's source)",
-            export_arguments, run_export)
+add_command(
+    "rnn train", "train a character-level recurrent network on a text", train_arguments, run_train
+)
+add_command(
+    "rnn generate", "sample text from a trained character network", generate_arguments, run_generate
+)
+add_command(
+    "rnn valid",
+    "bits per character of a trained network on held-out text",
+    valid_arguments,
+    run_valid,
+)
+add_command(
+    "data export-text",
+    "write a text corpus (the Python standard library's source)",
+    export_arguments,
+    run_export,
+)

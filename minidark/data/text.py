@@ -18,6 +18,7 @@ a 0 byte and rejects it), every byte value 0..255 is a character.
 a fixed list of Python standard-library modules, concatenated in order, and
 a disjoint validation text from other modules.
 """
+
 import importlib.util
 import os
 
@@ -29,11 +30,41 @@ CHARACTERS = 256
 RESET_CHANCE = 1 / 64
 
 # modules present in every CPython 3.9-3.13; the corpus depends on the Python version
-TRAIN_MODULES = ("argparse", "ast", "collections", "configparser", "contextlib", "dataclasses",
-                 "datetime", "difflib", "enum", "fractions", "functools", "gettext", "inspect",
-                 "ipaddress", "json.decoder", "json.encoder", "logging", "optparse", "pathlib",
-                 "pickle", "pprint", "random", "shlex", "shutil", "statistics", "string",
-                 "tarfile", "textwrap", "threading", "tokenize", "typing", "uuid", "zipfile")
+TRAIN_MODULES = (
+    "argparse",
+    "ast",
+    "collections",
+    "configparser",
+    "contextlib",
+    "dataclasses",
+    "datetime",
+    "difflib",
+    "enum",
+    "fractions",
+    "functools",
+    "gettext",
+    "inspect",
+    "ipaddress",
+    "json.decoder",
+    "json.encoder",
+    "logging",
+    "optparse",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "random",
+    "shlex",
+    "shutil",
+    "statistics",
+    "string",
+    "tarfile",
+    "textwrap",
+    "threading",
+    "tokenize",
+    "typing",
+    "uuid",
+    "zipfile",
+)
 VALID_MODULES = ("bisect", "calendar", "csv", "heapq", "locale", "mailbox")
 
 
@@ -45,8 +76,9 @@ def read_text(path):
     except OSError as exc:
         raise DataError(f"{path}: cannot read text file: {exc.strerror}") from None
     if len(data) < 2:
-        raise DataError(f"{path}: a text needs at least 2 bytes (a character and the next), "
-                        f"got {len(data)}")
+        raise DataError(
+            f"{path}: a text needs at least 2 bytes (a character and the next), got {len(data)}"
+        )
     return data
 
 
@@ -66,7 +98,7 @@ class TextStreams:
     def fill(self, x, y):
         """Write the next batch into ``x`` and ``y`` ((T*B, 256) each) and advance."""
         size = self.text.size
-        at = (self.offsets[None, :] + self.ahead) % size          # (T, B)
+        at = (self.offsets[None, :] + self.ahead) % size  # (T, B)
         x.fill(0)
         y.fill(0)
         x[self.rows, self.text[at].reshape(-1)] = 1
@@ -92,6 +124,7 @@ def module_source(name):
 def python_stdlib_corpus(out, max_bytes=None):
     """Write the training corpus to ``out`` and the validation text beside it
     (``<stem>_valid<ext>``); returns (train path, valid path, train bytes, valid bytes)."""
+
     def gather(modules, limit):
         parts, total = [], 0
         for name in modules:

@@ -19,17 +19,18 @@ GPU); here they learn with the layer's own scale. darknet's network
 workspace ignores the sublayers (a crash in im2col); here the layer reports
 their workspace size.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..layer import Layer
+from ..registry import register_layer
 from .convolutional import backward_convolutional, forward_convolutional, make_convolutional
 from .recurrent import adopt, per_step_batch, sublayer
 from .rnn import backward_rnn, forward_rnn
-from ..layer import Layer
-from ..registry import register_layer
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -49,16 +50,47 @@ def make_crnn(options: Section, params: SizeParams) -> Layer:
             raise options.error(f"{key} must be >= 1, got {value}", key)
     steps, batch = per_step_batch(options, params)
     h, w, c = params.h, params.w, params.c
-    l = Layer(type="crnn", batch=batch, steps=steps, h=h, w=w, c=c, inputs=h * w * c,
-              out_h=h, out_w=w, out_c=output_filters, outputs=h * w * output_filters,
-              hidden_filters=hidden_filters, activation=activation,
-              batch_normalize=batch_normalize, shortcut=shortcut)
+    l = Layer(
+        type="crnn",
+        batch=batch,
+        steps=steps,
+        h=h,
+        w=w,
+        c=c,
+        inputs=h * w * c,
+        out_h=h,
+        out_w=w,
+        out_c=output_filters,
+        outputs=h * w * output_filters,
+        hidden_filters=hidden_filters,
+        activation=activation,
+        batch_normalize=batch_normalize,
+        shortcut=shortcut,
+    )
     conv = dict(size=3, stride=1, pad=1, activation=activation, batch_normalize=batch_normalize)
-    subs = [(name, sublayer(make_convolutional, options, params, steps, batch, h * w * n_in,
-                            h=h, w=w, c=n_in, filters=n_out, **conv))
-            for name, n_in, n_out in (("input_layer", c, hidden_filters),
-                                      ("self_layer", hidden_filters, hidden_filters),
-                                      ("output_layer", hidden_filters, output_filters))]
+    subs = [
+        (
+            name,
+            sublayer(
+                make_convolutional,
+                options,
+                params,
+                steps,
+                batch,
+                h * w * n_in,
+                h=h,
+                w=w,
+                c=n_in,
+                filters=n_out,
+                **conv,
+            ),
+        )
+        for name, n_in, n_out in (
+            ("input_layer", c, hidden_filters),
+            ("self_layer", hidden_filters, hidden_filters),
+            ("output_layer", hidden_filters, output_filters),
+        )
+    ]
     adopt(l, subs)
     out = l.sublayers["output_layer"]
     l.output = out.output_steps.reshape(steps * batch, l.outputs)
@@ -67,7 +99,7 @@ def make_crnn(options: Section, params: SizeParams) -> Layer:
     l.hidden = np.zeros((batch, hidden_filters * h * w), np.float32)
     l.carried = ("hidden",)
     l.desc = f"{hidden_filters}/{output_filters} 3x3 x{steps}"
-    l.fused = False                        # conv sublayers: one step at a time
+    l.fused = False  # conv sublayers: one step at a time
     l.step_forward, l.step_backward = forward_convolutional, backward_convolutional
     l.forward, l.backward = forward_rnn, backward_rnn
     return l

@@ -25,13 +25,15 @@ Computed as the adjoint of a convolution, in darknet's CNHW column order
 
 Backward, with ``delta`` = -dL/d(output) times the activation derivative::
 
-    D  (N k k, P)  = im2col(delta padded by p)        D[(n,ky,kx), (b,iy,ix)] = delta[b, n, iy s - p + ky, ix s - p + kx]
+    D  (N k k, P)  = im2col(delta padded by p)
+                     D[(n,ky,kx), (b,iy,ix)] = delta[b, n, iy s - p + ky, ix s - p + kx]
     weight_updates += (xc @ D.T).reshape(C, N, k, k)
     net.delta      += W.reshape(C, N k k) @ D         (back to (B, C, h, w); accumulates)
 
 Deliberately fixed: darknet's load_weights divides by an unset ``groups``
 (0) for this layer and crashes; here weights load like any other layer's.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -71,17 +73,40 @@ def make_deconvolutional(options: Section, params: SizeParams) -> Layer:
     h, w, c, batch = params.h, params.w, params.c, params.batch
     out_h, out_w = (h - 1) * stride + k - 2 * padding, (w - 1) * stride + k - 2 * padding
     if out_h < 1 or out_w < 1:
-        raise options.error(f"padding={padding} leaves no output: (in - 1) * stride + size "
-                            f"- 2 * padding = {out_w}x{out_h}", "pad" if pad else "padding")
+        raise options.error(
+            f"padding={padding} leaves no output: (in - 1) * stride + size "
+            f"- 2 * padding = {out_w}x{out_h}",
+            "pad" if pad else "padding",
+        )
     pixels, columns = batch * h * w, n * k * k
-    params.reserve(options, 2 * batch * out_h * out_w * n + 6 * c * columns + 2 * columns * pixels
-                   + n * batch * (out_h + 2 * padding) * (out_w + 2 * padding) + 2 * c * pixels,
-                   "stride" if stride > max(k, n) else "size" if k * k > n else "filters",
-                   f"(output {out_w}x{out_h}x{n}, batch {batch}; {c * columns:,} weights)")
-    l = Layer(type="deconvolutional", batch=batch, h=h, w=w, c=c, n=n, size=k, stride=stride,
-              pad=padding, out_h=out_h, out_w=out_w, out_c=n, inputs=h * w * c,
-              outputs=out_h * out_w * n, activation=activation,
-              batch_normalize=batch_normalize)
+    params.reserve(
+        options,
+        2 * batch * out_h * out_w * n
+        + 6 * c * columns
+        + 2 * columns * pixels
+        + n * batch * (out_h + 2 * padding) * (out_w + 2 * padding)
+        + 2 * c * pixels,
+        "stride" if stride > max(k, n) else "size" if k * k > n else "filters",
+        f"(output {out_w}x{out_h}x{n}, batch {batch}; {c * columns:,} weights)",
+    )
+    l = Layer(
+        type="deconvolutional",
+        batch=batch,
+        h=h,
+        w=w,
+        c=c,
+        n=n,
+        size=k,
+        stride=stride,
+        pad=padding,
+        out_h=out_h,
+        out_w=out_w,
+        out_c=n,
+        inputs=h * w * c,
+        outputs=out_h * out_w * n,
+        activation=activation,
+        batch_normalize=batch_normalize,
+    )
     l.output = np.zeros((batch, l.outputs), np.float32)
     l.delta = np.zeros((batch, l.outputs), np.float32)
     weights = params.net.rng.standard_normal((c, n, k, k)) * 0.02 * (out_h * out_w) / (h * w)
@@ -93,8 +118,8 @@ def make_deconvolutional(options: Section, params: SizeParams) -> Layer:
     if batch_normalize:
         make_bn(l, n, out_h * out_w)
         l.saved = ("biases", "scales", "rolling_mean", "rolling_variance", "weights")
-    l.input_cnhw = np.zeros((c, pixels), np.float32)        # xc, kept for backward
-    l.cols = np.zeros((n * k * k, pixels), np.float32)      # forward cols, backward D
+    l.input_cnhw = np.zeros((c, pixels), np.float32)  # xc, kept for backward
+    l.cols = np.zeros((n * k * k, pixels), np.float32)  # forward cols, backward D
     l.padded = np.zeros((n, batch, out_h + 2 * padding, out_w + 2 * padding), np.float32)
     l.input_grad = np.zeros((c, pixels), np.float32)
     l.desc = f"{n} {k}x{k}/{stride} deconv"
@@ -112,7 +137,7 @@ def forward_deconv(l: Layer, net: Network) -> None:
     col2im_cnhw(l.cols, l.size, l.stride, l.h, l.w, l.padded)
     p = l.pad
     out = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)
-    np.copyto(out, l.padded[:, :, p:p + l.out_h, p:p + l.out_w].transpose(1, 0, 2, 3))
+    np.copyto(out, l.padded[:, :, p : p + l.out_h, p : p + l.out_w].transpose(1, 0, 2, 3))
     if l.batch_normalize:
         forward_bn(l, l.output, net.train)
     else:
@@ -128,8 +153,8 @@ def backward_deconv(l: Layer, net: Network) -> None:
     else:
         l.bias_updates += delta.sum(axis=(0, 2, 3))
     p = l.pad
-    l.padded.fill(0)     # the border stays zero: positions darknet's col2im dropped
-    np.copyto(l.padded[:, :, p:p + l.out_h, p:p + l.out_w], delta.transpose(1, 0, 2, 3))
+    l.padded.fill(0)  # the border stays zero: positions darknet's col2im dropped
+    np.copyto(l.padded[:, :, p : p + l.out_h, p : p + l.out_w], delta.transpose(1, 0, 2, 3))
     im2col_cnhw(l.padded, l.size, l.stride, l.h, l.w, l.cols)
     l.weight_updates += (l.input_cnhw @ l.cols.T).reshape(l.weights.shape)
     if net.delta is not None:

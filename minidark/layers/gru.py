@@ -26,18 +26,29 @@ Deliberately fixed: darknet's CPU backward is empty (the layer never
 learns). Not copied: the GPU path's clip of every sublayer delta to [-1, 1]
 (the CPU connected layer has none, and it would break the gradient).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import (StepNet, adopt, all_steps, at_step, backward_input_only, backward_params,
-                        clear_deltas, per_step_batch, steps_of, sublayer)
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
+from .connected import backward_connected, forward_connected, make_connected
+from .recurrent import (
+    StepNet,
+    adopt,
+    all_steps,
+    at_step,
+    backward_input_only,
+    backward_params,
+    clear_deltas,
+    per_step_batch,
+    steps_of,
+    sublayer,
+)
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -53,28 +64,59 @@ def make_gru(options: Section, params: SizeParams) -> Layer:
     batch_normalize = options.bool("batch_normalize", False)
     use_tanh = options.bool("tanh", False)
     steps, batch = per_step_batch(options, params)
-    l = Layer(type="gru", batch=batch, steps=steps, inputs=params.inputs, outputs=hidden,
-              h=1, w=1, c=params.inputs, out_h=1, out_w=1, out_c=hidden,
-              batch_normalize=batch_normalize, tanh=use_tanh,
-              candidate="tanh" if use_tanh else "logistic")
-    subs = [(name, sublayer(make_connected, options, params, steps, batch, n_in, output=hidden,
-                            activation="linear", batch_normalize=batch_normalize))
-            for name, n_in in (("wz", hidden), ("wr", hidden), ("wh", hidden),
-                               ("uz", params.inputs), ("ur", params.inputs),
-                               ("uh", params.inputs))]
+    l = Layer(
+        type="gru",
+        batch=batch,
+        steps=steps,
+        inputs=params.inputs,
+        outputs=hidden,
+        h=1,
+        w=1,
+        c=params.inputs,
+        out_h=1,
+        out_w=1,
+        out_c=hidden,
+        batch_normalize=batch_normalize,
+        tanh=use_tanh,
+        candidate="tanh" if use_tanh else "logistic",
+    )
+    subs = [
+        (
+            name,
+            sublayer(
+                make_connected,
+                options,
+                params,
+                steps,
+                batch,
+                n_in,
+                output=hidden,
+                activation="linear",
+                batch_normalize=batch_normalize,
+            ),
+        )
+        for name, n_in in (
+            ("wz", hidden),
+            ("wr", hidden),
+            ("wh", hidden),
+            ("uz", params.inputs),
+            ("ur", params.inputs),
+            ("uh", params.inputs),
+        )
+    ]
     adopt(l, subs)
     shape = (steps, batch, hidden)
     l.output = np.zeros((steps * batch, hidden), np.float32)
     l.delta = np.zeros((steps * batch, hidden), np.float32)
     l.z, l.r, l.candidate_out = (np.zeros(shape, np.float32) for _ in range(3))
-    l.forgot_state = np.zeros(shape, np.float32)        # r * h_{t-1}: wh's input
+    l.forgot_state = np.zeros(shape, np.float32)  # r * h_{t-1}: wh's input
     l.forgot_delta = np.zeros((batch, hidden), np.float32)
-    l.h_prev = np.zeros(shape, np.float32)               # h_{t-1} of every step
+    l.h_prev = np.zeros(shape, np.float32)  # h_{t-1} of every step
     l.scratch = np.zeros((batch, hidden), np.float32)
     l.state = np.zeros((batch, hidden), np.float32)
     l.prev_state = np.zeros((batch, hidden), np.float32)
     l.carried = ("state",)
-    l.fused = not batch_normalize          # u-sublayers over all steps at once
+    l.fused = not batch_normalize  # u-sublayers over all steps at once
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
     l.forward, l.backward = forward_gru, backward_gru
     return l
@@ -112,7 +154,7 @@ def forward_gru(l: Layer, net: Network) -> None:
         forward_connected(at_step(s["wh"], t), step.at(l.forgot_state[t]))
         np.add(s["uh"].output, s["wh"].output, out=c)
         activate(c, l.candidate)
-        np.subtract(h, c, out=out[t])            # h_t = z h + (1 - z) c = c + z (h - c)
+        np.subtract(h, c, out=out[t])  # h_t = z h + (1 - z) c = c + z (h - c)
         out[t] *= z
         out[t] += c
     np.copyto(l.state, out[l.steps - 1])
@@ -132,12 +174,12 @@ def backward_gru(l: Layer, net: Network) -> None:
         earlier = delta[t - 1] if t > 0 else None
         if earlier is not None:
             earlier += d * z
-        dc = s["uh"].delta_steps[t]                  # d (1 - z) act'(c)
+        dc = s["uh"].delta_steps[t]  # d (1 - z) act'(c)
         np.subtract(1, z, out=dc)
         dc *= d
         dc *= (1 - c * c) if l.tanh else c * (1 - c)
         np.copyto(s["wh"].delta_steps[t], dc)
-        dz = s["uz"].delta_steps[t]                  # d (h_p - c) z (1 - z)
+        dz = s["uz"].delta_steps[t]  # d (h_p - c) z (1 - z)
         np.subtract(h_p, c, out=dz)
         dz *= d
         np.subtract(1, z, out=tmp)
@@ -151,7 +193,7 @@ def backward_gru(l: Layer, net: Network) -> None:
             backward_connected(at_step(s["wh"], t), step.at(l.forgot_state[t], l.forgot_delta))
         if earlier is not None:
             earlier += l.forgot_delta * r
-        dr = s["ur"].delta_steps[t]                  # f h_p r (1 - r)
+        dr = s["ur"].delta_steps[t]  # f h_p r (1 - r)
         np.multiply(l.forgot_delta, h_p, out=dr)
         np.subtract(1, r, out=tmp)
         tmp *= r

@@ -27,18 +27,28 @@ c_0); ``dc`` starts at 0 every batch (darknet carries it over from the
 last batch); after a training batch h and c hold the last step, as after
 inference (darknet leaves step 0's values there).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import (StepNet, adopt, all_steps, at_step, backward_params, clear_deltas,
-                        per_step_batch, steps_of, sublayer)
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
+from .connected import backward_connected, forward_connected, make_connected
+from .recurrent import (
+    StepNet,
+    adopt,
+    all_steps,
+    at_step,
+    backward_params,
+    clear_deltas,
+    per_step_batch,
+    steps_of,
+    sublayer,
+)
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -55,33 +65,57 @@ def make_lstm(options: Section, params: SizeParams) -> Layer:
         raise options.error(f"output must be >= 1, got {hidden}", "output")
     batch_normalize = options.bool("batch_normalize", False)
     steps, batch = per_step_batch(options, params)
-    l = Layer(type="lstm", batch=batch, steps=steps, inputs=params.inputs, outputs=hidden,
-              h=1, w=1, c=params.inputs, out_h=1, out_w=1, out_c=hidden,
-              batch_normalize=batch_normalize)
-    order = [f"w{g}" for g in "ifog"] + [f"u{g}" for g in "ifog"]     # .weights order
-    subs = [(name, sublayer(make_connected, options, params, steps, batch,
-                            hidden if name[0] == "w" else params.inputs, output=hidden,
-                            activation="linear", batch_normalize=batch_normalize))
-            for name in order]
+    l = Layer(
+        type="lstm",
+        batch=batch,
+        steps=steps,
+        inputs=params.inputs,
+        outputs=hidden,
+        h=1,
+        w=1,
+        c=params.inputs,
+        out_h=1,
+        out_w=1,
+        out_c=hidden,
+        batch_normalize=batch_normalize,
+    )
+    order = [f"w{g}" for g in "ifog"] + [f"u{g}" for g in "ifog"]  # .weights order
+    subs = [
+        (
+            name,
+            sublayer(
+                make_connected,
+                options,
+                params,
+                steps,
+                batch,
+                hidden if name[0] == "w" else params.inputs,
+                output=hidden,
+                activation="linear",
+                batch_normalize=batch_normalize,
+            ),
+        )
+        for name in order
+    ]
     adopt(l, subs)
     shape = (steps, batch, hidden)
     l.output = np.zeros((steps * batch, hidden), np.float32)
     l.delta = np.zeros((steps * batch, hidden), np.float32)
-    l.gates = np.zeros((len(GATES),) + shape, np.float32)   # f, i, g, o of every step
+    l.gates = np.zeros((len(GATES),) + shape, np.float32)  # f, i, g, o of every step
     l.cell = np.zeros(shape, np.float32)
     l.tanh_cell = np.zeros(shape, np.float32)
-    l.hidden = np.zeros((batch, hidden), np.float32)        # darknet's h_cpu
-    l.cell_state = np.zeros((batch, hidden), np.float32)    # darknet's c_cpu
+    l.hidden = np.zeros((batch, hidden), np.float32)  # darknet's h_cpu
+    l.cell_state = np.zeros((batch, hidden), np.float32)  # darknet's c_cpu
     l.prev_state = np.zeros((batch, hidden), np.float32)
-    l.h_prev = np.zeros(shape, np.float32)                  # h_{t-1} of every step
+    l.h_prev = np.zeros(shape, np.float32)  # h_{t-1} of every step
     l.prev_cell = np.zeros((batch, hidden), np.float32)
-    l.dc = np.zeros((batch, hidden), np.float32)             # -dL/dc flowing to step t-1
+    l.dc = np.zeros((batch, hidden), np.float32)  # -dL/dc flowing to step t-1
     l.dc_t = np.zeros((batch, hidden), np.float32)
     l.scratch = np.zeros((batch, hidden), np.float32)
     l.carried = ("hidden", "cell_state")
-    l.fused = not batch_normalize          # u-sublayers over all steps at once, w-gates stacked
-    l.w_stacked = np.zeros((len(GATES) * hidden, hidden), np.float32)   # wf, wi, wg, wo weights
-    l.w_out = np.zeros((batch, len(GATES) * hidden), np.float32)        # one step's h W^T
+    l.fused = not batch_normalize  # u-sublayers over all steps at once, w-gates stacked
+    l.w_stacked = np.zeros((len(GATES) * hidden, hidden), np.float32)  # wf, wi, wg, wo weights
+    l.w_out = np.zeros((batch, len(GATES) * hidden), np.float32)  # one step's h W^T
     l.gate_deltas = np.zeros((batch, len(GATES) * hidden), np.float32)  # one step's gate deltas
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
     l.forward, l.backward = forward_lstm, backward_lstm
@@ -93,10 +127,12 @@ def torch_weights(l):
     torch stacks the gates in the order i, f, g, o; ``weight_ih`` holds the u-sublayers,
     ``weight_hh`` the w-sublayers, and the two bias vectors add up as here."""
     s = l.sublayers
-    return {"weight_ih_l0": np.concatenate([s["u" + g].weights for g in "ifgo"]),
-            "weight_hh_l0": np.concatenate([s["w" + g].weights for g in "ifgo"]),
-            "bias_ih_l0": np.concatenate([s["u" + g].biases for g in "ifgo"]),
-            "bias_hh_l0": np.concatenate([s["w" + g].biases for g in "ifgo"])}
+    return {
+        "weight_ih_l0": np.concatenate([s["u" + g].weights for g in "ifgo"]),
+        "weight_hh_l0": np.concatenate([s["w" + g].weights for g in "ifgo"]),
+        "bias_ih_l0": np.concatenate([s["u" + g].biases for g in "ifgo"]),
+        "bias_hh_l0": np.concatenate([s["w" + g].biases for g in "ifgo"]),
+    }
 
 
 def _previous(l, out, t):
@@ -118,16 +154,16 @@ def forward_lstm(l: Layer, net: Network) -> None:
     if l.fused:
         for k, gate in enumerate(GATES):
             forward_connected(all_steps(s["u" + gate]), step.at(net.input))
-            np.copyto(l.w_stacked[k * H:(k + 1) * H], s["w" + gate].weights)
+            np.copyto(l.w_stacked[k * H : (k + 1) * H], s["w" + gate].weights)
     for t in range(l.steps):
         h, c_prev = _previous(l, out, t)
         np.copyto(l.h_prev[t], h)
-        if l.fused:                      # the four linear w-sublayers in one GEMM
+        if l.fused:  # the four linear w-sublayers in one GEMM
             np.matmul(h, l.w_stacked.T, out=l.w_out)
         for k, gate in enumerate(GATES):
             w, u = at_step(s["w" + gate], t), at_step(s["u" + gate], t)
             if l.fused:
-                np.add(l.w_out[:, k * H:(k + 1) * H], w.biases, out=w.output)
+                np.add(l.w_out[:, k * H : (k + 1) * H], w.biases, out=w.output)
             else:
                 forward_connected(w, step.at(h))
                 forward_connected(u, step.at(x[t]))
@@ -157,7 +193,7 @@ def backward_lstm(l: Layer, net: Network) -> None:
         h_p, c_p = _previous(l, out, t)
         f, i, g, o = l.gates[:, t]
         dh, tc = delta[t], l.tanh_cell[t]
-        np.multiply(tc, tc, out=dc)              # dc_t = dh o (1 - tanh^2 c) + dc
+        np.multiply(tc, tc, out=dc)  # dc_t = dh o (1 - tanh^2 c) + dc
         np.subtract(1, dc, out=dc)
         dc *= o
         dc *= dh
@@ -177,16 +213,17 @@ def backward_lstm(l: Layer, net: Network) -> None:
         np.multiply(dc, c_p, out=gate_delta["f"])
         gate_delta["f"] *= f * tmp
         earlier = delta[t - 1] if t > 0 else None
-        for gate in ("o", "g", "i", "f"):        # darknet's order
+        for gate in ("o", "g", "i", "f"):  # darknet's order
             np.copyto(s["w" + gate].delta_steps[t], gate_delta[gate])
-            if l.fused:                          # linear: the delta is final
+            if l.fused:  # linear: the delta is final
                 k = GATES.index(gate)
-                np.copyto(l.gate_deltas[:, k * H:(k + 1) * H], gate_delta[gate])
+                np.copyto(l.gate_deltas[:, k * H : (k + 1) * H], gate_delta[gate])
             else:
                 backward_connected(at_step(s["w" + gate], t), step.at(h_p, earlier))
-                backward_connected(at_step(s["u" + gate], t),
-                                   step.at(x[t], None if dx is None else dx[t]))
-        if l.fused and earlier is not None:      # dh_{t-1} += sum over gates of d W
+                backward_connected(
+                    at_step(s["u" + gate], t), step.at(x[t], None if dx is None else dx[t])
+                )
+        if l.fused and earlier is not None:  # dh_{t-1} += sum over gates of d W
             np.matmul(l.gate_deltas, l.w_stacked, out=tmp)
             earlier += tmp
         np.multiply(dc, f, out=l.dc)

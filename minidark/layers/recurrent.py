@@ -26,6 +26,7 @@ darknet's .weights order and the reference harness finds
 ``Lxx_<type>_<sub>_<array>_sN``. ``carried`` names the arrays that hold the
 hidden state across batches and calls (``Network.reset_state`` zeroes them).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -40,8 +41,7 @@ if TYPE_CHECKING:
     from ..network import UpdateArgs
 
 STEP_FIELDS = ("output", "delta", "x", "x_norm", "mean", "variance")
-UPDATES = (("biases", "bias_updates"), ("weights", "weight_updates"),
-           ("scales", "scale_updates"))
+UPDATES = (("biases", "bias_updates"), ("weights", "weight_updates"), ("scales", "scale_updates"))
 
 
 class SubOptions:
@@ -100,8 +100,11 @@ def sublayer(make, options, params, steps, batch, inputs, h=0, w=0, c=0, **value
     sub_params = SubParams(params, batch, inputs, h, w, c)
     sub = make(SubOptions(options, **values), sub_params)
     sub.step_fields = tuple(f for f in STEP_FIELDS if getattr(sub, f, None) is not None)
-    sub_params.reserve(options, steps * sum(getattr(sub, f).size for f in sub.step_fields)
-                       + steps * batch * inputs, what="buffers of every time step")
+    sub_params.reserve(
+        options,
+        steps * sum(getattr(sub, f).size for f in sub.step_fields) + steps * batch * inputs,
+        what="buffers of every time step",
+    )
     for field in sub.step_fields:
         array = getattr(sub, field)
         setattr(sub, field + "_steps", np.zeros((steps,) + array.shape, array.dtype))
@@ -204,6 +207,7 @@ def per_step_batch(options, params):
     """B = the network batch / time_steps (darknet: batch / steps)."""
     steps = params.time_steps
     if params.batch % steps:
-        raise options.error(f"the network batch ({params.batch}) is not a multiple of "
-                            f"time_steps ({steps})")
+        raise options.error(
+            f"the network batch ({params.batch}) is not a multiple of time_steps ({steps})"
+        )
     return steps, params.batch // steps

@@ -28,17 +28,28 @@ extra factor a'(q_t) (its GPU path does not); its CPU state buffer is
 allocated for one step and written for T+1 (here T+1 slots); its CPU
 shortcut gradient adds d_S instead of g_t.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .connected import backward_connected, forward_connected, make_connected
-from .recurrent import (StepNet, adopt, all_steps, at_step, backward_input_only, backward_params,
-                        clear_deltas, per_step_batch, steps_of, sublayer)
 from ..layer import Layer
 from ..registry import register_layer
+from .connected import backward_connected, forward_connected, make_connected
+from .recurrent import (
+    StepNet,
+    adopt,
+    all_steps,
+    at_step,
+    backward_input_only,
+    backward_params,
+    clear_deltas,
+    per_step_batch,
+    steps_of,
+    sublayer,
+)
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -55,13 +66,43 @@ def make_rnn(options: Section, params: SizeParams) -> Layer:
     batch_normalize = options.bool("batch_normalize", False)
     shortcut = options.bool("shortcut", False)
     steps, batch = per_step_batch(options, params)
-    l = Layer(type="rnn", batch=batch, steps=steps, inputs=params.inputs, outputs=hidden,
-              h=1, w=1, c=params.inputs, out_h=1, out_w=1, out_c=hidden,
-              activation=activation, batch_normalize=batch_normalize, shortcut=shortcut)
-    subs = [(name, sublayer(make_connected, options, params, steps, batch, n_in, output=hidden,
-                            activation=activation, batch_normalize=batch_normalize))
-            for name, n_in in (("input_layer", params.inputs), ("self_layer", hidden),
-                               ("output_layer", hidden))]
+    l = Layer(
+        type="rnn",
+        batch=batch,
+        steps=steps,
+        inputs=params.inputs,
+        outputs=hidden,
+        h=1,
+        w=1,
+        c=params.inputs,
+        out_h=1,
+        out_w=1,
+        out_c=hidden,
+        activation=activation,
+        batch_normalize=batch_normalize,
+        shortcut=shortcut,
+    )
+    subs = [
+        (
+            name,
+            sublayer(
+                make_connected,
+                options,
+                params,
+                steps,
+                batch,
+                n_in,
+                output=hidden,
+                activation=activation,
+                batch_normalize=batch_normalize,
+            ),
+        )
+        for name, n_in in (
+            ("input_layer", params.inputs),
+            ("self_layer", hidden),
+            ("output_layer", hidden),
+        )
+    ]
     adopt(l, subs)
     out = l.sublayers["output_layer"]
     l.output = out.output_steps.reshape(steps * batch, hidden)
@@ -69,7 +110,7 @@ def make_rnn(options: Section, params: SizeParams) -> Layer:
     l.state = np.zeros((steps + 1, batch, hidden), np.float32)
     l.hidden = np.zeros((batch, hidden), np.float32)
     l.carried = ("hidden",)
-    l.fused = not batch_normalize          # input and output layers over all steps at once
+    l.fused = not batch_normalize  # input and output layers over all steps at once
     l.desc = f"{params.inputs} -> {hidden} x{steps}"
     l.step_forward, l.step_backward = forward_connected, backward_connected
     l.forward, l.backward = forward_rnn, backward_rnn
@@ -108,10 +149,10 @@ def backward_rnn(l: Layer, net: Network) -> None:
     x = steps_of(net.input, l.steps, l.batch)
     dx = None if net.delta is None else steps_of(net.delta, l.steps, l.batch)
     step = StepNet(net)
-    if l.fused:                                    # d_O O into every g_t at once
+    if l.fused:  # d_O O into every g_t at once
         backward_sub(all_steps(O), step.at(l.state[1:], S.delta_steps))
     for t in range(l.steps - 1, -1, -1):
-        g = S.delta_steps[t]                       # g_t, complete once step t+1 is done
+        g = S.delta_steps[t]  # g_t, complete once step t+1 is done
         if not l.fused:
             backward_sub(at_step(O, t), step.at(l.state[t + 1], g))
         np.copyto(U.delta_steps[t], g)
@@ -125,5 +166,5 @@ def backward_rnn(l: Layer, net: Network) -> None:
         if not l.fused:
             backward_sub(at_step(U, t), step.at(x[t], None if dx is None else dx[t]))
     if l.fused:
-        backward_params(S, l.state[:l.steps])
+        backward_params(S, l.state[: l.steps])
         backward_sub(all_steps(U), step.at(net.input, net.delta))
