@@ -17,7 +17,9 @@ code, so load trusted code only) and ``--help``. Exit statuses (``EXIT_STATUS``,
 printed by ``--help``): 0 success; 1 a check that ran and failed (gradcheck
 FAIL); 2 a user error (bad arguments, or a MinidarkError: a bad cfg, data or
 weights file, missing data), printed as one line on stderr; 130 interrupted
-(Ctrl-C); 141 output pipe closed early (``minidark ... | head``). Warnings
+(Ctrl-C); 141 output pipe closed early (``minidark ... | head``). A
+MemoryError or an OSError that no reader turned into a MinidarkError is
+still one line and exit 2, never a traceback. Warnings
 print as ``minidark: warning: ...``; messages have control characters escaped.
 """
 
@@ -150,6 +152,17 @@ def _run(parse):
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return PIPE_CLOSED
+        except MemoryError:
+            print(
+                "minidark: error: out of memory: the network or data is larger than this "
+                "machine can hold (MINIDARK_MAX_MEMORY sets the budget minidark checks first)",
+                file=sys.stderr,
+            )
+            return USER_ERROR
+        except OSError as exc:  # a file problem no reader turned into a MinidarkError
+            where = f"{printable(exc.filename)}: " if exc.filename else ""
+            print(f"minidark: error: {where}{printable(exc.strerror or exc)}", file=sys.stderr)
+            return USER_ERROR
 
 
 def main(argv=None):

@@ -304,3 +304,24 @@ def test_convert_refuses_a_cfg_that_does_not_build(tmp_path):
     status, out, _ = run_main("cfg", "convert", bad, tmp_path / "out.yaml", "--no-check")
     assert "wrote" in out
     assert status == 0 and (tmp_path / "out.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (MemoryError(), "minidark: error: out of memory: the network or data is larger"),
+        (
+            PermissionError(13, "Permission denied", "/x/\x1bsecret"),
+            "minidark: error: /x/\\x1bsecret: Permission denied",
+        ),
+    ],
+)
+def test_memory_and_file_errors_no_reader_caught_are_one_line(monkeypatch, error, message):
+    command = next(c for c in cli.COMMANDS if c.words == ("cfg", "summary"))
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(command, "run", fail)
+    status, _, err = run_main("cfg", "summary", MLP_CFG)
+    assert status == 2 and one_line(err).startswith(message)
