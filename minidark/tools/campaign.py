@@ -25,6 +25,7 @@ followed-symlink       training wrote through a link planted in its backup folde
 code-execution         a YAML tag ran code
 disk-flood             a dataset smaller than a batch filled the backup folder
 checkpoint-damaged     a failed write (full disk) damaged the checkpoint resumed from
+campaign-error         the campaign's own case generator failed (a bug of this tool)
 kill-resume-identical  kill -9 during training, resume: same final bytes as an
                        uninterrupted run with the same seed
 kill-resume-differs    ... different bytes (or temporary files left behind)
@@ -68,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -579,11 +581,13 @@ def mutate_cfg(text, rng, fixture, training):
                 what.append(f"sections at lines {a + 1} and {c + 1} swapped")
         elif op == "drop-header":
             starts = [i for i, line in enumerate(lines) if line.strip().startswith("[")]
+            if not starts:
+                continue
             i = rng.choice(starts[1:] or starts)
             what.append(f"header {lines[i].strip()} at line {i + 1} deleted")
             del lines[i]
         elif op == "unknown-section":
-            i = rng.randrange(1, len(lines) + 1)
+            i = rng.randrange(min(1, len(lines)), len(lines) + 1)
             lines[i:i] = ["[frobnicate]", "size=3"]
             what.append(f"unknown section [frobnicate] at line {i + 1}")
             nonsense = 2
@@ -597,6 +601,8 @@ def mutate_cfg(text, rng, fixture, training):
             what.append(f"binary junk {junk[:12]!r} at line {i + 1}")
         elif op == "truncate":
             body = "\n".join(lines)
+            if not body:
+                continue
             cut = rng.randrange(len(body))
             lines = body[:cut].splitlines()
             what.append(f"truncated at byte {cut}")
@@ -612,7 +618,7 @@ def mutate_cfg(text, rng, fixture, training):
             lines.insert(i, "# " + "x" * 200000)
             what.append("a 200,000-character comment line")
         elif op == "no-equals":
-            i = rng.randrange(1, len(lines) + 1)
+            i = rng.randrange(min(1, len(lines)), len(lines) + 1)
             lines.insert(i, "filters 16")
             what.append(f"'filters 16' (no '=') at line {i + 1}")
         elif op == "latin1":
@@ -1775,11 +1781,15 @@ def main(argv=None):
             folder = work / "cases" / f"{kind}-{index:04d}"
             folder.mkdir(parents=True)
             case = Case(kind, index, folder)
-            if kind == "kill":
-                kill_case(case, case_rng, fx, args, reference)
-            else:
-                makers[kind](case, case_rng, fx)
-                run_case(case, fx, args)
+            try:
+                if kind == "kill":
+                    kill_case(case, case_rng, fx, args, reference)
+                else:
+                    makers[kind](case, case_rng, fx)
+                    run_case(case, fx, args)
+            except Exception:  # a bug of the campaign itself: count it, go on
+                case.outcome, case.stderr = "campaign-error", traceback.format_exc()
+                case.what = case.what or "the case generator failed"
             cases.append(case)
             if case.outcome not in PASSING:
                 saved = save_failure(case, args.out)
