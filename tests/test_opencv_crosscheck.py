@@ -3,7 +3,9 @@ OpenCV's darknet importer (``cv2.dnn.readNetFromDarknet``, opencv-python-headles
 4.x; removed in 5.0) reads the same cfg and the ``.weights`` minidark writes.
 
 For yolov3-tiny and yolov2-tiny (darknet's layer structure, and held-out
-variants: other input sizes and class counts) with random weights -- batch-norm
+variants: other input sizes and class counts), and the full yolov3 (Darknet-53:
+shortcuts, three heads through route and upsample) and yolov2 (reorg, route) at
+160x160, with random weights -- batch-norm
 statistics and scales randomised too, so inference BN is exercised -- on the
 same letterboxed image:
 
@@ -31,6 +33,7 @@ import numpy as np
 import pytest
 
 import minidark
+from minidark.cfg.parser import read_cfg_text
 from minidark.data.image import letterbox_image, resize_image
 from minidark.kernels.boxes import (
     Detections,
@@ -101,13 +104,29 @@ def photo_input(net, seed=0):
     return letterbox_image(image, net.w, net.h)
 
 
-def build_pair(tmp_path, text, seed, gain=3.0, opencv_text=None):
+def calibrate(net, x):
+    """Batch-norm statistics of this input (a training forward's batch mean and
+    variance become the rolling ones), so that deep random networks (Darknet-53's
+    residual stacks) keep their activations in range instead of overflowing. The
+    variance is floored at .25: OpenCV divides by sqrt(var + eps), darknet by
+    sqrt(var) + eps, which differ visibly only for tiny variances."""
+    net.forward(x.reshape(1, -1), train=True)
+    for l in net.layers:
+        if l.batch_normalize:
+            l.rolling_mean[...] = l.mean
+            l.rolling_variance[...] = np.maximum(l.variance, .25)
+
+
+def build_pair(tmp_path, text, seed, gain=3.0, opencv_text=None, x=None):
     """minidark and OpenCV networks reading the same cfg and the .weights minidark
-    wrote (``opencv_text``: the cfg OpenCV reads, when it differs)."""
+    wrote (``opencv_text``: the cfg OpenCV reads, when it differs); with ``x`` the
+    batch-norm statistics are calibrated on it."""
     cfg = tmp_path / "net.cfg"
     cfg.write_text(text)
     net = minidark.load_network(str(cfg), batch=1)
     randomize(net, seed, gain)
+    if x is not None:
+        calibrate(net, x)
     weights = tmp_path / "net.weights"
     save_weights(net, weights)
     ours = minidark.load_network(str(cfg), str(weights), batch=1)   # through the file
@@ -142,20 +161,18 @@ def head_rows(l, net):
 
 
 def opencv_detections(rows, classes, thresh, nms):
-    boxes, scores, ids = [], [], []
+    boxes, corners, scores, ids = [], [], [], []
     for row in rows:
         for c in np.flatnonzero(row[5:5 + classes] > thresh):
-            x, y, w, h = row[:4]
-            boxes.append([x - w / 2, y - h / 2, w, h])
+            x, y, w, h = (float(v) for v in row[:4])
+            boxes.append((x, y, w, h))
+            corners.append([x - w / 2, y - h / 2, w, h])
             scores.append(float(row[5 + c]))
             ids.append(int(c))
     if not boxes:
         return []
-    keep = cv2.dnn.NMSBoxesBatched(boxes, scores, ids, thresh, nms)
-    keep = np.asarray(keep).reshape(-1)
-    return sorted((ids[k], *np.round(np.array(boxes[k]) + [boxes[k][2] / 2, boxes[k][3] / 2,
-                                                              0, 0], 4), round(scores[k], 4))
-                  for k in keep)
+    keep = np.asarray(cv2.dnn.NMSBoxesBatched(corners, scores, ids, thresh, nms)).reshape(-1)
+    return sorted((ids[k], *np.round(boxes[k], 4), round(scores[k], 4)) for k in keep)
 
 
 def minidark_detections(dets, thresh, nms):
@@ -167,16 +184,17 @@ def minidark_detections(dets, thresh, nms):
     return sorted(found)
 
 
-def same_detections(ours, theirs):
+def same_detections(ours, theirs, rtol=1e-4):
     assert len(ours) == len(theirs), (ours, theirs)
     for a, b in zip(ours, theirs, strict=True):
         assert a[0] == b[0]
-        np.testing.assert_allclose(a[1:], b[1:], rtol=1e-4, atol=2e-4)
+        np.testing.assert_allclose(a[1:], b[1:], rtol=20 * rtol, atol=2e-4)
 
 
 CASES = [("yolov3-tiny", None, None), ("yolov3-tiny", 320, 20), ("yolov2-tiny", None, None),
-         ("yolov2-tiny", 288, 20)]
-GAINS = {"yolov3-tiny": 3.0, "yolov2-tiny": 8.0}   # spread the logits: some classes score high
+         ("yolov2-tiny", 288, 20), ("yolov3", 160, None), ("yolov2", 160, 20)]
+GAINS = {"yolov3-tiny": 3.0, "yolov2-tiny": 8.0, "yolov3": 3.0, "yolov2": 8.0}
+DEEP = ("yolov3", "yolov2")   # batch-norm statistics calibrated on the input (see calibrate)   # spread the logits: some classes score high
 REGION_NMS = .4        # OpenCV's darknet importer gives [region] layers nms_threshold .4
 WANTED = 30            # the detection threshold keeps about this many (box, class) scores
 
@@ -184,9 +202,12 @@ WANTED = 30            # the detection threshold keeps about this many (box, cla
 @pytest.mark.parametrize("name,size,classes", CASES,
                          ids=[f"{n}-{s or 'stock'}-{c or 80}" for n, s, c in CASES])
 def test_yolo_and_region_heads_agree_with_opencv(tmp_path, name, size, classes):
-    ours, theirs = build_pair(tmp_path, variant(name, size, classes, region_thresh=.2),
-                              seed=len(name) + (size or 0), gain=GAINS[name])
-    x = photo_input(ours)
+    text = variant(name, size, classes, region_thresh=.2)
+    probe = minidark.parse_network(read_cfg_text(text), batch=1, verbose=False)
+    x = photo_input(probe)
+    ours, theirs = build_pair(tmp_path, text, seed=len(name) + (size or 0), gain=GAINS[name],
+                              x=x if name in DEEP else None)
+    rtol = 1e-4 if name not in DEEP else 1e-3     # float32 rounding over 24 to 75 convolutions
     ours.predict(x.reshape(1, -1))
     outputs = opencv_rows(theirs, x)
     heads = [l for l in ours.layers if l.type in ("yolo", "region")]
@@ -194,22 +215,31 @@ def test_yolo_and_region_heads_agree_with_opencv(tmp_path, name, size, classes):
     for l, rows in zip(heads, outputs, strict=True):
         mine = head_rows(l, ours)
         assert rows.shape == mine.shape
-        np.testing.assert_allclose(rows[:, :5], mine[:, :5], rtol=1e-4, atol=2e-5)
+        for k in (0, 1, 4):           # x, y, obj
+            np.testing.assert_allclose(rows[:, k], mine[:, k], rtol=rtol, atol=2e-5)
+        # w, h = e^t anchor: the raw t to the tolerance (float32 sums over the whole net)
+        np.testing.assert_allclose(np.log(rows[:, 2:4]), np.log(mine[:, 2:4]), atol=20 * rtol)
         cut = .2 if l.type == "yolo" else l.thresh          # OpenCV zeroes scores at or below
         expected = np.where(mine[:, 5:] > cut, mine[:, 5:], 0)
         if l.type == "region":          # OpenCV's region layer runs do_nms_sort at .4 itself
             do_nms_sort(Detections(mine[:, :4], np.where(mine[:, 4] > cut, mine[:, 4], 0),
                                    expected), l.classes, REGION_NMS)
-        clear = np.abs(mine[:, 5:] - cut) > 1e-4
-        np.testing.assert_allclose(rows[:, 5:][clear], expected[clear], rtol=1e-4, atol=2e-5)
+        clear = np.abs(mine[:, 5:] - cut) > 10 * rtol
+        np.testing.assert_allclose(rows[:, 5:][clear], expected[clear], rtol=10 * rtol, atol=2e-5)
     scores = np.sort(np.concatenate([head_rows(l, ours)[:, 5:].reshape(-1) for l in heads]))
-    thresh = max(float(scores[-WANTED]), .2 + 1e-3)
+    scores = scores[scores > .2 + 1e-3]
+    # a threshold in the widest gap between scores near the WANTED-th largest: no score sits
+    # on it, so rounding cannot put a box on different sides for the two readers
+    k = max(range(WANTED // 2, min(2 * WANTED, len(scores) - 1)),
+            key=lambda k: scores[-k] - scores[-k - 1], default=None)
+    assert k is not None, "random weights should give a few scores above .2"
+    thresh = float(scores[-k] + scores[-k - 1]) / 2
     nms = REGION_NMS if heads[-1].type == "region" else .45
     theirs_found = opencv_detections(np.concatenate(outputs), heads[-1].classes, thresh, nms)
     dets = get_network_boxes(ours, ours.w, ours.h, thresh, relative=True)
     ours_found = minidark_detections(dets, thresh, nms)
     assert len(ours_found) >= 3, "random weights should give a few detections to compare"
-    same_detections(ours_found, theirs_found)
+    same_detections(ours_found, theirs_found, rtol)
 
 
 def test_yolov1_style_network_agrees_with_opencv(tmp_path):

@@ -1,12 +1,15 @@
 """The stock YOLO cfgs (``tests/cfg/stock/yolov3-tiny``, ``yolov2-tiny``,
-``yolov1-tiny``: darknet's layer structure) build with the sizes and BFLOPs
-darknet prints for them, and run a forward pass at their network size."""
+``yolov1-tiny``, ``yolov3``, ``yolov2``: darknet's layer structure) build with
+the sizes and BFLOPs darknet prints for them and run a forward pass (the tiny
+ones at their network size, the full ones at 160x160 to stay quick)."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minidark
+from minidark.cfg.parser import read_cfg_text
 
 STOCK = os.path.join(os.path.dirname(__file__), "cfg", "stock")
 
@@ -33,9 +36,27 @@ DARKNET_TABLES = {
         (11, "maxpool", 7, 7, 512, 0), (12, "convolutional", 7, 7, 1024, .462),
         (13, "convolutional", 7, 7, 256, .231), (14, "connected", 1, 1, 1470, 0),
         (15, "detection", 7, 7, 30, 0)],
+    "yolov3": [
+        (0, "convolutional", 608, 608, 32, .639), (1, "convolutional", 304, 304, 64, 3.407),
+        (36, "shortcut", 76, 76, 256, 0), (61, "shortcut", 38, 38, 512, 0),
+        (74, "shortcut", 19, 19, 1024, 0), (75, "convolutional", 19, 19, 512, .379),
+        (81, "convolutional", 19, 19, 255, .189), (82, "yolo", 19, 19, 255, 0),
+        (83, "route", 19, 19, 512, 0), (84, "convolutional", 19, 19, 256, .095),
+        (85, "upsample", 38, 38, 256, 0), (86, "route", 38, 38, 768, 0),
+        (93, "convolutional", 38, 38, 255, .377), (94, "yolo", 38, 38, 255, 0),
+        (98, "route", 76, 76, 384, 0), (105, "convolutional", 76, 76, 255, .754),
+        (106, "yolo", 76, 76, 255, 0)],
+    "yolov2": [
+        (0, "convolutional", 608, 608, 32, .639), (24, "convolutional", 19, 19, 1024, 6.814),
+        (25, "route", 38, 38, 512, 0), (26, "convolutional", 38, 38, 64, .095),
+        (27, "reorg", 19, 19, 256, 0), (28, "route", 19, 19, 1280, 0),
+        (29, "convolutional", 19, 19, 1024, 8.517), (30, "convolutional", 19, 19, 425, .314),
+        (31, "region", 19, 19, 425, 0)],
 }
+FULL = ("yolov3", "yolov2")   # run at 160x160 in the forward check
 # layers, and the sum of the convolutions' BFLOPs darknet prints
-TOTALS = {"yolov3-tiny": (24, 5.568), "yolov2-tiny": (16, 5.409), "yolov1-tiny": (16, 3.176)}
+TOTALS = {"yolov3-tiny": (24, 5.568), "yolov2-tiny": (16, 5.409), "yolov1-tiny": (16, 3.176),
+          "yolov3": (107, 140.69), "yolov2": (32, 62.94)}   # the last two: pjreddie.com's table
 
 
 @pytest.mark.parametrize("name", sorted(DARKNET_TABLES))
@@ -51,6 +72,11 @@ def test_stock_yolo_cfg_builds_with_darknets_table_and_runs(name):
     conv = sum(l.flops for l in net.layers if l.type == "convolutional") / 1e9
     assert conv == pytest.approx(bflops, abs=5e-3)   # a sum of rounded printed values
     assert "BFLOPs" in net.summary()
+    if name in FULL:
+        text = (Path(STOCK) / f"{name}.cfg").read_text()
+        net = minidark.parse_network(read_cfg_text(text.replace("width=608", "width=160")
+                                                   .replace("height=608", "height=160")),
+                                     verbose=False)
     x = np.random.default_rng(0).uniform(size=(1, net.inputs)).astype(np.float32)
     out = net.predict(x)
     assert out.shape == (1, net.outputs) and np.isfinite(out).all()
