@@ -193,8 +193,9 @@ def same_detections(ours, theirs, rtol=1e-4):
 
 CASES = [("yolov3-tiny", None, None), ("yolov3-tiny", 320, 20), ("yolov2-tiny", None, None),
          ("yolov2-tiny", 288, 20), ("yolov3", 160, None), ("yolov2", 160, 20)]
+# gain on the convolution feeding each head: spread the logits so that some classes score high
 GAINS = {"yolov3-tiny": 3.0, "yolov2-tiny": 8.0, "yolov3": 3.0, "yolov2": 8.0}
-DEEP = ("yolov3", "yolov2")   # batch-norm statistics calibrated on the input (see calibrate)   # spread the logits: some classes score high
+DEEP = ("yolov3", "yolov2")   # batch-norm statistics calibrated on the input (see calibrate)
 REGION_NMS = .4        # OpenCV's darknet importer gives [region] layers nms_threshold .4
 WANTED = 30            # the detection threshold keeps about this many (box, class) scores
 
