@@ -385,3 +385,20 @@ def test_kink_status_and_summary():
         (0, "input"): ("kink", "1 of 1 entries at a kink, not compared"),
         (1, "biases"): ("ok", "2 of 40 entries at a kink, not compared"),
     }
+
+
+def test_a_wrong_relu_conv_backward_still_fails_where_steps_cross_a_kink():
+    """The kink handling leaves out entries at a kink, not errors: 1% off still fails."""
+    net = minidark.load_network(str(ROOT / "cfg" / "mnist_lenet.cfg"), batch=2, seed=3)
+    layer = net.layers[2]
+    original = layer.backward
+
+    def one_percent_off(l, n):
+        before = l.bias_updates.copy()
+        original(l, n)
+        l.bias_updates += 0.01 * (l.bias_updates - before)
+
+    layer.backward = one_percent_off
+    results = {r.array: r for r in gradcheck(net, layer=2, seed=3)}
+    assert results["biases"].status == "FAIL" and results["biases"].error > 0.005
+    assert results["weights"].status == "ok"
