@@ -152,11 +152,20 @@ def _randomize(net, rng):
     for layer in net.layers:
         for name in layer.saved:
             array = getattr(layer, name)
-            low_high = ranges.get(name)
+            # a recurrent layer's sublayer arrays: input_layer_rolling_variance ...
+            low_high = next((v for k, v in ranges.items() if name.endswith(k)), None)
             if low_high is None:
                 fan_in = array.size // array.shape[0]
                 low_high = (-np.sqrt(6 / fan_in), np.sqrt(6 / fan_in))
             array[...] = rng.uniform(*low_high, array.shape)
+
+
+def _update_names(l):
+    """The layer's *_updates buffers (a recurrent layer's: its sublayers', by alias)."""
+    if l.learned:
+        return list(l.learned.values())
+    return [n for n in ("weight_updates", "bias_updates", "scale_updates")
+            if getattr(l, n, None) is not None]
 
 
 def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
@@ -179,9 +188,10 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
                       "shape": list(array.shape), "step": step, "layer": layer})
 
     def image(l, array):
+        rows = array.shape[0]           # a recurrent layer's buffers hold every step
         if l.out_h * l.out_w > 1:
-            return array.reshape(l.batch, l.out_c, l.out_h, l.out_w)
-        return array.reshape(l.batch, -1)
+            return array.reshape(rows, l.out_c, l.out_h, l.out_w)
+        return array.reshape(rows, -1)
 
     def tag(l):
         return f"L{l.index:02d}_{l.type}"
@@ -190,7 +200,8 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
     groups = getattr(last, "groups", 1)
     xs, truths = [], []
     for s in range(1, steps + 1):
-        xs.append(rng.random((net.batch, net.c, net.h, net.w), dtype=np.float32))
+        shape = (net.batch, net.c, net.h, net.w) if net.h else (net.batch, net.inputs)
+        xs.append(rng.random(shape, dtype=np.float32))
         t = np.zeros((net.batch, groups, net.outputs // groups), np.float32)
         picks = rng.integers(0, t.shape[2], (net.batch, groups))
         t[np.arange(net.batch)[:, None], np.arange(groups), picks] = 1
@@ -204,7 +215,12 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
     for l in net.layers:
         l.forward(l, net)
         save(f"infer_{tag(l)}_output", image(l, l.output), 0, l.index)
+        if l.sublayers:                 # recurrent: the state after the pass
+            name = {"lstm": "cell_state", "gru": "state"}.get(l.type, "hidden")
+            save(f"infer_{tag(l)}_{'c' if l.type == 'lstm' else 'state'}_after",
+                 getattr(l, name), 0, l.index)
         net.input = l.output
+    net.reset_state()                   # darknet trains a freshly loaded network
 
     for s in range(1, steps + 1):
         for l in net.layers:
@@ -223,13 +239,17 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
                 l.delta.fill(0)
             l.forward(l, net)
             save(f"{tag(l)}_output_s{s}", image(l, l.output), s, l.index)
-            if getattr(l, "batch_normalize", False):
+            if getattr(l, "batch_normalize", False) and not l.sublayers:
                 for name in ("x", "x_norm"):
                     save(f"{tag(l)}_bn_{name}_s{s}", image(l, getattr(l, name)), s, l.index)
                 save(f"{tag(l)}_bn_mean_s{s}", l.mean, s, l.index)
                 save(f"{tag(l)}_bn_variance_s{s}", l.variance, s, l.index)
             if l.type == "maxpool":
                 save(f"{tag(l)}_indexes_s{s}", image(l, l.indexes).astype(np.int32), s, l.index)
+            for name, sub in (l.sublayers or {}).items():
+                save(f"{tag(l)}_{name}_output_s{s}", sub.output_steps, s, l.index)
+            if l.type in ("rnn", "crnn"):
+                save(f"{tag(l)}_state_s{s}", l.state, s, l.index)
             if l.type == "softmax":
                 save(f"{tag(l)}_loss_s{s}", l.loss, s, l.index)
                 save(f"{tag(l)}_cost_s{s}", np.array([l.cost], np.float32), s, l.index)
@@ -244,18 +264,18 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
             save(f"{tag(l)}_delta_in_s{s}", image(l, l.delta), s, i)
             l.backward(l, net)
             save(f"{tag(l)}_delta_out_s{s}", image(l, l.delta), s, i)
+            for name, sub in (l.sublayers or {}).items():
+                save(f"{tag(l)}_{name}_delta_s{s}", sub.delta_steps, s, i)
         net.delta = None
         for l in net.layers:
-            for name in ("weight_updates", "bias_updates", "scale_updates"):
-                if getattr(l, name, None) is not None:
-                    save(f"{tag(l)}_{name}_grad_s{s}", getattr(l, name), s, l.index)
+            for name in _update_names(l):
+                save(f"{tag(l)}_{name}_grad_s{s}", getattr(l, name), s, l.index)
         net.update()
         for l in net.layers:
             for name in l.saved:
                 save(f"{tag(l)}_{name}_after_s{s}", getattr(l, name), s, l.index)
-            for name in ("weight_updates", "bias_updates", "scale_updates"):
-                if getattr(l, name, None) is not None:
-                    save(f"{tag(l)}_{name}_momentum_s{s}", getattr(l, name), s, l.index)
+            for name in _update_names(l):
+                save(f"{tag(l)}_{name}_momentum_s{s}", getattr(l, name), s, l.index)
         save_weights(net, directory / f"weights_after_s{s}.weights")
     layers = [{"index": l.index, "type": l.type, "inputs": l.inputs, "outputs": l.outputs,
                "out_chw": [l.out_c, l.out_h, l.out_w]} for l in net.layers]
@@ -828,3 +848,41 @@ def test_region_deviation_is_exactly_the_listed_arrays(monkeypatch):
     assert failed and all(listed.covers(name) for name in failed), sorted(failed)
     assert {c.name for c in report.checks if listed.covers(c.name)} == failed
     assert any(c.name.startswith("stats s2") for c in report.checks)
+
+
+PLUMB_RECURRENT = {
+    "plumb_crnn": "[net]\nbatch=2\ntime_steps=2\nheight=4\nwidth=4\nchannels=2\n"
+                  "learning_rate=0.1\nmomentum=0.9\ndecay=0.0005\n[crnn]\nhidden_filters=3\n"
+                  "output_filters=3\nactivation=leaky\n[connected]\noutput=5\n"
+                  "activation=linear\n[softmax]\n",
+    "plumb_lstm_gru": "[net]\nbatch=2\ntime_steps=3\ninputs=6\nlearning_rate=0.1\n"
+                      "momentum=0.9\ndecay=0.0005\n[lstm]\noutput=4\n[gru]\noutput=4\ntanh=1\n"
+                      "[rnn]\noutput=4\nactivation=leaky\nbatch_normalize=1\n[connected]\n"
+                      "output=5\nactivation=linear\n[softmax]\n",
+    "plumb_deconv_bn": NET.format(h=4, w=4, c=2) + "[deconvolutional]\nfilters=3\nsize=4\n"
+                       "stride=2\npadding=1\nbatch_normalize=1\nactivation=leaky\n"
+                       "[connected]\noutput=5\nactivation=linear\n[softmax]\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLUMB_RECURRENT))
+def test_plumbing_recurrent_and_deconv_sets(tmp_path, name):
+    """Plumbing, not fidelity: the harness finds every array of a crnn, an lstm/gru/rnn
+    stack (with per-step batch norm) and a deconvolution with batch norm in darknet's
+    naming (sublayer outputs and deltas, states, sublayer parameters and update
+    buffers), starts training from a fresh state, and fails on a perturbed array."""
+    directory = dump_minidark_vectors(PLUMB_RECURRENT[name], tmp_path / name)
+    report = replay_vectors(directory)
+    report.assert_passed()
+    compared = {c.name for c in report.checks}
+    npy = {p.stem for p in directory.glob("*.npy")} - {
+        p.stem for p in directory.glob("input_s*.npy")} - {
+        p.stem for p in directory.glob("truth_s*.npy")}
+    assert npy <= compared, sorted(npy - compared)
+    sub = next((p for p in sorted(directory.glob("L00_*_delta_s2.npy"))
+                if "layer" in p.stem or p.stem.count("_") > 3), None)
+    target = sub or directory / "L00_deconvolutional_output_s1.npy"
+    array = np.load(target)
+    array.flat[0] += 1.0
+    np.save(target, array)
+    assert target.stem in {c.name for c in replay_vectors(directory).failures}

@@ -493,7 +493,8 @@ def _locate(entry):
     if entry.step == 0:
         if entry.type in RECURRENT and what.endswith("_after"):  # state after the pass
             what = what[: -len("_after")]
-            return "infer", _STATE_ALIASES.get((entry.type, what), what)
+            what = _STATE_ALIASES.get((entry.type, what), what)
+            return "infer", _ATTRIBUTE_ALIASES.get((entry.type, what), what)
         if entry.type in RECURRENT and what in ("cell", "state"):
             return "infer", what
         return ("infer", _FORWARD.get(what)) if what in _FORWARD else None
