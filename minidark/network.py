@@ -22,6 +22,7 @@ Conventions, written once here and relied on by every layer:
 * ``*_updates`` buffers hold sums over the batch; ``update`` scales them by
   ``learning_rate / (batch * subdivisions)`` and then by momentum.
 """
+
 from __future__ import annotations
 
 import sys
@@ -41,8 +42,9 @@ if TYPE_CHECKING:
 class UpdateArgs:
     """darknet's update_args: what every l.update(l, args) receives."""
 
-    def __init__(self, learning_rate: float, momentum: float, decay: float, batch: int,
-                 t: int = 0) -> None:
+    def __init__(
+        self, learning_rate: float, momentum: float, decay: float, batch: int, t: int = 0
+    ) -> None:
         self.learning_rate, self.momentum, self.decay = learning_rate, momentum, decay
         self.batch, self.t = batch, t
 
@@ -58,8 +60,9 @@ class _NetOption:
         if net is None:
             return self
         if net.config is None:
-            raise AttributeError(f"'{self.name}': this Network has no [net] options "
-                                 f"(it was assembled without a cfg)")
+            raise AttributeError(
+                f"'{self.name}': this Network has no [net] options (it was assembled without a cfg)"
+            )
         return getattr(net.config, self.name)
 
     def __set__(self, net, value):
@@ -96,7 +99,7 @@ class Network:
     def __init__(self, config: NetConfig | None = None) -> None:
         self.config = config
         self.layers = []
-        self.batch = 1                # rows per mini-batch, darknet's net->batch
+        self.batch = 1  # rows per mini-batch, darknet's net->batch
         self.subdivisions = 1
         self.time_steps = 1
         self.inputs = 0
@@ -106,17 +109,17 @@ class Network:
             self.subdivisions, self.time_steps = config.subdivisions, config.time_steps
             self.inputs = config.inputs
             self.h, self.w, self.c = config.height, config.width, config.channels
-        self.seen = 0                 # images trained on, darknet's *net.seen
-        self.t = 0                    # number of updates, darknet's *net.t
-        self.cost = 0.0               # mean of the loss layers' summed costs
+        self.seen = 0  # images trained on, darknet's *net.seen
+        self.t = 0  # number of updates, darknet's *net.t
+        self.cost = 0.0  # mean of the loss layers' summed costs
         self.train = False
-        self.input = None             # what the current layer reads
-        self.truth = None             # truth of the current batch, or None
-        self.delta = None             # what the current layer's backward accumulates into
+        self.input = None  # what the current layer reads
+        self.truth = None  # truth of the current batch, or None
+        self.delta = None  # what the current layer's backward accumulates into
         self.rng = np.random.default_rng()
         self.cfg_file = None
-        self.sections = None          # the cfg's sections (for resize)
-        self.rebuild_layers = None    # set by the cfg builder: sections -> layers, for resize
+        self.sections = None  # the cfg's sections (for resize)
+        self.rebuild_layers = None  # set by the cfg builder: sections -> layers, for resize
 
     # ------------------------------------------------------------------ build
     def finalize(self) -> None:
@@ -153,8 +156,12 @@ class Network:
         self.rng = np.random.default_rng(seed)
 
     # ------------------------------------------------------------ the passes
-    def forward(self, x: npt.ArrayLike | None = None, truth: npt.ArrayLike | None = None,
-                train: bool = False) -> np.ndarray:
+    def forward(
+        self,
+        x: npt.ArrayLike | None = None,
+        truth: npt.ArrayLike | None = None,
+        train: bool = False,
+    ) -> np.ndarray:
         """Run every layer forward; return the output layer's output.
 
         ``x`` has ``batch`` rows shaped ``(batch, inputs)`` or ``(batch, c, h, w)``;
@@ -192,9 +199,14 @@ class Network:
 
     def update(self) -> None:
         """Apply one SGD step to every layer with parameters."""
-        self.t += 1   # darknet: ++*net.t, then a.t = *net.t
-        args = UpdateArgs(self.current_rate(), self.config.momentum, self.config.decay,
-                          self.images_per_update, self.t)
+        self.t += 1  # darknet: ++*net.t, then a.t = *net.t
+        args = UpdateArgs(
+            self.current_rate(),
+            self.config.momentum,
+            self.config.decay,
+            self.images_per_update,
+            self.t,
+        )
         for layer in self.layers:
             if layer.update is not None:
                 layer.update(layer, args)
@@ -270,7 +282,9 @@ class Network:
             raise ValueError(f"train_step needs a multiple of batch={self.batch} rows, got {rows}")
         total = 0.0
         for start in range(0, rows, self.batch):
-            total += self.train_datum(x[start:start + self.batch], truth[start:start + self.batch])
+            total += self.train_datum(
+                x[start : start + self.batch], truth[start : start + self.batch]
+            )
         return total / rows
 
     # ----------------------------------------------------------- inference
@@ -283,20 +297,22 @@ class Network:
         x = x.reshape(rows, self.inputs)
         result = np.empty((rows, self.outputs), np.float32)
         for start in range(0, rows, self.batch):
-            chunk = x[start:start + self.batch]
+            chunk = x[start : start + self.batch]
             n = chunk.shape[0]
             self.input_buffer[:n] = chunk
             if n < self.batch:
                 self.input_buffer[n:] = 0
             self.forward(train=False)
-            result[start:start + n] = self.output.reshape(self.batch, -1)[:n]
+            result[start : start + n] = self.output.reshape(self.batch, -1)[:n]
         return result
 
     def _load(self, buffer, array, what):
         array = np.asarray(array)
         if array.shape[0] != self.batch or array.size != buffer.size:
-            raise ValueError(f"{what} must have {self.batch} rows of {buffer.shape[1]} values "
-                             f"(batch={self.batch}), got shape {array.shape}")
+            raise ValueError(
+                f"{what} must have {self.batch} rows of {buffer.shape[1]} values "
+                f"(batch={self.batch}), got shape {array.shape}"
+            )
         np.copyto(buffer, array.reshape(buffer.shape), casting="same_kind")
 
     # -------------------------------------------------------------- display
@@ -306,15 +322,21 @@ class Network:
 
     def summary(self) -> str:
         """darknet's layer table, with parameters and FLOPs per image."""
-        lines = [f"{'layer':>5} {'type':<14} {'details':<18} {'input':>16}    {'output':>16}"
-                 f" {'params':>10} {'BFLOPs':>8}"]
+        lines = [
+            f"{'layer':>5} {'type':<14} {'details':<18} {'input':>16}    {'output':>16}"
+            f" {'params':>10} {'BFLOPs':>8}"
+        ]
         for l in self.layers:
-            lines.append(f"{l.index:>5} {l.type:<14} {l.desc:<18} "
-                         f"{l.w:>4} x{l.h:>4} x{l.c:>5} -> {l.out_w:>4} x{l.out_h:>4} x{l.out_c:>5}"
-                         f" {l.params:>10,} {l.flops / 1e9:>8.3f}")
+            lines.append(
+                f"{l.index:>5} {l.type:<14} {l.desc:<18} "
+                f"{l.w:>4} x{l.h:>4} x{l.c:>5} -> {l.out_w:>4} x{l.out_h:>4} x{l.out_c:>5}"
+                f" {l.params:>10,} {l.flops / 1e9:>8.3f}"
+            )
         flops = sum(l.flops for l in self.layers)
-        lines.append(f"batch {self.batch} (x{self.subdivisions} subdivisions), "
-                     f"{self.params:,} parameters, {flops / 1e9:.3f} BFLOPs per image")
+        lines.append(
+            f"batch {self.batch} (x{self.subdivisions} subdivisions), "
+            f"{self.params:,} parameters, {flops / 1e9:.3f} BFLOPs per image"
+        )
         return "\n".join(lines)
 
     def print_summary(self, file: TextIO | None = None) -> None:
@@ -334,7 +356,9 @@ def _move_arrays(old: Layer, new: Layer) -> None:
             if isinstance(target, np.ndarray) and target.shape == value.shape:
                 setattr(new, name, value)
             elif name in old.saved or name.endswith("_updates"):
-                raise ValueError(f"layer {old.index} [{old.type}] cannot be resized: its "
-                                 f"{name} depends on the input size")
+                raise ValueError(
+                    f"layer {old.index} [{old.type}] cannot be resized: its "
+                    f"{name} depends on the input size"
+                )
     for sub_name, sub in (old.sublayers or {}).items():
         _move_arrays(sub, new.sublayers[sub_name])

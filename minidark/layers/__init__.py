@@ -1,7 +1,31 @@
 """Built-in layers. Each module registers its make function on import, exactly
 as a user's plugin does (see docs/extending.md)."""
-from . import activation, connected, cost, dropout, softmax  # noqa: F401
-from . import avgpool, batchnorm, convolutional, maxpool  # noqa: F401
-from . import crop, l2norm, local, logistic, normalization, reorg, route, shortcut, upsample  # noqa
-from . import crnn, deconvolutional, gru, lstm, rnn  # noqa: F401
-from . import detection, region, yolo  # noqa: F401
+
+from . import (  # noqa: F401  # noqa: F401  # noqa  # noqa: F401  # noqa: F401
+    activation,
+    avgpool,
+    batchnorm,
+    connected,
+    convolutional,
+    cost,
+    crnn,
+    crop,
+    deconvolutional,
+    detection,
+    dropout,
+    gru,
+    l2norm,
+    local,
+    logistic,
+    lstm,
+    maxpool,
+    normalization,
+    region,
+    reorg,
+    rnn,
+    route,
+    shortcut,
+    softmax,
+    upsample,
+    yolo,
+)

@@ -5,6 +5,7 @@
 darknet *overwrites* net.delta here, which breaks a layer whose output feeds
 several consumers (route, shortcut); minidark accumulates, like every layer.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,10 +25,19 @@ if TYPE_CHECKING:
 @register_layer("activation")
 def make_activation(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
-    l = Layer(type="activation", batch=batch, inputs=inputs, outputs=inputs,
-              h=params.h, w=params.w, c=params.c,
-              out_h=params.h, out_w=params.w, out_c=params.c,
-              activation=options.activation("activation", "linear"))
+    l = Layer(
+        type="activation",
+        batch=batch,
+        inputs=inputs,
+        outputs=inputs,
+        h=params.h,
+        w=params.w,
+        c=params.c,
+        out_h=params.h,
+        out_w=params.w,
+        out_c=params.c,
+        activation=options.activation("activation", "linear"),
+    )
     l.output = np.zeros((batch, inputs), np.float32)
     l.delta = np.zeros((batch, inputs), np.float32)
     l.desc = l.activation

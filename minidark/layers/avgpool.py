@@ -5,6 +5,7 @@
 
 No cfg keys (darknet's avgpool is global only). Output: 1 x 1 x c.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,8 +25,18 @@ if TYPE_CHECKING:
 def make_avgpool(options: Section, params: SizeParams) -> Layer:
     params.require_image(options)
     h, w, c, batch = params.h, params.w, params.c, params.batch
-    l = Layer(type="avgpool", batch=batch, h=h, w=w, c=c, out_h=1, out_w=1, out_c=c,
-              inputs=h * w * c, outputs=c)
+    l = Layer(
+        type="avgpool",
+        batch=batch,
+        h=h,
+        w=w,
+        c=c,
+        out_h=1,
+        out_w=1,
+        out_c=c,
+        inputs=h * w * c,
+        outputs=c,
+    )
     l.output = np.zeros((batch, c), np.float32)
     l.delta = np.zeros((batch, c), np.float32)
     l.desc = f"{w}x{h} -> 1x1"

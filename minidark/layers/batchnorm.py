@@ -25,6 +25,7 @@ darknet's three, ``scales, rolling_mean, rolling_variance``, then
 a network with [batchnorm] does not load (its size check fails) and a
 minidark file does not load in darknet.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -33,8 +34,8 @@ import numpy as np
 
 from ..kernels.bn import backward_bn, forward_bn, make_bn
 from ..layer import Layer
-from ..registry import register_layer
 from ..optim.sgd import sgd_update
+from ..registry import register_layer
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -45,10 +46,20 @@ if TYPE_CHECKING:
 @register_layer("batchnorm")
 def make_batchnorm(options: Section, params: SizeParams) -> Layer:
     h, w, c, batch = params.h, params.w, params.c, params.batch
-    if not (h and w and c):           # flat input: one channel per value
+    if not (h and w and c):  # flat input: one channel per value
         h, w, c = 1, 1, params.inputs
-    l = Layer(type="batchnorm", batch=batch, h=h, w=w, c=c, out_h=h, out_w=w, out_c=c,
-              inputs=h * w * c, outputs=h * w * c)
+    l = Layer(
+        type="batchnorm",
+        batch=batch,
+        h=h,
+        w=w,
+        c=c,
+        out_h=h,
+        out_w=w,
+        out_c=c,
+        inputs=h * w * c,
+        outputs=h * w * c,
+    )
     l.output = np.zeros((batch, l.outputs), np.float32)
     l.delta = np.zeros((batch, l.outputs), np.float32)
     l.biases = np.zeros(c, np.float32)

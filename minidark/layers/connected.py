@@ -15,6 +15,7 @@ order. Backward, with ``delta`` = -dL/d(output)::
 
 .weights order: biases, weights, then scales, rolling_mean, rolling_variance.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,8 +25,8 @@ import numpy as np
 from ..kernels.activations import activate, gradient
 from ..kernels.bn import backward_bn, forward_bn, make_bn
 from ..layer import Layer
-from ..registry import register_layer
 from ..optim.sgd import sgd_update
+from ..registry import register_layer
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -39,12 +40,26 @@ def make_connected(options: Section, params: SizeParams) -> Layer:
     if outputs < 1:
         raise options.error(f"output must be >= 1, got {outputs}", "output")
     batch, inputs = params.batch, params.inputs
-    params.reserve(options, 2 * batch * (outputs + inputs) + 6 * outputs * inputs, "output",
-                   f"({inputs:,} -> {outputs:,}: {outputs * inputs:,} weights)")
-    l = Layer(type="connected", batch=batch, inputs=inputs, outputs=outputs,
-              h=1, w=1, c=inputs, out_h=1, out_w=1, out_c=outputs,
-              activation=options.activation("activation", "logistic"),
-              batch_normalize=options.bool("batch_normalize", False))
+    params.reserve(
+        options,
+        2 * batch * (outputs + inputs) + 6 * outputs * inputs,
+        "output",
+        f"({inputs:,} -> {outputs:,}: {outputs * inputs:,} weights)",
+    )
+    l = Layer(
+        type="connected",
+        batch=batch,
+        inputs=inputs,
+        outputs=outputs,
+        h=1,
+        w=1,
+        c=inputs,
+        out_h=1,
+        out_w=1,
+        out_c=outputs,
+        activation=options.activation("activation", "logistic"),
+        batch_normalize=options.bool("batch_normalize", False),
+    )
     if params.h and params.w:
         l.h, l.w, l.c = params.h, params.w, params.c
     l.output = np.zeros((batch, outputs), np.float32)
@@ -54,7 +69,7 @@ def make_connected(options: Section, params: SizeParams) -> Layer:
     l.biases = np.zeros(outputs, np.float32)
     l.weight_updates = np.zeros_like(l.weights)
     l.bias_updates = np.zeros_like(l.biases)
-    l.weight_grad = np.zeros_like(l.weights)          # scratch: this batch's gradient
+    l.weight_grad = np.zeros_like(l.weights)  # scratch: this batch's gradient
     l.input_grad = np.zeros((batch, inputs), np.float32)
     l.saved = ("biases", "weights")
     if l.batch_normalize:

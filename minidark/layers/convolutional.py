@@ -26,6 +26,7 @@ padding and *overwrote* ``net.delta``; here 1x1 convolutions take the
 general path (skipping only the im2col copy when stride is 1), and backward
 always accumulates. A window larger than the padded input is an error.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -37,8 +38,8 @@ from ..kernels.activations import activate, gradient
 from ..kernels.bn import backward_bn, forward_bn, make_bn
 from ..kernels.im2col import conv_output_size
 from ..layer import Layer
-from ..registry import register_layer
 from ..optim.sgd import sgd_update
+from ..registry import register_layer
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -63,21 +64,40 @@ def make_convolutional(options: Section, params: SizeParams) -> Layer:
     if padding < 0:
         raise options.error(f"padding must be >= 0, got {padding}", "padding")
     if c % groups or n % groups:
-        raise options.error(f"groups={groups} must divide the input channels ({c}) "
-                            f"and filters ({n})", "groups")
+        raise options.error(
+            f"groups={groups} must divide the input channels ({c}) and filters ({n})", "groups"
+        )
     if h + 2 * padding < k or w + 2 * padding < k:
-        raise options.error(f"size={k} is larger than the padded input "
-                            f"{w}x{h} (padding {padding})", "size")
+        raise options.error(
+            f"size={k} is larger than the padded input {w}x{h} (padding {padding})", "size"
+        )
     out_h, out_w = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
     weights = n * (c // groups) * k * k  # N(0, 1) drawn in float64, then weights, updates, plan
-    params.reserve(options, 2 * batch * out_h * out_w * n + 6 * weights,
-                   "padding" if padding > max(h, w) else "size" if k * k > n else "filters",
-                   f"(output {out_w}x{out_h}x{n}, batch {batch}; {weights:,} weights)")
-    l = Layer(type="convolutional", batch=batch, h=h, w=w, c=c, n=n, size=k, stride=stride,
-              pad=padding, groups=groups, out_h=out_h, out_w=out_w, out_c=n,
-              inputs=h * w * c, outputs=out_h * out_w * n,
-              activation=options.activation("activation", "logistic"),
-              batch_normalize=options.bool("batch_normalize", False))
+    params.reserve(
+        options,
+        2 * batch * out_h * out_w * n + 6 * weights,
+        "padding" if padding > max(h, w) else "size" if k * k > n else "filters",
+        f"(output {out_w}x{out_h}x{n}, batch {batch}; {weights:,} weights)",
+    )
+    l = Layer(
+        type="convolutional",
+        batch=batch,
+        h=h,
+        w=w,
+        c=c,
+        n=n,
+        size=k,
+        stride=stride,
+        pad=padding,
+        groups=groups,
+        out_h=out_h,
+        out_w=out_w,
+        out_c=n,
+        inputs=h * w * c,
+        outputs=out_h * out_w * n,
+        activation=options.activation("activation", "logistic"),
+        batch_normalize=options.bool("batch_normalize", False),
+    )
     l.output = np.zeros((batch, l.outputs), np.float32)
     l.delta = np.zeros((batch, l.outputs), np.float32)
     kk = k * k * (c // groups)
@@ -90,22 +110,26 @@ def make_convolutional(options: Section, params: SizeParams) -> Layer:
     if l.batch_normalize:
         make_bn(l, n, out_h * out_w)
         l.saved = ("biases", "scales", "rolling_mean", "rolling_variance", "weights")
-    conv.plan(l)       # column layout, gradient path, chunk, workspace slots
+    conv.plan(l)  # column layout, gradient path, chunk, workspace slots
     l.desc = f"{n} {k}x{k}/{stride}" + (f" g{groups}" if groups > 1 else "")
     l.flops = 2 * n * kk * out_h * out_w
-    l.forward, l.backward, l.update = forward_convolutional, backward_convolutional, update_convolutional
+    l.forward, l.backward, l.update = (
+        forward_convolutional,
+        backward_convolutional,
+        update_convolutional,
+    )
     return l
 
 
 def forward_convolutional(l: Layer, net: Network) -> None:
-    conv.forward(l, net, finish=not l.batch_normalize)   # + biases, activation
+    conv.forward(l, net, finish=not l.batch_normalize)  # + biases, activation
     if l.batch_normalize:
         forward_bn(l, l.output, net.train)
         activate(l.output, l.activation)
 
 
 def backward_convolutional(l: Layer, net: Network) -> None:
-    if l.batch_normalize:                  # BN needs the whole batch's delta first
+    if l.batch_normalize:  # BN needs the whole batch's delta first
         gradient(l.output, l.activation, l.delta)
         backward_bn(l, l.delta)
     conv.backward(l, net, finish=not l.batch_normalize)  # activation gradient, biases

@@ -18,6 +18,7 @@ identical to darknet's (except smooth's sign fix). ``ratio``, ``thresh`` and
 ``noobj`` are read for cfg compatibility; like darknet's CPU path they do
 nothing.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -25,9 +26,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.blas import axpy
+from ..kernels.tree import SECRET_NUM
 from ..layer import Layer
 from ..registry import register_layer
-from ..kernels.tree import SECRET_NUM
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -42,12 +43,24 @@ def make_cost(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     cost_type = options.str("type", "sse")
     if cost_type not in COST_TYPES:
-        raise options.error(f"unknown cost type '{cost_type}'; known: "
-                            f"{', '.join(COST_TYPES)}", "type")
-    l = Layer(type="cost", batch=batch, inputs=inputs, outputs=inputs,
-              h=params.h, w=params.w, c=params.c,
-              out_h=params.h, out_w=params.w, out_c=params.c,
-              cost_type=cost_type, scale=options.float("scale", 1.0), cost=0.0)
+        raise options.error(
+            f"unknown cost type '{cost_type}'; known: {', '.join(COST_TYPES)}", "type"
+        )
+    l = Layer(
+        type="cost",
+        batch=batch,
+        inputs=inputs,
+        outputs=inputs,
+        h=params.h,
+        w=params.w,
+        c=params.c,
+        out_h=params.h,
+        out_w=params.w,
+        out_c=params.c,
+        cost_type=cost_type,
+        scale=options.float("scale", 1.0),
+        cost=0.0,
+    )
     options.float("ratio", 0.0), options.float("noobj", 1.0), options.float("thresh", 0.0)
     if not (l.out_h and l.out_w):
         l.h = l.w = l.out_h = l.out_w = 1

@@ -23,6 +23,7 @@ net.delta -- the exact gradient, so a crop may sit inside a network. (darknet
 cfgs put it first, where there is no net.delta and the two agree.) A window
 larger than the input is a ConfigError (darknet: undefined behaviour).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -45,18 +46,34 @@ def make_crop(options: Section, params: SizeParams) -> Layer:
     out_h, out_w = options.int("crop_height", 1), options.int("crop_width", 1)
     for key, size, limit in (("crop_height", out_h, h), ("crop_width", out_w, w)):
         if not 1 <= size <= limit:
-            raise options.error(f"{key}={size} must be between 1 and the input's "
-                                f"{'height' if key == 'crop_height' else 'width'} {limit}", key)
+            raise options.error(
+                f"{key}={size} must be between 1 and the input's "
+                f"{'height' if key == 'crop_height' else 'width'} {limit}",
+                key,
+            )
     batch = params.batch
-    l = Layer(type="crop", batch=batch, w=w, h=h, c=c, out_w=out_w, out_h=out_h, out_c=c,
-              inputs=w * h * c, outputs=out_w * out_h * c,
-              flip=options.bool("flip", False),
-              angle=options.float("angle", 0.0),
-              saturation=options.float("saturation", 1.0, above=0),
-              exposure=options.float("exposure", 1.0, above=0), shift=options.float("shift", 0.0),
-              noadjust=options.bool("noadjust", False),
-              scale=out_h / h,                 # darknet's l.scale (used when resizing)
-              dh=0, dw=0, flipped=False)       # the window of the last forward
+    l = Layer(
+        type="crop",
+        batch=batch,
+        w=w,
+        h=h,
+        c=c,
+        out_w=out_w,
+        out_h=out_h,
+        out_c=c,
+        inputs=w * h * c,
+        outputs=out_w * out_h * c,
+        flip=options.bool("flip", False),
+        angle=options.float("angle", 0.0),
+        saturation=options.float("saturation", 1.0, above=0),
+        exposure=options.float("exposure", 1.0, above=0),
+        shift=options.float("shift", 0.0),
+        noadjust=options.bool("noadjust", False),
+        scale=out_h / h,  # darknet's l.scale (used when resizing)
+        dh=0,
+        dw=0,
+        flipped=False,
+    )  # the window of the last forward
     l.multiplier, l.offset = (1.0, 0.0) if l.noadjust else (2.0, -1.0)
     l.output = np.zeros((batch, l.outputs), np.float32)
     l.delta = np.zeros((batch, l.outputs), np.float32)
@@ -68,11 +85,11 @@ def make_crop(options: Section, params: SizeParams) -> Layer:
 
 def _window(l, image):
     """The (batch, c, crop_height, crop_width) view of ``image`` the last forward used."""
-    rows = image[:, :, l.dh:l.dh + l.out_h]
-    if l.flipped:   # columns w-dw-1 down to w-dw-crop_width
+    rows = image[:, :, l.dh : l.dh + l.out_h]
+    if l.flipped:  # columns w-dw-1 down to w-dw-crop_width
         start = l.w - l.dw - l.out_w
-        return rows[:, :, :, start:start + l.out_w][..., ::-1]
-    return rows[:, :, :, l.dw:l.dw + l.out_w]
+        return rows[:, :, :, start : start + l.out_w][..., ::-1]
+    return rows[:, :, :, l.dw : l.dw + l.out_w]
 
 
 def forward_crop(l: Layer, net: Network) -> None:

@@ -30,6 +30,7 @@ commented out). Deliberate deviations: a size mismatch is a ConfigError
 indexes box -1 (out of bounds), minidark takes the smallest RMSE anyway;
 ``random`` draws from the network's generator, not C's ``rand()``.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -56,30 +57,53 @@ def make_detection(options: Section, params: SizeParams) -> Layer:
     coords, classes = options.int("coords", 1), options.int("classes", 1)
     rescore, n, side = options.bool("rescore", False), options.int("num", 1), options.int("side", 7)
     if coords < 4 or classes < 1 or n < 1 or side < 1:
-        raise options.error(f"need coords >= 4, classes, num, side >= 1; got {coords}, "
-                            f"{classes}, {n}, {side}", "coords" if coords < 4 else
-                            "classes" if classes < 1 else "num" if n < 1 else "side")
+        raise options.error(
+            f"need coords >= 4, classes, num, side >= 1; got {coords}, {classes}, {n}, {side}",
+            "coords" if coords < 4 else "classes" if classes < 1 else "num" if n < 1 else "side",
+        )
     per_cell = classes + n * (1 + coords)
     if params.inputs != side * side * per_cell:
-        raise options.error(f"the input has {params.inputs} values but side={side}, num={n}, "
-                            f"classes={classes}, coords={coords} need {side}^2 x {per_cell} = "
-                            f"{side * side * per_cell}", "side")
+        raise options.error(
+            f"the input has {params.inputs} values but side={side}, num={n}, "
+            f"classes={classes}, coords={coords} need {side}^2 x {per_cell} = "
+            f"{side * side * per_cell}",
+            "side",
+        )
     forced = options.int("forced", 0)
     if forced and n < 2:
         raise options.error("forced=1 picks box 0 or 1 and needs num >= 2", "forced")
     batch, outputs = params.batch, params.inputs
-    l = Layer(type="detection", batch=batch, inputs=outputs, outputs=outputs, n=n,
-              classes=classes, coords=coords, rescore=rescore, side=side, h=side, w=side,
-              c=per_cell, out_h=side, out_w=side, out_c=per_cell,
-              truths=side * side * (1 + coords + classes),
-              softmax=options.bool("softmax", False), sqrt=options.bool("sqrt", False),
-              max_boxes=options.int("max", 90),
-              coord_scale=options.float("coord_scale", 1.0), forced=forced,
-              object_scale=options.float("object_scale", 1.0),
-              noobject_scale=options.float("noobject_scale", 1.0),
-              class_scale=options.float("class_scale", 1.0),
-              jitter=options.float("jitter", .2), random=options.int("random", 0),
-              reorg=options.int("reorg", 0), cost=0.0, stats={})
+    l = Layer(
+        type="detection",
+        batch=batch,
+        inputs=outputs,
+        outputs=outputs,
+        n=n,
+        classes=classes,
+        coords=coords,
+        rescore=rescore,
+        side=side,
+        h=side,
+        w=side,
+        c=per_cell,
+        out_h=side,
+        out_w=side,
+        out_c=per_cell,
+        truths=side * side * (1 + coords + classes),
+        softmax=options.bool("softmax", False),
+        sqrt=options.bool("sqrt", False),
+        max_boxes=options.int("max", 90),
+        coord_scale=options.float("coord_scale", 1.0),
+        forced=forced,
+        object_scale=options.float("object_scale", 1.0),
+        noobject_scale=options.float("noobject_scale", 1.0),
+        class_scale=options.float("class_scale", 1.0),
+        jitter=options.float("jitter", 0.2),
+        random=options.int("random", 0),
+        reorg=options.int("reorg", 0),
+        cost=0.0,
+        stats={},
+    )
     l.output = np.zeros((batch, outputs), F32)
     l.delta = np.zeros((batch, outputs), F32)
     l.desc = f"side {side}, {n} boxes"
@@ -92,9 +116,11 @@ def parts(l, array):
     """(classes (B, S^2, C), confidences (B, S^2, n), coords (B, S^2, n, coords)) views."""
     cells = l.side * l.side
     flat = array.reshape(l.batch, l.outputs)
-    return (flat[:, :cells * l.classes].reshape(l.batch, cells, l.classes),
-            flat[:, cells * l.classes:cells * (l.classes + l.n)].reshape(l.batch, cells, l.n),
-            flat[:, cells * (l.classes + l.n):].reshape(l.batch, cells, l.n, l.coords))
+    return (
+        flat[:, : cells * l.classes].reshape(l.batch, cells, l.classes),
+        flat[:, cells * l.classes : cells * (l.classes + l.n)].reshape(l.batch, cells, l.n),
+        flat[:, cells * (l.classes + l.n) :].reshape(l.batch, cells, l.n, l.coords),
+    )
 
 
 def forward_detection(l: Layer, net: Network) -> None:
@@ -111,15 +137,15 @@ def forward_detection(l: Layer, net: Network) -> None:
     d_probs, d_conf, d_coords = parts(l, l.delta)
     cells = l.side * l.side
     truth = net.truth.reshape(l.batch, cells, 1 + l.classes + l.coords)
-    is_obj = truth[:, :, 0].astype(np.int64) != 0             # C truncation of the flag
+    is_obj = truth[:, :, 0].astype(np.int64) != 0  # C truncation of the flag
     np.multiply(F32(l.noobject_scale), -conf, out=d_conf)
     b, k = np.nonzero(is_obj)
-    t_class = truth[b, k, 1:1 + l.classes]
+    t_class = truth[b, k, 1 : 1 + l.classes]
     d_probs[b, k] = F32(l.class_scale) * (t_class - probs[b, k])
 
-    t_box = truth[b, k, 1 + l.classes:1 + l.classes + 4].copy()
+    t_box = truth[b, k, 1 + l.classes : 1 + l.classes + 4].copy()
     t_box[:, :2] /= F32(l.side)
-    out_box = coords[b, k, :, :4].copy()                      # (m, n, 4)
+    out_box = coords[b, k, :, :4].copy()  # (m, n, 4)
     out_box[..., :2] /= F32(l.side)
     if l.sqrt:
         out_box[..., 2:] *= out_box[..., 2:]
@@ -128,7 +154,7 @@ def forward_detection(l: Layer, net: Network) -> None:
     overlap = np.where(iou > 0, iou, F32(-1))
     best = np.where((iou > 0).any(axis=1), np.argmax(overlap, axis=1), np.argmin(rmse, axis=1))
     if l.forced:
-        best = np.where(t_box[:, 2] * t_box[:, 3] < F32(.1), 1, 0)
+        best = np.where(t_box[:, 2] * t_box[:, 3] < F32(0.1), 1, 0)
     if l.random and net.seen < RANDOM_SEEN:
         best = net.rng.integers(0, l.n, best.size)
     rows = np.arange(b.size)
@@ -136,7 +162,7 @@ def forward_detection(l: Layer, net: Network) -> None:
     p = conf[b, k, best]
     goal = chosen_iou if l.rescore else F32(1)
     d_conf[b, k, best] = F32(l.object_scale) * (goal - p)
-    target = truth[b, k, 1 + l.classes:1 + l.classes + 4].copy()
+    target = truth[b, k, 1 + l.classes : 1 + l.classes + 4].copy()
     if l.sqrt:
         target[:, 2:] = np.sqrt(target[:, 2:])
     d_coords[b, k, best, :4] = F32(l.coord_scale) * (target - coords[b, k, best, :4])
@@ -144,17 +170,17 @@ def forward_detection(l: Layer, net: Network) -> None:
     flat = l.delta.reshape(-1)
     l.cost = float(np.dot(flat, flat))
     count = int(b.size)
-    true_class = (t_class != 0)
-    l.stats = {"avg_iou": _ratio(float(chosen_iou.sum(dtype=np.float64)), count),
-               "avg_true_class_prob": _ratio(float(probs[b, k][true_class].sum(dtype=np.float64)),
-                                             count),
-               "avg_all_class_prob": _ratio(float(probs[b, k].sum(dtype=np.float64)),
-                                            count * l.classes),
-               "avg_obj_pos": _ratio(float(p.sum(dtype=np.float64)), count),
-               "avg_obj_all": float(conf.sum(dtype=np.float64)) / conf.size, "count": count}
+    true_class = t_class != 0
+    l.stats = {
+        "avg_iou": _ratio(float(chosen_iou.sum(dtype=np.float64)), count),
+        "avg_true_class_prob": _ratio(float(probs[b, k][true_class].sum(dtype=np.float64)), count),
+        "avg_all_class_prob": _ratio(float(probs[b, k].sum(dtype=np.float64)), count * l.classes),
+        "avg_obj_pos": _ratio(float(p.sum(dtype=np.float64)), count),
+        "avg_obj_all": float(conf.sum(dtype=np.float64)) / conf.size,
+        "count": count,
+    }
 
 
 def backward_detection(l: Layer, net: Network) -> None:
     if net.delta is not None:
         axpy(1, l.delta, net.delta)
-

@@ -11,6 +11,7 @@ the sign). cfg keys: ``probability`` (.5). For replaying recorded runs,
 set ``l.next_rand`` to a ``(batch, inputs)`` array of uniforms: the next
 training forward uses it instead of drawing.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -32,14 +33,25 @@ def make_dropout(options: Section, params: SizeParams) -> Layer:
     if not 0 <= probability < 1:
         raise options.error(f"probability must be in [0, 1), got {probability}", "probability")
     batch, inputs = params.batch, params.inputs
-    l = Layer(type="dropout", batch=batch, inputs=inputs, outputs=inputs,
-              h=params.h, w=params.w, c=params.c,
-              out_h=params.h, out_w=params.w, out_c=params.c,
-              probability=probability, scale=1.0 / (1.0 - probability), next_rand=None)
-    if params.net.layers:              # share the previous layer's buffers (in place)
+    l = Layer(
+        type="dropout",
+        batch=batch,
+        inputs=inputs,
+        outputs=inputs,
+        h=params.h,
+        w=params.w,
+        c=params.c,
+        out_h=params.h,
+        out_w=params.w,
+        out_c=params.c,
+        probability=probability,
+        scale=1.0 / (1.0 - probability),
+        next_rand=None,
+    )
+    if params.net.layers:  # share the previous layer's buffers (in place)
         previous = params.net.layers[-1]
         l.output, l.delta = previous.output, previous.delta
-    else:                              # first layer: own buffers, forward copies the input
+    else:  # first layer: own buffers, forward copies the input
         l.output = np.zeros((batch, inputs), np.float32)
         l.delta = np.zeros((batch, inputs), np.float32)
     l.rand = np.zeros((batch, inputs), np.float32)
@@ -69,7 +81,7 @@ def backward_dropout(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
     target = net.delta.reshape(l.mask.shape)
-    if np.shares_memory(target, l.delta):   # darknet's in-place case
+    if np.shares_memory(target, l.delta):  # darknet's in-place case
         target *= l.mask
-    else:                                   # own buffers (first layer, gradcheck)
+    else:  # own buffers (first layer, gradcheck)
         target += l.delta.reshape(l.mask.shape) * l.mask

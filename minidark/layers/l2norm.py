@@ -14,6 +14,7 @@ delta``), ignoring the normalization's gradient; minidark adds the exact one
 (gradcheck passes). An all-zero vector gives 0 instead of darknet's NaN
 (``r`` is floored at the smallest normal float32).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -37,10 +38,20 @@ def make_l2norm(options: Section, params: SizeParams) -> Layer:
     if not (w and h and c):
         w, h, c = 1, 1, params.inputs
     batch, outputs = params.batch, w * h * c
-    l = Layer(type="l2norm", batch=batch, w=w, h=h, c=c, out_w=w, out_h=h, out_c=c,
-              inputs=outputs, outputs=outputs)
-    l.norms = np.zeros((batch, 1, w * h), np.float32)        # r at every position
-    l.dots = np.zeros((batch, 1, w * h), np.float32)         # scratch: sum_c y_c delta_c
+    l = Layer(
+        type="l2norm",
+        batch=batch,
+        w=w,
+        h=h,
+        c=c,
+        out_w=w,
+        out_h=h,
+        out_c=c,
+        inputs=outputs,
+        outputs=outputs,
+    )
+    l.norms = np.zeros((batch, 1, w * h), np.float32)  # r at every position
+    l.dots = np.zeros((batch, 1, w * h), np.float32)  # scratch: sum_c y_c delta_c
     l.output = np.zeros((batch, outputs), np.float32)
     l.delta = np.zeros((batch, outputs), np.float32)
     l.flops = 3 * outputs

@@ -28,6 +28,7 @@ minidark keeps darknet's output size and pads by ``size / 2`` when
 ``pad`` is set (as the convolutional layer does), so every window is well
 defined. For size 3 (the stock cfgs) the two agree exactly.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -37,8 +38,8 @@ import numpy as np
 from ..kernels.activations import activate, gradient
 from ..kernels.im2col import add_from_padded_nhwc, col2im, to_padded_nhwc, window_view
 from ..layer import Layer
-from ..registry import register_layer
 from ..optim.sgd import sgd_update
+from ..registry import register_layer
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -62,18 +63,38 @@ def make_local(options: Section, params: SizeParams) -> Layer:
     if out_h < 1 or out_w < 1:
         raise options.error(f"a {k}x{k} window does not fit the {w}x{h} input", "size")
     locations, K = out_h * out_w, c * k * k
-    params.reserve(options, 6 * locations * n * K + 5 * batch * locations * (n + K), "filters",
-                   f"({locations:,} locations x {n} filters x {K} weights each)")
-    l = Layer(type="local", batch=batch, h=h, w=w, c=c, out_h=out_h, out_w=out_w, out_c=n,
-              inputs=h * w * c, outputs=locations * n, n=n, size=k, stride=stride, pad=pad,
-              padding=padding, activation=activation, locations=locations)
+    params.reserve(
+        options,
+        6 * locations * n * K + 5 * batch * locations * (n + K),
+        "filters",
+        f"({locations:,} locations x {n} filters x {K} weights each)",
+    )
+    l = Layer(
+        type="local",
+        batch=batch,
+        h=h,
+        w=w,
+        c=c,
+        out_h=out_h,
+        out_w=out_w,
+        out_c=n,
+        inputs=h * w * c,
+        outputs=locations * n,
+        n=n,
+        size=k,
+        stride=stride,
+        pad=pad,
+        padding=padding,
+        activation=activation,
+        locations=locations,
+    )
     scale = np.sqrt(2.0 / K)
     l.weights = (params.net.rng.uniform(-1, 1, (locations, n, K)) * scale).astype(np.float32)
     l.biases = np.zeros(l.outputs, np.float32)
     l.weight_updates = np.zeros_like(l.weights)
     l.bias_updates = np.zeros_like(l.biases)
-    l.weight_grad = np.zeros_like(l.weights)                 # scratch: this batch's gradient
-    l.result = np.zeros((locations, n, batch), np.float32)   # scratch: (L, n, B) products
+    l.weight_grad = np.zeros_like(l.weights)  # scratch: this batch's gradient
+    l.result = np.zeros((locations, n, batch), np.float32)  # scratch: (L, n, B) products
     l.output = np.zeros((batch, l.outputs), np.float32)
     l.delta = np.zeros((batch, l.outputs), np.float32)
     l.saved = ("biases", "weights")
@@ -90,23 +111,27 @@ def _scratch(l, net):
     size = l.batch * l.locations * l.c * l.size * l.size
     padded = int(np.prod(l.padded_shape))
     space = net.workspace
-    return (space[:size].reshape(l.locations, -1, l.batch),
-            space[size:2 * size].reshape(l.batch * l.locations, -1),
-            space[2 * size:2 * size + padded].reshape(l.padded_shape))
+    return (
+        space[:size].reshape(l.locations, -1, l.batch),
+        space[size : 2 * size].reshape(l.batch * l.locations, -1),
+        space[2 * size : 2 * size + padded].reshape(l.padded_shape),
+    )
 
 
 def _columns(l, net, cols, xpad):
     """cols (L, K, B) <- the windows of net.input, K in darknet's (c, ky, kx) order."""
     to_padded_nhwc(net.input.reshape(l.batch, l.c, l.h, l.w), l.padding, xpad)
-    windows = window_view(xpad, l.size, l.stride, l.out_h, l.out_w)   # (B, oy, ox, ky, kx, C)
-    np.copyto(cols.reshape(l.out_h, l.out_w, l.c, l.size, l.size, l.batch),
-              windows.transpose(1, 2, 5, 3, 4, 0))
+    windows = window_view(xpad, l.size, l.stride, l.out_h, l.out_w)  # (B, oy, ox, ky, kx, C)
+    np.copyto(
+        cols.reshape(l.out_h, l.out_w, l.c, l.size, l.size, l.batch),
+        windows.transpose(1, 2, 5, 3, 4, 0),
+    )
 
 
 def forward_local(l: Layer, net: Network) -> None:
     cols, _, xpad = _scratch(l, net)
     _columns(l, net, cols, xpad)
-    np.matmul(l.weights, cols, out=l.result)                            # (L, n, B)
+    np.matmul(l.weights, cols, out=l.result)  # (L, n, B)
     out = l.output.reshape(l.batch, l.n, l.locations)
     np.add(l.result.transpose(2, 1, 0), l.biases.reshape(l.n, l.locations), out=out)
     activate(l.output, l.activation)
@@ -118,14 +143,16 @@ def backward_local(l: Layer, net: Network) -> None:
     cols, cols_nhwc, xpad = _scratch(l, net)
     _columns(l, net, cols, xpad)
     np.copyto(l.result, l.delta.reshape(l.batch, l.n, l.locations).transpose(2, 1, 0))
-    np.matmul(l.result, cols.transpose(0, 2, 1), out=l.weight_grad)     # (L, n, K)
+    np.matmul(l.result, cols.transpose(0, 2, 1), out=l.weight_grad)  # (L, n, K)
     l.weight_updates += l.weight_grad
     if net.delta is None:
         return
-    np.matmul(l.weights.transpose(0, 2, 1), l.result, out=cols)         # (L, K, B)
+    np.matmul(l.weights.transpose(0, 2, 1), l.result, out=cols)  # (L, K, B)
     k = l.size
-    np.copyto(cols_nhwc.reshape(l.batch, l.out_h, l.out_w, k, k, l.c),
-              cols.reshape(l.out_h, l.out_w, l.c, k, k, l.batch).transpose(5, 0, 1, 3, 4, 2))
+    np.copyto(
+        cols_nhwc.reshape(l.batch, l.out_h, l.out_w, k, k, l.c),
+        cols.reshape(l.out_h, l.out_w, l.c, k, k, l.batch).transpose(5, 0, 1, 3, 4, 2),
+    )
     xpad.fill(0)
     col2im(cols_nhwc, k, l.stride, l.out_h, l.out_w, xpad)
     add_from_padded_nhwc(xpad, l.padding, net.delta.reshape(l.batch, l.c, l.h, l.w))

@@ -14,6 +14,7 @@ Deliberate deviation from darknet: the loss is computed from the logit as
 sigmoid (p == 1.0 in float32) gives a large finite loss rather than darknet's
 inf/NaN. Delta and output are darknet's.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -33,9 +34,19 @@ if TYPE_CHECKING:
 @register_layer("logistic")
 def make_logistic(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
-    l = Layer(type="logistic", batch=batch, inputs=inputs, outputs=inputs,
-              h=params.h, w=params.w, c=params.c,
-              out_h=params.h, out_w=params.w, out_c=params.c, cost=0.0)
+    l = Layer(
+        type="logistic",
+        batch=batch,
+        inputs=inputs,
+        outputs=inputs,
+        h=params.h,
+        w=params.w,
+        c=params.c,
+        out_h=params.h,
+        out_w=params.w,
+        out_c=params.c,
+        cost=0.0,
+    )
     if not (l.out_h and l.out_w):
         l.h = l.w = l.out_h = l.out_w = 1
         l.c = l.out_c = inputs
@@ -57,7 +68,7 @@ def forward_logistic(l: Layer, net: Network) -> None:
         return
     truth = net.truth.reshape(l.output.shape)
     np.subtract(truth, l.output, out=l.delta)
-    loss = l.loss                                   # max(x, 0) - x t + log1p(exp(-|x|))
+    loss = l.loss  # max(x, 0) - x t + log1p(exp(-|x|))
     np.abs(x, out=loss)
     np.negative(loss, out=loss)
     np.exp(loss, out=loss)

@@ -23,14 +23,22 @@ falls back to the first on NaN or a window without winner. ``l.winner``
 offset. Backward: a gather / add / scatter when the indexes are unique
 (stride >= size, every window won), else a masked add per offset.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.pool import (
+    plan,
+    scan_offsets,
+    scan_tiles,
+    scatter_offsets,
+    scatter_unique,
+    set_indexes,
+)
 from ..layer import Layer
-from ..kernels.pool import plan, scan_offsets, scan_tiles, scatter_offsets, scatter_unique, set_indexes
 from ..registry import register_layer
 
 if TYPE_CHECKING:
@@ -49,27 +57,52 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
     size = options.int("size", stride)
     padding = options.int("padding", size - 1)
     if stride < 1 or size < 1:
-        raise options.error(f"size and stride must be >= 1, got size={size} stride={stride}",
-                            "size" if size < 1 else "stride")
+        raise options.error(
+            f"size and stride must be >= 1, got size={size} stride={stride}",
+            "size" if size < 1 else "stride",
+        )
     if padding < 0:
         raise options.error(f"padding must be >= 0, got {padding}", "padding")
     h, w, c, batch = params.h, params.w, params.c, params.batch
-    if size > MAX_SIZE:    # the kernels visit each of the size^2 window offsets in turn
-        raise options.error(f"size={size} is above {MAX_SIZE}: minidark scans a window one "
-                            f"offset at a time (size^2 steps per pass)", "size")
-    if padding > 2 * (size - 1):   # the first or last window would hold no input cell
-        raise options.error(f"padding={padding} leaves windows with no input cell (their "
-                            f"maximum would be -FLT_MAX); with size={size} it must be <= "
-                            f"{2 * (size - 1)}", "padding")
+    if size > MAX_SIZE:  # the kernels visit each of the size^2 window offsets in turn
+        raise options.error(
+            f"size={size} is above {MAX_SIZE}: minidark scans a window one "
+            f"offset at a time (size^2 steps per pass)",
+            "size",
+        )
+    if padding > 2 * (size - 1):  # the first or last window would hold no input cell
+        raise options.error(
+            f"padding={padding} leaves windows with no input cell (their "
+            f"maximum would be -FLT_MAX); with size={size} it must be <= "
+            f"{2 * (size - 1)}",
+            "padding",
+        )
     if min(h, w) + padding < size:
-        raise options.error(f"size={size} is larger than the padded input {w}x{h} "
-                            f"(padding {padding})", "size")
+        raise options.error(
+            f"size={size} is larger than the padded input {w}x{h} (padding {padding})", "size"
+        )
     out_h, out_w = (h + padding - size) // stride + 1, (w + padding - size) // stride + 1
-    params.reserve(options, 7 * batch * out_h * out_w * c, "size",
-                   f"(output {out_w}x{out_h}x{c}, batch {batch})")
-    l = Layer(type="maxpool", batch=batch, h=h, w=w, c=c, size=size, stride=stride,
-              pad=padding, out_h=out_h, out_w=out_w, out_c=c,
-              inputs=h * w * c, outputs=out_h * out_w * c)
+    params.reserve(
+        options,
+        7 * batch * out_h * out_w * c,
+        "size",
+        f"(output {out_w}x{out_h}x{c}, batch {batch})",
+    )
+    l = Layer(
+        type="maxpool",
+        batch=batch,
+        h=h,
+        w=w,
+        c=c,
+        size=size,
+        stride=stride,
+        pad=padding,
+        out_h=out_h,
+        out_w=out_w,
+        out_c=c,
+        inputs=h * w * c,
+        outputs=out_h * out_w * c,
+    )
     l.output = np.zeros((batch, l.outputs), np.float32)
     l.delta = np.zeros((batch, l.outputs), np.float32)
     l.indexes = np.zeros((batch, l.outputs), np.int32)
@@ -77,10 +110,10 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
     l.winner = np.zeros((batch, l.outputs), kind)
     l.mask = np.zeros((batch, l.outputs), kind)
     l.scratch = np.zeros((batch, l.outputs), np.float32)
-    if stride >= size:                 # windows apart: int64 indexes for the scatter
+    if stride >= size:  # windows apart: int64 indexes for the scatter
         l.positions = np.zeros((batch, l.outputs), np.int64)
-    l.complete = True                  # every window had a winner in the last forward
-    plan(l)                            # offsets, base, table, tiled, chunk, workspace_size
+    l.complete = True  # every window had a winner in the last forward
+    plan(l)  # offsets, base, table, tiled, chunk, workspace_size
     l.desc = f"{size}x{size}/{stride}"
     l.flops = size * size * l.outputs
     l.forward, l.backward = forward_maxpool, backward_maxpool
@@ -90,7 +123,7 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
 def forward_maxpool(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     l.complete = l.tiled and scan_tiles(l, x, net.workspace)
-    if not l.complete:                 # any geometry, NaN, or a window without winner
+    if not l.complete:  # any geometry, NaN, or a window without winner
         l.complete = scan_offsets(l, x)
     set_indexes(l, l.complete)
 
@@ -98,7 +131,7 @@ def forward_maxpool(l: Layer, net: Network) -> None:
 def backward_maxpool(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
-    if l.stride >= l.size and l.complete:   # windows apart, indexes unique
+    if l.stride >= l.size and l.complete:  # windows apart, indexes unique
         scatter_unique(l, net.delta)
     else:
         scatter_offsets(l, net.delta.reshape(l.batch, l.c, l.h, l.w))

@@ -28,6 +28,7 @@ Deliberate deviations from darknet: darknet's backward is an approximation
 With ``size/2 > C`` darknet reads past the channel array; minidark clips the
 window to the existing channels.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -53,16 +54,30 @@ def make_normalization(options: Section, params: SizeParams) -> Layer:
     if not (w and h and c):
         w, h, c = 1, 1, params.inputs
     batch, outputs = params.batch, w * h * c
-    l = Layer(type="normalization", batch=batch, w=w, h=h, c=c, out_w=w, out_h=h, out_c=c,
-              inputs=outputs, outputs=outputs, alpha=alpha, beta=beta, kappa=kappa, size=size)
+    l = Layer(
+        type="normalization",
+        batch=batch,
+        w=w,
+        h=h,
+        c=c,
+        out_w=w,
+        out_h=h,
+        out_c=c,
+        inputs=outputs,
+        outputs=outputs,
+        alpha=alpha,
+        beta=beta,
+        kappa=kappa,
+        size=size,
+    )
     k = np.arange(c)
-    l.window_lo = np.maximum(k - (size - 1) // 2, 0)          # W(k) = [lo, hi)
+    l.window_lo = np.maximum(k - (size - 1) // 2, 0)  # W(k) = [lo, hi)
     l.window_hi = np.minimum(k + size // 2 + 1, c)
-    l.reach_lo = np.maximum(k - size // 2, 0)                 # {k : j in W(k)} = [lo, hi)
+    l.reach_lo = np.maximum(k - size // 2, 0)  # {k : j in W(k)} = [lo, hi)
     l.reach_hi = np.minimum(k + (size - 1) // 2 + 1, c)
-    l.missing = size // 2 if size // 2 < c else None          # darknet's never-added channel
+    l.missing = size // 2 if size // 2 < c else None  # darknet's never-added channel
     l.norms = np.zeros((batch, outputs), np.float32)
-    l.sums = np.zeros((batch, c + 1, w * h), np.float32)      # scratch: prefix sums over channels
+    l.sums = np.zeros((batch, c + 1, w * h), np.float32)  # scratch: prefix sums over channels
     l.output = np.zeros((batch, outputs), np.float32)
     l.delta = np.zeros((batch, outputs), np.float32)
     l.desc = f"size {size}"
@@ -84,10 +99,10 @@ def forward_normalization(l: Layer, net: Network) -> None:
     x = net.input.reshape(shape)
     norms = l.norms.reshape(shape)
     out = l.output.reshape(shape)
-    np.multiply(x, x, out=out)                                   # out as scratch: x^2
+    np.multiply(x, x, out=out)  # out as scratch: x^2
     _window_sums(l, out, l.window_lo, l.window_hi, norms)
     if l.missing is not None:
-        norms -= out[:, l.missing:l.missing + 1]
+        norms -= out[:, l.missing : l.missing + 1]
     norms *= l.alpha
     norms += l.kappa
     np.power(norms, -l.beta, out=out)
@@ -104,7 +119,7 @@ def backward_normalization(l: Layer, net: Network) -> None:
     reach = np.empty_like(g)
     _window_sums(l, g, l.reach_lo, l.reach_hi, reach)
     if l.missing is not None:
-        reach[:, l.missing] -= l.sums[:, -1]                     # sum over all k of g_k
+        reach[:, l.missing] -= l.sums[:, -1]  # sum over all k of g_k
     reach *= x
     reach *= -2 * l.alpha * l.beta
     target += reach

@@ -42,6 +42,7 @@ the logistic on mask planes; ``mask_scale`` is not truncated to an int;
 ``l.truths = max (coords + 1)`` and the truth loop runs to ``max`` (darknet:
 always 30 boxes).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -62,44 +63,70 @@ if TYPE_CHECKING:
     from ..network import Network
 
 F32 = np.float32
-PRIOR_SEEN = 12800      # images seen before the anchor-prior term switches off
+PRIOR_SEEN = 12800  # images seen before the anchor-prior term switches off
 
 
 @register_layer("region")
 def make_region(options: Section, params: SizeParams) -> Layer:
     coords, classes, n = options.int("coords", 4), options.int("classes", 20), options.int("num", 1)
     if coords < 4 or classes < 1 or n < 1:
-        raise options.error(f"need coords >= 4, classes >= 1, num >= 1; got {coords}, "
-                            f"{classes}, {n}", "coords" if coords < 4 else
-                            "classes" if classes < 1 else "num")
-    check_channels(options, params, coords + 1 + classes, n,
-                   f"[region] with num={n}, coords={coords} and {classes} classes")
+        raise options.error(
+            f"need coords >= 4, classes >= 1, num >= 1; got {coords}, {classes}, {n}",
+            "coords" if coords < 4 else "classes" if classes < 1 else "num",
+        )
+    check_channels(
+        options,
+        params,
+        coords + 1 + classes,
+        n,
+        f"[region] with num={n}, coords={coords} and {classes} classes",
+    )
     max_boxes = options.int("max", 30)
     if max_boxes < 1:
         raise options.error(f"max must be >= 1, got {max_boxes}", "max")
     batch, h, w = params.batch, params.h, params.w
     outputs = h * w * n * (coords + 1 + classes)
-    l = Layer(type="region", batch=batch, h=h, w=w, c=params.c, out_h=h, out_w=w,
-              out_c=params.c, inputs=outputs, outputs=outputs, n=n, classes=classes,
-              coords=coords, max_boxes=max_boxes, truths=max_boxes * (coords + 1),
-              log=options.int("log", 0), sqrt=options.bool("sqrt", False),
-              softmax=options.bool("softmax", False), background=options.bool("background", False),
-              jitter=options.float("jitter", .2), rescore=options.bool("rescore", False),
-              thresh=options.float("thresh", .5), classfix=options.int("classfix", 0),
-              absolute=options.int("absolute", 0), random=options.int("random", 0),
-              coord_scale=options.float("coord_scale", 1.0),
-              object_scale=options.float("object_scale", 1.0),
-              noobject_scale=options.float("noobject_scale", 1.0),
-              mask_scale=options.float("mask_scale", 1.0),
-              class_scale=options.float("class_scale", 1.0),
-              bias_match=options.bool("bias_match", False), softmax_tree=None,
-              cost=0.0, stats={})
+    l = Layer(
+        type="region",
+        batch=batch,
+        h=h,
+        w=w,
+        c=params.c,
+        out_h=h,
+        out_w=w,
+        out_c=params.c,
+        inputs=outputs,
+        outputs=outputs,
+        n=n,
+        classes=classes,
+        coords=coords,
+        max_boxes=max_boxes,
+        truths=max_boxes * (coords + 1),
+        log=options.int("log", 0),
+        sqrt=options.bool("sqrt", False),
+        softmax=options.bool("softmax", False),
+        background=options.bool("background", False),
+        jitter=options.float("jitter", 0.2),
+        rescore=options.bool("rescore", False),
+        thresh=options.float("thresh", 0.5),
+        classfix=options.int("classfix", 0),
+        absolute=options.int("absolute", 0),
+        random=options.int("random", 0),
+        coord_scale=options.float("coord_scale", 1.0),
+        object_scale=options.float("object_scale", 1.0),
+        noobject_scale=options.float("noobject_scale", 1.0),
+        mask_scale=options.float("mask_scale", 1.0),
+        class_scale=options.float("class_scale", 1.0),
+        bias_match=options.bool("bias_match", False),
+        softmax_tree=None,
+        cost=0.0,
+        stats={},
+    )
     tree_file = find_file(options, options.str("tree", None))
     if tree_file is not None:
         l.softmax_tree = read_tree(tree_file, options)
         if l.softmax_tree.n != classes:
-            raise options.error(f"tree has {l.softmax_tree.n} nodes but classes={classes}",
-                                "tree")
+            raise options.error(f"tree has {l.softmax_tree.n} nodes but classes={classes}", "tree")
     l.map = read_map(options)
     l.biases = read_anchors(options, 2 * n)
     l.output = np.zeros((batch, outputs), F32)
@@ -126,7 +153,7 @@ def forward_region(l: Layer, net: Network) -> None:
     out, raw = planes(l, l.output), planes(l, net.input)
     activate(out[:, :, 0:2], "logistic")
     if l.coords > 4:
-        activate(out[:, :, 4:l.coords], "logistic")
+        activate(out[:, :, 4 : l.coords], "logistic")
     if not l.background:
         activate(out[:, :, l.coords], "logistic")
     first = l.coords + 1
@@ -149,15 +176,21 @@ def forward_region(l: Layer, net: Network) -> None:
 
 def _loss(l, net, out, delta):
     C = l.coords
-    truth = net.truth.reshape(l.batch, -1)[:, :l.truths].reshape(l.batch, l.max_boxes, C + 1)
+    truth = net.truth.reshape(l.batch, -1)[:, : l.truths].reshape(l.batch, l.max_boxes, C + 1)
     valid = np.cumprod(truth[:, :, 0] != 0, axis=1).astype(bool)
     anchors = l.biases.reshape(-1, 2)
-    pred = decode_boxes(out.reshape(-1, C + 1 + l.classes, l.h, l.w),
-                        np.tile(anchors[:, 0], l.batch), np.tile(anchors[:, 1], l.batch),
-                        l.w, l.h, l.w, l.h).reshape(l.batch, l.n, l.h, l.w, 4)
+    pred = decode_boxes(
+        out.reshape(-1, C + 1 + l.classes, l.h, l.w),
+        np.tile(anchors[:, 0], l.batch),
+        np.tile(anchors[:, 1], l.batch),
+        l.w,
+        l.h,
+        l.w,
+        l.h,
+    ).reshape(l.batch, l.n, l.h, l.w, 4)
     stats = dict(iou=0.0, cat=0.0, obj=0.0, recall=0, count=0, class_count=0)
     images = np.ones(l.batch, bool)
-    if l.softmax_tree is not None:       # images with a class-only label train just that
+    if l.softmax_tree is not None:  # images with a class-only label train just that
         for b in range(l.batch):
             images[b] = not _class_only(l, out, delta, truth[b], valid[b], b, stats)
     valid &= images[:, None]
@@ -177,21 +210,21 @@ def _loss(l, net, out, delta):
     if net.seen < PRIOR_SEEN:
         col = np.arange(l.w, dtype=F32)
         row = np.arange(l.h, dtype=F32)[:, None]
-        prior = np.empty(pred.shape[1:], F32)           # (n, h, w, 4), the same for every image
-        prior[..., 0] = (col + F32(.5)) / F32(l.w)
-        prior[..., 1] = (row + F32(.5)) / F32(l.h)
+        prior = np.empty(pred.shape[1:], F32)  # (n, h, w, 4), the same for every image
+        prior[..., 0] = (col + F32(0.5)) / F32(l.w)
+        prior[..., 1] = (row + F32(0.5)) / F32(l.h)
         prior[..., 2] = (anchors[:, 0] / F32(l.w))[:, None, None]
         prior[..., 3] = (anchors[:, 1] / F32(l.h))[:, None, None]
         targets = _box_targets(l, prior, anchors[:, None, None, :], col, row)
         for k in range(4):
-            delta[images, :, k] = F32(.01) * (targets[k] - out[images, :, k])
+            delta[images, :, k] = F32(0.01) * (targets[k] - out[images, :, k])
 
     for t in range(last):
         b = np.flatnonzero(valid[:, t])
         box = truth[b, t, :4]
         i = np.clip((box[:, 0] * F32(l.w)).astype(np.int64), 0, l.w - 1)
         j = np.clip((box[:, 1] * F32(l.h)).astype(np.int64), 0, l.h - 1)
-        shapes = pred[b, :, j, i].copy()                   # (len(b), n, 4)
+        shapes = pred[b, :, j, i].copy()  # (len(b), n, 4)
         if l.bias_match:
             shapes[..., 2] = anchors[:, 0] / F32(l.w)
             shapes[..., 3] = anchors[:, 1] / F32(l.h)
@@ -215,33 +248,43 @@ def _loss(l, net, out, delta):
         _class_delta(l, out, delta, b, a, j, i, classes[b, t], stats)
         stats["iou"] += float(iou.sum(dtype=np.float64))
         stats["obj"] += float(p_obj.sum(dtype=np.float64))
-        stats["recall"] += int((iou > .5).sum())
+        stats["recall"] += int((iou > 0.5).sum())
         stats["count"] += b.size
         stats["class_count"] += b.size
     flat = l.delta.reshape(-1)
     l.cost = float(np.dot(flat, flat))
     count = stats["count"]
-    l.stats = {"avg_iou": _ratio(stats["iou"], count),
-               "avg_class_prob": _ratio(stats["cat"], stats["class_count"]),
-               "avg_obj_pos": _ratio(stats["obj"], count),
-               "avg_obj_all": float(obj.sum(dtype=np.float64)) / obj.size,
-               "avg_recall_iou_gt_0.5": _ratio(stats["recall"], count), "count": count}
+    l.stats = {
+        "avg_iou": _ratio(stats["iou"], count),
+        "avg_class_prob": _ratio(stats["cat"], stats["class_count"]),
+        "avg_obj_pos": _ratio(stats["obj"], count),
+        "avg_obj_all": float(obj.sum(dtype=np.float64)) / obj.size,
+        "avg_recall_iou_gt_0.5": _ratio(stats["recall"], count),
+        "count": count,
+    }
 
 
 def _box_targets(l, box, anchor, i, j):
     """darknet's delta_region_box targets:
     (x w - i, y h - j, ln(w w_grid / aw), ln(h h_grid / ah))."""
-    return (box[..., 0] * F32(l.w) - i, box[..., 1] * F32(l.h) - j,
-            np.log(box[..., 2] * F32(l.w) / anchor[..., 0]),
-            np.log(box[..., 3] * F32(l.h) / anchor[..., 1]))
+    return (
+        box[..., 0] * F32(l.w) - i,
+        box[..., 1] * F32(l.h) - j,
+        np.log(box[..., 2] * F32(l.w) / anchor[..., 0]),
+        np.log(box[..., 3] * F32(l.h) / anchor[..., 1]),
+    )
 
 
 def _class_delta(l, out, delta, b, a, j, i, cls, stats):
     first, scale = l.coords + 1, F32(l.class_scale)
     if l.softmax_tree is not None:
         for k in range(b.size):
-            stats["cat"] += _tree_class_delta(l, out[b[k], a[k], first:, j[k], i[k]],
-                                              delta[b[k], a[k], first:, j[k], i[k]], cls[k])
+            stats["cat"] += _tree_class_delta(
+                l,
+                out[b[k], a[k], first:, j[k], i[k]],
+                delta[b[k], a[k], first:, j[k], i[k]],
+                cls[k],
+            )
         return
     already = (delta[b, a, first, j, i] != 0) if not l.softmax else np.zeros(b.size, bool)
     full = ~already
@@ -288,8 +331,9 @@ def _class_only(l, out, delta, truth, valid, b, stats):
         best = int(np.argmax(np.where(flat > 0, flat, -1))) if (flat > 0).any() else 0
         a, rest = divmod(best, l.h * l.w)
         j, i = divmod(rest, l.w)
-        stats["cat"] += _tree_class_delta(l, out[b, a, C + 1:, j, i], delta[b, a, C + 1:, j, i],
-                                          cls)
+        stats["cat"] += _tree_class_delta(
+            l, out[b, a, C + 1 :, j, i], delta[b, a, C + 1 :, j, i], cls
+        )
         delta[b, a, C, j, i] = 0
         stats["class_count"] += 1
         return True
@@ -304,4 +348,3 @@ def backward_region(l: Layer, net: Network) -> None:
     delta[:, :, logistic] *= y * (1 - y)
     if net.delta is not None:
         axpy(1, l.delta, net.delta)
-

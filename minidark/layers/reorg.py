@@ -30,6 +30,7 @@ reverse). Sizes the shuffle cannot map one-to-one (``c`` not divisible by
 ``s^2``, or ``h``/``w`` not divisible by ``s`` without reverse) are a
 ConfigError (darknet reads and writes out of bounds).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -63,22 +64,42 @@ def make_reorg(options: Section, params: SizeParams) -> Layer:
     inputs = w * h * c
     outputs = out_w * out_h * out_c
     if not extra and (c % (s * s) or outputs != inputs):
-        raise options.error(f"stride {s} cannot reorganise a {w}x{h}x{c} input: channels must "
-                            f"be divisible by {s * s}" + ("" if reverse else
-                                                         f" and width, height by {s}"), "stride")
+        raise options.error(
+            f"stride {s} cannot reorganise a {w}x{h}x{c} input: channels must "
+            f"be divisible by {s * s}" + ("" if reverse else f" and width, height by {s}"),
+            "stride",
+        )
     if extra:
         out_w = out_h = out_c = 0
         outputs = inputs + extra
     batch = params.batch
-    params.reserve(options, 2 * batch * outputs, "extra" if extra else "stride",
-                   f"({outputs:,} outputs, batch {batch})")
-    l = Layer(type="reorg", batch=batch, w=w, h=h, c=c, out_w=out_w, out_h=out_h, out_c=out_c,
-              inputs=inputs, outputs=outputs, stride=s, reverse=reverse, flatten=flatten,
-              extra=extra)
+    params.reserve(
+        options,
+        2 * batch * outputs,
+        "extra" if extra else "stride",
+        f"({outputs:,} outputs, batch {batch})",
+    )
+    l = Layer(
+        type="reorg",
+        batch=batch,
+        w=w,
+        h=h,
+        c=c,
+        out_w=out_w,
+        out_h=out_h,
+        out_c=out_c,
+        inputs=inputs,
+        outputs=outputs,
+        stride=s,
+        reverse=reverse,
+        flatten=flatten,
+        extra=extra,
+    )
     l.output = np.zeros((batch, outputs), np.float32)
     l.delta = np.zeros((batch, outputs), np.float32)
-    l.desc = ("flatten" if flatten else f"extra {extra}" if extra
-              else f"x{s}" if reverse else f"/{s}")
+    l.desc = (
+        "flatten" if flatten else f"extra {extra}" if extra else f"x{s}" if reverse else f"/{s}"
+    )
     l.forward, l.backward = forward_reorg, backward_reorg
     return l
 
@@ -97,8 +118,8 @@ def _unpacked(array, l):
     return array.reshape(l.batch, l.c // (s * s), l.h, s, l.w, s)
 
 
-TO_PACKED = (0, 3, 5, 1, 2, 4)       # unpacked axes -> packed order
-TO_UNPACKED = (0, 3, 4, 1, 5, 2)     # packed axes -> unpacked order
+TO_PACKED = (0, 3, 5, 1, 2, 4)  # unpacked axes -> packed order
+TO_UNPACKED = (0, 3, 4, 1, 5, 2)  # packed axes -> unpacked order
 
 
 def _transpose_hw_c(array, l, to_hwc):
@@ -108,14 +129,15 @@ def _transpose_hw_c(array, l, to_hwc):
 
 def forward_reorg(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.inputs)
-    if l.flatten:      # output (hw, c) from (c, hw), or back with reverse
-        np.copyto(l.output.reshape(l.batch, -1), _transpose_hw_c(x, l, not l.reverse)
-                  .reshape(l.batch, -1))
+    if l.flatten:  # output (hw, c) from (c, hw), or back with reverse
+        np.copyto(
+            l.output.reshape(l.batch, -1), _transpose_hw_c(x, l, not l.reverse).reshape(l.batch, -1)
+        )
     elif l.extra:
-        np.copyto(l.output[:, :l.inputs], x)
-    elif l.reverse:    # darknet reorg_cpu(forward=1): unpacked[out] = packed[in]
+        np.copyto(l.output[:, : l.inputs], x)
+    elif l.reverse:  # darknet reorg_cpu(forward=1): unpacked[out] = packed[in]
         np.copyto(_unpacked(l.output, l), _packed(x, l).transpose(TO_UNPACKED))
-    else:              # darknet reorg_cpu(forward=0): packed[out] = unpacked[in]
+    else:  # darknet reorg_cpu(forward=0): packed[out] = unpacked[in]
         np.copyto(_packed(l.output, l), _unpacked(x, l).transpose(TO_PACKED))
 
 
@@ -127,7 +149,7 @@ def backward_reorg(l: Layer, net: Network) -> None:
     if l.flatten:
         target += _transpose_hw_c(delta, l, l.reverse).reshape(l.batch, -1)
     elif l.extra:
-        target += delta[:, :l.inputs]
+        target += delta[:, : l.inputs]
     elif l.reverse:
         _packed(target, l)[...] += _unpacked(delta, l).transpose(TO_PACKED)
     else:

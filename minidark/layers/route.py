@@ -17,6 +17,7 @@ with different spatial sizes, a missing ``layers``, or an index that is not an
 earlier layer are a ConfigError naming the key (darknet silently makes a
 0x0x0 layer, or segfaults).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -38,25 +39,38 @@ def make_route(options: Section, params: SizeParams) -> Layer:
     for value in options.ints("layers"):
         index = params.index + value if value < 0 else value
         if not 0 <= index < params.index:
-            raise options.error(f"layer {value} resolves to index {index}, but only the "
-                                f"earlier layers 0..{params.index - 1} can be routed", "layers")
+            raise options.error(
+                f"layer {value} resolves to index {index}, but only the "
+                f"earlier layers 0..{params.index - 1} can be routed",
+                "layers",
+            )
         sources.append(index)
     layers = [params.net.layers[i] for i in sources]
     first = layers[0]
     out_c = first.out_c
-    for index, layer in zip(sources[1:], layers[1:]):
+    for index, layer in zip(sources[1:], layers[1:], strict=True):
         if (layer.out_w, layer.out_h) != (first.out_w, first.out_h):
             raise options.error(
                 f"cannot concatenate layer {index} ({layer.out_w}x{layer.out_h}x{layer.out_c}) "
                 f"with layer {sources[0]} ({first.out_w}x{first.out_h}x{first.out_c}): "
-                f"spatial sizes differ", "layers")
+                f"spatial sizes differ",
+                "layers",
+            )
         out_c += layer.out_c
     sizes = [layer.outputs for layer in layers]
     outputs = sum(sizes)
     batch = params.batch
-    l = Layer(type="route", batch=batch, inputs=outputs, outputs=outputs,
-              out_w=first.out_w, out_h=first.out_h, out_c=out_c,
-              input_layers=tuple(sources), input_sizes=tuple(sizes))
+    l = Layer(
+        type="route",
+        batch=batch,
+        inputs=outputs,
+        outputs=outputs,
+        out_w=first.out_w,
+        out_h=first.out_h,
+        out_c=out_c,
+        input_layers=tuple(sources),
+        input_sizes=tuple(sizes),
+    )
     l.w, l.h, l.c = l.out_w, l.out_h, l.out_c
     l.output = np.zeros((batch, outputs), np.float32)
     l.delta = np.zeros((batch, outputs), np.float32)
@@ -67,17 +81,17 @@ def make_route(options: Section, params: SizeParams) -> Layer:
 
 def forward_route(l: Layer, net: Network) -> None:
     offset = 0
-    for index, size in zip(l.input_layers, l.input_sizes):
+    for index, size in zip(l.input_layers, l.input_sizes, strict=True):
         source = net.layers[index].output.reshape(l.batch, size)
-        np.copyto(l.output[:, offset:offset + size], source)
+        np.copyto(l.output[:, offset : offset + size], source)
         offset += size
 
 
 def backward_route(l: Layer, net: Network) -> None:
     offset = 0
-    for index, size in zip(l.input_layers, l.input_sizes):
+    for index, size in zip(l.input_layers, l.input_sizes, strict=True):
         delta = net.layers[index].delta
         if delta is not None:
             target = delta.reshape(l.batch, size)
-            target += l.delta[:, offset:offset + size]
+            target += l.delta[:, offset : offset + size]
         offset += size

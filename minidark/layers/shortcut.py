@@ -27,6 +27,7 @@ applies alpha only on the overlapped positions -- minidark's backward is the
 exact gradient of darknet's forward (identical unless alpha != 1 and the
 shapes differ).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -54,28 +55,54 @@ def make_shortcut(options: Section, params: SizeParams) -> Layer:
     value = options.int("from")
     index = params.index + value if value < 0 else value
     if not 0 <= index < params.index:
-        raise options.error(f"from={value} resolves to index {index}, but only the earlier "
-                            f"layers 0..{params.index - 1} can be added", "from")
+        raise options.error(
+            f"from={value} resolves to index {index}, but only the earlier "
+            f"layers 0..{params.index - 1} can be added",
+            "from",
+        )
     source = params.net.layers[index]
     w, h, c = _dims((params.w, params.h, params.c), params.inputs)
     w2, h2, c2 = _dims((source.out_w, source.out_h, source.out_c), source.outputs)
-    for a, b in (((w2, h2), (w, h)), ((w, h), (w2, h2))):   # darknet's asserts, both ways
+    for a, b in (((w2, h2), (w, h)), ((w, h), (w2, h2))):  # darknet's asserts, both ways
         if a[0] // b[0] != a[1] // b[1]:
-            raise options.error(f"cannot add layer {index} ({w2}x{h2}x{c2}) to a {w}x{h}x{c} "
-                                f"input: width and height ratios differ", "from")
+            raise options.error(
+                f"cannot add layer {index} ({w2}x{h2}x{c2}) to a {w}x{h}x{c} "
+                f"input: width and height ratios differ",
+                "from",
+            )
     stride, sample = max(w2 // w, 1), max(w // w2, 1)
     minw, minh, minc = min(w, w2), min(h, h2), min(c, c2)
     batch = params.batch
-    l = Layer(type="shortcut", batch=batch, inputs=w * h * c, outputs=w * h * c,
-              w=w2, h=h2, c=c2, out_w=w, out_h=h, out_c=c,
-              activation=options.activation("activation", "linear"),
-              alpha=options.float("alpha", 1.0), beta=options.float("beta", 1.0),
-              index_from=index, input_layers=(index,))
+    l = Layer(
+        type="shortcut",
+        batch=batch,
+        inputs=w * h * c,
+        outputs=w * h * c,
+        w=w2,
+        h=h2,
+        c=c2,
+        out_w=w,
+        out_h=h,
+        out_c=c,
+        activation=options.activation("activation", "linear"),
+        alpha=options.float("alpha", 1.0),
+        beta=options.float("beta", 1.0),
+        index_from=index,
+        input_layers=(index,),
+    )
     # index maps into the (c, h, w) views of this layer and of the source
-    l.out_part = (slice(None), slice(0, minc), slice(0, minh * sample, sample),
-                  slice(0, minw * sample, sample))
-    l.from_part = (slice(None), slice(0, minc), slice(0, minh * stride, stride),
-                   slice(0, minw * stride, stride))
+    l.out_part = (
+        slice(None),
+        slice(0, minc),
+        slice(0, minh * sample, sample),
+        slice(0, minw * sample, sample),
+    )
+    l.from_part = (
+        slice(None),
+        slice(0, minc),
+        slice(0, minh * stride, stride),
+        slice(0, minw * stride, stride),
+    )
     l.same_shape = (w, h, c) == (w2, h2, c2)
     l.output = np.zeros((batch, l.outputs), np.float32)
     l.delta = np.zeros((batch, l.outputs), np.float32)

@@ -25,6 +25,7 @@ delta and loss; darknet's CPU path does not mask them and trains on garbage.
 log is clamped at the smallest float32 so a zero probability gives a large
 finite loss rather than inf.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -32,9 +33,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.blas import axpy
+from ..kernels.tree import SECRET_NUM, read_tree
 from ..layer import Layer
 from ..registry import register_layer
-from ..kernels.tree import SECRET_NUM, read_tree
 
 if TYPE_CHECKING:
     from ..cfg.builder import SizeParams
@@ -47,25 +48,36 @@ TINY = np.finfo(np.float32).tiny
 @register_layer("softmax", "soft")
 def make_softmax(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
-    l = Layer(type="softmax", batch=batch, inputs=inputs, outputs=inputs,
-              h=params.h, w=params.w, c=params.c,
-              out_h=params.h, out_w=params.w, out_c=params.c,
-              groups=options.int("groups", 1),
-              temperature=options.float("temperature", 1.0, above=0),
-              noloss=options.bool("noloss", False),
-              spatial=options.bool("spatial", False), tree=None, cost=0.0)
+    l = Layer(
+        type="softmax",
+        batch=batch,
+        inputs=inputs,
+        outputs=inputs,
+        h=params.h,
+        w=params.w,
+        c=params.c,
+        out_h=params.h,
+        out_w=params.w,
+        out_c=params.c,
+        groups=options.int("groups", 1),
+        temperature=options.float("temperature", 1.0, above=0),
+        noloss=options.bool("noloss", False),
+        spatial=options.bool("spatial", False),
+        tree=None,
+        cost=0.0,
+    )
     if not (l.out_h and l.out_w):
         l.h = l.w = l.out_h = l.out_w = 1
         l.c = l.out_c = inputs
     if l.groups < 1 or inputs % l.groups:
-        raise options.error(f"inputs ({inputs}) must be divisible by groups ({l.groups})",
-                            "groups")
+        raise options.error(f"inputs ({inputs}) must be divisible by groups ({l.groups})", "groups")
     tree_file = options.str("tree", None)
     if tree_file is not None:
         l.tree = read_tree(tree_file, options)
         if l.tree.n != inputs:
-            raise options.error(f"tree has {l.tree.n} nodes but the layer has {inputs} inputs",
-                                "tree")
+            raise options.error(
+                f"tree has {l.tree.n} nodes but the layer has {inputs} inputs", "tree"
+            )
         l.group_starts = np.asarray(l.tree.group_offset)
         l.group_sizes = np.asarray(l.tree.group_size)
     l.output = np.zeros((batch, inputs), np.float32)
@@ -79,7 +91,7 @@ def make_softmax(options: Section, params: SizeParams) -> Layer:
 
 def _grouped(l, array):
     """View (batch, inputs) as (..., n) so the softmax runs over the last axis."""
-    if l.spatial:   # per pixel, across channels: (batch, hw, c) via a transposed view
+    if l.spatial:  # per pixel, across channels: (batch, hw, c) via a transposed view
         return array.reshape(l.batch, l.out_c, l.out_h * l.out_w).transpose(0, 2, 1)
     return array.reshape(l.batch, l.groups, l.inputs // l.groups)
 

@@ -18,6 +18,7 @@ its reverse-mode backward *overwrites* net.delta; minidark accumulates like
 every layer, so a reversed upsample may feed a route/shortcut fan-out.
 ``stride=0`` is a ConfigError (darknet builds a 0x0 layer).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -46,15 +47,31 @@ def make_upsample(options: Section, params: SizeParams) -> Layer:
     if out_w < 1 or out_h < 1:
         raise options.error(f"a {w}x{h} input is smaller than the reverse stride {s}", "stride")
     batch = params.batch
-    params.reserve(options, 3 * batch * out_w * out_h * c, "stride",
-                   f"(output {out_w}x{out_h}x{c}, batch {batch})")
-    l = Layer(type="upsample", batch=batch, w=w, h=h, c=c, out_w=out_w, out_h=out_h, out_c=c,
-              inputs=w * h * c, outputs=out_w * out_h * c, stride=s, reverse=reverse,
-              scale=options.float("scale", 1.0))
+    params.reserve(
+        options,
+        3 * batch * out_w * out_h * c,
+        "stride",
+        f"(output {out_w}x{out_h}x{c}, batch {batch})",
+    )
+    l = Layer(
+        type="upsample",
+        batch=batch,
+        w=w,
+        h=h,
+        c=c,
+        out_w=out_w,
+        out_h=out_h,
+        out_c=c,
+        inputs=w * h * c,
+        outputs=out_w * out_h * c,
+        stride=s,
+        reverse=reverse,
+        scale=options.float("scale", 1.0),
+    )
     l.output = np.zeros((batch, l.outputs), np.float32)
     l.delta = np.zeros((batch, l.outputs), np.float32)
     if not reverse:
-        l.input_grad = np.zeros((batch, l.inputs), np.float32)   # scratch for backward
+        l.input_grad = np.zeros((batch, l.inputs), np.float32)  # scratch for backward
     l.desc = f"/{s}" if reverse else f"{s}x"
     l.flops = l.outputs if not reverse else l.inputs
     l.forward, l.backward = forward_upsample, backward_upsample
@@ -70,12 +87,12 @@ def _blocks(image, h, w, s):
 def forward_upsample(l: Layer, net: Network) -> None:
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.c, l.out_h, l.out_w)
-    if l.reverse:   # sum-pool each s x s block
+    if l.reverse:  # sum-pool each s x s block
         blocks = _blocks(x, l.out_h, l.out_w, l.stride)
         np.sum(blocks, axis=(3, 5), out=out)
         if l.scale != 1:
             out *= l.scale
-    else:           # repeat each pixel into an s x s block
+    else:  # repeat each pixel into an s x s block
         blocks = _blocks(out, l.h, l.w, l.stride)
         np.multiply(x[:, :, :, None, :, None], l.scale, out=blocks)
 

@@ -37,6 +37,7 @@ Deliberate deviations from darknet: ``l.truths = 5 * max`` (darknet keeps
 whose cell index reaches the grid edge is clamped into it, a class outside
 ``[0, classes)`` is an error (darknet writes out of bounds).
 """
+
 from __future__ import annotations
 
 import math
@@ -61,12 +62,15 @@ F32 = np.float32
 
 def read_anchors(options, count):
     """``anchors=`` as float32 (count,), default .5 each (darknet's biases)."""
-    biases = np.full(count, .5, F32)
+    biases = np.full(count, 0.5, F32)
     values = options.floats("anchors", None)
     if values is not None:
         if len(values) != count:
-            raise options.error(f"expected {count} anchor values ({count // 2} w,h pairs, "
-                                f"one per num), got {len(values)}", "anchors")
+            raise options.error(
+                f"expected {count} anchor values ({count // 2} w,h pairs, "
+                f"one per num), got {len(values)}",
+                "anchors",
+            )
         biases[:] = values
     return biases
 
@@ -101,9 +105,12 @@ def read_map(options):
 def check_channels(options, params, per_slot, slots, what):
     params.require_image(options)
     if params.c != per_slot * slots:
-        raise options.error(f"the input has {params.c} channels but {what} needs "
-                            f"{slots} x {per_slot} = {slots * per_slot}; set the previous "
-                            f"layer's filters to {slots * per_slot}", "classes")
+        raise options.error(
+            f"the input has {params.c} channels but {what} needs "
+            f"{slots} x {per_slot} = {slots * per_slot}; set the previous "
+            f"layer's filters to {slots * per_slot}",
+            "classes",
+        )
 
 
 @register_layer("yolo")
@@ -111,30 +118,52 @@ def make_yolo(options: Section, params: SizeParams) -> Layer:
     classes = options.int("classes", 20)
     total = options.int("num", 1)
     if classes < 1 or total < 1:
-        raise options.error(f"classes and num must be >= 1, got {classes} and {total}",
-                            "classes" if classes < 1 else "num")
+        raise options.error(
+            f"classes and num must be >= 1, got {classes} and {total}",
+            "classes" if classes < 1 else "num",
+        )
     mask = options.ints("mask", None)
     mask = list(range(total)) if mask is None else mask
     if any(not 0 <= m < total for m in mask):
-        raise options.error(f"mask entries must index the {total} anchors (0..{total - 1}), "
-                            f"got {mask}", "mask")
+        raise options.error(
+            f"mask entries must index the {total} anchors (0..{total - 1}), got {mask}", "mask"
+        )
     n = len(mask)
-    check_channels(options, params, 5 + classes, n, f"[yolo] with {n} masked anchors and "
-                   f"{classes} classes")
+    check_channels(
+        options, params, 5 + classes, n, f"[yolo] with {n} masked anchors and {classes} classes"
+    )
     max_boxes = options.int("max", 90)
     if max_boxes < 1:
         raise options.error(f"max must be >= 1, got {max_boxes}", "max")
     batch, h, w = params.batch, params.h, params.w
     outputs = h * w * n * (5 + classes)
-    l = Layer(type="yolo", batch=batch, h=h, w=w, c=params.c, out_h=h, out_w=w,
-              out_c=params.c, inputs=outputs, outputs=outputs, n=n, total=total,
-              mask=np.array(mask, np.int64), classes=classes, coords=4,
-              max_boxes=max_boxes, truths=5 * max_boxes,
-              jitter=options.float("jitter", .2),
-              ignore_thresh=options.float("ignore_thresh", .5),
-              truth_thresh=options.float("truth_thresh", 1.0),
-              random=options.int("random", 0), map=read_map(options),
-              biases=read_anchors(options, 2 * total), cost=0.0, stats={})
+    l = Layer(
+        type="yolo",
+        batch=batch,
+        h=h,
+        w=w,
+        c=params.c,
+        out_h=h,
+        out_w=w,
+        out_c=params.c,
+        inputs=outputs,
+        outputs=outputs,
+        n=n,
+        total=total,
+        mask=np.array(mask, np.int64),
+        classes=classes,
+        coords=4,
+        max_boxes=max_boxes,
+        truths=5 * max_boxes,
+        jitter=options.float("jitter", 0.2),
+        ignore_thresh=options.float("ignore_thresh", 0.5),
+        truth_thresh=options.float("truth_thresh", 1.0),
+        random=options.int("random", 0),
+        map=read_map(options),
+        biases=read_anchors(options, 2 * total),
+        cost=0.0,
+        stats={},
+    )
     # slot of each anchor index in this layer's mask, -1 when not in it (first wins)
     l.mask_slot = np.full(total, -1, np.int64)
     for slot, m in reversed(list(enumerate(mask))):
@@ -162,12 +191,18 @@ def forward_yolo(l: Layer, net: Network) -> None:
         l.cost = 0.0
         return
     delta = planes(l, l.delta)
-    truth = net.truth.reshape(l.batch, -1)[:, :l.truths].reshape(l.batch, l.max_boxes, 5)
-    valid = np.cumprod(truth[:, :, 0] != 0, axis=1).astype(bool)   # list ends at x == 0
+    truth = net.truth.reshape(l.batch, -1)[:, : l.truths].reshape(l.batch, l.max_boxes, 5)
+    valid = np.cumprod(truth[:, :, 0] != 0, axis=1).astype(bool)  # list ends at x == 0
     anchors = l.biases.reshape(-1, 2)
-    pred = decode_boxes(out.reshape(-1, 5 + l.classes, l.h, l.w),
-                        np.tile(anchors[l.mask, 0], l.batch), np.tile(anchors[l.mask, 1], l.batch),
-                        l.w, l.h, net.w, net.h).reshape(l.batch, l.n, l.h, l.w, 4)
+    pred = decode_boxes(
+        out.reshape(-1, 5 + l.classes, l.h, l.w),
+        np.tile(anchors[l.mask, 0], l.batch),
+        np.tile(anchors[l.mask, 1], l.batch),
+        l.w,
+        l.h,
+        net.w,
+        net.h,
+    ).reshape(l.batch, l.n, l.h, l.w, 4)
     classes = _classes(l, truth)
 
     # no-object pass: best IoU of every slot with any truth of its image
@@ -197,7 +232,7 @@ def forward_yolo(l: Layer, net: Network) -> None:
         centred = box.copy()
         centred[:, :2] = 0
         fit = box_iou(centred[:, None, :], shapes[None])
-        best_n = np.argmax(np.where(fit > 0, fit, F32(-1)), axis=1)   # strict >, first wins
+        best_n = np.argmax(np.where(fit > 0, fit, F32(-1)), axis=1)  # strict >, first wins
         best_n[~(fit > 0).any(axis=1)] = 0
         a = l.mask_slot[best_n]
         keep = a >= 0
@@ -213,18 +248,21 @@ def forward_yolo(l: Layer, net: Network) -> None:
         stats["cat"] += float(out[b, a, 5 + cls, j, i].sum(dtype=np.float64))
         stats["obj"] += float(out[b, a, 4, j, i].sum(dtype=np.float64))
         stats["iou"] += float(iou.sum(dtype=np.float64))
-        stats["recall"] += int((iou > .5).sum())
-        stats["recall75"] += int((iou > .75).sum())
+        stats["recall"] += int((iou > 0.5).sum())
+        stats["recall75"] += int((iou > 0.75).sum())
         stats["count"] += b.size
     flat = l.delta.reshape(-1)
     l.cost = float(np.dot(flat, flat))
     count = stats["count"]
-    l.stats = {"avg_iou": _ratio(stats["iou"], count),
-               "avg_class_prob": _ratio(stats["cat"], count),
-               "avg_obj_pos": _ratio(stats["obj"], count),
-               "avg_obj_all": float(obj.sum(dtype=np.float64)) / obj.size,
-               "recall_iou_gt_0.5": _ratio(stats["recall"], count),
-               "recall_iou_gt_0.75": _ratio(stats["recall75"], count), "count": count}
+    l.stats = {
+        "avg_iou": _ratio(stats["iou"], count),
+        "avg_class_prob": _ratio(stats["cat"], count),
+        "avg_obj_pos": _ratio(stats["obj"], count),
+        "avg_obj_all": float(obj.sum(dtype=np.float64)) / obj.size,
+        "recall_iou_gt_0.5": _ratio(stats["recall"], count),
+        "recall_iou_gt_0.75": _ratio(stats["recall75"], count),
+        "count": count,
+    }
 
 
 def _ratio(total, count):
@@ -241,8 +279,10 @@ def _classes(l, truth):
     bad = in_list & ((classes < 0) | (classes >= l.classes))
     if bad.any():
         b, t = np.argwhere(bad)[0]
-        raise ValueError(f"[{l.type}] layer {l.index}: truth box {t} of image {b} has class "
-                         f"{truth[b, t, 4]:g}, outside 0..{l.classes - 1}")
+        raise ValueError(
+            f"[{l.type}] layer {l.index}: truth box {t} of image {b} has class "
+            f"{truth[b, t, 4]:g}, outside 0..{l.classes - 1}"
+        )
     return classes
 
 
@@ -283,17 +323,23 @@ def stats_line(l):
     if not s:
         return ""
     if l.type == "yolo":
-        return (f"Region {l.index} Avg IOU: {s['avg_iou']:f}, Class: {s['avg_class_prob']:f}, "
-                f"Obj: {s['avg_obj_pos']:f}, No Obj: {s['avg_obj_all']:f}, "
-                f".5R: {s['recall_iou_gt_0.5']:f}, .75R: {s['recall_iou_gt_0.75']:f},  "
-                f"count: {s['count']}")
+        return (
+            f"Region {l.index} Avg IOU: {s['avg_iou']:f}, Class: {s['avg_class_prob']:f}, "
+            f"Obj: {s['avg_obj_pos']:f}, No Obj: {s['avg_obj_all']:f}, "
+            f".5R: {s['recall_iou_gt_0.5']:f}, .75R: {s['recall_iou_gt_0.75']:f},  "
+            f"count: {s['count']}"
+        )
     if l.type == "region":
-        return (f"Region Avg IOU: {s['avg_iou']:f}, Class: {s['avg_class_prob']:f}, "
-                f"Obj: {s['avg_obj_pos']:f}, No Obj: {s['avg_obj_all']:f}, "
-                f"Avg Recall: {s['avg_recall_iou_gt_0.5']:f},  count: {s['count']}")
-    return (f"Detection Avg IOU: {s['avg_iou']:f}, Pos Cat: {s['avg_true_class_prob']:f}, "
-            f"All Cat: {s['avg_all_class_prob']:f}, Pos Obj: {s['avg_obj_pos']:f}, "
-            f"Any Obj: {s['avg_obj_all']:f}, count: {s['count']}")
+        return (
+            f"Region Avg IOU: {s['avg_iou']:f}, Class: {s['avg_class_prob']:f}, "
+            f"Obj: {s['avg_obj_pos']:f}, No Obj: {s['avg_obj_all']:f}, "
+            f"Avg Recall: {s['avg_recall_iou_gt_0.5']:f},  count: {s['count']}"
+        )
+    return (
+        f"Detection Avg IOU: {s['avg_iou']:f}, Pos Cat: {s['avg_true_class_prob']:f}, "
+        f"All Cat: {s['avg_all_class_prob']:f}, Pos Obj: {s['avg_obj_pos']:f}, "
+        f"Any Obj: {s['avg_obj_all']:f}, count: {s['count']}"
+    )
 
 
 class HeadGap:
@@ -304,8 +350,10 @@ class HeadGap:
     tolerance, scale = math.inf, 1.0
 
     def __init__(self, type):
-        self.note = (f"not checked generically: [{type}] cost is sum(delta^2); the true-loss "
-                     f"checks are in tests/layers/test_{type}.py")
+        self.note = (
+            f"not checked generically: [{type}] cost is sum(delta^2); the true-loss "
+            f"checks are in tests/layers/test_{type}.py"
+        )
 
     def applies_to(self, array):
         return True
