@@ -1,4 +1,5 @@
 """``python -m minidark ...`` is the ``minidark`` command."""
+
 import sys
 
 from .cli import main

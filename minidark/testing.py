@@ -8,7 +8,25 @@ and the darknet reference-vector replay.
 The implementations live in :mod:`minidark.tools`; this module is their
 stable public name.
 """
-from .tools.gradcheck import (KNOWN_GAPS, GradResult, KnownGap, format_results, gradcheck,  # noqa: F401
-                              gradcheck_layer, known_gap, learned_arrays, summarize, to_float64)
-from .tools.reference import (ArrayCheck, ReplayReport, check_darknet_predictions,  # noqa: F401
-                              compare_arrays, refdata_root, replay_vectors, vector_dirs)
+
+from .tools.gradcheck import (  # noqa: F401
+    KNOWN_GAPS,
+    GradResult,
+    KnownGap,
+    format_results,
+    gradcheck,
+    gradcheck_layer,
+    known_gap,
+    learned_arrays,
+    summarize,
+    to_float64,
+)
+from .tools.reference import (  # noqa: F401
+    ArrayCheck,
+    ReplayReport,
+    check_darknet_predictions,
+    compare_arrays,
+    refdata_root,
+    replay_vectors,
+    vector_dirs,
+)

@@ -349,10 +349,13 @@ DEVIATIONS = {
         "gradient with beta = 0, overwriting what the [route] above had already added into "
         "L00's delta; minidark's backward accumulates (cuDNN's beta = 1), so L00 keeps the "
         "12x12 head's gradient: step 2 starts from darknet's recorded parameters",
-        [r"^L00_convolutional_(delta_(in|out)|(bias|weight)_updates_(grad|momentum)"
-         r"|(biases|weights)_after)_s[12]$",
-         r"^our weights_after_s[12]\.weights L00 (biases|weights)$"],
-        resync=(2,)),
+        [
+            r"^L00_convolutional_(delta_(in|out)|(bias|weight)_updates_(grad|momentum)"
+            r"|(biases|weights)_after)_s[12]$",
+            r"^our weights_after_s[12]\.weights L00 (biases|weights)$",
+        ],
+        resync=(2,),
+    ),
     "h_region": Deviation(
         "darknet's CPU region backward is commented out (no gradient reaches earlier layers, "
         "the conv only decays); minidark's is darknet's GPU backward (logistic derivative on "
