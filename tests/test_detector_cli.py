@@ -137,7 +137,7 @@ def test_yolov3_tiny_with_random_weights_on_a_photograph(tmp_path):
     net = minidark.load_network(cfg, seed=1)
     save_weights(net, tmp_path / "random.weights")
     data = os.path.join(ROOT, "cfg", "coco.data")          # darknet's 80 COCO names
-    names = open(os.path.join(ROOT, "data", "coco.names")).read().splitlines()
+    names = (Path(ROOT) / "data" / "coco.names").read_text().splitlines()
     picture = photo(tmp_path / "street.jpg", 500, 375)
     result = run("detector", "test", data, cfg, str(tmp_path / "random.weights"),
                  str(picture), "--out", str(tmp_path), cwd=tmp_path)
