@@ -291,7 +291,10 @@ def generate_arguments(parser):
     parser.add_argument("cfg", metavar="CFG")
     parser.add_argument("weights", metavar="WEIGHTS")
     parser.add_argument(
-        "--seed", default="\n", metavar="TEXT", help="text fed first (default: a newline)"
+        "--seed",
+        default="\n\n",
+        metavar="TEXT",
+        help="text fed first (default: two newlines, as darknet)",
     )
     parser.add_argument(
         "--len",
@@ -371,7 +374,10 @@ def valid_arguments(parser):
     parser.add_argument("weights", metavar="WEIGHTS")
     parser.add_argument("--file", required=True, metavar="TEXT", help="held-out text")
     parser.add_argument(
-        "--seed", default="", metavar="TEXT", help="text fed first, not scored (darknet's -seed)"
+        "--seed",
+        default="\n\n",
+        metavar="TEXT",
+        help="text fed first, not scored (default: two newlines, as darknet)",
     )
 
 
