@@ -207,7 +207,7 @@ def test_valid_bits_per_char_does_not_depend_on_the_chunk(trained):
     status, out, err = run("rnn", "valid", cfg, weights, "--file", tmp / "v.txt")
     assert status == 0, err
     value = float(re.match(r"([\d.]+) bits/char", out)[1])
-    chunked.reset_state()                     # the command starts fresh, after darknet's "\n\n"
+    chunked.reset_state()  # the command starts fresh, after darknet's "\n\n"
     expected, _ = bits_per_char(chunked, text, b"\n\n")
     assert value == pytest.approx(expected, abs=6e-4) and value < 8
 
