@@ -423,3 +423,22 @@ def test_lstm_is_the_standard_lstm_in_torch_layout(tmp_path):
         c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
         h = sigmoid(o) * np.tanh(c)
         np.testing.assert_allclose(out[t], h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[rnn]\noutput=4\nactivation=leaky\nbatch_normalize=1",
+        "[gru]\noutput=4\nbatch_normalize=1",
+        "[lstm]\noutput=4\nbatch_normalize=1",
+    ],
+)
+def test_gradcheck_per_step_batch_norm_within_darknets_gap(tmp_path, body):
+    """With batch_normalize the sublayers normalise each step's B rows (darknet), so
+    darknet's BN backward gap of order 1/N applies with N = B: bounded by 4/N + 1e-3
+    (a miswired step -- statistics or caches of another step -- is off by O(1))."""
+    batch = 24
+    net = recurrent_net(tmp_path, body, batch=batch, steps=3, seed=1)
+    assert not net.layers[0].fused
+    errors = gradcheck_recurrent(net, picks=6)
+    assert max(errors.values()) < 4 / batch + 1e-3, errors
