@@ -122,7 +122,7 @@ def make_deconvolutional(options: Section, params: SizeParams) -> Layer:
     l.cols = np.zeros((n * k * k, pixels), np.float32)  # forward cols, backward D
     l.padded = np.zeros((n, batch, out_h + 2 * padding, out_w + 2 * padding), np.float32)
     l.input_grad = np.zeros((c, pixels), np.float32)
-    l.desc = f"{n} {k}x{k}/{stride} deconv"
+    l.desc = f"{n} {k}x{k}/{stride}"
     l.flops = 2 * c * n * k * k * h * w
     l.forward, l.backward, l.update = forward_deconv, backward_deconv, update_deconv
     return l
