@@ -260,6 +260,7 @@ def run_train(args):
                     bar.update(1)
                 if i % args.backup_every == 0:
                     checkpoint(prefix + ".backup")
+                    _chart(prefix + "_chart.png", history, base)
                 if i % 10000 == 0:
                     checkpoint(f"{prefix}_{i}.weights")
         except KeyboardInterrupt:
