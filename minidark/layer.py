@@ -101,12 +101,18 @@ class Layer:
     bn_centered: Array | None = None  # scratch: x - mean
     bn_train: bool = False  # whether the last forward used batch statistics
 
-    # --- optimiser (optim/sgd.py)
+    # --- optimiser (optim/sgd.py, optim/adam.py)
     learning_rate_scale: float = 1.0  # [section] learning_rate=: multiplies the net's rate
     stopbackward: bool = False  # [section] stopbackward=1: backward stops at this layer
     sgd_params: tuple = (("biases", "bias_updates"), ("scales", "scale_updates"))
     # ^ (parameter, updates) pairs sgd_update steps besides the weights (which also get decay)
     train_state: tuple = ()  # names of extra arrays a resume checkpoint must keep
+    m: Array | None = None  # Adam (optim/adam.py): first moment of the weights' gradient
+    v: Array | None = None  # Adam: second moment of the weights' gradient
+    bias_m: Array | None = None  # Adam: first moment of the biases' gradient
+    bias_v: Array | None = None  # Adam: second moment of the biases' gradient
+    scale_m: Array | None = None  # Adam: first moment of the batch-norm scales' gradient
+    scale_v: Array | None = None  # Adam: second moment of the batch-norm scales' gradient
 
     # --- graph links
     input_layers: tuple = ()  # indices of earlier layers read directly (route, shortcut)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from .optim import policy
+from .optim.adam import allocate_adam_state
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -43,10 +44,20 @@ class UpdateArgs:
     """darknet's update_args: what every l.update(l, args) receives."""
 
     def __init__(
-        self, learning_rate: float, momentum: float, decay: float, batch: int, t: int = 0
+        self,
+        learning_rate: float,
+        momentum: float,
+        decay: float,
+        batch: int,
+        t: int = 0,
+        adam: int = 0,
+        B1: float = 0.9,
+        B2: float = 0.999,
+        eps: float = 1e-7,
     ) -> None:
         self.learning_rate, self.momentum, self.decay = learning_rate, momentum, decay
         self.batch, self.t = batch, t
+        self.adam, self.B1, self.B2, self.eps = adam, B1, B2, eps  # optim/adam.py
 
 
 class _NetOption:
@@ -132,6 +143,14 @@ class Network:
         size = max((l.workspace_size for l in self.layers), default=0)
         self.workspace = np.zeros(size, np.float32)  # zeros: no garbage in float64 checks
         self.input = self.input_buffer
+        self.allocate_optimizer_state()
+
+    def allocate_optimizer_state(self) -> None:
+        """Adam's moments on every layer with parameters (adam=1), before any
+        checkpoint restores them; layers that have them keep them."""
+        if self.config is not None and self.config.adam:
+            for layer in self.layers:
+                allocate_adam_state(layer)
 
     @property
     def output_layer(self) -> Layer:
@@ -198,14 +217,19 @@ class Network:
         self.delta = None
 
     def update(self) -> None:
-        """Apply one SGD step to every layer with parameters."""
+        """Apply one SGD step (Adam with adam=1) to every layer with parameters."""
         self.t += 1  # darknet: ++*net.t, then a.t = *net.t
+        c = self.config
         args = UpdateArgs(
             self.current_rate(),
-            self.config.momentum,
-            self.config.decay,
+            c.momentum,
+            c.decay,
             self.images_per_update,
             self.t,
+            c.adam,
+            c.B1,
+            c.B2,
+            c.eps,
         )
         for layer in self.layers:
             if layer.update is not None:
@@ -237,6 +261,7 @@ class Network:
         self.layers = []
         try:
             self.layers = self.rebuild_layers(self)
+            self.allocate_optimizer_state()
             for old, new in zip(old_layers, self.layers, strict=True):
                 _move_arrays(old, new)
         except Exception:

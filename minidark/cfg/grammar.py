@@ -267,7 +267,6 @@ def _to_float(value):
 # error with strict). Remove a key here when it is implemented.
 NOT_IMPLEMENTED = {
     "net": {
-        "adam": "trains with SGD (momentum and decay)",
         "center": "training crops are random, not centred",
         "clip": "gradients are not clipped",
         "random": "the input size stays fixed",

@@ -47,11 +47,11 @@ class NetConfig:
     flip: int = 1  # random horizontal flips (0 or 1)
     random: int = 0  # darknet: random input resizing (read, not implemented)
     notruth: int = 0  # parsed and unused, as in darknet
-    # --- Adam (read, not implemented: minidark trains with SGD)
-    adam: int = 0
-    B1: float = 0.9
-    B2: float = 0.999
-    eps: float = 1e-7
+    # --- Adam (optim/adam.py, darknet's GPU update); momentum is then unused
+    adam: int = 0  # 1: train with Adam instead of SGD
+    B1: float = 0.9  # decay of the first moment
+    B2: float = 0.999  # decay of the second moment
+    eps: float = 1e-7  # added to sqrt(second moment)
     # --- schedule
     max_batches: int = 0  # updates to train; 0: until interrupted
     backup_every: int = 1000  # updates between checkpoints; 0: none

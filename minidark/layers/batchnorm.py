@@ -34,7 +34,7 @@ import numpy as np
 
 from ..kernels.bn import backward_bn, forward_bn, make_bn
 from ..layer import Layer
-from ..optim.sgd import sgd_update
+from ..optim import update_parameters
 from ..registry import register_layer
 
 if TYPE_CHECKING:
@@ -84,4 +84,4 @@ def backward_batchnorm(l: Layer, net: Network) -> None:
 
 
 def update_batchnorm(l: Layer, args: UpdateArgs) -> None:
-    sgd_update(l, args)
+    update_parameters(l, args)

@@ -38,7 +38,7 @@ from ..kernels.activations import activate, gradient
 from ..kernels.bn import backward_bn, forward_bn, make_bn
 from ..kernels.im2col import conv_output_size
 from ..layer import Layer
-from ..optim.sgd import sgd_update
+from ..optim import update_parameters
 from ..registry import register_layer
 
 if TYPE_CHECKING:
@@ -136,4 +136,4 @@ def backward_convolutional(l: Layer, net: Network) -> None:
 
 
 def update_convolutional(l: Layer, args: UpdateArgs) -> None:
-    sgd_update(l, args)
+    update_parameters(l, args)

@@ -44,7 +44,7 @@ from ..kernels.activations import activate, gradient
 from ..kernels.bn import backward_bn, forward_bn, make_bn
 from ..kernels.im2col import col2im_cnhw, im2col_cnhw
 from ..layer import Layer
-from ..optim.sgd import sgd_update
+from ..optim import update_parameters
 from ..registry import register_layer
 
 if TYPE_CHECKING:
@@ -164,4 +164,4 @@ def backward_deconv(l: Layer, net: Network) -> None:
 
 
 def update_deconv(l: Layer, args: UpdateArgs) -> None:
-    sgd_update(l, args)
+    update_parameters(l, args)

@@ -38,7 +38,7 @@ import numpy as np
 from ..kernels.activations import activate, gradient
 from ..kernels.im2col import add_from_padded_nhwc, col2im, to_padded_nhwc, window_view
 from ..layer import Layer
-from ..optim.sgd import sgd_update
+from ..optim import update_parameters
 from ..registry import register_layer
 
 if TYPE_CHECKING:
@@ -159,4 +159,4 @@ def backward_local(l: Layer, net: Network) -> None:
 
 
 def update_local(l: Layer, args: UpdateArgs) -> None:
-    sgd_update(l, args)
+    update_parameters(l, args)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..kernels.activations import gradient
 from ..layer import Layer
-from ..optim.sgd import sgd_update
+from ..optim import update_parameters
 
 if TYPE_CHECKING:
     from ..network import UpdateArgs
@@ -183,7 +183,7 @@ def update_recurrent(l: Layer, args: UpdateArgs) -> None:
     crnn left its sublayers' scale at 0, so they never learned)."""
     for sub in l.sublayers.values():
         sub.learning_rate_scale = l.learning_rate_scale
-        sgd_update(sub, args)
+        update_parameters(sub, args)
 
 
 class StepNet:

@@ -247,7 +247,6 @@ def test_edit_distance_and_near_miss():
 @pytest.mark.parametrize(
     "option, reason",
     [
-        ("adam=1", "trains with SGD"),
         ("clip=0.5", "not clipped"),
         ("center=1", "centred"),
         ("random=1", "input size"),

@@ -1,0 +1,239 @@
+"""Adam (adam=1): darknet's GPU update against torch.optim.Adam's documented
+algorithm, reimplemented in float64 numpy; moments kept through resize and resume."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minidark
+from minidark.cfg import parse_network, read_cfg_text
+from minidark.train.trainer import Trainer, sidecar_path
+
+from conftest import mnist_datasets
+
+
+def torch_adam(params, grads, state, lr, betas, eps, weight_decay):
+    """torch.optim.Adam (amsgrad=False, maximize=False) as its docs state it:
+    g += wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)."""
+    b1, b2 = betas
+    state["t"] = t = state.get("t", 0) + 1
+    for name, p in params.items():
+        g = grads[name] + weight_decay * p
+        m = state.setdefault(("m", name), np.zeros_like(p))
+        v = state.setdefault(("v", name), np.zeros_like(p))
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        p -= lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+
+
+def linear_net(batch, subdivisions, rate, decay, b1, b2, eps, inputs=5, outputs=3):
+    text = (
+        f"[net]\nbatch={batch}\nsubdivisions={subdivisions}\ninputs={inputs}\n"
+        f"learning_rate={rate}\ndecay={decay}\nmomentum=0.9\nadam=1\n"
+        f"B1={b1}\nB2={b2}\neps={eps}\n"
+        f"[connected]\noutput={outputs}\nactivation=linear\n[cost]\ntype=sse\n"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # adam=1 is implemented: no warning
+        return parse_network(read_cfg_text(text), verbose=False, seed=3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.sampled_from([1, 3, 4]),
+    subdivisions=st.sampled_from([1, 2]),
+    rate=st.floats(1e-4, 0.1),
+    decay=st.sampled_from([0.0, 0.0005, 0.05]),
+    b1=st.sampled_from([0.0, 0.5, 0.9]),
+    b2=st.sampled_from([0.9, 0.999]),
+    eps=st.sampled_from([1e-7, 1e-3, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_adam_matches_torch_formula_on_a_linear_model(
+    batch, subdivisions, rate, decay, b1, b2, eps, seed
+):
+    """The sse loss 0.5|y - Wx - b|^2 has an exact float64 gradient, so the
+    reference runs its own trajectory: darknet's update on summed gradients is
+    torch's Adam on the mean loss with eps / B and weight_decay = decay,
+    biases decayed too."""
+    net = linear_net(batch * subdivisions, subdivisions, rate, decay, b1, b2, eps)
+    layer = net.layers[0]
+    rng = np.random.default_rng(seed)
+    params = {
+        "weights": layer.weights.astype(np.float64),
+        "biases": layer.biases.astype(np.float64),
+    }
+    state = {}
+    images = net.images_per_update
+    for _ in range(4):
+        x = rng.normal(size=(images, 5)).astype(np.float32)
+        y = rng.normal(size=(images, 3)).astype(np.float32)
+        residual = y - x.astype(np.float64) @ params["weights"].T - params["biases"]
+        grads = {"weights": -residual.T @ x / images, "biases": -residual.sum(0) / images}
+        torch_adam(params, grads, state, rate, (b1, b2), eps / images, decay)
+        net.train_step(x, y)
+        for name, p in params.items():
+            np.testing.assert_allclose(getattr(layer, name), p, rtol=2e-4, atol=2e-5, err_msg=name)
+    assert net.t == 4
+
+
+CONV_BN = """[net]
+batch=4
+height=6
+width=6
+channels=2
+learning_rate=0.01
+decay=0.001
+adam=1
+[convolutional]
+batch_normalize=1
+filters=3
+size=3
+stride=1
+pad=1
+activation=leaky
+[connected]
+output=4
+activation=linear
+[softmax]
+"""
+
+
+def test_adam_steps_weights_biases_and_scales_from_the_layers_own_gradient():
+    """One update per step: given the summed negative gradient the backward
+    pass left in *_updates, each parameter moves as torch's Adam would; the
+    *_updates are zeroed afterwards (darknet's fill_gpu(0))."""
+    net = parse_network(read_cfg_text(CONV_BN), verbose=False, seed=1)
+    conv = net.layers[0]
+    assert conv.m.shape == conv.weights.shape and conv.scale_v.shape == conv.scales.shape
+    rng = np.random.default_rng(0)
+    names = [
+        (conv, "weights", "weight_updates"),
+        (conv, "biases", "bias_updates"),
+        (conv, "scales", "scale_updates"),
+        (net.layers[1], "weights", "weight_updates"),
+    ]
+    params = {i: getattr(l, p).astype(np.float64) for i, (l, p, _) in enumerate(names)}
+    state = {}
+    for _ in range(3):
+        x = rng.normal(size=(4, 72)).astype(np.float32)
+        y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 4)]
+        for i, (l, p, _) in enumerate(names):
+            getattr(l, p)[...] = params[i]  # both start from the same point
+        net.forward(x, y, train=True)
+        net.backward()
+        grads = {i: -getattr(l, u).astype(np.float64) / 4 for i, (l, _, u) in enumerate(names)}
+        net.update()
+        torch_adam(params, grads, state, 0.01, (0.9, 0.999), 1e-7 / 4, 0.001)
+        for i, (l, p, u) in enumerate(names):
+            np.testing.assert_allclose(getattr(l, p), params[i], rtol=1e-4, atol=1e-6, err_msg=p)
+            assert not getattr(l, u).any()
+
+
+def test_adam_differs_from_sgd():
+    """adam=1 used to train with SGD silently."""
+    sgd = parse_network(read_cfg_text(CONV_BN.replace("adam=1", "adam=0")), verbose=False, seed=1)
+    adam = parse_network(read_cfg_text(CONV_BN), verbose=False, seed=1)
+    x = np.random.default_rng(0).normal(size=(4, 72)).astype(np.float32)
+    y = np.eye(4, dtype=np.float32)
+    for net in (sgd, adam):
+        net.train_step(x, y)
+    assert sgd.layers[0].m is None
+    assert not np.allclose(sgd.layers[0].weights, adam.layers[0].weights)
+
+
+def test_resize_keeps_the_moments():
+    net = parse_network(
+        read_cfg_text(CONV_BN.replace("[connected]\noutput=4", "[avgpool]\n[connected]\noutput=4")),
+        verbose=False,
+        seed=1,
+    )
+    x = np.random.default_rng(0).normal(size=(4, 72)).astype(np.float32)
+    net.train_step(x, np.eye(4, dtype=np.float32))
+    m = net.layers[0].m
+    net.resize(8, 8)
+    assert net.layers[0].m is m and m.any()
+
+
+RESUME_CFG = """[net]
+batch=16
+subdivisions=2
+height=28
+width=28
+channels=1
+learning_rate=0.002
+decay=0.0005
+adam=1
+B1=0.8
+B2=0.99
+eps=1e-6
+max_batches=12
+backup_every=6
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+stride=2
+pad=1
+activation=leaky
+[connected]
+output=10
+activation=linear
+[softmax]
+"""
+
+
+def adam_trainer(tmp_path, data, folder, weights=None, seed=5):
+    cfg = tmp_path / "adam.cfg"
+    cfg.write_text(RESUME_CFG)
+    net = minidark.load_network(str(cfg), weights, seed=seed)
+    return Trainer(
+        net,
+        data[0],
+        data[1],
+        backup_dir=tmp_path / folder,
+        base="adam",
+        seed=seed,
+        progress=False,
+        out=io.StringIO(),
+    )
+
+
+def test_adam_resume_is_exact(tmp_path):
+    data = mnist_datasets(100, 50)
+    straight = adam_trainer(tmp_path, data, "a")
+    assert straight.run()["iterations"] == 12
+    first = adam_trainer(tmp_path, data, "b")
+    first.on_iteration = lambda t: t.request_stop() if t.net.current_batch == 6 else None
+    assert first.run()["iterations"] == 6
+    backup = str(tmp_path / "b" / "adam.backup")
+    with np.load(sidecar_path(backup)) as sidecar:
+        assert any(key.endswith("/scale_v") for key in sidecar.files)
+    second = adam_trainer(tmp_path, data, "b", weights=backup, seed=999)
+    assert "restored" in second.restore(backup)
+    second.run()
+    assert second.net.t == straight.net.t == 12
+    for a, b in zip(straight.net.layers, second.net.layers, strict=True):
+        for name in ("weights", "biases", "scales", "m", "v", "bias_m", "scale_v"):
+            if getattr(a, name) is not None:
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert (tmp_path / "a" / "adam.weights").read_bytes() == (
+        tmp_path / "b" / "adam.weights"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("key, value", [("B1", "1"), ("B2", "-0.1"), ("eps", "0")])
+def test_adam_hyperparameters_out_of_range_are_errors(key, value):
+    from minidark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        parse_network(
+            read_cfg_text(CONV_BN.replace("adam=1", f"adam=1\n{key}={value}")), verbose=False
+        )
