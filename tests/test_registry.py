@@ -76,8 +76,8 @@ def test_register_as_decorator_with_aliases(tmp_path, cleanup):
 def test_unused_keys_of_user_layers_are_reported(tmp_path, cleanup):
     cleanup.append("double")
     minidark.register_layer("double", make_double)
-    with pytest.warns(UserWarning, match="'facter = 3' \\(line 4\\)"):
-        net_from(tmp_path, "[net]\ninputs=3\n[double]\nfacter=3\n")
+    with pytest.warns(UserWarning, match="'mosaic = 3' \\(line 4\\)"):
+        net_from(tmp_path, "[net]\ninputs=3\n[double]\nmosaic=3\n")
 
 
 def test_registering_the_same_function_twice_is_harmless(cleanup):
