@@ -286,9 +286,9 @@ class Layer:
     cell_state: Array | None = None  # [lstm] (B, H) cell carried across batches (darknet's c)
     dc: Array | None = None  # [lstm] -dL/dc flowing to step t-1
     dc_t: Array | None = None  # [lstm] scratch: -dL/dc at step t
-    w_stacked: Array | None = None  # [lstm] (4H, H) the w-sublayers' weights stacked, f i g o
-    w_out: Array | None = None  # [lstm] scratch: one step's h W_stacked^T
-    gate_deltas: Array | None = None  # [lstm] scratch: one step's four gate deltas side by side
+    w_stacked: Array | None = None  # [lstm] (4H, H) wf wi wg wo weights; [gru] (2H, H) wz wr
+    w_out: Array | None = None  # [gru], [lstm] scratch: one step's h W_stacked^T
+    gate_deltas: Array | None = None  # [gru], [lstm] scratch: one step's gate deltas side by side
 
     def __init__(self, **fields: Any) -> None:
         self.__dict__.update(fields)

@@ -112,6 +112,9 @@ def make_gru(options: Section, params: SizeParams) -> Layer:
     l.forgot_state = np.zeros(shape, np.float32)  # r * h_{t-1}: wh's input
     l.forgot_delta = np.zeros((batch, hidden), np.float32)
     l.h_prev = np.zeros(shape, np.float32)  # h_{t-1} of every step
+    l.w_stacked = np.zeros((2 * hidden, hidden), np.float32)  # wz, wr weights: one GEMM
+    l.w_out = np.zeros((batch, 2 * hidden), np.float32)  # one step's h [Wz Wr]^T
+    l.gate_deltas = np.zeros((batch, 2 * hidden), np.float32)  # one step's dz, dr
     l.scratch = np.zeros((batch, hidden), np.float32)
     l.state = np.zeros((batch, hidden), np.float32)
     l.prev_state = np.zeros((batch, hidden), np.float32)
@@ -133,14 +136,22 @@ def forward_gru(l: Layer, net: Network) -> None:
     clear_deltas(l)
     step = StepNet(net)
     np.copyto(l.prev_state, l.state)
+    H = l.outputs
     if l.fused:
         for name in ("uz", "ur", "uh"):
             forward_connected(all_steps(s[name]), step.at(net.input))
+        np.copyto(l.w_stacked[:H], s["wz"].weights)
+        np.copyto(l.w_stacked[H:], s["wr"].weights)
     for t in range(l.steps):
         h = _previous(l, out, t)
         np.copyto(l.h_prev[t], h)
-        for name in ("wz", "wr"):
-            forward_connected(at_step(s[name], t), step.at(h))
+        if l.fused:  # the linear wz and wr in one GEMM
+            np.matmul(h, l.w_stacked.T, out=l.w_out)
+            np.add(l.w_out[:, :H], s["wz"].biases, out=at_step(s["wz"], t).output)
+            np.add(l.w_out[:, H:], s["wr"].biases, out=at_step(s["wr"], t).output)
+        else:
+            for name in ("wz", "wr"):
+                forward_connected(at_step(s[name], t), step.at(h))
         for name in ("uz", "ur", "uh"):
             at_step(s[name], t)
             if not l.fused:
@@ -167,7 +178,7 @@ def backward_gru(l: Layer, net: Network) -> None:
     out = steps_of(l.output, l.steps, l.batch)
     delta = steps_of(l.delta, l.steps, l.batch)
     step = StepNet(net)
-    tmp = l.scratch
+    tmp, H = l.scratch, l.outputs
     for t in range(l.steps - 1, -1, -1):
         h_p = _previous(l, out, t)
         d, z, r, c = delta[t], l.z[t], l.r[t], l.candidate_out[t]
@@ -199,10 +210,14 @@ def backward_gru(l: Layer, net: Network) -> None:
         tmp *= r
         dr *= tmp
         np.copyto(s["wr"].delta_steps[t], dr)
-        for name in ("wr", "wz"):
-            if l.fused:
-                backward_input_only(at_step(s[name], t), earlier)
-            else:
+        if l.fused:  # linear: dh_{t-1} += dz Wz + dr Wr in one GEMM
+            if earlier is not None:
+                np.copyto(l.gate_deltas[:, :H], s["wz"].delta_steps[t])
+                np.copyto(l.gate_deltas[:, H:], dr)
+                np.matmul(l.gate_deltas, l.w_stacked, out=tmp)
+                earlier += tmp
+        else:
+            for name in ("wr", "wz"):
                 backward_connected(at_step(s[name], t), step.at(h_p, earlier))
         for name in ("uh", "ur", "uz") if not l.fused else ():
             backward_connected(at_step(s[name], t), step.at(x[t], None if dx is None else dx[t]))
