@@ -4,12 +4,13 @@ import hashlib
 
 import numpy as np
 import pytest
-from conftest import MNIST
 from PIL import Image
 
 from minidark.data.datafile import read_data_file
 from minidark.data.detection import DetectionDataset, label_path
 from minidark.data.mnist_detection import export_mnist_detection
+
+from conftest import MNIST
 
 
 def digest(root):
