@@ -26,6 +26,7 @@ learning_rate=0.1
 momentum=0.9
 decay=0.0001
 max_batches={max_batches}
+adam={adam}
 
 [{kind}]
 output=8
@@ -47,9 +48,9 @@ def run(*argv):
     return status, out.getvalue(), err.getvalue()
 
 
-def tiny_cfg(tmp_path, kind="lstm", max_batches=6, name="tiny.cfg"):
+def tiny_cfg(tmp_path, kind="lstm", max_batches=6, name="tiny.cfg", adam=0):
     path = tmp_path / name
-    path.write_text(TINY.format(kind=kind, max_batches=max_batches))
+    path.write_text(TINY.format(kind=kind, max_batches=max_batches, adam=adam))
     return path
 
 
@@ -125,10 +126,11 @@ def test_train_writes_checkpoints_log_chart_and_learns(tmp_path):
     assert "bits/char" in out
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("adam", [0, 1])
+def test_resume_is_exact(tmp_path, adam):
     (tmp_path / "t.txt").write_bytes(TEXT)
     common = ["--file", tmp_path / "t.txt", "--seed", 5, "--quiet"]
-    straight = tiny_cfg(tmp_path, max_batches=8, name="net.cfg")
+    straight = tiny_cfg(tmp_path, max_batches=8, name="net.cfg", adam=adam)
     assert run("rnn", "train", straight, *common, "--backup", tmp_path / "a")[0] == 0
     assert (
         run(

@@ -87,15 +87,16 @@ def reset_streams(net, streams):
 
 # -------------------------------------------------------------- checkpoints
 def training_arrays(net):
-    """name -> array of everything a resumed run needs besides .weights."""
-    arrays = {}
-    for layer in net.layers:
-        for name, value in vars(layer).items():
-            if isinstance(value, np.ndarray) and (
-                name.endswith("_updates") or name in layer.carried
-            ):
-                arrays[f"L{layer.index}/{name}"] = value
-    return arrays
+    """name -> array of everything a resumed run needs besides .weights: momentum
+    (``*_updates``), Adam's moments, the carried recurrent state, of every layer
+    and sublayer (minidark/train/checkpoint.py's list)."""
+    from ..train.checkpoint import state_array, train_state_names
+
+    return {
+        f"L{layer.index}/{name}": state_array(layer, name)
+        for layer in net.layers
+        for name in train_state_names(layer)
+    }
 
 
 def save_checkpoint(net, path, run, offsets):
