@@ -67,9 +67,14 @@ def _columns(x, y, to_px, width):
     return list(zip(columns.tolist(), (sums / counts).tolist(), strict=True))
 
 
-def draw_chart(path, history, valid=None, title="", k=1):
+def draw_chart(path, history, valid=None, title="", k=1, names=None):
     """Write the chart PNG. ``history``: {"iteration", "loss", "avg"} lists;
-    ``valid``: {"iteration", "top1", "topk"} lists (may be empty)."""
+    ``valid``: {"iteration", "top1", "topk"} lists (may be empty). ``names``:
+    (axis, first curve, second curve) labels for other figures than top-1/top-k
+    (a detector's mAPs); the second curve is then always drawn."""
+    axis_name, first_name, second_name = names or ("valid accuracy", "valid top-1",
+                                                   f"valid top-{k}")
+    both = k > 1 or names is not None
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
@@ -149,7 +154,7 @@ def draw_chart(path, history, valid=None, title="", k=1):
             y = float(to_acc(tick))
             draw.line([(x1, y), (x1 + 5, y)], fill=COLORS["axis"])
             draw.text((x1 + 8, y - 7), f"{tick:g}%", fill=COLORS["text"], font=small)
-        draw.text((x1 - 40, TOP - 24), "valid accuracy", fill=COLORS["top1"], font=font)
+        draw.text((x1 - 40, TOP - 24), axis_name, fill=COLORS["top1"], font=font)
 
     draw.rectangle([x0, y0, x1, y1], outline=COLORS["axis"])
 
@@ -166,7 +171,7 @@ def draw_chart(path, history, valid=None, title="", k=1):
                 draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=color)
     if top1.size:
         series = [(top1, COLORS["top1"], "top-1")]
-        if k > 1 and topk.size:
+        if both and topk.size:
             series.append((topk, COLORS["topk"], f"top-{k}"))
         for values, color, _ in series:
             points = [
@@ -189,9 +194,9 @@ def draw_chart(path, history, valid=None, title="", k=1):
     draw.text((x0, 14), heading, fill=COLORS["text"], font=big)
     legend = [("loss", COLORS["loss"]), ("avg loss", COLORS["avg"])]
     if top1.size:
-        legend.append(("valid top-1", COLORS["top1"]))
-        if k > 1 and topk.size:
-            legend.append((f"valid top-{k}", COLORS["topk"]))
+        legend.append((first_name, COLORS["top1"]))
+        if both and topk.size:
+            legend.append((second_name, COLORS["topk"]))
     lx, ly = x0 + 18, y1 - 20 * len(legend) - 12  # bottom left: loss falls away
     draw.rectangle(
         [lx - 8, ly - 6, lx + 122, ly + 20 * len(legend)], fill="white", outline=COLORS["grid"]

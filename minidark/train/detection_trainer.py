@@ -140,6 +140,15 @@ class DetectionTrainer(Trainer):
         self.last_result = result
         return result
 
+    def _chart(self):
+        from .chart import draw_chart
+        try:
+            draw_chart(f"{self.backup_dir}/{self.base}_chart.png", self.history,
+                       self.valid_history, title=self.base,
+                       names=("valid mAP", "mAP@0.5", "mAP@.5:.95"))
+        except OSError as exc:   # a chart is never worth losing a run
+            self.say(f"warning: cannot write the chart: {exc}")
+
     # --------------------------------------------------------- checkpoints
     def state_arrays(self):
         arrays = super().state_arrays()
