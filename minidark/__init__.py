@@ -33,6 +33,7 @@ def load_network(
     seed: int | None = None,
     verbose: bool = False,
     max_memory: int | None = None,
+    cutoff: int | None = None,
 ) -> Network:
     """Build the Network described by a .cfg/.yaml file and optionally load weights.
 
@@ -41,13 +42,14 @@ def load_network(
     reproducible; ``verbose`` prints darknet's layer table to stderr;
     ``max_memory`` (bytes) caps the network's buffers (default
     ``$MINIDARK_MAX_MEMORY``, else the available memory): a larger network
-    is a ConfigError naming the layer.
+    is a ConfigError naming the layer. ``cutoff`` loads the weights of layers
+    0..cutoff-1 only (darknet's load_weights_upto: a new head on a backbone).
     """
     net = parse_network_cfg(
         cfg, batch=batch, strict=strict, seed=seed, verbose=verbose, max_memory=max_memory
     )
     if weights:
-        load_weights(net, weights)
+        load_weights(net, weights, cutoff=cutoff)
     if clear:
         net.seen = 0
     return net

@@ -29,7 +29,7 @@ import os
 import sys
 import warnings
 
-from .commands import bench, cfg, classifier, data, detector, gradcheck, rnn  # noqa: F401  (each registers its verbs)
+from .commands import bench, cfg, classifier, data, detector, gradcheck, rnn, weights  # noqa: F401  (each registers its verbs)
 from .commands.base import (
     CHECK_FAILED,
     COMMANDS,

@@ -76,6 +76,9 @@ class Layer:
     saved: tuple = ()  # names of the arrays stored in .weights, in file order
     dontsave: bool = False  # [section] dontsave=1: skipped when writing .weights
     dontload: bool = False  # [section] dontload=1: skipped when reading .weights
+    dontloadscales: bool = False  # [conv], [connected] dontloadscales=1: file has no BN arrays
+    numload: int = 0  # [convolutional] numload=K: the file holds the first K filters only
+    weights_flipped: bool = False  # [convolutional] flipped=1: file weights are (c*k*k, n)
 
     # --- parameters
     weights: Array | None = None  # connected (out, in); convolutional (n, c/groups, k, k) ...

@@ -9,8 +9,19 @@ rolling_mean, rolling_variance]; convolutional: biases, [scales,
 rolling_mean, rolling_variance], weights. Layers without parameters write
 nothing.
 
-Deliberate fixes: a short file, or one with bytes left over, is an error
-naming the layer (darknet silently keeps random weights); a header whose
+Loading into another network (darknet's load_weights_upto): ``cutoff=N``
+reads only layers 0..N-1; a layer with ``dontload=1`` is not in the file (no
+bytes are read for it); ``dontloadscales=1`` (convolutional, connected) reads
+no batch-norm scales/statistics; ``numload=K`` (convolutional) reads the
+first K filters; ``flipped=1`` (convolutional) transposes the weights read
+as (c*k*k, n). A file that ends exactly at a layer boundary (darknet's
+``partial`` output, ``*.conv.N``) loads the layers it holds and says how
+many; bytes past the last layer read are accepted only with a cutoff or a
+``dontload`` layer (a new head), and said.
+
+Deliberate fixes: a file that ends inside a layer, or one with bytes left
+over (without cutoff or dontload), is an error naming the layer (darknet
+silently keeps random weights or ignores the rest); a header whose
 version or ``seen`` no darknet writes is an error about the header (not "the
 file does not fit this cfg"); NaN or inf in a loaded array is an error naming
 the layer and array; a FIFO, a device or a file larger than the cfg needs is
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -36,16 +48,34 @@ if TYPE_CHECKING:
 MAJOR, MINOR, REVISION = 0, 2, 0
 
 
-def _layers(net, skip_flag):
-    for layer in net.layers:
+BATCH_NORM_ARRAYS = ("scales", "rolling_mean", "rolling_variance")
+
+
+def _layers(net, skip_flag, cutoff=None):
+    for layer in net.layers[:cutoff]:
         if layer.saved and not getattr(layer, skip_flag):
             yield layer
 
 
-def weights_bytes(net):
-    """The bytes of a .weights file for ``net`` (header + parameters)."""
+def file_arrays(layer):
+    """(name, float count) of the arrays ``layer`` reads from a .weights file,
+    in file order (darknet's load_convolutional/connected_weights)."""
+    arrays = []
+    for name in layer.saved:
+        if layer.dontloadscales and name in BATCH_NORM_ARRAYS:
+            continue
+        count = getattr(layer, name).size
+        if layer.numload:  # the first numload filters: a prefix of every array
+            count = count // layer.out_c * layer.numload
+        arrays.append((name, count))
+    return arrays
+
+
+def weights_bytes(net, cutoff=None):
+    """The bytes of a .weights file for ``net`` (header + parameters), of
+    layers 0..cutoff-1 only with ``cutoff`` (darknet's save_weights_upto)."""
     parts = [struct.pack("<iiiQ", MAJOR, MINOR, REVISION, int(net.seen))]
-    for layer in _layers(net, "dontsave"):
+    for layer in _layers(net, "dontsave", cutoff):
         for name in layer.saved:
             parts.append(np.ascontiguousarray(getattr(layer, name), dtype="<f4").tobytes())
     return b"".join(parts)
@@ -84,9 +114,10 @@ def atomic_write(path, data):
         pass
 
 
-def save_weights(net: Network, path: str | os.PathLike) -> None:
-    """Write ``net``'s parameters as a darknet .weights file, atomically."""
-    atomic_write(path, weights_bytes(net))
+def save_weights(net: Network, path: str | os.PathLike, cutoff: int | None = None) -> None:
+    """Write ``net``'s parameters (of layers 0..cutoff-1 with ``cutoff``) as a
+    darknet .weights file, atomically."""
+    atomic_write(path, weights_bytes(net, cutoff))
 
 
 MAX_VERSION = 1 << 16  # a larger (or negative) major/minor/revision is not a header
@@ -127,27 +158,44 @@ def read_header(handle, path):
     return major, minor, revision, seen, head[:offset]
 
 
-def load_weights(net: Network, path: str | os.PathLike, allow_nonfinite: bool = False) -> int:
+def load_weights(
+    net: Network,
+    path: str | os.PathLike,
+    allow_nonfinite: bool = False,
+    *,
+    cutoff: int | None = None,
+    quiet: bool = False,
+) -> int:
     """Read a darknet .weights file into ``net``; returns the header's seen.
 
+    ``cutoff``: load layers 0..cutoff-1 only (darknet's load_weights_upto).
     Checked before anything is loaded: a regular file (not a FIFO or
     device), a plausible header (version, ``seen`` below 2^63) and a size no
     larger than the cfg needs (a huge file is refused unread). Loaded arrays
     holding NaN or inf are refused, naming the layer and array, unless
     ``allow_nonfinite``: nothing sensible can be evaluated or trained from them.
+    A partial load (the file ends at a layer boundary, or holds more than is
+    read) is said in one line on stderr unless ``quiet``.
     """
     path = os.fspath(path)
     shown = printable(path)
+    if cutoff is not None and cutoff < 0:
+        raise ValueError(f"cutoff must be >= 0, got {cutoff}")
+    plan = [(layer, file_arrays(layer)) for layer in _layers(net, "dontload", cutoff)]
+    # a new head (dontload) or a cutoff leaves the rest of a larger file unread, as darknet
+    rest_unread = (cutoff is not None and cutoff < len(net.layers)) or any(
+        layer.dontload and layer.saved for layer in net.layers
+    )
     handle, size = open_regular(path, "weights file", None, WeightsError)
     with handle:
         major, minor, _, seen, head = read_header(handle, path)
-        arrays = [(layer, name) for layer in _layers(net, "dontload") for name in layer.saved]
-        needed = len(head) + 4 * sum(getattr(layer, name).size for layer, name in arrays)
-        if size > needed:
+        needed = len(head) + 4 * sum(count for _, arrays in plan for _, count in arrays)
+        if size > needed and not rest_unread:
             last = net.layers[-1]
             raise WeightsError(
                 f"{shown}: {size - needed} bytes left after the last layer "
-                f"({last.index} [{last.type}]): the file does not fit this cfg"
+                f"({last.index} [{last.type}]): the file does not fit this cfg (give a "
+                f"cutoff, or dontload=1 on layers the file does not hold)"
             )
         data = bytearray(needed)  # read in place: no second copy of a large file
         data[: len(head)] = head
@@ -159,24 +207,54 @@ def load_weights(net: Network, path: str | os.PathLike, allow_nonfinite: bool = 
             raise WeightsError(f"{shown}: cannot read weights file: {exc.strerror}") from None
     offset = len(head)
     transpose = major > 1000 or minor > 1000
-    for layer, name in arrays:
-        target = getattr(layer, name)
-        count = target.size
-        if offset + 4 * count > len(data):
-            have = max(0, (len(data) - offset) // 4)
-            raise WeightsError(
-                f"{shown}: file ends inside layer {layer.index} [{layer.type}] '{name}': "
-                f"needs {count} floats, {have} left; the file does not fit this cfg"
-            )
-        values = np.frombuffer(data, "<f4", count, offset)
-        if not allow_nonfinite:
-            check_finite(values, layer, name, shown)
-        if transpose and layer.type == "connected" and name == "weights":
-            values = values.reshape(layer.inputs, layer.outputs).T
-        target[...] = values.reshape(target.shape)
-        offset += 4 * count
+    loaded = 0
+    for layer, arrays in plan:
+        if offset == len(data):  # ends at a layer boundary: darknet's partial output
+            break
+        for name, count in arrays:
+            if offset + 4 * count > len(data):
+                have = max(0, (len(data) - offset) // 4)
+                raise WeightsError(
+                    f"{shown}: file ends inside layer {layer.index} [{layer.type}] '{name}': "
+                    f"needs {count} floats, {have} left; the file does not fit this cfg"
+                )
+            values = np.frombuffer(data, "<f4", count, offset)
+            if not allow_nonfinite:
+                check_finite(values, layer, name, shown)
+            _place(layer, name, values, transpose)
+            offset += 4 * count
+        loaded += 1
+    if plan and not loaded:
+        raise WeightsError(f"{shown}: holds a header and no layer's weights")
     net.seen = int(seen)
+    log = None if quiet else sys.stderr
+    if log is not None and loaded < len(plan):
+        last = plan[loaded - 1][0]
+        print(
+            f"{shown}: loaded the first {loaded} of {len(plan)} layers with weights (up to "
+            f"layer {last.index} [{last.type}], where the file ends); the rest keep their "
+            f"initial values",
+            file=log,
+        )
+    elif log is not None and size > needed:
+        last = plan[-1][0] if plan else None
+        where = f"after layer {last.index} [{last.type}]" if last else "after the header"
+        print(f"{shown}: {size - needed} bytes {where} not read (cutoff or dontload)", file=log)
     return net.seen
+
+
+def _place(layer, name, values, transpose):
+    """Copy ``values`` (a prefix of the array with numload) into ``layer.<name>``."""
+    target = getattr(layer, name)
+    if transpose and layer.type == "connected" and name == "weights":
+        values = values.reshape(layer.inputs, layer.outputs).T
+    if values.size == target.size:
+        target[...] = values.reshape(target.shape)
+    else:
+        target.reshape(-1)[: values.size] = values
+    if layer.weights_flipped and name == "weights":  # stored (c*k*k, n): darknet's transpose
+        n = layer.out_c
+        target[...] = target.reshape(-1, n).T.reshape(target.shape)
 
 
 def check_finite(values, layer, name, shown):

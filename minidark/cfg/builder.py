@@ -203,6 +203,15 @@ def parse_network(
     return net
 
 
+def _read_load_keys(layer, section):
+    """darknet's keys for loading another network's weights (weights.py)."""
+    if layer.type in ("convolutional", "connected") and layer.batch_normalize:
+        layer.dontloadscales = section.bool("dontloadscales", False)
+    if layer.type == "convolutional":
+        layer.numload = section.int("numload", 0, min=0, max=layer.out_c)
+        layer.weights_flipped = section.bool("flipped", False)
+
+
 def build_layer(net, index, section, budget, strict):
     """One layer from its section: make, the keys every layer takes, the checks."""
     make = get_make(section.type)
@@ -229,6 +238,7 @@ def build_layer(net, index, section, budget, strict):
     layer.stopbackward = section.bool("stopbackward", False)
     layer.dontsave = section.bool("dontsave", False)
     layer.dontload = section.bool("dontload", False)
+    _read_load_keys(layer, section)
     layer.learning_rate_scale = section.float("learning_rate", 1.0, min=0)
     if layer.outputs <= 0:
         raise section.error(
