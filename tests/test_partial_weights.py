@@ -270,3 +270,32 @@ def test_reset_and_denormalize_keep_the_function(tmp_path):
     all_bn = CONV_NET.replace("filters=6", "filters=6\nbatch_normalize=1")
     again = minidark.load_network(write_cfg(tmp_path, all_bn, "bn.cfg"), tmp_path / "n.w")
     np.testing.assert_allclose(outputs(again), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_train_cutoff_option_reaches_load_network(monkeypatch):
+    """--cutoff N on classifier train is passed to load_network."""
+    seen = {}
+
+    def fake_load_network(*args, **kwargs):
+        seen.update(kwargs)
+        raise minidark.errors.DataError("stop here")
+
+    monkeypatch.setattr(minidark, "load_network", fake_load_network)
+    status = cli.main(
+        [
+            "classifier",
+            "train",
+            "cfg/mnist.data",
+            "cfg/mnist_lenet.cfg",
+            "x.weights",
+            "--cutoff",
+            "4",
+            "--clear",
+            "--no-progress",
+        ]
+    )
+    assert status == 2 and seen.get("cutoff") == 4
+    assert (
+        cli.main(["classifier", "train", "cfg/mnist.data", "cfg/mnist_lenet.cfg", "--cutoff", "0"])
+        == 2
+    )

@@ -99,6 +99,13 @@ def train_options(parser):
         help="reset seen to 0 (darknet's -clear): fine-tune from WEIGHTS",
     )
     parser.add_argument(
+        "--cutoff",
+        type=positive_int,
+        metavar="N",
+        help="load WEIGHTS into layers 0..N-1 only (darknet's load_weights_upto): "
+        "a backbone for a new head; usually with --clear",
+    )
+    parser.add_argument(
         "--no-exact-resume",
         dest="exact_resume",
         action="store_false",
@@ -137,7 +144,7 @@ def run_train(args):
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     net = minidark.load_network(
-        args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed
+        args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed, cutoff=args.cutoff
     )
     check_classes(net, data)
     base = cfg_base(args.cfg)
