@@ -192,6 +192,7 @@ def test_kill_9_of_a_training_process_resumes_exactly(tmp_path, monkeypatch):
     reference = (tmp_path / "straight" / "tiny.weights").read_bytes()
     script = textwrap.dedent(f"""
         import sys
+        import time
         sys.path.insert(0, {HERE!r})
         import minidark.train.chart as chart
         chart.draw_chart = lambda *args, **kwargs: None
@@ -200,6 +201,7 @@ def test_kill_9_of_a_training_process_resumes_exactly(tmp_path, monkeypatch):
         def ready(trainer):
             if trainer.net.current_batch == 1:
                 print("ready", flush=True)
+            time.sleep(0.02)  # the 29 iterations left outlast the kills on any machine
         trainer.on_iteration = ready
         trainer.run()
     """)
