@@ -164,6 +164,16 @@ class Layer:
     band: int = 0  # conv: output rows per im2col band when one image's columns are too big; 0: none
     bias_plane: Array | None = None  # conv CNHW: biases broadcast over the pixels
     slots: dict | None = None  # conv: offset of each scratch array in net.workspace
+    pointwise: bool = False  # conv 1x1 unpadded ungrouped: out_b = W @ x_b on the NCHW input
+    winograd: bool | None = False  # conv 3x3/1: Winograd F(2,3); None: measure at first forward
+    winograd_images: int = 0  # conv Winograd: images per piece
+    winograd_rows: int = 0  # conv Winograd: tile rows per piece (fewer than all: bands)
+    winograd_weights: Array | None = None  # conv Winograd: U = G W Gt, (16, n, c)
+    winograd_source: Array | None = None  # conv Winograd: the weights U was made from
+    winograd_grad: Array | None = None  # conv Winograd: dU summed over the pieces
+    winograd_parts: Array | None = None  # conv Winograd: one piece's dU
+    folded: Array | None = None  # conv + BN: scale * weights, inference BN folded in
+    bn_folded: bool = False  # conv + BN: the last forward folded BN (its caches are stale)
 
     # --- [deconvolutional], [local]
     input_cnhw: Array | None = None  # [deconvolutional]: the input as (c, pixels), for backward

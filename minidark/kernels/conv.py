@@ -43,9 +43,11 @@ padded image plus a band, whatever the image size.
 """
 
 import math
+import time
 
 import numpy as np
 
+from . import winograd as wino
 from .activations import activate, gradient
 from .im2col import (
     add_from_padded_cnhw,
@@ -61,13 +63,21 @@ from .im2col import (
 CHUNK_BYTES = 4 << 20  # target size of one chunk's columns
 COLUMN_BYTES = 64 << 20  # largest columns of one image; beyond, bands of output rows
 LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
+WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
+WINOGRAD_TILE = 2  # F(2x2, 3x3); F(4x4, 3x3) is ~10x less accurate in float32
 SLOTS = ("xpad", "dxpad", "y", "cols", "dypad", "grads")
+WINOGRAD_SLOTS = ("wpad", "wdxpad", "wrows", "wv", "wm", "wdy")
 
 
 def plan(l):
     """Pick the layer's path (module docstring) and size its buffers and workspace."""
     k, s, n, c, g = l.size, l.stride, l.n, l.c, l.groups
     cg, ng, kk, rows = c // g, n // g, k * k * (c // g), l.out_h * l.out_w
+    l.pointwise = k == 1 and l.pad == 0 and g == 1 and LAYOUT == "auto"
+    l.winograd = None if k == 3 and s == 1 and g == 1 and LAYOUT == "auto" else False
+    if WINOGRAD != "auto" and l.winograd is None:
+        l.winograd = WINOGRAD == "on"
+    l.folded = np.zeros_like(l.weights) if l.batch_normalize else None
     l.direct = k == 1 and s == 1 and g == 1 and LAYOUT != "cnhw"  # 1x1: NHWC = columns
     l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and s == 1 and k * cg < l.out_w and not l.direct)
     l.transposed = not l.cnhw and not l.direct and s == 1 and g == 1 and l.pad <= k - 1
@@ -115,10 +125,25 @@ def plan(l):
         sizes = [padded, padded, band_rows * n, band_rows * kk, 0, 0]
     if l.cnhw:  # biases broadcast over the pixels
         l.bias_plane = np.zeros((n, rows), np.float32)
+    if l.pointwise:  # strided input, input gradient and per-image dW of a chunk
+        l.chunk = l.forward_chunk = int(
+            max(1, min(l.batch, CHUNK_BYTES // (4 * max(c * rows + n * c, 1))))
+        )
+        sizes = [l.chunk * c * rows, l.chunk * c * rows, 0, 0, 0, l.chunk * n * c]
     l.slots = dict(
         zip(SLOTS, (int(a) for a in np.cumsum([0] + sizes)), strict=False)
     )  # starts; the last cumsum is the end
     l.workspace_size = int(sum(sizes))
+    if l.winograd is not False:  # its own slots, overlapping the columns' (never both at once)
+        a = WINOGRAD_TILE + 2
+        l.winograd_images, l.winograd_rows, extra = wino.sizes(l, WINOGRAD_TILE, l.batch)
+        starts = np.cumsum([0] + [extra[name] for name in WINOGRAD_SLOTS])
+        l.slots.update(zip(WINOGRAD_SLOTS, (int(x) for x in starts), strict=False))
+        l.workspace_size = max(l.workspace_size, int(starts[-1]))
+        l.winograd_weights = np.zeros((a * a, n, c), np.float32)  # U = G W Gt
+        l.winograd_source = np.zeros_like(l.weights)  # the W that U was made from
+        l.winograd_grad = np.zeros((a * a, n, c), np.float32)
+        l.winograd_parts = np.zeros((a * a, n, c), np.float32)
 
 
 def slot(l, net, name, shape):
@@ -163,21 +188,90 @@ def in_layout(l, array):
     return array.transpose(1, 0, 2) if l.cnhw else array.transpose(0, 2, 1)
 
 
-def forward(l, net, finish):
+def forward(l, net, finish, fold=None):
     """l.output = W * input; with ``finish``, + biases and the activation, applied
-    chunk by chunk while y is in cache."""
-    if l.band:
-        forward_banded(l, net, finish)
-        return
+    chunk by chunk while y is in cache. ``fold`` = (scale, shift): inference batch
+    norm folded into the filters, ``W' = scale W``, biases ``shift`` (darknet's
+    fuse_batchnorm), so BN costs no pass over the output."""
+    weights, biases = l.weights, l.biases
+    if fold is not None:
+        scale, biases = fold
+        np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
+        weights = l.folded
+    if l.winograd is None:  # first pass: time both, keep the faster
+        l.winograd = measure(l, net, finish, weights, biases)
+    if l.pointwise:
+        forward_pointwise(l, net, finish, weights, biases)
+    elif l.winograd:
+        forward_winograd(l, net, finish, weights, biases)
+    elif l.band:
+        forward_banded(l, net, finish, weights, biases)
+    else:
+        forward_columns(l, net, finish, weights, biases)
+
+
+def measure(l, net, finish, weights, biases):
+    """Whether Winograd beats the columns on this layer: best of two alternated runs each."""
+    times = {False: [], True: []}
+    run = {False: forward_banded if l.band else forward_columns, True: forward_winograd}
+    for _ in range(2):
+        for choice in (False, True):
+            tick = time.perf_counter()
+            run[choice](l, net, finish, weights, biases)
+            times[choice].append(time.perf_counter() - tick)
+    return min(times[True]) < min(times[False])
+
+
+def forward_pointwise(l, net, finish, weights, biases):
+    """1x1, no padding: out_b (n, rows) = W (n, c) @ x_b (c, rows), on the NCHW
+    input itself (stride s: its every s-th row and column, gathered per chunk)."""
+    s, rows = l.stride, l.out_h * l.out_w
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    out = l.output.reshape(l.batch, l.n, rows)
+    w = weights.reshape(l.n, l.c)
+    for b0, b1, _ in chunks(l, l.forward_chunk):
+        if s == 1:
+            source = x[b0:b1].reshape(b1 - b0, l.c, rows)
+        else:
+            source = slot(l, net, "xpad", (b1 - b0, l.c, l.out_h, l.out_w))
+            np.copyto(source, x[b0:b1, :, ::s, ::s][:, :, : l.out_h, : l.out_w])
+            source = source.reshape(b1 - b0, l.c, rows)
+        np.matmul(w, source, out=out[b0:b1])
+        if finish:
+            out[b0:b1] += biases[:, None]
+            activate(out[b0:b1], l.activation)
+
+
+def winograd_weights(l, weights):
+    """U = G W Gt, recomputed only when W differs from the copy it was made from
+    (one comparison: in-place edits, updates and loads can never leave it stale)."""
+    if not np.array_equal(weights, l.winograd_source):
+        np.copyto(l.winograd_source, weights)
+        wino.weight_transform(weights, WINOGRAD_TILE, l.winograd_weights)
+    return l.winograd_weights
+
+
+def forward_winograd(l, net, finish, weights, biases):
+    """3x3 stride 1 by Winograd F(2x2, 3x3) (minidark/kernels/winograd.py), NCHW in and out."""
+    u = winograd_weights(l, weights)
+    out = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)
+    wino.forward(l, net, u, WINOGRAD_TILE, out)
+    if finish:
+        out += biases[:, None, None]
+        activate(l.output, l.activation)
+
+
+def forward_columns(l, net, finish, weights, biases):
+    """im2col + GEMM, a chunk of images at a time (module docstring)."""
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
     if not l.cnhw:
-        np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
-    weights = (l.weights if l.cnhw else l.ordered).reshape(l.n, -1)
+        np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
+    weights = (weights if l.cnhw else l.ordered).reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, rows)
     if l.cnhw and finish:
         bias_plane = l.bias_plane
-        np.copyto(bias_plane, l.biases[:, None])
+        np.copyto(bias_plane, biases[:, None])
     for b0, b1, border in chunks(l, l.forward_chunk):
         xpad, _, y, cols = scratch(l, net, b1 - b0)
         (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
@@ -197,7 +291,7 @@ def forward(l, net, finish):
         if l.cnhw:
             y = out[b0:b1]
         if finish:  # CNHW: a full plane of biases adds ~2.5x faster than a column
-            y += bias_plane if l.cnhw else l.biases
+            y += bias_plane if l.cnhw else biases
             activate(y, l.activation)
         if not l.cnhw:
             target = in_layout(l, out[b0:b1])
@@ -207,6 +301,12 @@ def forward(l, net, finish):
 def backward(l, net, finish):
     """weight_updates (and, with ``finish``, the activation gradient applied to
     l.delta chunk by chunk, and bias_updates) and net.delta (when not None)."""
+    if l.pointwise:
+        backward_pointwise(l, net, finish)
+        return
+    if l.winograd:
+        backward_winograd(l, net, finish)
+        return
     if l.transposed and net.delta is not None:
         backward_transposed(l, net, finish)
         return
@@ -254,6 +354,50 @@ def backward(l, net, finish):
     if finish:
         l.bias_updates += np.einsum("bnr->n", delta)
     l.weight_updates += l.ordered_grad if l.cnhw else l.ordered_grad.transpose(0, 3, 1, 2)
+
+
+def backward_pointwise(l, net, finish):
+    """1x1, no padding: dW = sum_b dy_b @ x_b.T, dx_b (every s-th pixel) += W.T @ dy_b."""
+    s, n, c, rows = l.stride, l.n, l.c, l.out_h * l.out_w
+    if finish:
+        gradient(l.output, l.activation, l.delta)
+        l.bias_updates += np.einsum("bnr->n", l.delta.reshape(l.batch, n, rows))
+    delta = l.delta.reshape(l.batch, n, rows)
+    x = net.input.reshape(l.batch, c, l.h, l.w)
+    dx = None if net.delta is None else net.delta.reshape(l.batch, c, l.h, l.w)
+    grad = l.weight_updates.reshape(n, c)
+    w = l.weights.reshape(n, c)
+    for b0, b1, _ in chunks(l, l.chunk):
+        images = b1 - b0
+        if s == 1:
+            source = x[b0:b1].reshape(images, c, rows)
+        else:
+            source = slot(l, net, "xpad", (images, c, l.out_h, l.out_w))
+            np.copyto(source, x[b0:b1, :, ::s, ::s][:, :, : l.out_h, : l.out_w])
+            source = source.reshape(images, c, rows)
+        parts = slot(l, net, "grads", (images, n, c))
+        np.matmul(delta[b0:b1], source.transpose(0, 2, 1), out=parts)
+        grad += np.add.reduce(parts, axis=0, out=l.chunk_grad)
+        if dx is not None:
+            dxs = slot(l, net, "dxpad", (images, c, rows))
+            np.matmul(w.T, delta[b0:b1], out=dxs)
+            if s == 1:
+                dx[b0:b1] += dxs.reshape(images, c, l.h, l.w)
+            else:
+                dx[b0:b1, :, ::s, ::s][:, :, : l.out_h, : l.out_w] += dxs.reshape(
+                    images, c, l.out_h, l.out_w
+                )
+
+
+def backward_winograd(l, net, finish):
+    """Both gradients as the adjoint of the Winograd forward (minidark/kernels/winograd.py)."""
+    if finish:
+        gradient(l.output, l.activation, l.delta)
+        l.bias_updates += np.einsum("bnr->n", l.delta.reshape(l.batch, l.n, -1))
+    u = winograd_weights(l, l.weights)
+    delta = l.delta.reshape(l.batch, l.n, l.out_h, l.out_w)
+    dx = None if net.delta is None else net.delta.reshape(l.batch, l.c, l.h, l.w)
+    wino.backward(l, net, u, WINOGRAD_TILE, delta, l.weight_updates, dx)
 
 
 def input_gradient(l, g, dy, cols, dxpad):
@@ -311,10 +455,10 @@ def bands(l):
         yield r0, r1, slice(r0 * l.stride, (r1 - 1) * l.stride + l.size)
 
 
-def forward_banded(l, net, finish):
+def forward_banded(l, net, finish, weights, biases):
     """forward for an image too big for its columns: one image, one band of rows at a time."""
     k, s, ng, cg, w = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_w
-    np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+    np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
     weights = l.ordered.reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, l.out_h * w)
@@ -329,7 +473,7 @@ def forward_banded(l, net, finish):
                 im2col_nhwc(xpad[:, inputs, :, channels], k, s, r1 - r0, w, cols)
                 np.matmul(cols, weights[group].T, out=y[:, group])
             if finish:
-                y += l.biases
+                y += biases
                 activate(y, l.activation)
             np.copyto(out[b, :, r0 * w : r1 * w].T, y)
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..kernels import conv
 from ..kernels.activations import activate, gradient
-from ..kernels.bn import backward_bn, forward_bn, make_bn
+from ..kernels.bn import FORWARD_EPS, backward_bn, forward_bn, make_bn
 from ..kernels.im2col import conv_output_size
 from ..layer import Layer
 from ..optim import update_parameters
@@ -122,6 +122,11 @@ def make_convolutional(options: Section, params: SizeParams) -> Layer:
 
 
 def forward_convolutional(l: Layer, net: Network) -> None:
+    l.bn_folded = l.batch_normalize and not net.train
+    if l.bn_folded:  # inference BN as an affine map folded into the filters: one pass
+        scale = l.scales / (np.sqrt(l.rolling_variance) + FORWARD_EPS)
+        conv.forward(l, net, finish=True, fold=(scale, l.biases - l.rolling_mean * scale))
+        return
     conv.forward(l, net, finish=not l.batch_normalize)  # + biases, activation
     if l.batch_normalize:
         forward_bn(l, l.output, net.train)
@@ -129,6 +134,11 @@ def forward_convolutional(l: Layer, net: Network) -> None:
 
 
 def backward_convolutional(l: Layer, net: Network) -> None:
+    if l.bn_folded:  # a backward after inference (rare): BN's caches, as forward_bn keeps them
+        conv.forward(l, net, finish=False)
+        forward_bn(l, l.output, False)
+        activate(l.output, l.activation)
+        l.bn_folded = False
     if l.batch_normalize:  # BN needs the whole batch's delta first
         gradient(l.output, l.activation, l.delta)
         backward_bn(l, l.delta)

@@ -1,0 +1,297 @@
+"""Winograd convolution F(m x m, 3 x 3) for 3x3 stride-1 ungrouped layers (Lavin & Gray).
+
+Dims legend: B images of a piece, C input channels, N filters, m output tile
+(2 or 4), a = m + 2 input tile, th x tw tiles (ceil(out_h / m) x ceil(out_w / m)),
+T = B th tw. A 3x3 convolution of an a x a input tile ``d`` with a filter ``g``
+gives an m x m output tile as
+
+    y = At [ (G g Gt) . (Bt d B) ] A          (. : elementwise)
+
+so, per tile position (i, j) of the a x a transformed domain, the sum over
+input channels is one GEMM:  M[ij] (N, T) = U[ij] (N, C) @ V[ij] (C, T) with
+U = G g Gt (the weight transform, one (a^2, 9) @ (9, N C) GEMM) and
+V = Bt d B (the input transform). a^2 GEMMs of N C T multiply-adds replace
+im2col's 9 m^2 per tile: 2.25x fewer for F(2,3), 4x for F(4,3).
+
+The transforms run on strided views of the zero-padded NCHW input, rows then
+columns (``Bt`` is sparse, so each output is a sum of a few shifted views),
+writing V in the (a^2, C, T) order the GEMMs read; the output transform is
+one (m^2, a^2) @ (a^2, N T) GEMM, scattered to the m x m phases of the output.
+
+Backward is the exact adjoint of those linear maps (not a second convolution):
+
+    Wy (a^2, N, T) = At-adjoint of dy's tiles      dU (a^2, N, C) = Wy @ V.T
+    dg = Gt-adjoint of dU (one GEMM)               dV (a^2, C, T) = U.T @ Wy
+    dx += Bt-adjoint of dV, tiles overlap-added back onto the padded input.
+
+float32 error against a float64 convolution (tests/kernels/test_winograd.py,
+N(0,1) input, 256 channels, He-scaled filters; largest error over largest
+output): im2col 3.3e-7, F(2,3) 6.8e-7 (its transforms add at most 4 numbers
+of like size), F(4,3) 1.2e-5 (coefficients up to 8 and 1/24: 35x im2col's).
+The layers use F(2,3) (``conv.WINOGRAD_TILE``); F(4,3) is kept, tested, for
+the comparison.
+
+Scratch (net.workspace slots, sized in ``sizes``): a padded copy of the
+piece's input and its gradient, the row-transformed input, V, and M (or the
+transformed delta). An image whose scratch exceeds ``COLUMN_BYTES`` is
+processed in bands of tile rows, one image at a time.
+"""
+
+import math
+
+import numpy as np
+
+
+def matrices(m):
+    """(At (m, a), G (a, 3), Bt (a, a)) of F(m, 3), float64."""
+    if m == 2:
+        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
+        g = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
+        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    elif m == 4:
+        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+        g = [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ]
+        bt = [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ]
+    else:
+        raise ValueError(f"Winograd tile must be 2 or 4, got {m}")
+    return np.array(at, np.float64), np.array(g, np.float64), np.array(bt, np.float64)
+
+
+def tiles(l, m):
+    """(th, tw): tile rows and columns covering the output."""
+    return -(-l.out_h // m), -(-l.out_w // m)
+
+
+def sizes(l, m, batch):
+    """(images per piece, tile rows per piece, {slot: floats}) within COLUMN_BYTES."""
+    from .conv import CHUNK_BYTES, COLUMN_BYTES
+
+    a, c, n = m + 2, l.c, l.n
+    th, tw = tiles(l, m)
+    wp = m * tw + 2
+
+    def need(images, rows):
+        tiles_ = images * rows * tw
+        return {
+            "wpad": images * c * (m * th + 2) * wp,  # the whole padded images
+            "wdxpad": images * c * (m * th + 2) * wp,
+            "wrows": a * images * c * rows * wp,
+            "wv": a * a * c * tiles_,
+            "wm": a * a * n * tiles_,
+            "wdy": m * m * n * tiles_,
+        }
+
+    one = need(1, th)
+    per_image = sum(one.values())
+    if 4 * per_image <= COLUMN_BYTES:
+        images = int(max(1, min(batch, 2 * CHUNK_BYTES // (4 * (one["wv"] + one["wm"])))))
+        return images, th, need(images, th)
+    fixed = one["wpad"] + one["wdxpad"]
+    per_row = (per_image - fixed) / th
+    rows = int(max(1, min(th, (COLUMN_BYTES // 4 - fixed) // max(per_row, 1))))
+    return 1, rows, need(1, rows)
+
+
+def weight_transform(weights, m, out):
+    """out (a^2, N, C) = G w Gt for every filter and channel: one GEMM."""
+    _, g, _ = matrices(m)
+    n, c = weights.shape[:2]
+    kron = np.kron(g, g).astype(weights.dtype)  # (a^2, 9): U[ij] = sum_rs G[i,r] G[j,s] w[r,s]
+    np.matmul(kron, weights.reshape(n * c, 9).T, out=out.reshape(len(kron), n * c))
+
+
+def weight_gradient(du, m, out):
+    """out (N, C, 3, 3) += the adjoint of weight_transform applied to du (a^2, N, C)."""
+    _, g, _ = matrices(m)
+    kron = np.kron(g, g).astype(du.dtype)
+    n, c = du.shape[1:]
+    out += (kron.T @ du.reshape(len(kron), n * c)).T.reshape(n, c, 3, 3)
+
+
+def _span(start, count, m):
+    """Slice of ``count`` positions start, start + m, ..."""
+    return slice(start, start + m * (count - 1) + 1, m)
+
+
+def _combine(out, terms):
+    """out = sum of coefficient * array over ``terms`` (zero coefficients left out)."""
+    terms = [(c, x) for c, x in terms if c != 0]
+    first, x = terms[0]
+    if first == 1:
+        np.copyto(out, x)
+    elif first == -1:
+        np.negative(x, out=out)
+    else:
+        np.multiply(x, first, out=out)
+    for c, x in terms[1:]:
+        if c == 1:
+            out += x
+        elif c == -1:
+            out -= x
+        else:
+            out += c * x
+
+
+def input_transform(slab, m, th, tw, rows, v):
+    """v (a, a, C, B, th, tw) = Bt d B for every a x a tile of ``slab`` (B, C, m th + 2, ...).
+
+    ``rows`` (a, B, C, th, width): the row transform, scratch."""
+    _, _, bt = matrices(m)
+    a = m + 2
+    for i in range(a):
+        _combine(rows[i], [(bt[i, r], slab[:, :, _span(r, th, m)]) for r in range(a)])
+    for i in range(a):
+        for j in range(a):
+            target = v[i, j].transpose(1, 0, 2, 3)
+            _combine(target, [(bt[j, s], rows[i][..., _span(s, tw, m)]) for s in range(a)])
+
+
+def input_adjoint(dv, m, th, tw, rows, dslab):
+    """dslab (B, C, m th + 2, ...) += the adjoint of input_transform applied to dv."""
+    _, _, bt = matrices(m)
+    a = m + 2
+    rows.fill(0)
+    for i in range(a):
+        for s in range(a):
+            terms = [(bt[j, s], dv[i, j].transpose(1, 0, 2, 3)) for j in range(a) if bt[j, s]]
+            target = rows[i][..., _span(s, tw, m)]
+            for c, x in terms:
+                if c == 1:
+                    target += x
+                elif c == -1:
+                    target -= x
+                else:
+                    target += c * x
+    for r in range(a):
+        target = dslab[:, :, _span(r, th, m)]
+        for i in range(a):
+            c = bt[i, r]
+            if c == 1:
+                target += rows[i]
+            elif c == -1:
+                target -= rows[i]
+            elif c:
+                target += c * rows[i]
+
+
+def output_transform(mm, m, y, out):
+    """out (B, N, rows, cols) = At M A of every tile; ``mm`` (a^2, N, B, th, tw),
+    ``y`` (m, m, N, B, th, tw) scratch."""
+    at, _, _ = matrices(m)
+    a2 = mm.shape[0]
+    kron = np.kron(at, at).astype(mm.dtype)  # (m^2, a^2)
+    np.matmul(kron, mm.reshape(a2, -1), out=y.reshape(m * m, -1))
+    for i in range(m):
+        for j in range(m):
+            target = out[:, :, i::m, j::m]
+            np.copyto(
+                target, y[i, j, :, :, : target.shape[2], : target.shape[3]].transpose(1, 0, 2, 3)
+            )
+
+
+def delta_transform(dy, m, th, tw, tiles_, wy):
+    """wy (a^2, N, T) = the adjoint of output_transform applied to dy (B, N, rows, cols).
+
+    ``tiles_`` (m, m, N, B, th, tw): dy's tiles, zero past the output's edge."""
+    at, _, _ = matrices(m)
+    for i in range(m):
+        for j in range(m):
+            source = dy[:, :, i::m, j::m]
+            target = tiles_[i, j]
+            h, w = source.shape[2:]
+            if h < th or w < tw:
+                target.fill(0)
+            np.copyto(target[:, :, :h, :w], source.transpose(1, 0, 2, 3))
+    kron = np.kron(at, at).astype(dy.dtype)
+    np.matmul(kron.T, tiles_.reshape(m * m, -1), out=wy.reshape(len(kron.T), -1))
+
+
+def pieces(l, m, images, rows):
+    """(b0, b1, ty0, ty1, first): images [b0, b1) and tile rows [ty0, ty1) of each piece;
+    ``first``: the piece starts a new set of images (pad them)."""
+    th = tiles(l, m)[0]
+    for b0 in range(0, l.batch, images):
+        for ty0 in range(0, th, rows):
+            yield b0, min(b0 + images, l.batch), ty0, min(ty0 + rows, th), ty0 == 0
+
+
+def pad_images(l, m, x, xpad):
+    """xpad (B, C, m th + 2, m tw + 2) = x padded by l.pad, zero beyond the input."""
+    p, h, w = l.pad, l.h, l.w
+    xpad.fill(0)
+    np.copyto(xpad[:, :, p : p + h, p : p + w], x)
+
+
+def _slot(l, net, name, shape):
+    start = l.slots[name]
+    return net.workspace[start : start + math.prod(shape)].reshape(shape)
+
+
+def forward(l, net, weights_u, m, out):
+    """out (B, N, out_h, out_w) = conv(net.input, W), U = weight_transform(W) given."""
+    a, c, n = m + 2, l.c, l.n
+    th, tw = tiles(l, m)
+    hp, wp = m * th + 2, m * tw + 2
+    x = net.input.reshape(l.batch, c, l.h, l.w)
+    for b0, b1, ty0, ty1, first in pieces(l, m, l.winograd_images, l.winograd_rows):
+        b, rows = b1 - b0, ty1 - ty0
+        xpad = _slot(l, net, "wpad", (b, c, hp, wp))
+        if first:
+            pad_images(l, m, x[b0:b1], xpad)
+        slab = xpad[:, :, m * ty0 : m * ty1 + 2]
+        v = _slot(l, net, "wv", (a, a, c, b, rows, tw))
+        input_transform(slab, m, rows, tw, _slot(l, net, "wrows", (a, b, c, rows, wp)), v)
+        mm = _slot(l, net, "wm", (a * a, n, b * rows * tw))
+        np.matmul(weights_u, v.reshape(a * a, c, -1), out=mm)
+        target = out[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
+        y = _slot(l, net, "wdy", (m, m, n, b, rows, tw))
+        output_transform(mm.reshape(a * a, n, b, rows, tw), m, y, target)
+
+
+def backward(l, net, weights_u, m, delta, grad, dx):
+    """grad (N, C, 3, 3) += dW and, when ``dx`` (B, C, h, w) is given, dx += the input gradient."""
+    a, c, n = m + 2, l.c, l.n
+    th, tw = tiles(l, m)
+    hp, wp = m * th + 2, m * tw + 2
+    p = l.pad
+    x = net.input.reshape(l.batch, c, l.h, l.w)
+    du, parts = l.winograd_grad, l.winograd_parts
+    du.fill(0)
+    for b0, b1, ty0, ty1, first in pieces(l, m, l.winograd_images, l.winograd_rows):
+        b, rows = b1 - b0, ty1 - ty0
+        xpad = _slot(l, net, "wpad", (b, c, hp, wp))
+        dxpad = _slot(l, net, "wdxpad", (b, c, hp, wp))
+        if first:
+            pad_images(l, m, x[b0:b1], xpad)
+            if dx is not None:
+                dxpad.fill(0)
+        slab = xpad[:, :, m * ty0 : m * ty1 + 2]
+        rows_scratch = _slot(l, net, "wrows", (a, b, c, rows, wp))
+        v = _slot(l, net, "wv", (a, a, c, b, rows, tw))
+        input_transform(slab, m, rows, tw, rows_scratch, v)
+        wy = _slot(l, net, "wm", (a * a, n, b * rows * tw))
+        dy = delta[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
+        delta_transform(dy, m, rows, tw, _slot(l, net, "wdy", (m, m, n, b, rows, tw)), wy)
+        vv = v.reshape(a * a, c, -1)
+        np.matmul(wy, vv.transpose(0, 2, 1), out=parts)
+        du += parts
+        if dx is not None:
+            np.matmul(weights_u.transpose(0, 2, 1), wy, out=vv)  # dV over V
+            input_adjoint(v, m, rows, tw, rows_scratch, dxpad[:, :, m * ty0 : m * ty1 + 2])
+            if ty1 == th:
+                dx[b0:b1] += dxpad[:, :, p : p + l.h, p : p + l.w]
+    weight_gradient(du, m, grad)
