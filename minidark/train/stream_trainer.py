@@ -1,0 +1,150 @@
+"""Training from an image list streamed by worker pools (data/stream.py).
+
+:class:`StreamingTrainer` is the classifier :class:`Trainer` with another
+batch source: the indices come from the same seeded, resumable permutation
+(``next_indices``), and then one 63-bit seed per image is drawn from the
+trainer's generator; workers decode and augment each image from its path
+and seed (darknet's load_data_augment at the image's own size). While the
+network trains on batch k, batch k+1 is already being prepared: its indices
+and seeds are computed on a *copy* of the generator and order, and used
+only if the real draws, made when batch k+1 is asked for, agree -- so the
+checkpointed state (generator, order, position) is exactly that of a run
+without prefetch, and a resume gives the same bytes. Memory: the path list
+(data/stream.py) plus ``prefetch`` batches, whatever the dataset's size.
+
+Validation streams the valid list the same way with darknet's
+``validate_classifier_single`` preprocessing (resize_min, centre crop).
+"""
+
+import numpy as np
+
+from ..data.stream import Preprocess, StreamingLoader, train_preprocess
+from .trainer import Trainer, topk_indices
+
+SEED_LIMIT = 2**63
+
+
+class StreamingTrainer(Trainer):
+    """``train_set`` and ``valid_set`` are :class:`ImageList`; ``labels`` the class names."""
+
+    def __init__(
+        self,
+        net,
+        train_set,
+        valid_set=None,
+        *,
+        labels,
+        workers=4,
+        kind="thread",
+        labels_file=None,
+        **kwargs,
+    ):
+        self.labels, self.labels_file = list(labels), labels_file
+        self.workers, self.kind = workers, kind
+        super().__init__(net, train_set, valid_set, **kwargs)
+
+    # ---------------------------------------------------------- batch source
+    def setup_data(self):
+        net = self.net
+        if len(self.labels) != net.truths:
+            from ..errors import DataError
+
+            raise DataError(
+                f"{self.train_set.path}: {len(self.labels)} labels but the network has "
+                f"{net.truths} outputs"
+            )
+        self.augment = None  # the stream augments each image at its own size
+        shape = (net.c, net.h, net.w)
+        self.loader = StreamingLoader(
+            self.train_set,
+            train_preprocess(net, self.labels, self.train_set.path, self.labels_file),
+            self.workers,
+            self.kind,
+            prefetch=2,
+        )
+        self._x = np.empty((self.rows, int(np.prod(shape))), np.float32)
+        self._truth = np.zeros((self.rows, net.truths), np.float32)
+        self._arange = np.arange(self.rows)
+        self._pending = None
+        self._batch_labels = np.zeros(self.rows, np.int64)
+
+    @property
+    def wait_seconds(self):
+        """Seconds the loop spent waiting for the loader."""
+        return self.loader.wait_seconds
+
+    def load_batch(self, indices):
+        indices = np.array(indices, np.int64)
+        seeds = self.rng.integers(0, SEED_LIMIT, self.rows, dtype=np.uint64)
+        pending, self._pending = self._pending, None
+        if pending is not None and not (
+            np.array_equal(pending[0], indices) and np.array_equal(pending[1], seeds)
+        ):
+            self.loader.cancel(pending)  # the state changed (a restore): prepare afresh
+            pending = None
+        if pending is None:
+            pending = self.loader.submit(indices, seeds)
+        labels = self.loader.collect(pending, self._x)
+        self._pending = self.loader.submit(*self._look_ahead())
+        self._truth.fill(0)
+        self._truth[self._arange, labels] = 1
+        self._batch_labels[:] = labels
+        return self._x, self._truth
+
+    def _look_ahead(self):
+        """The next batch's indices and seeds, drawn on copies of the order and generator."""
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self.rng.bit_generator.state
+        order, position = self.order, self.position
+        out, filled = np.empty(self.rows, np.int64), 0
+        while filled < self.rows:  # next_indices, on copies
+            if position >= self.n:
+                order, position = rng.permutation(self.n), 0
+            take = min(self.rows - filled, self.n - position)
+            out[filled : filled + take] = order[position : position + take]
+            position += take
+            filled += take
+        return out, rng.integers(0, SEED_LIMIT, self.rows, dtype=np.uint64)
+
+    def truth_problem(self):
+        return None  # every streamed image's class comes from its path, checked on load
+
+    def run(self):
+        try:
+            return super().run()
+        finally:
+            if self._pending is not None:
+                self.loader.cancel(self._pending)
+                self._pending = None
+
+    def close(self):
+        self.loader.close()
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate_valid(self):
+        return evaluate_stream(
+            self.net, self.valid_set, self.labels, self.top, self.workers, self.kind
+        )
+
+
+def evaluate_stream(net, images, labels, top=1, workers=4, kind="thread", mode="valid"):
+    """Top-1/top-k of ``net`` on an :class:`ImageList` with darknet's valid
+    preprocessing, ``net.batch`` images at a time, the next chunk decoded
+    while this one is predicted."""
+    shape = (net.c, net.h, net.w)
+    k = max(1, int(top))
+    chunk = max(net.batch, 64)
+    n = len(images)
+    hits1 = hitsk = 0
+    buffer = np.empty((chunk, int(np.prod(shape))), np.float32)
+    chunks = [np.arange(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    with StreamingLoader(images, Preprocess(mode, shape, labels), workers, kind) as loader:
+        pending = loader.submit(chunks[0], np.zeros(chunks[0].size, np.uint64))
+        for i in range(len(chunks)):
+            truth = loader.collect(pending, buffer)
+            if i + 1 < len(chunks):  # decode the next chunk while this one is predicted
+                pending = loader.submit(chunks[i + 1], np.zeros(chunks[i + 1].size, np.uint64))
+            best = topk_indices(net.predict(buffer[: truth.size]), k)
+            hits1 += int((best[:, 0] == truth).sum())
+            hitsk += int((best == truth[:, None]).any(axis=1).sum())
+    return {"n": n, "top1": hits1 / n, "topk": hitsk / n, "k": k}

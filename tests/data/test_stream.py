@@ -1,0 +1,220 @@
+"""The streaming loader: compact image lists, darknet's per-command
+preprocessing, workers that give the same bytes as a single thread, and
+exact resume of a streamed training run."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import minidark
+from minidark.data.image import letterbox_image, load_image, resize_image
+from minidark.data.preprocess import TrainAugment, crop_image, resize_min, valid_image
+from minidark.data.stream import ImageList, Preprocess, StreamingLoader
+from minidark.errors import DataError
+from minidark.train.stream_trainer import StreamingTrainer, evaluate_stream
+
+LABELS = ["cat", "dog"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(12):
+        w, h = int(rng.integers(12, 30)), int(rng.integers(12, 30))
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        name = f"{LABELS[i % 2]}_{i}.{'png' if i % 3 else 'jpg'}"
+        Image.fromarray(pixels).save(folder / name)
+        names.append(name)
+    (folder / "train.list").write_text("\n".join(names) + "\n")
+    (folder / "valid.list").write_text("\n".join(names[:7]) + "\n")
+    return folder
+
+
+# ------------------------------------------------------------------ the list
+def test_image_list_strips_skips_blanks_and_counts_lines(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "l.list").write_bytes(b"  a.png \r\n\n\t\nsub/b c.jpg\r\n   \n/abs/x.png")
+    images = ImageList(tmp_path / "l.list")
+    assert len(images) == 3
+    assert [images[i] for i in range(3)] == ["a.png", "sub/b c.jpg", "/abs/x.png"]
+    assert [images.line_number(i) for i in range(3)] == [1, 4, 6]
+    assert images.file(0) == os.path.join(str(tmp_path), "a.png")  # beside the list
+    assert images.file(2) == "/abs/x.png"
+    (tmp_path / "empty.list").write_bytes(b"\n  \n")
+    with pytest.raises(DataError, match="image list is empty"):
+        ImageList(tmp_path / "empty.list")
+
+
+def test_a_million_paths_cost_about_their_bytes(tmp_path):
+    line = b"data/imagenet/train/n01440764/n01440764_10026.JPEG\n"
+    (tmp_path / "big.list").write_bytes(line * 1_000_000)
+    images = ImageList(tmp_path / "big.list")
+    assert len(images) == 1_000_000 and images[999_999] == line.decode().strip()
+    assert images.nbytes < 1_000_000 * (len(line) + 17)
+
+
+# ------------------------------------------------------------ preprocessing
+def naive_crop(im, dx, dy, w, h):
+    c, H, W = im.shape
+    out = np.zeros((c, h, w), np.float32)
+    for k in range(c):
+        for j in range(h):
+            for i in range(w):
+                r = min(max(j + dy, 0), H - 1)
+                col = min(max(i + dx, 0), W - 1)
+                out[k, j, i] = im[k, r, col]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 30), (3, 31, 17), (1, 16, 16)])
+def test_valid_is_resize_min_then_centre_crop_as_darknet(shape):
+    im = np.random.default_rng(1).uniform(0, 1, shape).astype(np.float32)
+    _, h, w = shape
+    resized = resize_min(im, 16)
+    expected_size = (16, w * 16 // h) if w >= h else (h * 16 // w, 16)
+    assert resized.shape[1:] == expected_size
+    if expected_size != (h, w):
+        np.testing.assert_array_equal(resized, resize_image(im, expected_size[1], expected_size[0]))
+    H, W = expected_size
+    np.testing.assert_array_equal(
+        valid_image(im, 16, 16), naive_crop(resized, (W - 16) // 2, (H - 16) // 2, 16, 16)
+    )
+    np.testing.assert_array_equal(crop_image(im, -2, 3, 9, 40), naive_crop(im, -2, 3, 9, 40))
+
+
+def net_for(tmp_path, text):
+    path = tmp_path / "n.cfg"
+    path.write_text(text)
+    return minidark.load_network(str(path), seed=1)
+
+
+NET = """[net]
+batch=4
+height=16
+width=16
+channels=3
+learning_rate=0.05
+momentum=0.9
+decay=0.0005
+max_batches=8
+backup_every=4
+{augment}
+[convolutional]
+filters=4
+size=3
+stride=2
+pad=1
+activation=leaky
+[avgpool]
+[connected]
+output=2
+activation=linear
+[softmax]
+"""
+AUGMENT = "angle=7\naspect=1.2\nhue=.1\nsaturation=1.5\nexposure=1.5\nmin_crop=16\nmax_crop=24"
+
+
+def test_train_augment_is_the_identity_when_switched_off(tmp_path):
+    net = net_for(tmp_path, NET.format(augment="min_crop=16\nmax_crop=16\nflip=0"))
+    im = np.random.default_rng(2).uniform(0, 1, (3, 16, 16)).astype(np.float32)
+    out = TrainAugment(net)(im, np.random.default_rng(0))
+    np.testing.assert_allclose(out, im, atol=1e-6)
+
+
+def test_train_augment_depends_on_the_seed_only(tmp_path):
+    net = net_for(tmp_path, NET.format(augment=AUGMENT))
+    im = np.random.default_rng(2).uniform(0, 1, (3, 21, 13)).astype(np.float32)
+    augment = TrainAugment(net)
+    a = augment(im, np.random.default_rng(5))
+    assert a.shape == (3, 16, 16) and a.dtype == np.float32 and 0 <= a.min() <= a.max() <= 1
+    np.testing.assert_array_equal(a, augment(im, np.random.default_rng(5)))
+    assert not np.array_equal(a, augment(im, np.random.default_rng(6)))
+
+
+def test_predict_mode_letterboxes(image_folder):
+    images = ImageList(image_folder / "train.list")
+    im, label = Preprocess("predict", (3, 16, 16), LABELS)(images[1], images.file(1), "x", 0)
+    np.testing.assert_array_equal(im, letterbox_image(load_image(images.file(1), 3), 16, 16))
+    assert label == 1
+
+
+# ------------------------------------------------------------------ workers
+@pytest.mark.parametrize("kind, workers", [("thread", 3), ("process", 2)])
+def test_workers_give_the_bytes_of_one_thread(tmp_path, image_folder, kind, workers):
+    net = net_for(tmp_path, NET.format(augment=AUGMENT))
+    images = ImageList(image_folder / "train.list")
+    preprocess = Preprocess("train", (3, 16, 16), LABELS, TrainAugment(net))
+    indices, seeds = np.array([5, 0, 11, 3, 3]), np.arange(5, dtype=np.uint64) * 977
+    outs = []
+    for k, n in (("thread", 1), (kind, workers)):
+        out = np.empty((5, 768), np.float32)
+        with StreamingLoader(images, preprocess, n, k) as loader:
+            labels = loader.collect(loader.submit(indices, seeds), out)
+        outs.append(out)
+        assert labels.tolist() == [1, 0, 1, 1, 1]
+    np.testing.assert_array_equal(*outs)
+
+
+def test_a_bad_image_or_label_names_the_list_line(tmp_path, image_folder):
+    (tmp_path / "bad.list").write_text(f"{image_folder / 'cat_0.jpg'}\n\nbird.png\n")
+    images = ImageList(tmp_path / "bad.list")
+    preprocess = Preprocess("valid", (3, 16, 16), LABELS)
+    with (
+        StreamingLoader(images, preprocess, 2) as loader,
+        pytest.raises(DataError, match=r"bad.list:3: 'bird.png' contains none of the 2"),
+    ):
+        loader.collect(loader.submit([1], [0]), np.empty((1, 768), np.float32))
+    with StreamingLoader(images, preprocess, 1, prefetch=1) as loader:
+        loader.submit([0], [0])
+        with pytest.raises(RuntimeError, match="in flight"):
+            loader.submit([0], [0])
+
+
+# ----------------------------------------------------------------- training
+def trainer(tmp_path, image_folder, folder, weights=None, seed=3, workers=2, kind="thread"):
+    cfg = tmp_path / "s.cfg"
+    cfg.write_text(NET.format(augment=AUGMENT))
+    net = minidark.load_network(str(cfg), weights, seed=seed)
+    return StreamingTrainer(
+        net,
+        ImageList(image_folder / "train.list"),
+        ImageList(image_folder / "valid.list"),
+        labels=LABELS,
+        workers=workers,
+        kind=kind,
+        backup_dir=tmp_path / folder,
+        base="s",
+        seed=seed,
+        progress=False,
+        out=io.StringIO(),
+    )
+
+
+def test_streamed_training_resumes_byte_identically(tmp_path, image_folder):
+    straight = trainer(tmp_path, image_folder, "a", workers=1)
+    assert straight.run()["iterations"] == 8
+    first = trainer(tmp_path, image_folder, "b", workers=3)
+    first.on_iteration = lambda t: t.request_stop() if t.net.current_batch == 3 else None
+    assert first.run()["iterations"] == 3
+    backup = str(tmp_path / "b" / "s.backup")
+    second = trainer(tmp_path, image_folder, "b", weights=backup, seed=99, workers=2)
+    assert "restored" in second.restore(backup)
+    second.run()
+    for t in (straight, first, second):
+        t.close()
+    assert (tmp_path / "a" / "s.weights").read_bytes() == (
+        tmp_path / "b" / "s.weights"
+    ).read_bytes()
+    np.testing.assert_array_equal(straight.history["loss"], second.history["loss"])
+    assert straight.valid_history == second.valid_history
+
+
+def test_evaluate_stream_counts_hits(tmp_path, image_folder):
+    net = net_for(tmp_path, NET.format(augment=""))
+    result = evaluate_stream(net, ImageList(image_folder / "valid.list"), LABELS, top=2)
+    assert result["n"] == 7 and result["topk"] == 1.0 and 0 <= result["top1"] <= 1
