@@ -1,0 +1,1 @@
+"""Tests of minidark/cfg and the stock cfgs (a package, so that test file names may repeat across folders)."""
