@@ -206,17 +206,23 @@ def test_exported_pngs_load_as_the_idx_arrays(exported):
 
 
 @pytest.mark.mnist
-def test_image_list_converts_channels_and_resizes(exported):
+def test_image_list_converts_channels_and_resizes(exported, monkeypatch):
+    from minidark.data import dataset
+
+    monkeypatch.setattr(dataset, "_FITS_REPORTED", set())  # said once per process
     _out, data = exported
     config = read_data_file(data)
     gray = load_dataset(config.valid, (1, 28, 28), config.labels, progress=False)
-    rgb = load_dataset(config.valid, (3, 28, 28), config.labels, progress=False)
+    with pytest.warns(DataWarning, match=r"of 300, 300 L converted to RGB at load"):
+        rgb = load_dataset(config.valid, (3, 28, 28), config.labels, progress=False)
     assert rgb.images.shape == (300, 3, 28, 28)
     for c in range(3):
         np.testing.assert_array_equal(rgb.images[:, c], gray.images[:, 0])
-    small = load_dataset(config.valid, (1, 14, 14), config.labels, progress=False)
+    with pytest.warns(DataWarning, match=r"300 resized \(bilinear\) to 14x14"):
+        small = load_dataset(config.valid, (1, 14, 14), config.labels, progress=False)
     assert small.images.shape == (300, 1, 14, 14) and small.inputs == 196
-    idx_rgb = load_dataset(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz"), (3, 28, 28))
+    with pytest.warns(DataWarning, match=r"every image is converted to RGB at load"):
+        idx_rgb = load_dataset(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz"), (3, 28, 28))
     np.testing.assert_array_equal(idx_rgb.images[:300], rgb.images)
 
 
