@@ -1,20 +1,39 @@
-"""Inference speed of a detection network against OpenCV's dnn module, side by side.
+"""Inference speed of a darknet network against OpenCV's dnn module, side by side.
 
 Both read the same cfg and ``.weights`` (random weights written by minidark
-when none are given) and run batch 1 on the same input, each on one thread
-(OpenBLAS through threadpoolctl, ``cv2.setNumThreads(1)``). Each side is
-warmed up, then timed ``runs`` times in alternation; the median is reported
-as images per second. minidark's time is broken down per layer type and per
-layer (the slowest ones), so one can see where it goes.
+when none are given) and run the same input batch, each on one thread
+(OpenBLAS through threadpoolctl, ``cv2.setNumThreads(1)``), in one process,
+so both see the same CPU pinning and the same machine load. Each side is
+warmed up, then ``runs`` (minidark, OpenCV) pairs are timed in alternation;
+the ratio reported is the median of the per-pair ratios (on a shared machine
+only ratios of interleaved runs mean anything), beside the median times.
+minidark's time is broken down per layer type and per layer (the slowest
+ones), so one can see where it goes.
+
+Like ``minidark bench`` (docs/benchmark.md), the measurement runs in a
+worker process without ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE``, so
+OpenBLAS runs the CPU's own kernel (``keep_blas_kernel`` keeps them); the
+result names the kernel each BLAS reported (threadpoolctl).
+
+    python -m minidark.tools.infer_bench CFG... [--batch B] [--size S] [--runs N] [--json]
 """
+
+import argparse
 import collections
 import contextlib
+import json
 import os
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _one_thread():
@@ -25,16 +44,31 @@ def _one_thread():
     return threadpool_limits(1), None
 
 
+def _kernels():
+    """What each BLAS/OpenMP library in the process reports: api, version, kernel."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [
+        f"{p.get('internal_api')} {p.get('version')} {p.get('architecture') or ''} (in "
+        f"{os.path.basename(os.path.dirname(p.get('filepath', '')))})".replace("  ", " ")
+        for p in threadpool_info()
+    ]
+
+
 def _layer_times(net, x, runs):
     """Median seconds per layer of minidark's forward, over ``runs`` passes."""
     samples = collections.defaultdict(list)
     originals = [l.forward for l in net.layers]
     try:
         for l, forward in zip(net.layers, originals, strict=True):
+
             def timed(layer, n, _f=forward):
                 tick = time.perf_counter()
                 _f(layer, n)
                 samples[layer.index].append(time.perf_counter() - tick)
+
             l.forward = timed
         for _ in range(runs):
             net.predict(x)
@@ -44,36 +78,43 @@ def _layer_times(net, x, runs):
     return {i: statistics.median(v) for i, v in samples.items()}
 
 
-def bench_inference(cfg, weights=None, runs=10, size=None, opencv=True):
-    """Return a dict: ``minidark`` and ``opencv`` seconds per image (median),
-    ``layers`` ({index: seconds}), the network and notes."""
+def _resized(cfg, size, tmp):
+    with open(cfg, encoding="utf-8") as handle:
+        text = handle.read()
+    text = re.sub(r"(?m)^width\s*=.*$", f"width={size}", text)
+    text = re.sub(r"(?m)^height\s*=.*$", f"height={size}", text)
+    path = os.path.join(tmp, os.path.basename(cfg))
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1):
+    """Time minidark and OpenCV in this process; return a JSON-ready dict."""
     import minidark
 
     from ..weights import save_weights
+
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
         if size:
-            with open(cfg, encoding="utf-8") as handle:
-                text = handle.read()
-            import re
-            text = re.sub(r"(?m)^width\s*=.*$", f"width={size}", text)
-            text = re.sub(r"(?m)^height\s*=.*$", f"height={size}", text)
-            cfg = os.path.join(tmp, os.path.basename(cfg))
-            with open(cfg, "w") as handle:
-                handle.write(text)
-        net = minidark.load_network(cfg, weights, batch=1, seed=0)
+            cfg = _resized(cfg, size, tmp)
+        net = minidark.load_network(cfg, weights, batch=batch, seed=0)
         if weights is None:
             weights = os.path.join(tmp, "random.weights")
             save_weights(net, weights)
             notes.append("random weights (written by minidark, read by both)")
-        x = np.random.default_rng(0).uniform(size=(1, net.c, net.h, net.w)).astype(np.float32)
-        cv = None
+        x = np.random.default_rng(0).uniform(size=(batch, net.c, net.h, net.w))
+        x = x.astype(np.float32)
+        cv = outputs = None
         if opencv:
             try:
                 import cv2
+
                 cv2.setNumThreads(1)
                 cv = cv2.dnn.readNetFromDarknet(cfg, weights)
                 outputs = cv.getUnconnectedOutLayersNames()
+                notes.append(f"OpenCV {cv2.__version__} dnn, {cv2.getNumThreads()} thread")
             except ImportError:
                 notes.append("OpenCV not installed (pip install 'opencv-python-headless<5')")
             except Exception as exc:
@@ -83,14 +124,14 @@ def bench_inference(cfg, weights=None, runs=10, size=None, opencv=True):
         if note:
             notes.append(note)
         ours, theirs = [], []
-        flat = x.reshape(1, -1)
+        flat = x.reshape(batch, -1)
         with limit:
-            for _ in range(2):                      # warm-up
+            for _ in range(2):  # warm-up (minidark's first pass also plans its paths)
                 net.predict(flat)
                 if cv is not None:
                     cv.setInput(x)
                     cv.forward(outputs)
-            for _ in range(runs):                   # alternate, so both see the same machine
+            for _ in range(runs):  # alternate, so both see the same machine
                 tick = time.perf_counter()
                 net.predict(flat)
                 ours.append(time.perf_counter() - tick)
@@ -100,33 +141,149 @@ def bench_inference(cfg, weights=None, runs=10, size=None, opencv=True):
                     cv.forward(outputs)
                     theirs.append(time.perf_counter() - tick)
             layers = _layer_times(net, flat, max(3, runs // 2))
-    return {"net": net, "minidark": statistics.median(ours),
-            "opencv": statistics.median(theirs) if theirs else None, "layers": layers,
-            "notes": notes, "runs": runs}
+            kernels = _kernels()
+    pairs = [t / o for o, t in zip(ours, theirs, strict=False)]
+    return {
+        "cfg": os.path.basename(cfg),
+        "width": net.w,
+        "height": net.h,
+        "channels": net.c,
+        "batch": batch,
+        "bflops": sum(l.flops for l in net.layers) / 1e9,
+        "runs": runs,
+        "minidark_s": statistics.median(ours) / batch,
+        "opencv_s": statistics.median(theirs) / batch if theirs else None,
+        "pair_ratios": pairs,
+        "ratio": statistics.median(pairs) if pairs else None,
+        "layers": [
+            {
+                "index": l.index,
+                "type": l.type,
+                "desc": l.desc,
+                "flops": l.flops,
+                "seconds": layers.get(l.index, 0.0),
+                "path": _path(l),
+            }
+            for l in net.layers
+        ],
+        "kernels": kernels,
+        "blas_environment": {k: os.environ.get(k) for k in KERNEL_VARIABLES},
+        "notes": notes,
+    }
+
+
+def _path(l):
+    """The convolution path a layer runs (its plan), '' for other layers."""
+    if l.type != "convolutional":
+        return ""
+    if l.pointwise:
+        return "gemm 1x1"
+    if l.winograd:
+        return "winograd F(2,3)"
+    return "im2col " + ("cnhw" if l.cnhw else "nhwc") + (" banded" if l.band else "")
+
+
+def bench_inference(
+    cfg, weights=None, runs=10, size=None, opencv=True, batch=1, keep_blas_kernel=False
+):
+    """Run ``measure`` in a worker process without the OpenBLAS kernel pin (unless
+    ``keep_blas_kernel`` or there is none), and return its dict; ``notes`` says
+    which pin was dropped."""
+    pinned = {k: os.environ[k] for k in KERNEL_VARIABLES if os.environ.get(k)}
+    if keep_blas_kernel or not pinned:
+        return measure(cfg, weights, runs, size, opencv, batch)
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
+    env["PYTHONPATH"] = REPO_ROOT + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    command = [sys.executable, "-m", "minidark.tools.infer_bench", "--worker", cfg,
+               "--runs", str(runs), "--batch", str(batch)]  # fmt: skip
+    command += ["--size", str(size)] if size else []
+    command += ["--weights", weights] if weights else []
+    command += [] if opencv else ["--no-opencv"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        from ..errors import MinidarkError
+
+        raise MinidarkError(
+            f"inference bench worker for {cfg} failed with exit code {done.returncode}:\n"
+            f"{done.stderr.strip()[-2000:]}"
+        )
+    result = json.loads(lines[-1])
+    result["notes"].append(
+        "dropped "
+        + ", ".join(f"{k}={v}" for k, v in pinned.items())
+        + " in the worker: OpenBLAS runs the CPU's own kernel"
+    )
+    return result
 
 
 def format_report(name, result, top=8):
-    net, ours, theirs = result["net"], result["minidark"], result["opencv"]
-    flops = sum(l.flops for l in net.layers) / 1e9
-    lines = [f"{name}: {net.w}x{net.h}x{net.c}, {flops:.3f} BFLOPs, batch 1, 1 thread, "
-             f"median of {result['runs']} runs"]
+    ours, theirs = result["minidark_s"], result["opencv_s"]
+    lines = [
+        f"{name}: {result['width']}x{result['height']}x{result['channels']}, "
+        f"{result['bflops']:.3f} BFLOPs, batch {result['batch']}, 1 thread, "
+        f"{result['runs']} interleaved pairs"
+    ]
     lines.append(f"  {'':10} {'ms/image':>9} {'images/s':>9}")
     lines.append(f"  {'minidark':10} {1000 * ours:9.1f} {1 / ours:9.2f}")
     if theirs is not None:
         lines.append(f"  {'OpenCV':10} {1000 * theirs:9.1f} {1 / theirs:9.2f}")
-        lines.append(f"  minidark / OpenCV speed: {theirs / ours:.2f}x")
+        ratios = sorted(result["pair_ratios"])
+        lines.append(
+            f"  minidark / OpenCV speed: {result['ratio']:.2f}x (median of the pairs' "
+            f"ratios; range {ratios[0]:.2f}-{ratios[-1]:.2f})"
+        )
+    lines.append("  BLAS: " + "; ".join(result["kernels"]))
     layers = result["layers"]
-    total = sum(layers.values())
+    total = sum(l["seconds"] for l in layers) or 1.0
     by_type = collections.defaultdict(float)
-    for i, t in layers.items():
-        by_type[net.layers[i].type] += t
+    for l in layers:
+        by_type[l["type"]] += l["seconds"]
     lines.append("  where minidark's time goes (per layer type):")
     for kind, t in sorted(by_type.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {kind:14} {1000 * t:7.1f} ms  {100 * t / total:5.1f}%")
     lines.append("  slowest layers:")
-    for i, t in sorted(layers.items(), key=lambda kv: -kv[1])[:top]:
-        l = net.layers[i]
-        rate = f"{l.flops / t / 1e9:6.1f} GFLOP/s" if l.flops and t else ""
-        lines.append(f"    {i:3} {l.type:14} {l.desc:18} {1000 * t:7.1f} ms  {rate}")
+    for l in sorted(layers, key=lambda l: -l["seconds"])[:top]:
+        t = l["seconds"]
+        rate = f"{l['flops'] * result['batch'] / t / 1e9:6.1f} GFLOP/s" if l["flops"] and t else ""
+        where = f"{l['index']:3} {l['type']:14} {l['desc']:18}"
+        lines.append(f"    {where} {1000 * t:7.1f} ms  {rate}  {l['path']}")
     lines += [f"  note: {n}" for n in result["notes"]]
     return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m minidark.tools.infer_bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("cfgs", metavar="CFG", nargs="+")
+    parser.add_argument("--weights", metavar="FILE")
+    parser.add_argument("--runs", type=int, default=10, help="interleaved pairs (10)")
+    parser.add_argument("--size", type=int, help="override the cfg's width and height")
+    parser.add_argument("--batch", type=int, default=1, help="images per pass (1)")
+    parser.add_argument("--no-opencv", dest="opencv", action="store_false")
+    keep = "keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (default: dropped)"
+    parser.add_argument("--keep-blas-kernel", action="store_true", help=keep)
+    parser.add_argument("--json", action="store_true", help="one JSON document")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = measure(args.cfgs[0], args.weights, args.runs, args.size, args.opencv, args.batch)
+        print(json.dumps(result))
+        return 0
+    results = []
+    for cfg in args.cfgs:
+        result = bench_inference(cfg, args.weights, args.runs, args.size, args.opencv,
+                                 args.batch, args.keep_blas_kernel)  # fmt: skip
+        results.append(result)
+        if not args.json:
+            print(format_report(os.path.basename(cfg), result), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
