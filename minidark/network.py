@@ -120,7 +120,9 @@ class Network:
             self.subdivisions, self.time_steps = config.subdivisions, config.time_steps
             self.inputs = config.inputs
             self.h, self.w, self.c = config.height, config.width, config.channels
-        self.seen = 0  # images trained on, darknet's *net.seen
+        self.seen = 0  # images trained on, darknet's *net.seen (by every replica together)
+        self.replicas = 1  # processes training this net on shards of each batch (data parallel)
+        self.before_update = None  # hook(net) after the last backward of an update (allreduce)
         self.t = 0  # number of updates, darknet's *net.t
         self.cost = 0.0  # mean of the loss layers' summed costs
         self.train = False
@@ -281,19 +283,25 @@ class Network:
 
     @property
     def images_per_update(self) -> int:
-        """Images summed into the ``*_updates`` of one update: batch x subdivisions."""
-        return self.batch * self.subdivisions
+        """Images summed into the ``*_updates`` of one update: batch x subdivisions
+        (x replicas: data-parallel processes sum their updates before each one)."""
+        return self.batch * self.subdivisions * self.replicas
 
     @property
     def current_batch(self) -> int:
         return policy.current_batch(self)
 
     def train_datum(self, x: npt.ArrayLike, truth: npt.ArrayLike) -> float:
-        """One mini-batch (darknet's train_network_datum): returns its summed cost."""
-        self.seen += self.batch
+        """One mini-batch (darknet's train_network_datum): returns its summed cost.
+        With ``replicas`` processes each trains its own ``batch`` rows of a
+        ``replicas x batch`` mini-batch; ``seen`` counts them all."""
+        rows = self.batch * self.replicas
+        self.seen += rows
         self.forward(x, truth, train=True)
         self.backward()
-        if (self.seen // self.batch) % self.subdivisions == 0:
+        if (self.seen // rows) % self.subdivisions == 0:
+            if self.before_update is not None:
+                self.before_update(self)
             self.update()
         return self.cost
 

@@ -135,6 +135,19 @@ def train_options(parser):
 
 
 def run_train(args):
+    """Train; under ``mpiexec -n N`` as one rank of a data-parallel job
+    (minidark/train/distributed.py)."""
+    from ..train import distributed
+
+    group = distributed.join()
+    if group is None:
+        return train(args)
+    with group.guard():
+        group.silence()
+        return train(args, group)
+
+
+def train(args, group=None):
     import minidark
 
     from ..data.datafile import read_data_file
@@ -143,9 +156,16 @@ def run_train(args):
     check_kinds(TRAIN_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
+    if group is not None:
+        seed = group.broadcast(seed)  # every rank: one initialisation, one data order
     net = minidark.load_network(
         args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed, cutoff=args.cutoff
     )
+    if group is not None:
+        from ..train.distributed import DistributedTrainer, attach
+
+        attach(net, group)  # before the max_batches check: it counts global updates
+        say(group.describe())
     check_classes(net, data)
     base = cfg_base(args.cfg)
     if (
@@ -163,10 +183,12 @@ def run_train(args):
     train_set = load_split(data, "train", net, args.progress)
     valid_set = load_split(data, "valid", net, args.progress) if data.valid else None
     print(net.summary(), file=sys.stderr)  # darknet's layer table, once the data is ready
-    trainer = Trainer(
+    distributed = {} if group is None else {"group": group}
+    trainer = (Trainer if group is None else DistributedTrainer)(
         net,
         train_set,
         valid_set,
+        **distributed,
         backup_dir=data.backup,
         base=base,
         top=data.top,

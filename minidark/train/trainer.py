@@ -235,6 +235,20 @@ class Trainer:
             return f"a truth row holds no single class: check the labels of {self.train_set.source}"
         return None
 
+    # Hooks a data-parallel trainer overrides (minidark/train/distributed.py).
+    def train_batch(self, x, truth):
+        """One update on (x, truth); the mean loss per image."""
+        return self.net.train_step(x, truth)
+
+    def evaluate_valid(self):
+        return evaluate(self.net, self.valid_set, self.top)
+
+    def open_log(self, path):
+        return Log(path)
+
+    def append_metrics(self, record):
+        append_record(os.path.join(self.backup_dir, f"{self.base}_metrics.jsonl"), record)
+
     def head_lines(self):
         """Lines logged before an iteration's line (a detector's per-head statistics)."""
         return []
@@ -289,7 +303,7 @@ class Trainer:
         previous_handler = self._install_sigint()
         try:
             with (
-                Log(log_path) as log,
+                self.open_log(log_path) as log,
                 tqdm(
                     total=net.max_batches or None,
                     initial=start_batch,
@@ -405,7 +419,7 @@ class Trainer:
     def _iteration(self, log):
         net, tick = self.net, time.perf_counter()
         x, truth = self.load_batch(self.next_indices())
-        loss = net.train_step(x, truth)
+        loss = self.train_batch(x, truth)
         seconds = time.perf_counter() - tick
         batch = net.current_batch
         if not math.isfinite(loss):
@@ -559,7 +573,7 @@ class Trainer:
     def validate(self):
         """Evaluate on the valid set; print it and append it to the metrics file."""
         net = self.net
-        result = evaluate(net, self.valid_set, self.top)
+        result = self.evaluate_valid()
         batch = net.current_batch
         self.valid_history["iteration"].append(batch)
         self.valid_history["top1"].append(result["top1"])
@@ -576,7 +590,7 @@ class Trainer:
             "images": result["n"],
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        append_record(os.path.join(self.backup_dir, f"{self.base}_metrics.jsonl"), record)
+        self.append_metrics(record)
         self.say(f"{self.base}: iteration {batch}: valid {format_accuracy(result)}")
         self.last_result = result
         return result
