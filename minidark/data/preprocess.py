@@ -22,7 +22,7 @@ a unit in the last place from darknet's.
 
 import numpy as np
 
-from .augment import hsv_to_rgb, rand_scale, rgb_to_hsv, rotate_crop
+from .augment import rand_scale, rgb_to_hsv
 from .image import letterbox_image, resize_image
 
 F32 = np.float32
@@ -84,7 +84,7 @@ class TrainAugment:
         rad = rng.uniform(-self.angle, self.angle, 1) * np.pi / 180
         dx = np.maximum(0, (W * scale / aspect - w) / 2) * rng.uniform(-1, 1, 1)
         dy = np.maximum(0, (H * scale - h) / 2) * rng.uniform(-1, 1, 1)
-        out = rotate_crop(im[None], rad, scale, h, w, dx, dy, aspect)[0]
+        out = rotate_crop_image(im, rad[0], scale[0], w, h, dx[0], dy[0], aspect[0])
         if self.flip and rng.random() < 0.5:
             out = out[:, :, ::-1]
         dhue = rng.uniform(-self.hue, self.hue)
@@ -93,8 +93,64 @@ class TrainAugment:
             hsv = rgb_to_hsv(out[None, :3])[0]
             hsv[1] *= F32(dsat)
             hsv[2] *= F32(dexp)
-            hsv[0] = (hsv[0] + F32(dhue)) % 1
-            out = np.concatenate([hsv_to_rgb(hsv[None])[0], out[3:]])
+            hue = hsv[0] + F32(dhue)
+            hue[hue > 1] -= 1
+            hue[hue < 0] += 1
+            hsv[0] = hue
+            out = np.concatenate([hsv_to_rgb_image(hsv), out[3:]])
         elif self.exposure != 1:
             out = out * F32(dexp)
         return np.clip(out, 0, 1).astype(F32, copy=False)
+
+
+def rotate_crop_image(im, rad, scale, w, h, dx, dy, aspect):
+    """darknet's rotate_crop_image for one (c, H, W) image -> (c, h, w): the pixel
+    (x, y) samples ``R(rad) ((x - w/2 + dx) aspect / s, (y - h/2 + dy) / s) +
+    (W/2, H/2)`` bilinearly, zero outside (data/augment.py's rotate_crop, in
+    float32 with one gather per corner for all channels)."""
+    c, H, W = im.shape
+    u = (np.arange(w, dtype=F32) - F32(w / 2) + F32(dx)) * F32(aspect / scale)
+    v = (np.arange(h, dtype=F32) - F32(h / 2) + F32(dy)) / F32(scale)
+    cos, sin = F32(np.cos(rad)), F32(np.sin(rad))
+    sx = cos * u[None, :] - sin * v[:, None] + F32(W / 2)
+    sy = sin * u[None, :] + cos * v[:, None] + F32(H / 2)
+    x0, y0 = np.floor(sx), np.floor(sy)
+    fx, fy = (sx - x0).ravel(), (sy - y0).ravel()
+    x0, y0 = x0.astype(np.intp).ravel(), y0.astype(np.intp).ravel()
+    flat = im.reshape(c, H * W)
+    out = np.zeros((c, h * w), F32)
+    for ox, oy, weight in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
+        xi, yi = x0 + ox, y0 + oy
+        inside = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+        if not inside.any():
+            continue
+        index = np.where(inside, yi * W + xi, 0)
+        out += np.take(flat, index, axis=1) * np.where(inside, weight, F32(0))
+    return out.reshape(c, h, w)
+
+
+# hsv_to_rgb's sector table: which of (v, t, p, q) each of r, g, b takes
+_SECTORS = np.array([(0, 1, 2), (3, 0, 2), (2, 0, 1), (2, 3, 0), (1, 2, 0), (0, 2, 3)])
+
+
+def hsv_to_rgb_image(hsv):
+    """darknet's hsv_to_rgb for one (3, h, w) image (data/augment.py's, by table lookup)."""
+    h, s, v = hsv[0] * F32(6), hsv[1], hsv[2]
+    index = np.floor(h)
+    f = h - index
+    sector = index.astype(np.intp) % 6
+    candidates = np.stack([v, v * (1 - s * (1 - f)), v * (1 - s), v * (1 - s * f)])
+    flat = candidates.reshape(4, -1)
+    pixels = np.arange(flat.shape[1])
+    choice = _SECTORS[sector.ravel()]  # (pixels, 3)
+    out = np.stack([np.take(flat.ravel(), choice[:, k] * flat.shape[1] + pixels) for k in range(3)])
+    out = out.reshape(hsv.shape)
+    grey = s == 0
+    if grey.any():
+        out[:, grey] = v[grey]
+    return out

@@ -32,7 +32,9 @@ from .dataset import label_error, label_from_path
 from .image import load_image, resize_image
 from .preprocess import TrainAugment, predict_image, valid_image
 
-WHITESPACE = np.frombuffer(b" \t\r\n\v\f", np.uint8)
+IS_SPACE = np.zeros(256, bool)  # byte -> is it whitespace (what str.strip removes in ASCII)
+IS_SPACE[list(b" \t\r\n\v\f")] = True
+CHUNK = 1 << 22  # bytes of the list scanned at once
 
 
 class ImageList:
@@ -44,29 +46,34 @@ class ImageList:
         handle, _ = open_regular(self.path, "image list", LIST_LIMIT, DataError)
         with handle:
             self.blob = np.frombuffer(handle.read(), np.uint8)
-        ends = np.flatnonzero(self.blob == 10)
-        starts = np.concatenate([[0], ends + 1])
-        ends = np.concatenate([ends, [self.blob.size]])
-        space = np.isin(self.blob, WHITESPACE)
-        starts, ends = self._strip(starts, ends, space)
+        # newlines found chunk by chunk: no blob-sized temporary
+        breaks = [
+            np.flatnonzero(self.blob[at : at + CHUNK] == 10) + at
+            for at in range(0, self.blob.size, CHUNK)
+        ]
+        ends = np.concatenate([*breaks, [self.blob.size]]).astype(np.int64)
+        starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        starts, ends = self._strip(self.blob, starts, ends)
         keep = ends > starts
-        self.starts, self.ends = starts[keep], ends[keep]
-        self._lines = np.flatnonzero(keep).astype(np.int64) if not keep.all() else None
+        if keep.all():
+            self.starts, self.ends, self._lines = starts, ends, None
+        else:
+            self.starts, self.ends = starts[keep], ends[keep]
+            self._lines = np.flatnonzero(keep)  # entry -> line index, only when blanks exist
         if not len(self.starts):
             raise DataError(f"{printable(self.path)}: image list is empty")
 
     @staticmethod
-    def _strip(starts, ends, space):
-        """Drop surrounding whitespace, vectorised: one round per character of the
-        longest run."""
-        starts, ends = starts.copy(), ends.copy()
-        if not space.size:
+    def _strip(blob, starts, ends):
+        """Drop surrounding whitespace, vectorised over lines: one round per
+        character of the longest run."""
+        if not blob.size:
             return starts, ends
-        last = space.size - 1
+        last = blob.size - 1
         while True:
-            lead = (starts < ends) & space[np.minimum(starts, last)]
+            lead = (starts < ends) & IS_SPACE[blob[np.minimum(starts, last)]]
             starts[lead] += 1
-            trail = (ends > starts) & space[np.clip(ends - 1, 0, last)]
+            trail = (ends > starts) & IS_SPACE[blob[np.clip(ends - 1, 0, last)]]
             ends[trail] -= 1
             if not (lead.any() or trail.any()):
                 return starts, ends

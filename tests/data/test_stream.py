@@ -218,3 +218,20 @@ def test_evaluate_stream_counts_hits(tmp_path, image_folder):
     net = net_for(tmp_path, NET.format(augment=""))
     result = evaluate_stream(net, ImageList(image_folder / "valid.list"), LABELS, top=2)
     assert result["n"] == 7 and result["topk"] == 1.0 and 0 <= result["top1"] <= 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_image_kernels_match_the_batch_ones(seed):
+    """preprocess's float32 one-image rotate_crop and hsv_to_rgb against augment.py's."""
+    from minidark.data import augment
+    from minidark.data.preprocess import hsv_to_rgb_image, rotate_crop_image
+
+    rng = np.random.default_rng(seed)
+    im = rng.uniform(0, 1, (3, 23, 37)).astype(np.float32)
+    rad, scale, dx, dy, aspect = rng.uniform(-0.3, 0.3), rng.uniform(0.5, 2), 3.2, -1.7, 1.1
+    expected = augment.rotate_crop(im[None], [rad], [scale], 16, 20, [dx], [dy], [aspect])[0]
+    got = rotate_crop_image(im, rad, scale, 20, 16, dx, dy, aspect)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    hsv = augment.rgb_to_hsv(im[None])[0]
+    hsv[1, :3] = 0  # some grey pixels
+    np.testing.assert_allclose(hsv_to_rgb_image(hsv), augment.hsv_to_rgb(hsv[None])[0], atol=1e-6)
