@@ -233,10 +233,41 @@ class Replicas:
                 start += array.size
 
 
+class RowShardedGenerator:
+    """``net.rng`` of one rank: a per-row draw (``random(out=a)`` with ``a`` of
+    ``batch`` rows, as dropout's mask) is the single process's draw for the
+    global ``N·batch`` rows, of which this rank keeps its own; every other draw
+    (crop offsets, the random policy) and the generator's state pass through,
+    so ranks stay in step and dropout matches one process with batch N·b."""
+
+    def __init__(self, generator, group, batch):
+        self.generator, self.group, self.batch = generator, group, batch
+        self._buffers = {}
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        if out is None or out.ndim == 0 or out.shape[0] != self.batch:
+            return self.generator.random(size, dtype=dtype, out=out)
+        shape = (self.group.size * self.batch,) + out.shape[1:]
+        key = (shape, np.dtype(dtype).str)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = np.empty(shape, dtype)
+        self.generator.random(dtype=dtype, out=buffer)
+        rank = self.group.rank
+        out[...] = buffer[rank * self.batch : (rank + 1) * self.batch]
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.generator, name)
+
+
 def attach(net, group):
     """Make ``net`` one replica of ``group``: updates divide by N·b and sum
-    every rank's gradients first; every rank starts from rank 0's parameters."""
+    every rank's gradients first; every rank starts from rank 0's parameters;
+    per-row random draws are sharded as the rows are (RowShardedGenerator)."""
     net.replicas = group.size
+    if not isinstance(net.rng, RowShardedGenerator):
+        net.rng = RowShardedGenerator(net.rng, group, net.batch)
     replicas = Replicas(net, group)
     net.before_update = replicas
     for layer in net.layers:

@@ -43,6 +43,9 @@ valid_every=10
 output=32
 activation=leaky
 
+[dropout]
+probability=.25
+
 [connected]
 output=10
 activation=linear
@@ -150,6 +153,7 @@ def test_launched_by_mpiexec_without_mpi4py_says_what_to_install(monkeypatch):
 
 # ------------------------------------------------------------- equivalence
 def test_two_ranks_of_64_train_the_mlp_as_one_process_of_128(tmp_path):
+    """Dropout included: each rank keeps its rows of the one process's mask."""
     one = write_cfg(tmp_path, MLP, "one.cfg", batch=128)
     two = write_cfg(tmp_path, MLP, "two.cfg", batch=64)
     done, _ = run_job(one, str(tmp_path / "b1"), str(tmp_path / "one.npz"))
