@@ -100,15 +100,18 @@ def sublayer(make, options, params, steps, batch, inputs, h=0, w=0, c=0, **value
     sub_params = SubParams(params, batch, inputs, h, w, c)
     sub = make(SubOptions(options, **values), sub_params)
     sub.step_fields = tuple(f for f in STEP_FIELDS if getattr(sub, f, None) is not None)
+    # only a connected sublayer without batch norm ever runs over all steps at once
+    whole = sub.type == "connected" and not sub.batch_normalize and sub.input_grad is not None
     sub_params.reserve(
         options,
-        steps * sum(getattr(sub, f).size for f in sub.step_fields) + steps * batch * inputs,
+        steps * sum(getattr(sub, f).size for f in sub.step_fields)
+        + (steps * batch * inputs if whole else 0),
         what="buffers of every time step",
     )
     for field in sub.step_fields:
         array = getattr(sub, field)
         setattr(sub, field + "_steps", np.zeros((steps,) + array.shape, array.dtype))
-    if sub.input_grad is not None:
+    if whole:
         sub.input_grad_steps = np.zeros((steps * batch, inputs), sub.input_grad.dtype)
     at_step(sub, 0)
     return sub
