@@ -6,6 +6,7 @@ Usage (the same options through the CLI's ``minidark bench``)::
                              [--json] [--no-torch]
     python -m minidark.tools.bench [CFG ...] --accuracy EPOCHS [--seeds S,S,...]
                              [--threads N] [--train-rows N] [--json]
+    python -m minidark.tools.bench [CFG] --rnn BATCHES [--repeats R] [--text TEXT]
 
 Per cfg (default ``cfg/mnist_mlp.cfg`` and ``cfg/mnist_lenet.cfg``):
 
@@ -69,7 +70,8 @@ of the per-seed differences (points).
 The package follows those parts: ``common`` (shared names), ``torch_twin``
 (the PyTorch twin), ``flops`` (FLOPs and GEMM shapes), ``worker`` (one
 measurement per process), ``runner`` (the parent: data, interleaved runs,
-summary), ``accuracy`` (accuracy mode), ``output`` (the tables) and
+summary), ``accuracy`` (accuracy mode), ``recurrent`` (``--rnn BATCHES``: a character
+LSTM against ``torch.nn.LSTM``, bits/char and chars/s), ``output`` (the tables) and
 ``command`` (the command line).
 """
 
@@ -89,6 +91,14 @@ _EXPORTS = {
     "top1_torch": "accuracy",
     "train_minidark": "accuracy",
     "train_torch": "accuracy",
+    "RNN_TARGET_BITS": "recurrent",
+    "RNN_TARGET_SPEED": "recurrent",
+    "check_rnn_net": "recurrent",
+    "format_rnn_table": "recurrent",
+    "run_rnn": "recurrent",
+    "summarize_rnn": "recurrent",
+    "training_batches": "recurrent",
+    "validation_batches": "recurrent",
     "parse_seeds": "command",
     "run": "command",
     "DEFAULT_CFGS": "common",

@@ -62,6 +62,21 @@ def run(args):
         if not os.path.exists(cfg):
             raise MinidarkError(f"{cfg}: no such cfg file")
     progress = None if args.json else (lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    if args.rnn is not None:
+        from .recurrent import format_rnn_table, run_rnn
+
+        if args.accuracy is not None:
+            raise MinidarkError("--rnn and --accuracy are separate modes: choose one")
+        for name in ("rnn", "valid_bytes"):
+            if getattr(args, name) < 1:
+                raise MinidarkError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+                )
+        if not args.cfgs:
+            cfgs = [resolve_cfg("cfg/char_lstm.cfg")]
+        result = run_rnn(cfgs, args, progress)
+        print(json.dumps(result, indent=1) if args.json else format_rnn_table(result))
+        return 0
     if args.accuracy is None:
         if args.seeds is not None or args.train_rows is not None:
             raise MinidarkError("--seeds and --train-rows need --accuracy EPOCHS")

@@ -112,4 +112,29 @@ def add_arguments(parser):
         metavar="N",
         help="train on the first N MNIST training rows only (quick checks)",
     )
+    group = parser.add_argument_group(
+        "recurrent mode",
+        "train an [lstm] character cfg (e.g. cfg/char_lstm.cfg) and torch.nn.LSTM from the "
+        "same weights, text streams and learning rates; print both validation bits/char "
+        "and training characters/s",
+    )
+    group.add_argument(
+        "--rnn",
+        type=int,
+        metavar="BATCHES",
+        help="train BATCHES batches in each engine (--repeats interleaved pairs)",
+    )
+    group.add_argument(
+        "--text",
+        metavar="TEXT",
+        help="training text, the held-out one beside it as <stem>_valid<ext> "
+        "(default: the Python standard-library corpus, written to a temporary folder)",
+    )
+    group.add_argument(
+        "--valid-bytes",
+        type=int,
+        default=65536,
+        metavar="N",
+        help="validate on the first N bytes of the held-out text (default 65536)",
+    )
     return parser

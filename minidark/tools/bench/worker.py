@@ -81,6 +81,11 @@ def _worker(args):
     if args.worker == "gemm":
         result.update(_limit_threads(args.threads, with_torch))
         result.update(_worker_gemm(args, with_torch))
+    elif args.worker == "rnn":
+        from .recurrent import worker_rnn
+
+        result.update(_limit_threads(args.threads, with_torch))
+        result.update(worker_rnn(args))
     elif args.worker == "accuracy":
         result.update(_limit_threads(args.threads, with_torch))
         try:
@@ -336,7 +341,7 @@ def worker_main(argv):
     add_arguments(parser)
     # internal: one measurement in this (fresh) process
     parser.add_argument(
-        "--worker", choices=("train", "eval", "gemm", "accuracy"), help=argparse.SUPPRESS
+        "--worker", choices=("train", "eval", "gemm", "accuracy", "rnn"), help=argparse.SUPPRESS
     )
     parser.add_argument("--mnist", help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=ENGINES, default="minidark", help=argparse.SUPPRESS)
