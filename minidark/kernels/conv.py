@@ -255,10 +255,7 @@ def forward_winograd(l, net, finish, weights, biases):
     """3x3 stride 1 by Winograd F(2x2, 3x3) (minidark/kernels/winograd.py), NCHW in and out."""
     u = winograd_weights(l, weights)
     out = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)
-    wino.forward(l, net, u, WINOGRAD_TILE, out)
-    if finish:
-        out += biases[:, None, None]
-        activate(l.output, l.activation)
+    wino.forward(l, net, u, WINOGRAD_TILE, out, (biases, l.activation) if finish else None)
 
 
 def forward_columns(l, net, finish, weights, biases):

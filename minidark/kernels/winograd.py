@@ -41,6 +41,10 @@ import math
 
 import numpy as np
 
+from .activations import activate
+
+ONE_IMAGE_TILES = 196  # tiles of one image from which a piece holds one image
+
 
 def matrices(m):
     """(At (m, a), G (a, 3), Bt (a, a)) of F(m, 3), float64."""
@@ -98,7 +102,10 @@ def sizes(l, m, batch):
     one = need(1, th)
     per_image = sum(one.values())
     if 4 * per_image <= COLUMN_BYTES:
-        images = int(max(1, min(batch, 2 * CHUNK_BYTES // (4 * (one["wv"] + one["wm"])))))
+        # one image per piece once its tiles fill a GEMM: with several, the
+        # transforms move data across the image axis (measured ~2-3x slower)
+        images = 1 if th * tw >= ONE_IMAGE_TILES else batch
+        images = int(max(1, min(images, 2 * CHUNK_BYTES // (4 * (one["wv"] + one["wm"])))))
         return images, th, need(images, th)
     fixed = one["wpad"] + one["wdxpad"]
     per_row = (per_image - fixed) / th
@@ -188,13 +195,19 @@ def input_adjoint(dv, m, th, tw, rows, dslab):
                 target += c * rows[i]
 
 
-def output_transform(mm, m, y, out):
+def output_transform(mm, m, y, out, finish=None):
     """out (B, N, rows, cols) = At M A of every tile; ``mm`` (a^2, N, B, th, tw),
-    ``y`` (m, m, N, B, th, tw) scratch."""
+    ``y`` (m, m, N, B, th, tw) scratch. ``finish`` (biases, activation): applied on
+    the way, the biases to M's entry (1, 1), which At's all-ones column 1 spreads
+    to every output of the tile (a quarter of a pass), the activation to y."""
     at, _, _ = matrices(m)
     a2 = mm.shape[0]
+    if finish is not None:
+        mm[m + 3] += finish[0][:, None, None, None]  # (1, 1) = 1 * a + 1
     kron = np.kron(at, at).astype(mm.dtype)  # (m^2, a^2)
     np.matmul(kron, mm.reshape(a2, -1), out=y.reshape(m * m, -1))
+    if finish is not None:
+        activate(y, finish[1])
     for i in range(m):
         for j in range(m):
             target = out[:, :, i::m, j::m]
@@ -241,8 +254,9 @@ def _slot(l, net, name, shape):
     return net.workspace[start : start + math.prod(shape)].reshape(shape)
 
 
-def forward(l, net, weights_u, m, out):
-    """out (B, N, out_h, out_w) = conv(net.input, W), U = weight_transform(W) given."""
+def forward(l, net, weights_u, m, out, finish=None):
+    """out (B, N, out_h, out_w) = conv(net.input, W), U = weight_transform(W) given;
+    ``finish`` (biases, activation): added and applied (output_transform)."""
     a, c, n = m + 2, l.c, l.n
     th, tw = tiles(l, m)
     hp, wp = m * th + 2, m * tw + 2
@@ -259,7 +273,7 @@ def forward(l, net, weights_u, m, out):
         np.matmul(weights_u, v.reshape(a * a, c, -1), out=mm)
         target = out[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
         y = _slot(l, net, "wdy", (m, m, n, b, rows, tw))
-        output_transform(mm.reshape(a * a, n, b, rows, tw), m, y, target)
+        output_transform(mm.reshape(a * a, n, b, rows, tw), m, y, target, finish)
 
 
 def backward(l, net, weights_u, m, delta, grad, dx):
