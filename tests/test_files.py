@@ -327,15 +327,16 @@ def test_names_with_repeats_are_accepted(tmp_path):
     assert config.names == ["crane", "bass", "crane", "bass", "heron"] and config.classes == 5
 
 
-def test_an_image_matching_a_repeated_label_is_ambiguous(tmp_path):
+def test_an_image_matching_a_repeated_label_gets_its_first_entry(tmp_path):
+    """darknet's valid: the first label whose text occurs in the path."""
+    from PIL import Image
+
+    for name in ("heron_1.png", "crane_2.png"):
+        Image.new("L", (4, 4), 7).save(tmp_path / name)
     listing = tmp_path / "l.list"
-    listing.write_text("/x/heron_1.png\n/x/crane_2.png\n")
-    with pytest.raises(
-        DataError,
-        match=r"l.list:2: '/x/crane_2.png' matches label 'crane', "
-        r"which is listed 2 times \(entries 1, 3\)",
-    ):
-        load_image_list(str(listing), (1, 4, 4), ["crane", "heron", "crane"], progress=False)
+    listing.write_text(f"{tmp_path / 'heron_1.png'}\n{tmp_path / 'crane_2.png'}\n")
+    dataset = load_image_list(str(listing), (1, 4, 4), ["crane", "heron", "crane"], progress=False)
+    assert dataset.labels.tolist() == [1, 0]
 
 
 # --------------------------------------------------------- where MNIST goes

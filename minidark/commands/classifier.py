@@ -1,11 +1,15 @@
 """``minidark classifier train|valid|predict`` (darknet's examples/classifier.c).
 
-Differences from darknet's ``classifier``: ``valid`` and ``predict`` load
-images the way training does (convert to ``channels``, resize to
-``width`` x ``height``) where darknet centre-crops (valid) or letterboxes
-(predict); ``valid`` evaluates the whole set in batches and prints a
-confusion table instead of a line per image; ``train`` without ``--seed``
-draws a seed and prints it, so every run can be repeated.
+Preprocessing as darknet's (data/preprocess.py): ``predict`` letterboxes
+(predict_classifier); ``valid`` on an image list resizes the short side to
+the network's width and centre-crops (validate_classifier_single);
+``train --workers N`` streams an image list through N loader workers with
+darknet's load_data_augment from each image's own size (data/stream.py);
+without it the list is decoded once, resized to the network size, and
+augmented there. Differences from darknet's ``classifier``: ``valid``
+evaluates the whole set in batches and prints a confusion table instead of
+a line per image; ``train`` without ``--seed`` draws a seed and prints it,
+so every run can be repeated.
 """
 
 import os
@@ -77,6 +81,14 @@ def load_split(data, key, net, progress=True):
     return dataset
 
 
+def streamable(data, key, net):
+    """Whether split ``key`` is an image list the streaming loader can read."""
+    from ..data.dataset import is_idx
+
+    path = getattr(data, key)
+    return bool(path) and not is_idx(path) and input_shape(net) is not None and data.labels
+
+
 def train_arguments(parser):
     parser.add_argument(
         "data", metavar="DATA", help=".data file (classes, train, valid, names, backup, top)"
@@ -104,6 +116,19 @@ def train_options(parser):
         metavar="N",
         help="load WEIGHTS into layers 0..N-1 only (darknet's load_weights_upto): "
         "a backbone for a new head; usually with --clear",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="stream an image list through N loader workers (decoded and augmented per "
+        "batch at each image's own size, as darknet) instead of decoding it into memory",
+    )
+    parser.add_argument(
+        "--loader",
+        choices=("thread", "process"),
+        default="thread",
+        help="loader workers are threads (default) or processes",
     )
     parser.add_argument(
         "--no-exact-resume",
@@ -180,15 +205,32 @@ def train(args, group=None):
             f"or pass --clear to train again from these weights"
         )
         return 0
-    train_set = load_split(data, "train", net, args.progress)
-    valid_set = load_split(data, "valid", net, args.progress) if data.valid else None
+    extra = {} if group is None else {"group": group}
+    kind = Trainer if group is None else DistributedTrainer
+    if args.workers and group is None and streamable(data, "train", net):
+        from ..data.stream import ImageList
+        from ..train.stream_trainer import StreamingTrainer
+
+        train_set = ImageList(data.train)
+        valid_set = ImageList(data.valid) if streamable(data, "valid", net) else None
+        kind, extra = (
+            StreamingTrainer,
+            {
+                "labels": data.labels,
+                "workers": args.workers,
+                "kind": args.loader,
+                "labels_file": data.labels_file,
+            },
+        )
+    else:
+        train_set = load_split(data, "train", net, args.progress)
+        valid_set = load_split(data, "valid", net, args.progress) if data.valid else None
     print(net.summary(), file=sys.stderr)  # darknet's layer table, once the data is ready
-    distributed = {} if group is None else {"group": group}
-    trainer = (Trainer if group is None else DistributedTrainer)(
+    trainer = kind(
         net,
         train_set,
         valid_set,
-        **distributed,
+        **extra,
         backup_dir=data.backup,
         base=base,
         top=data.top,
@@ -244,10 +286,20 @@ def run_valid(args):
         args.cfg, args.weights, batch=100, strict=args.strict, verbose=args.verbose
     )
     check_classes(net, data, args.top)
-    valid_set = load_split(data, "valid", net)
     top = args.top or data.top
-    result = evaluate(net, valid_set, top, confusion=True, classes=net.outputs)
-    say(f"{valid_set.source}: {format_accuracy(result)}")
+    if streamable(data, "valid", net):  # darknet's resize_min + centre crop
+        from ..data.stream import ImageList
+        from ..train.stream_trainer import evaluate_stream
+
+        source = data.require("valid")
+        result = evaluate_stream(
+            net, ImageList(source), data.labels, top, workers=2, confusion=True
+        )
+    else:
+        valid_set = load_split(data, "valid", net)
+        source = valid_set.source
+        result = evaluate(net, valid_set, top, confusion=True, classes=net.outputs)
+    say(f"{source}: {format_accuracy(result)}")
     print(confusion_table(result["confusion"], data.names))
     return 0
 
@@ -308,7 +360,7 @@ def run_predict(args):
     import minidark
 
     from ..data.datafile import read_data_file
-    from ..data.dataset import image_to_input
+    from ..data.preprocess import predict_input
     from ..train.trainer import topk_indices
 
     check_kinds(PREDICT_USAGE, args)
@@ -327,7 +379,7 @@ def run_predict(args):
     failed = 0
     for image in args.images:
         try:
-            x = image_to_input(image, shape)
+            x = predict_input(image, shape)
         except DataError as exc:
             print(f"minidark: error: {printable(exc)}", file=sys.stderr)
             failed += 1

@@ -188,11 +188,29 @@ def read_stripped_lines(path, what, origin=None, limit=TEXT_LIMIT):
 
 def read_names(path, origin=None):
     """Labels, one per line, stripped; blank lines skipped; repeats kept (darknet's
-    9k.names has them)."""
+    9k.names and imagenet.shortnames.list have them), with one warning saying that
+    an image matching a repeated label gets its first entry."""
     names = [name for _, name in read_stripped_lines(path, "names file", origin)]
     if not names:
         where = f"{origin}: " if origin else ""
         raise data_error(f"{where}{printable(path)} has no labels")
+    first, repeats = {}, []
+    for index, name in enumerate(names):
+        if name in first:
+            repeats.append(f"'{name}' (entries {first[name] + 1} and {index + 1})")
+        first.setdefault(name, index)
+    if repeats:
+        shown = ", ".join(repeats[:3]) + (
+            f" and {len(repeats) - 3} more" if len(repeats) > 3 else ""
+        )
+        warnings.warn(
+            printable(
+                f"{path}: {len(repeats)} repeated label(s): {shown}; an image whose path "
+                f"contains one gets its first entry (darknet's rule)"
+            ),
+            DataWarning,
+            stacklevel=2,
+        )
     return names
 
 

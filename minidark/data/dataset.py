@@ -180,27 +180,19 @@ def _changes(c, resized, w, h):
 
 # ---------------------------------------------------------------------- image lists
 def label_from_path(path, labels):
-    """darknet's rule: the index of the one label whose text occurs in ``path``.
+    """darknet's rule: the index of the one label whose text occurs in ``path``;
+    a label listed several times gives its first entry (darknet's valid).
 
     Raises ValueError (with the matches) when none or several labels match.
     """
     matches = [i for i, label in enumerate(labels) if label in path]
-    if len(matches) != 1:
+    if len(matches) != 1 and not (matches and len({labels[i] for i in matches}) == 1):
         raise ValueError(matches)
     return matches[0]
 
 
 def label_error(where, path, labels, matches, labels_file=None):
     source = f" of {labels_file}" if labels_file else ""
-    if len(matches) > 1 and len({labels[i] for i in matches}) == 1:
-        return DataError(
-            printable(
-                f"{where}: '{path}' matches label '{labels[matches[0]]}', which is listed "
-                f"{len(matches)} times{source} (entries {', '.join(str(i + 1) for i in matches)}): "
-                f"the class of an image is the one label that occurs in its path (darknet's "
-                f"rule), so a label used to classify images must not repeat"
-            )
-        )
     if not matches:
         found = f"contains none of the {len(labels)} labels{source}"
     else:

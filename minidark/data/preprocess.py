@@ -60,6 +60,14 @@ def predict_image(im, w, h):
     return letterbox_image(im, w, h)
 
 
+def predict_input(path, shape):
+    """One image file as predict_classifier feeds it: a float32 row (errors name the file)."""
+    from .image import load_image
+
+    c, h, w = shape
+    return predict_image(load_image(path, c), w, h).reshape(1, -1)
+
+
 class TrainAugment:
     """darknet's load_data_augment for one image at its own size -> ``(c, h, w)``.
 

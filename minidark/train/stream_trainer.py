@@ -127,15 +127,18 @@ class StreamingTrainer(Trainer):
         )
 
 
-def evaluate_stream(net, images, labels, top=1, workers=4, kind="thread", mode="valid"):
+def evaluate_stream(
+    net, images, labels, top=1, workers=4, kind="thread", mode="valid", confusion=False
+):
     """Top-1/top-k of ``net`` on an :class:`ImageList` with darknet's valid
     preprocessing, ``net.batch`` images at a time, the next chunk decoded
-    while this one is predicted."""
+    while this one is predicted; the result is :func:`trainer.evaluate`'s."""
     shape = (net.c, net.h, net.w)
     k = max(1, int(top))
     chunk = max(net.batch, 64)
     n = len(images)
     hits1 = hitsk = 0
+    matrix = np.zeros((net.outputs, net.outputs), np.int64)
     buffer = np.empty((chunk, int(np.prod(shape))), np.float32)
     chunks = [np.arange(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     with StreamingLoader(images, Preprocess(mode, shape, labels), workers, kind) as loader:
@@ -147,4 +150,8 @@ def evaluate_stream(net, images, labels, top=1, workers=4, kind="thread", mode="
             best = topk_indices(net.predict(buffer[: truth.size]), k)
             hits1 += int((best[:, 0] == truth).sum())
             hitsk += int((best == truth[:, None]).any(axis=1).sum())
-    return {"n": n, "top1": hits1 / n, "topk": hitsk / n, "k": k}
+            np.add.at(matrix, (truth, best[:, 0]), 1)
+    result = {"n": n, "top1": hits1 / n, "topk": hitsk / n, "k": k}
+    if confusion:
+        result["confusion"] = matrix
+    return result

@@ -235,3 +235,32 @@ def test_one_image_kernels_match_the_batch_ones(seed):
     hsv = augment.rgb_to_hsv(im[None])[0]
     hsv[1, :3] = 0  # some grey pixels
     np.testing.assert_allclose(hsv_to_rgb_image(hsv), augment.hsv_to_rgb(hsv[None])[0], atol=1e-6)
+
+
+def test_cli_train_streams_and_valid_predict_preprocess_as_darknet(tmp_path, image_folder, capsys):
+    from minidark import cli
+    from minidark.data.preprocess import predict_input
+
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    (tmp_path / "s.data").write_text(
+        f"classes=2\ntrain={image_folder / 'train.list'}\nvalid={image_folder / 'valid.list'}\n"
+        f"labels={tmp_path / 'labels.txt'}\nbackup={tmp_path / 'backup'}\n"
+    )
+    (tmp_path / "s.cfg").write_text(NET.format(augment=AUGMENT))
+    data, cfg = str(tmp_path / "s.data"), str(tmp_path / "s.cfg")
+    args = ["classifier", "train", data, cfg, "--workers", "2", "--seed", "4", "--no-progress"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "on 7 images" in out  # the streamed valid list
+    weights = str(tmp_path / "backup" / "s.weights")
+    assert cli.main(["classifier", "valid", data, cfg, weights]) == 0
+    valid_out = capsys.readouterr().out
+    net = minidark.load_network(cfg, weights, batch=1)
+    images = ImageList(image_folder / "valid.list")
+    x = np.stack([valid_image(load_image(images.file(i), 3), 16, 16).ravel() for i in range(7)])
+    top1 = (net.predict(x).argmax(1) == np.arange(7) % 2).mean()
+    assert f"top-1 {100 * top1:.2f}% on 7 images" in valid_out
+    image = images.file(1)
+    assert cli.main(["classifier", "predict", data, cfg, weights, image, "--top", "1"]) == 0
+    probs = net.predict(predict_input(image, (3, 16, 16)))[0]
+    assert f"{100 * probs.max():5.2f}%: {LABELS[int(probs.argmax())]}" in capsys.readouterr().out
