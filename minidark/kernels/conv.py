@@ -8,6 +8,15 @@ stay in cache; scratch lives in ``net.workspace`` as named per-chunk slots
 
 Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
 
+* ``l.pointwise`` (1x1, no padding, one group): no columns at all, one GEMM
+  per image on the NCHW buffers: ``out_b (N, rows) = W (N, C) @ x_b (C, rows)``
+  (stride s: x's every s-th row and column, gathered per chunk); backward
+  ``dW = sum_b dy_b @ x_b.T``, ``dx_b += W.T @ dy_b``.
+* ``l.winograd`` (3x3, stride 1, one group): Winograd F(2x2, 3x3) on NCHW
+  (minidark/kernels/winograd.py), forward and both gradients. ``plan`` leaves
+  it undecided (None); the first forward times it against the columns (best
+  of two each) and keeps the faster for the layer's life, as measured on the
+  machine that runs it.
 * NHWC columns (the default): ``cols (M, K) = im2col(x)``, ``y (M, N/g) =
   cols @ W_g.T`` with the weights reordered to (N, ky, kx, c) in ``l.ordered``;
   backward ``dW_g = dy_g.T @ cols``, ``net.delta += col2im(dy_g @ W_g)``.
@@ -29,6 +38,13 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
   (substitute y = oy + ky - p in the definitions). The input is used as it
   is, channel-major: no padded copy and no im2col of it in backward, whose
   copies cost more than the input gradient's wider columns save.
+
+Inference batch norm arrives folded (``fold``): ``W' = scale W`` with
+``scale = scales / (sqrt(rolling_variance) + eps)`` and biases ``shift =
+biases - rolling_mean scale`` (darknet's fuse_batchnorm), so a conv+BN+
+activation layer is one GEMM plus one epilogue while y is in cache. The fold
+rides on the weight copy every forward already makes (the reorder to
+``l.ordered``), so it cannot go stale when weights change in place.
 
 The columns are recomputed in backward instead of being kept from forward
 (80 MB for LeNet's second conv): from cache that costs less than reading

@@ -11,15 +11,20 @@ Weights ``[filters][c / groups][size][size]`` (darknet's order, kept in
 ``l.weights`` and in .weights files), initialised N(0, 1) * sqrt(2 / (size^2 c / groups));
 biases 0. .weights order: biases, [scales, rolling_mean, rolling_variance], weights.
 
-Computed by im2col + GEMM, a chunk of images at a time (``minidark/conv.py``
+Computed by im2col + GEMM, a chunk of images at a time (``minidark/kernels/conv.py``
 has the paths and their formulas): per group ``y = cols @ W_g.T`` with the
 columns of the padded input in NHWC order, or darknet's CNHW order for a
 layer with few input channels; backward ``dW_g = dy_g.T @ cols`` and
 ``net.delta += col2im(dy_g @ W_g)``, or, for stride 1 and one group, both
 gradients from the columns of the padded delta (a transposed convolution).
-1x1 stride-1 layers use the input itself as the columns. Scratch lives in
-``net.workspace``; bias and activation are applied chunk by chunk while the
-result is in cache.
+1x1 unpadded layers are one GEMM per image on the NCHW input; 3x3 stride-1
+layers may run Winograd F(2x2, 3x3) instead, picked per layer by timing both
+at the first forward. Scratch lives in ``net.workspace`` (bounded: bands of
+rows past ``conv.COLUMN_BYTES``); bias and activation are applied chunk by
+chunk while the result is in cache. In inference, batch norm is folded into
+the filters (darknet's ``fuse_batchnorm``): scale ``scales / (sqrt(var) + eps)``,
+shift ``biases - mean * scale``; a backward after an inference forward first
+rebuilds BN's caches with the unfolded forward.
 
 Deliberately fixed: darknet's ``size == 1`` shortcut ignored stride and
 padding and *overwrote* ``net.delta``; here 1x1 convolutions take the

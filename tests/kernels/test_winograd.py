@@ -224,3 +224,25 @@ def test_inference_batch_norm_folded(monkeypatch, mode, size):
         grads.append((net.delta.copy(), l.weight_updates.copy(), l.scale_updates.copy()))
     for a, b in zip(*grads, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_workspace_is_bounded(monkeypatch):
+    """A 256x256 image under a 4 MB cap (V alone would be 8 MB): Winograd's scratch
+    stays within the cap beyond the padded image and its gradient, in bands of
+    tile rows, and the output across a band boundary is right."""
+    monkeypatch.setattr(conv_module, "COLUMN_BYTES", 4 << 20)
+    net = winograd_net(monkeypatch, conv(4, 3, 1, 1), h=256, w=256, c=8, batch=1)
+    l = net.layers[0]
+    padded = 8 * 258 * 258
+    images, rows, scratch = winograd.sizes(l, 2, 1)
+    assert images == 1 and rows == l.winograd_rows < 128
+    assert 4 * (sum(scratch.values()) - scratch["wpad"] - scratch["wdxpad"]) <= 4 << 20
+    # the whole layer (im2col's bands too: columns within the cap, plus their y)
+    assert 4 * (l.workspace_size - 2 * padded) <= 1.5 * (4 << 20)
+    x = np.random.default_rng(0).normal(size=(1, 8, 256, 256)).astype(np.float32)
+    out = net.forward(x.reshape(1, -1)).reshape(1, 4, 256, 256)
+    edge = 2 * rows  # first output row of the second band
+    ref = correlate(
+        x[:, :, edge - 5 : edge + 5].astype(np.float64), l.weights.astype(np.float64), 1
+    )
+    np.testing.assert_allclose(out[:, :, edge - 4 : edge + 4], ref[:, :, 1:9], rtol=1e-4, atol=1e-4)
