@@ -269,7 +269,6 @@ NOT_IMPLEMENTED = {
     "net": {
         "center": "training crops are random, not centred",
         "clip": "gradients are not clipped",
-        "random": "the input size stays fixed",
     },
     "convolutional": {
         "binary": "weights stay full precision",

@@ -45,7 +45,7 @@ class NetConfig:
     exposure: float = 1.0  # random exposure scale, > 0
     hue: float = 0.0  # random hue shift, in [0, 1]
     flip: int = 1  # random horizontal flips (0 or 1)
-    random: int = 0  # darknet: random input resizing (read, not implemented)
+    random: int = 0  # multi-scale: resize every 40 iterations (streamed classifier training)
     notruth: int = 0  # parsed and unused, as in darknet
     # --- Adam (optim/adam.py, darknet's GPU update); momentum is then unused
     adam: int = 0  # 1: train with Adam instead of SGD

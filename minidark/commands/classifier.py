@@ -15,6 +15,7 @@ so every run can be repeated.
 import os
 import secrets
 import sys
+import warnings
 
 from ..errors import DataError, printable
 from .base import SUCCESS, USER_ERROR, add_command, check_file_kinds, positive_int
@@ -223,6 +224,13 @@ def train(args, group=None):
             },
         )
     else:
+        if net.config.random:
+            warnings.warn(
+                f"{args.cfg}: random=1 (multi-scale) needs images decoded at each size: "
+                f"train with --workers N on an image list; the input size stays fixed",
+                UserWarning,
+                stacklevel=2,
+            )
         train_set = load_split(data, "train", net, args.progress)
         valid_set = load_split(data, "valid", net, args.progress) if data.valid else None
     print(net.summary(), file=sys.stderr)  # darknet's layer table, once the data is ready

@@ -77,17 +77,20 @@ class TrainAugment:
 
     def __init__(self, net):
         self.w, self.h, self.c = net.w, net.h, net.c
-        self.low = round(net.config.min_ratio * net.w) if net.config else net.w
-        self.high = round(net.config.max_ratio * net.w) if net.config else net.w
+        self.min_ratio = net.config.min_ratio if net.config else 1.0
+        self.max_ratio = net.config.max_ratio if net.config else 1.0
         self.angle, self.aspect = float(net.angle), float(net.aspect)
         self.hue, self.saturation = float(net.hue), float(net.saturation)
         self.exposure, self.flip = float(net.exposure), bool(net.flip)
 
-    def __call__(self, im, rng):
+    def __call__(self, im, rng, size=None):
+        """``size``: (w, h) when multi-scale training has resized the network;
+        the crop range scales with it (darknet: ``args.min = min_ratio * dim``)."""
         c, H, W = im.shape
-        w, h = self.w, self.h
+        w, h = size or (self.w, self.h)
+        low, high = int(self.min_ratio * w), int(self.max_ratio * w)
         aspect = rand_scale(rng, self.aspect, 1)
-        r = rng.integers(min(self.low, self.high), max(self.low, self.high) + 1, 1)
+        r = rng.integers(min(low, high), max(low, high) + 1, 1)
         scale = r / np.floor(np.minimum(H, W * aspect))
         rad = rng.uniform(-self.angle, self.angle, 1) * np.pi / 180
         dx = np.maximum(0, (W * scale / aspect - w) / 2) * rng.uniform(-1, 1, 1)

@@ -117,8 +117,11 @@ class Preprocess:
         self.mode, self.shape, self.labels = mode, tuple(shape), labels
         self.augment, self.source, self.labels_file = augment, source, labels_file
 
-    def __call__(self, entry, file, where, seed):
+    def __call__(self, entry, file, where, seed, size=None):
+        """``size``: (w, h) to produce instead of the shape's (multi-scale training)."""
         c, h, w = self.shape
+        if size is not None:
+            w, h = size
         try:
             label = label_from_path(entry, self.labels) if self.labels else -1
         except ValueError as exc:
@@ -128,7 +131,7 @@ class Preprocess:
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from None
         if self.mode == "train":
-            im = self.augment(im, np.random.default_rng(seed))
+            im = self.augment(im, np.random.default_rng(seed), (w, h))
         elif self.mode == "valid":
             im = valid_image(im, w, h)
         elif self.mode == "predict":
@@ -146,8 +149,8 @@ def _set_process_preprocess(preprocess):
     _PROCESS_PREPROCESS = preprocess
 
 
-def _process_task(entry, file, where, seed):
-    return _PROCESS_PREPROCESS(entry, file, where, seed)
+def _process_task(entry, file, where, seed, size):
+    return _PROCESS_PREPROCESS(entry, file, where, seed, size)
 
 
 class StreamingLoader:
@@ -182,8 +185,9 @@ class StreamingLoader:
             )
             self._task = _process_task
 
-    def submit(self, indices, seeds):
-        """Start preprocessing the images ``indices`` with per-image ``seeds``."""
+    def submit(self, indices, seeds, size=None):
+        """Start preprocessing the images ``indices`` with per-image ``seeds``
+        (at ``size`` = (w, h) instead of the preprocessing's shape)."""
         if len(self.in_flight) >= self.prefetch:  # bounded memory: the caller's contract
             raise RuntimeError(
                 f"{self.prefetch} batches already in flight: collect or cancel one first"
@@ -195,9 +199,9 @@ class StreamingLoader:
         ):
             where = f"{printable(images.path)}:{images.line_number(index)}"
             futures.append(
-                self.pool.submit(self._task, images[index], images.file(index), where, seed)
+                self.pool.submit(self._task, images[index], images.file(index), where, seed, size)
             )
-        handle = (np.array(indices, np.int64), np.array(seeds, np.uint64), futures)
+        handle = (np.array(indices, np.int64), np.array(seeds, np.uint64), futures, size)
         self.in_flight.append(handle)
         return handle
 
@@ -207,7 +211,7 @@ class StreamingLoader:
 
         if handle in self.in_flight:
             self.in_flight.remove(handle)
-        _, _, futures = handle
+        futures = handle[2]
         labels = np.empty(len(futures), np.int64)
         tick = time.perf_counter()
         for row, future in enumerate(futures):

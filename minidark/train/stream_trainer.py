@@ -13,7 +13,16 @@ without prefetch, and a resume gives the same bytes. Memory: the path list
 (data/stream.py) plus ``prefetch`` batches, whatever the dataset's size.
 
 Validation streams the valid list the same way with darknet's
-``validate_classifier_single`` preprocessing (resize_min, centre crop).
+``validate_classifier_single`` preprocessing (resize_min, centre crop), at
+the cfg's input size.
+
+Multi-scale (``[net] random=1``, darknet's train_classifier): every 40
+iterations the network is resized (``net.resize``) to a square side
+``(k + 4) * 32``, k uniform in 0..10 (128 to 448), and the images are
+augmented at that size, the crop range scaled with it. darknet draws k from
+rand() when its process starts and every 40 batches after; here k comes
+from the iteration count alone (a fixed generator per 40-iteration period),
+so a resumed run has the sizes of an uninterrupted one.
 """
 
 import numpy as np
@@ -22,6 +31,8 @@ from ..data.stream import Preprocess, StreamingLoader, train_preprocess
 from .trainer import Trainer, topk_indices
 
 SEED_LIMIT = 2**63
+RESIZE_EVERY = 40  # darknet's train_classifier: count++ % 40
+MULTISCALE_SEED = 0x6D6973  # the generator of the sizes, per 40-iteration period
 
 
 class StreamingTrainer(Trainer):
@@ -67,6 +78,30 @@ class StreamingTrainer(Trainer):
         self._arange = np.arange(self.rows)
         self._pending = None
         self._batch_labels = np.zeros(self.rows, np.int64)
+        self.base_size = (net.w, net.h)
+
+    def size_at(self, iteration):
+        """(w, h) of the network at iteration ``iteration`` (0-based)."""
+        if not self.net.config.random:
+            return self.base_size
+        generator = np.random.default_rng([MULTISCALE_SEED, iteration // RESIZE_EVERY])
+        side = int(generator.integers(0, 11) + 4) * 32
+        return side, side
+
+    def _resize(self, size):
+        from ..errors import ConfigError
+
+        net = self.net
+        try:
+            net.resize(*size)
+        except ValueError as exc:
+            raise ConfigError(
+                f"random=1 resizes the network every {RESIZE_EVERY} iterations, but {exc}",
+                file=net.cfg_file,
+                section="net",
+                key="random",
+            ) from None
+        self._x = np.empty((self.rows, net.inputs), np.float32)
 
     @property
     def wait_seconds(self):
@@ -74,18 +109,24 @@ class StreamingTrainer(Trainer):
         return self.loader.wait_seconds
 
     def load_batch(self, indices):
+        net = self.net
+        size = self.size_at(net.current_batch)
+        if size != (net.w, net.h):
+            self._resize(size)
         indices = np.array(indices, np.int64)
         seeds = self.rng.integers(0, SEED_LIMIT, self.rows, dtype=np.uint64)
         pending, self._pending = self._pending, None
         if pending is not None and not (
-            np.array_equal(pending[0], indices) and np.array_equal(pending[1], seeds)
+            np.array_equal(pending[0], indices)
+            and np.array_equal(pending[1], seeds)
+            and pending[3] == size
         ):
             self.loader.cancel(pending)  # the state changed (a restore): prepare afresh
             pending = None
         if pending is None:
-            pending = self.loader.submit(indices, seeds)
+            pending = self.loader.submit(indices, seeds, size)
         labels = self.loader.collect(pending, self._x)
-        self._pending = self.loader.submit(*self._look_ahead())
+        self._pending = self.loader.submit(*self._look_ahead(), self.size_at(net.current_batch + 1))
         self._truth.fill(0)
         self._truth[self._arange, labels] = 1
         self._batch_labels[:] = labels
@@ -122,9 +163,16 @@ class StreamingTrainer(Trainer):
 
     # ------------------------------------------------------------ evaluation
     def evaluate_valid(self):
-        return evaluate_stream(
-            self.net, self.valid_set, self.labels, self.top, self.workers, self.kind
-        )
+        size = (self.net.w, self.net.h)
+        if size != self.base_size:  # evaluate at the cfg's size, then train on
+            self._resize(self.base_size)
+        try:
+            return evaluate_stream(
+                self.net, self.valid_set, self.labels, self.top, self.workers, self.kind
+            )
+        finally:
+            if size != self.base_size:
+                self._resize(size)
 
 
 def evaluate_stream(

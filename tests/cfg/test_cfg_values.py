@@ -249,7 +249,6 @@ def test_edit_distance_and_near_miss():
     [
         ("clip=0.5", "not clipped"),
         ("center=1", "centred"),
-        ("random=1", "input size"),
     ],
 )
 def test_read_but_not_implemented_keys_warn_and_fail_with_strict(option, reason):

@@ -264,3 +264,56 @@ def test_cli_train_streams_and_valid_predict_preprocess_as_darknet(tmp_path, ima
     assert cli.main(["classifier", "predict", data, cfg, weights, image, "--top", "1"]) == 0
     probs = net.predict(predict_input(image, (3, 16, 16)))[0]
     assert f"{100 * probs.max():5.2f}%: {LABELS[int(probs.argmax())]}" in capsys.readouterr().out
+
+
+class SmallScales(StreamingTrainer):
+    """Multi-scale with sides / 8 (16..56) so the test stays small."""
+
+    def size_at(self, iteration):
+        w, h = super().size_at(iteration)
+        return (w // 8, h // 8) if self.net.config.random else (w, h)
+
+
+def test_random_resizes_every_40_iterations_and_resumes_exactly(
+    tmp_path, image_folder, monkeypatch
+):
+    import minidark.train.stream_trainer as stream_trainer
+
+    monkeypatch.setattr(stream_trainer, "RESIZE_EVERY", 2)
+    text = NET.format(augment=AUGMENT + "\nrandom=1")
+
+    def make(folder, weights=None, seed=3):
+        cfg = tmp_path / "r.cfg"
+        cfg.write_text(text)
+        net = minidark.load_network(str(cfg), weights, seed=seed)
+        return SmallScales(
+            net,
+            ImageList(image_folder / "train.list"),
+            ImageList(image_folder / "valid.list"),
+            labels=LABELS,
+            workers=2,
+            backup_dir=tmp_path / folder,
+            base="r",
+            seed=seed,
+            progress=False,
+            out=io.StringIO(),
+        )
+
+    straight = make("a")
+    sizes = []
+    straight.on_iteration = lambda t: sizes.append((t.net.w, t.net.h))
+    straight.run()
+    expected = [straight.size_at(i) for i in range(8)]
+    assert sizes == expected and len(set(sizes)) > 1
+    assert all(w == h and w % 4 == 0 and 16 <= w <= 56 for w, h in sizes)
+    first = make("b")
+    first.on_iteration = lambda t: t.request_stop() if t.net.current_batch == 3 else None
+    first.run()
+    second = make("b", weights=str(tmp_path / "b" / "r.backup"), seed=42)
+    second.restore(str(tmp_path / "b" / "r.backup"))
+    second.run()
+    for t in (straight, first, second):
+        t.close()
+    assert (tmp_path / "a" / "r.weights").read_bytes() == (
+        tmp_path / "b" / "r.weights"
+    ).read_bytes()
