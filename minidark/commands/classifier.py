@@ -90,6 +90,19 @@ def streamable(data, key, net):
     return bool(path) and not is_idx(path) and input_shape(net) is not None and data.labels
 
 
+def read_hierarchy(data, net):
+    """The .data file's tree (darknet's fill_hierarchy truth); it must have a node per output."""
+    from ..kernels.tree import read_tree
+
+    tree = read_tree(data.tree)
+    if tree.n != net.outputs:
+        raise DataError(
+            f"{data.path}: tree {data.tree} has {tree.n} nodes but the network "
+            f"({net.cfg_file}) has {net.outputs} outputs"
+        )
+    return tree
+
+
 def train_arguments(parser):
     parser.add_argument(
         "data", metavar="DATA", help=".data file (classes, train, valid, names, backup, top)"
@@ -248,6 +261,8 @@ def train(args, group=None):
         header=f"train {args.data} {args.cfg} {args.weights or ''} seed {seed}",
         start=args.weights,
     )
+    if data.tree:
+        trainer.hierarchy = read_hierarchy(data, net)
     if args.weights:
         state = (
             "seen reset to 0 (--clear): momentum and data order start fresh"

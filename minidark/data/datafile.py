@@ -14,6 +14,11 @@ a key wins. Keys read by ``minidark classifier``::
                                        falls back to the other, as in darknet
     backup  = backup/                  where checkpoints, log, metrics and chart go
     top     = 2                        k of the top-k accuracy (darknet default 1)
+    tree    = data/9k.tree             a hierarchy (darknet's tree file, for a [softmax]
+                                       with tree=): training truth sets every ancestor
+                                       of the label and masks the groups without one
+                                       (darknet's fill_hierarchy); ``hierarchy`` is
+                                       read as the same key
 
 The YAML form (``.yaml``/``.yml``) is a mapping with the same keys.
 
@@ -32,8 +37,9 @@ an error naming file, line and key; unknown keys are warned about (errors
 with ``strict``); ``backup`` defaults to ``backup/`` (darknet: ``/backup/``,
 the file-system root). A names file may repeat an entry, as darknet's
 ``9k.names`` and ``imagenet.shortnames.list`` do (different classes with the
-same printed name); an image path that matches a repeated *label* is
-reported as ambiguous when the list is loaded. Files are read through
+same printed name); an image path that matches a repeated *label* gets
+its first entry (darknet's valid), said in one warning when the names are
+read. Files are read through
 :mod:`minidark.files` (a FIFO, a device, a directory or a huge file is
 refused before reading).
 """
@@ -46,6 +52,8 @@ from ..files import TEXT_LIMIT, read_text
 
 KNOWN = (
     "classes",
+    "tree",
+    "hierarchy",
     "train",
     "valid",
     "labels",
@@ -57,7 +65,7 @@ KNOWN = (
     "map",
 )  # the last three: minidark detector valid/map
 # darknet keys minidark does not use
-IGNORED = ("test", "tree", "tag", "leaves", "gpus")
+IGNORED = ("test", "tag", "leaves", "gpus")
 
 
 def data_error(message):
@@ -87,6 +95,8 @@ class DataConfig:
         self.train = self.resolve(values["train"]) if "train" in values else None
         self.valid = self.resolve(values["valid"]) if "valid" in values else None
         self.backup = self.resolve(values.get("backup", "backup/"))
+        tree_key = "tree" if "tree" in values else ("hierarchy" if "hierarchy" in values else None)
+        self.tree = self.resolve(values[tree_key]) if tree_key else None  # a tree file path
         # labels: the tokens matched in image paths; names: what is printed.
         label_key = "labels" if "labels" in values else ("names" if "names" in values else None)
         name_key = "names" if "names" in values else label_key

@@ -28,6 +28,7 @@ so a resumed run has the sizes of an uninterrupted one.
 import numpy as np
 
 from ..data.stream import Preprocess, StreamingLoader, train_preprocess
+from ..kernels.tree import fill_hierarchy
 from .trainer import Trainer, topk_indices
 
 SEED_LIMIT = 2**63
@@ -129,6 +130,8 @@ class StreamingTrainer(Trainer):
         self._pending = self.loader.submit(*self._look_ahead(), self.size_at(net.current_batch + 1))
         self._truth.fill(0)
         self._truth[self._arange, labels] = 1
+        if self.hierarchy is not None:
+            self._truth[...] = fill_hierarchy(self._truth, self.hierarchy)
         self._batch_labels[:] = labels
         return self._x, self._truth
 

@@ -65,6 +65,7 @@ import warnings
 import numpy as np
 
 from ..errors import DataError, printable
+from ..kernels.tree import fill_hierarchy
 from ..optim import policy
 from ..weights import weights_bytes
 from .checkpoint import (
@@ -197,6 +198,7 @@ class Trainer:
         self.last_checkpoint = None  # the newest complete checkpoint this run wrote
         self.on_iteration = None  # hook(trainer), for tests
         self.augment = None
+        self.hierarchy = None  # a kernels.tree.Tree: truth filled as darknet's fill_hierarchy
         self._display_rng = np.random.default_rng(0)  # for printing a 'random' rate
         self._indices = np.empty(self.rows, np.int64)
         self.setup_data()
@@ -225,13 +227,15 @@ class Trainer:
         labels = self.train_set.labels[indices]
         self._truth.fill(0)
         self._truth[self._arange, labels] = 1
+        if self.hierarchy is not None:  # .data tree=: darknet's fill_hierarchy
+            self._truth[...] = fill_hierarchy(self._truth, self.hierarchy)
         if self.augment is not None:
             self.augment(x, self.rng)
         return x, self._truth
 
     def truth_problem(self):
         """Why the current truth cannot train, or None (for the NaN report)."""
-        if not (self._truth.sum(axis=1) == 1).all():
+        if self.hierarchy is None and not (self._truth.sum(axis=1) == 1).all():
             return f"a truth row holds no single class: check the labels of {self.train_set.source}"
         return None
 

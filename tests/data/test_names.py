@@ -32,3 +32,49 @@ def test_combine9k_style_data_file_parses(tmp_path):
     with pytest.warns(DataWarning, match="repeated"):
         data = read_data_file(str(tmp_path / "combine9k.data"))
     assert data.classes == 4 and len(data.names) == 4
+
+
+TREE = "animal -1\nvehicle -1\ncat 0\ndog 0\ncar 1\nbus 1\n"
+
+
+def test_tree_key_gives_darknet_fill_hierarchy_truth(tmp_path):
+    import io
+
+    import numpy as np
+
+    import minidark
+    from minidark.data.dataset import Dataset
+    from minidark.kernels.tree import SECRET_NUM, read_tree
+    from minidark.train.trainer import Trainer
+
+    (tmp_path / "t.tree").write_text(TREE)
+    for key in ("tree", "hierarchy"):
+        (tmp_path / "h.data").write_text(f"classes=6\ntrain=t.list\n{key}=t.tree\n")
+        assert read_data_file(str(tmp_path / "h.data")).tree == str(tmp_path / "t.tree")
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(
+        "[net]\nbatch=3\nheight=4\nwidth=4\nchannels=1\nlearning_rate=0.1\n"
+        f"[connected]\noutput=6\nactivation=linear\n[softmax]\ntree={tmp_path / 't.tree'}\n"
+    )
+    net = minidark.load_network(str(cfg), seed=0)
+    images = np.random.default_rng(0).integers(0, 255, (3, 1, 4, 4), dtype=np.uint8)
+    trainer = Trainer(
+        net,
+        Dataset(images, [2, 5, 0], "mem"),
+        backup_dir=tmp_path / "b",
+        progress=False,
+        out=io.StringIO(),
+    )
+    trainer.hierarchy = read_tree(str(tmp_path / "t.tree"))
+    _, truth = trainer.load_batch(np.arange(3))
+    S = SECRET_NUM
+    np.testing.assert_array_equal(
+        truth,
+        [
+            [1, 0, 1, 0, S, S],  # cat: its parent animal too; the vehicle group is masked
+            [0, 1, S, S, 0, 1],  # bus
+            [1, 0, S, S, S, S],
+        ],  # animal: no child known
+    )
+    loss = net.train_step(*trainer.load_batch(np.arange(3)))
+    assert np.isfinite(loss)
