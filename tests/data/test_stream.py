@@ -317,3 +317,58 @@ def test_random_resizes_every_40_iterations_and_resumes_exactly(
     assert (tmp_path / "a" / "r.weights").read_bytes() == (
         tmp_path / "b" / "r.weights"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_kill_9_during_streamed_training_resumes_byte_identically(tmp_path, image_folder):
+    """A streamed run killed with SIGKILL, resumed from its newest .backup, ends
+    with the bytes of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    text = NET.format(augment=AUGMENT).replace("max_batches=8", "max_batches=60")
+    text = text.replace("backup_every=4", "backup_every=3")
+    (tmp_path / "k.cfg").write_text(text)
+
+    def data_file(name):
+        (tmp_path / f"{name}.data").write_text(
+            f"classes=2\ntrain={image_folder / 'train.list'}\nlabels={tmp_path / 'labels.txt'}\n"
+            f"backup={tmp_path / name}\n"
+        )
+        return str(tmp_path / f"{name}.data")
+
+    def command(name, *extra):
+        return [
+            sys.executable,
+            "-m",
+            "minidark",
+            "classifier",
+            "train",
+            data_file(name),
+            str(tmp_path / "k.cfg"),
+            *extra,
+            "--workers",
+            "2",
+            "--seed",
+            "8",
+            "--no-progress",
+        ]
+
+    subprocess.run(command("straight"), check=True, capture_output=True)
+    child = subprocess.Popen(
+        command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    sidecar = tmp_path / "killed" / "k.backup.state.npz"
+    deadline = time.monotonic() + 120
+    while not sidecar.exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert sidecar.exists()
+    resume = command("killed", str(tmp_path / "killed" / "k.backup"))
+    subprocess.run(resume, check=True, capture_output=True)
+    straight = (tmp_path / "straight" / "k.weights").read_bytes()
+    assert (tmp_path / "killed" / "k.weights").read_bytes() == straight
