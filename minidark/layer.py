@@ -166,6 +166,7 @@ class Layer:
     slots: dict | None = None  # conv: offset of each scratch array in net.workspace
     pointwise: bool = False  # conv 1x1 unpadded ungrouped: out_b = W @ x_b on the NCHW input
     winograd: bool | None = False  # conv 3x3/1: Winograd F(2,3); None: measure at first forward
+    winograd_backward: bool | None = False  # conv Winograd layer: its backward too; None: measure
     winograd_images: int = 0  # conv Winograd: images per piece
     winograd_rows: int = 0  # conv Winograd: tile rows per piece (fewer than all: bands)
     winograd_weights: Array | None = None  # conv Winograd: U = G W Gt, (16, n, c)

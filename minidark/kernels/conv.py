@@ -16,7 +16,8 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
   (minidark/kernels/winograd.py), forward and both gradients. ``plan`` leaves
   it undecided (None); the first forward times it against the columns (best
   of two each) and keeps the faster for the layer's life, as measured on the
-  machine that runs it.
+  machine that runs it; the first backward of a Winograd layer likewise times
+  Winograd's backward against the columns' (its buffers restored after each run).
 * NHWC columns (the default): ``cols (M, K) = im2col(x)``, ``y (M, N/g) =
   cols @ W_g.T`` with the weights reordered to (N, ky, kx, c) in ``l.ordered``;
   backward ``dW_g = dy_g.T @ cols``, ``net.delta += col2im(dy_g @ W_g)``.
@@ -93,6 +94,7 @@ def plan(l):
     l.winograd = None if k == 3 and s == 1 and g == 1 and LAYOUT == "auto" else False
     if WINOGRAD != "auto" and l.winograd is None:
         l.winograd = WINOGRAD == "on"
+    l.winograd_backward = l.winograd  # None (measured at the first backward) or forward's
     l.folded = np.zeros_like(l.weights) if l.batch_normalize else None
     l.direct = k == 1 and s == 1 and g == 1 and LAYOUT != "cnhw"  # 1x1: NHWC = columns
     l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and s == 1 and k * cg < l.out_w and not l.direct)
@@ -317,9 +319,37 @@ def backward(l, net, finish):
     if l.pointwise:
         backward_pointwise(l, net, finish)
         return
-    if l.winograd:
+    if l.winograd and l.winograd_backward is None:  # first backward: time both
+        l.winograd_backward = measure_backward(l, net, finish)
+    if l.winograd and l.winograd_backward:
         backward_winograd(l, net, finish)
         return
+    if l.winograd:  # forward ran Winograd: the columns' weight order is not made yet
+        np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+    backward_columns(l, net, finish)
+
+
+def measure_backward(l, net, finish):
+    """Whether Winograd's backward beats the columns' on this layer, best of two
+    runs each; every buffer a backward writes is restored after each run."""
+    buffers = [l.delta, l.weight_updates, l.bias_updates]
+    buffers += [] if net.delta is None else [net.delta]
+    saved = [b.copy() for b in buffers]
+    times = {False: [], True: []}
+    run = {False: backward_columns, True: backward_winograd}
+    np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+    for _ in range(2):
+        for choice in (False, True):
+            tick = time.perf_counter()
+            run[choice](l, net, finish)
+            times[choice].append(time.perf_counter() - tick)
+            for b, copy in zip(buffers, saved, strict=True):
+                np.copyto(b, copy)
+    return min(times[True]) < min(times[False])
+
+
+def backward_columns(l, net, finish):
+    """backward by the columns: transposed, banded or per chunk (module docstring)."""
     if l.transposed and net.delta is not None:
         backward_transposed(l, net, finish)
         return

@@ -101,22 +101,32 @@ def test_gradcheck(monkeypatch, body, tile):
 
 
 def test_second_layer_and_banding_match_im2col(monkeypatch):
-    """Winograd (in chunks of one image, and in bands of tile rows) gives im2col's
-    output, weight, bias and input gradients as a second layer."""
+    """Winograd (in chunks of one image, and in bands of tile rows; measured
+    against the columns, forward and backward, whose trial runs leave no trace;
+    Winograd forward with the columns' backward) gives im2col's output, weight,
+    bias and input gradients as a second layer."""
     body = conv(4, 3, 1, 1, act="leaky") + conv(5, 3, 1, 1, act="leaky")
     body += "[connected]\noutput=3\nactivation=linear\n[softmax]\n"
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 4 * 81)).astype(np.float32)
     truth = np.eye(3, dtype=np.float32)[[0, 2, 1]]
     results = []
-    for mode, column_bytes in (("off", 64 << 20), ("on", 64 << 20), ("on", 4096)):
-        monkeypatch.setattr(conv_module, "WINOGRAD", mode)
+    cases = [("off", 64 << 20), ("on", 64 << 20), ("on", 4096), ("auto", 64 << 20)]
+    cases += [("forward only", 64 << 20), ("measured backward", 64 << 20)]
+    for mode, column_bytes in cases:
+        monkeypatch.setattr(conv_module, "WINOGRAD", "on" if " " in mode else mode)
         monkeypatch.setattr(conv_module, "COLUMN_BYTES", column_bytes)
         net = build(body, h=9, w=9, c=4, batch=3, seed=2)
+        if mode == "forward only":  # Winograd forward, the columns' backward
+            net.layers[1].winograd_backward = False
+        if mode == "measured backward":  # both backwards timed, then one kept
+            net.layers[1].winograd_backward = None
         if mode == "on" and column_bytes == 4096:
             assert net.layers[1].winograd_rows < 5 and net.layers[1].winograd_images == 1
         net.forward(x, truth, train=True)
         net.backward()
+        if mode == "measured backward":
+            assert net.layers[1].winograd_backward in (True, False)
         results.append(
             [
                 a.copy()
