@@ -74,6 +74,7 @@ def run(args):
                 )
         if not args.cfgs:
             cfgs = [resolve_cfg("cfg/char_lstm.cfg")]
+        args.seed_list = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
         result = run_rnn(cfgs, args, progress)
         print(json.dumps(result, indent=1) if args.json else format_rnn_table(result))
         return 0

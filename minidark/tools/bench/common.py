@@ -122,7 +122,8 @@ def add_arguments(parser):
         "--rnn",
         type=int,
         metavar="BATCHES",
-        help="train BATCHES batches in each engine (--repeats interleaved pairs)",
+        help="train BATCHES batches in each engine (--repeats interleaved pairs per seed; "
+        "--seeds S,S,... as in accuracy mode)",
     )
     group.add_argument(
         "--text",

@@ -273,6 +273,8 @@ def run_rnn(cfgs, options, progress=None):
         target_speed=RNN_TARGET_SPEED,
         valid_bytes=options.valid_bytes,
     )
+    seeds = options.seed_list
+    meta["seeds"] = seeds
     result = {"meta": meta, "results": []}
     with tempfile.TemporaryDirectory(prefix="minidark-bench-") as tmp:
         train_file, valid_file = _texts(options, tmp)
@@ -282,14 +284,7 @@ def run_rnn(cfgs, options, progress=None):
             net = load_network(cfg, seed=options.seed)
             check_rnn_net(net, cfg)
             lstm = net.layers[0]
-            data = os.path.join(tmp, f"cfg{index}")
-            os.makedirs(data)
-            inputs, truths, resets = training_batches(
-                text, lstm.batch, lstm.steps, options.rnn, options.seed
-            )
-            np.savez(os.path.join(data, "train.npz"), inputs=inputs, truths=truths, resets=resets)
             valid_inputs, valid_truths = validation_batches(valid_text, lstm.batch, lstm.steps)
-            np.savez(os.path.join(data, "valid.npz"), inputs=valid_inputs, truths=valid_truths)
             entry = {
                 "cfg": cfg,
                 "streams": lstm.batch,
@@ -297,22 +292,37 @@ def run_rnn(cfgs, options, progress=None):
                 "hidden": lstm.outputs,
                 "params": int(net.params),
                 "batches": options.rnn,
+                "seeds": seeds,
                 "train_bytes": len(text),
                 "valid_chars": int(valid_truths.size),
                 "runs": {engine: [] for engine in ENGINES},
                 "torch_error": None if use_torch else "PyTorch not installed (or --no-torch)",
             }
             del net
-            for repeat in range(options.repeats):
-                for engine in ENGINES:
-                    if engine == "torch" and entry["torch_error"] is not None:
-                        continue
-                    say(f"repeat {repeat + 1}/{options.repeats}: {cfg} {ENGINE_NAMES[engine]}")
-                    run = run_worker("rnn", engine, options, cfg=cfg, data=data)
-                    if "error" in run:
-                        entry["torch_error"] = run["error"]
-                        continue
-                    entry["runs"][engine].append(run)
+            for seed in seeds:  # the initial weights and the streams' offsets and jumps
+                data = os.path.join(tmp, f"cfg{index}_seed{seed}")
+                os.makedirs(data)
+                inputs, truths, resets = training_batches(
+                    text, lstm.batch, lstm.steps, options.rnn, seed
+                )
+                np.savez(
+                    os.path.join(data, "train.npz"), inputs=inputs, truths=truths, resets=resets
+                )
+                np.savez(os.path.join(data, "valid.npz"), inputs=valid_inputs, truths=valid_truths)
+                for repeat in range(options.repeats):
+                    for engine in ENGINES:
+                        if engine == "torch" and entry["torch_error"] is not None:
+                            continue
+                        say(
+                            f"seed {seed}, repeat {repeat + 1}/{options.repeats}: {cfg} "
+                            f"{ENGINE_NAMES[engine]}"
+                        )
+                        run = run_worker("rnn", engine, options, cfg=cfg, data=data, seed=seed)
+                        if "error" in run:
+                            entry["torch_error"] = run["error"]
+                            continue
+                        run["seed"] = seed
+                        entry["runs"][engine].append(run)
             summarize_rnn(entry)
             result["results"].append(entry)
     return result
@@ -330,8 +340,10 @@ def summarize_rnn(entry):
             else {
                 "chars_s": statistics.median(r["chars_s"] for r in done),
                 "chars_s_runs": [r["chars_s"] for r in done],
-                "valid_bits_per_char": statistics.median(r["valid_bits_per_char"] for r in done),
-                "last_train_bits_per_char": statistics.fmean(done[0]["losses"][-50:]),
+                "valid_bits_per_char": statistics.fmean(r["valid_bits_per_char"] for r in done),
+                "last_train_bits_per_char": statistics.fmean(
+                    statistics.fmean(r["losses"][-50:]) for r in done
+                ),
                 "pools": done[0]["pools"],
             }
         )
@@ -341,7 +353,7 @@ def summarize_rnn(entry):
         a["valid_bits_per_char"] - b["valid_bits_per_char"] for a, b in pairs
     ]
     entry["speed_ratio"] = statistics.median(entry["speed_ratios"]) if pairs else None
-    entry["bits_difference"] = statistics.median(entry["bits_differences"]) if pairs else None
+    entry["bits_difference"] = statistics.fmean(entry["bits_differences"]) if pairs else None
     entry["same_initial_weights"] = (
         all(a["initial_weights"] == b["initial_weights"] for a, b in pairs) if pairs else None
     )
@@ -382,7 +394,8 @@ def format_rnn_table(result):
         lines += [
             "",
             f"{entry['cfg']}: LSTM {entry['hidden']}, {entry['streams']} streams x "
-            f"{entry['time_steps']} steps, {entry['batches']} batches; validation "
+            f"{entry['time_steps']} steps, {entry['batches']} batches; validation (mean over "
+            f"seeds) "
             f"{entry['valid_chars']} characters",
             f"{'':10} {'valid bits/char':>16} {'train bits/char':>16} {'train chars/s':>14}",
         ]
@@ -396,8 +409,9 @@ def format_rnn_table(result):
             lines.append(f"PyTorch: {entry['torch_error']}")
         if md and pt:
             lines += [
-                f"bits/char minidark - PyTorch: {entry['bits_difference']:+.3f} (median of "
-                f"pairs {', '.join(f'{d:+.3f}' for d in entry['bits_differences'])}; "
+                f"bits/char minidark - PyTorch: {entry['bits_difference']:+.3f} (mean of "
+                f"pairs, seeds {', '.join(map(str, entry['seeds']))}: "
+                f"{', '.join(f'{d:+.3f}' for d in entry['bits_differences'])}; "
                 f"target within {RNN_TARGET_BITS})",
                 f"chars/s minidark / PyTorch: {entry['speed_ratio']:.2f} (median of pairs "
                 f"{', '.join(f'{r:.2f}' for r in entry['speed_ratios'])}; target >= "
