@@ -308,6 +308,18 @@ class DistributedTrainer(Trainer):
         self._global_indices = np.empty(self.rows * group.size, np.int64)
         self._status = np.zeros(2 * group.size, np.float64)
 
+    # A Ctrl-C reaches the ranks at different instants: each one's request only
+    # travels in the next status exchange, and all stop after that same update.
+    @property
+    def stop_requested(self):
+        return self._stop_agreed
+
+    @stop_requested.setter
+    def stop_requested(self, value):
+        self._stop_local = bool(value)
+        if not value:
+            self._stop_agreed = False
+
     # ----------------------------------------------------------------- data
     def next_indices(self):
         """This rank's rows ``r·b … (r+1)·b - 1`` of the global batch of ``N·b``,
@@ -346,7 +358,7 @@ class DistributedTrainer(Trainer):
         status, rank, size = self._status, group.rank, group.size
         status.fill(0)
         status[rank] = loss
-        status[size + rank] = float(self.stop_requested)
+        status[size + rank] = float(self._stop_local)
         group.comm.Allreduce(group.MPI.IN_PLACE, status, op=group.MPI.SUM)
         losses = status[:size]
         if not np.isfinite(losses).all():
@@ -354,8 +366,7 @@ class DistributedTrainer(Trainer):
             if first == rank:
                 raise RankFailed(self._nan_report(loss, x), first)
             raise RankFailed(f"rank {first} reported a loss of {losses[first]}", first)
-        if status[size:].any() and not self.stop_requested:
-            self.stop_requested = True  # another rank saw Ctrl-C: stop together
+        self._stop_agreed = bool(status[size:].any())
         return float(losses.mean())
 
     def evaluate_valid(self):

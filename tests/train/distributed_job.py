@@ -8,8 +8,8 @@ classes, the same for every rank) through the command's code path
 (DistributedTrainer under mpiexec, the plain Trainer otherwise) and writes
 every layer's saved arrays to OUT.npz (rank 0). ``--fault`` makes one rank
 fail at one iteration: ``nan`` (a NaN input batch), ``raise`` (an exception),
-``kill`` (SIGKILL to itself), ``sigint`` (Ctrl-C to the whole job's launcher
-is simulated by a SIGINT to every rank).
+``kill`` (SIGKILL to itself), ``sigint`` (SIGINT to itself: the first rank
+that a Ctrl-C forwarded by mpiexec reaches, before the others).
 """
 
 import argparse
@@ -89,10 +89,10 @@ def install_fault(trainer, kind, fault_rank, at, rank):
     def faulty_load(indices):
         x, truth = load(indices)
         iteration = trainer.net.current_batch
-        if kind == "sigint" and iteration == at:
-            os.kill(os.getpid(), signal.SIGINT)  # every rank: as mpiexec forwards Ctrl-C
         if rank == fault_rank and iteration == at:
-            if kind == "nan":
+            if kind == "sigint":  # mpiexec forwards Ctrl-C to every rank, each at its instant
+                os.kill(os.getpid(), signal.SIGINT)
+            elif kind == "nan":
                 x[0, 0] = np.nan
             elif kind == "raise":
                 raise RuntimeError("injected failure")

@@ -182,20 +182,31 @@ def test_batch_norm_is_per_rank_two_ranks_equal_two_subdivisions(tmp_path):
     assert max(np.abs(whole_batch[k] - two_ranks[k]).max() for k in two_ranks) > 1e-4
 
 
-def test_a_two_rank_checkpoint_resumes_in_one_process_exactly(tmp_path):
+@pytest.mark.parametrize(("first", "then"), [(2, None), (None, 2)])
+def test_a_checkpoint_resumes_exactly_with_another_number_of_ranks(tmp_path, first, then):
     """The sidecar holds the global data order: 2 x 64 to iteration 10, then one
-    process of 128 from its .backup, ends where 20 uninterrupted updates end."""
-    one = write_cfg(tmp_path, MLP, "one.cfg", batch=128)
-    two = write_cfg(tmp_path, MLP, "two.cfg", batch=64, max_batches=10)
-    done, _ = run_job(one, str(tmp_path / "b1"), str(tmp_path / "one.npz"))
+    process of 128 from its .backup (or the other way round), ends where 20
+    uninterrupted updates of 128 end."""
+
+    def cfg(ranks, max_batches):
+        batch = 128 if ranks is None else 128 // ranks
+        name = f"{ranks}-{max_batches}.cfg"
+        return write_cfg(tmp_path, MLP, name, batch=batch, max_batches=max_batches)
+
+    done, _ = run_job(cfg(None, 20), str(tmp_path / "b1"), str(tmp_path / "one.npz"))
     assert done.returncode == 0, done.stderr
-    done, _ = run_job(two, str(tmp_path / "b2"), str(tmp_path / "half.npz"), 2)
+    done, _ = run_job(cfg(first, 10), str(tmp_path / "b2"), str(tmp_path / "half.npz"), first)
     assert done.returncode == 0, done.stdout + done.stderr
     backup = str(tmp_path / "b2" / "job.backup")
     done, _ = run_job(
-        one, str(tmp_path / "b2"), str(tmp_path / "resumed.npz"), None, "--weights", backup
+        cfg(then, 20),
+        str(tmp_path / "b2"),
+        str(tmp_path / "resumed.npz"),
+        then,
+        "--weights",
+        backup,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     assert_same_parameters(parameters(tmp_path / "one.npz"), parameters(tmp_path / "resumed.npz"))
 
 
@@ -229,15 +240,19 @@ def test_a_failing_rank_stops_the_job_at_once_and_the_checkpoint_survives(tmp_pa
     assert "seen 1536" in resumed.stdout
 
 
-def test_ctrl_c_on_every_rank_saves_one_backup_and_stops_together(tmp_path):
+@pytest.mark.parametrize("first", [0, 1])
+def test_ctrl_c_reaching_one_rank_first_stops_all_after_the_same_update(tmp_path, first):
+    """mpiexec forwards Ctrl-C to every rank, each at its own instant: the rank it
+    reaches first tells the others in the next exchange; one backup is saved."""
     cfg = write_cfg(tmp_path, MLP, "two.cfg", batch=64, max_batches=1000)
     backup = tmp_path / "b"
     done, _ = run_job(
-        cfg, str(backup), str(tmp_path / "x.npz"), 2, "--fault", "sigint:0:5", timeout=60
+        cfg, str(backup), str(tmp_path / "x.npz"), 2, "--fault", f"sigint:{first}:5", timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "status interrupted seen 768" in done.stdout  # iterations 0..5 done
     assert done.stdout.count("interrupted at iteration 6") == 1
+    assert np.load(tmp_path / "x.npz")["seen"] == 768
 
 
 # -------------------------------------------------------------- the command
