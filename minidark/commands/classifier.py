@@ -204,7 +204,7 @@ def train(args, group=None):
         from ..train.distributed import DistributedTrainer, attach
 
         attach(net, group)  # before the max_batches check: it counts global updates
-        say(group.describe())
+        say(group.describe(net))
     check_classes(net, data)
     base = cfg_base(args.cfg)
     if (

@@ -122,11 +122,16 @@ class Group:
         """Rank 0's ``value`` on every rank (a seed drawn at random, for one)."""
         return self.comm.bcast(value, root=0)
 
-    def describe(self):
-        """``N ranks: rank 0 pid P on HOST, ...``: mpiexec names a dead rank by its pid."""
+    def describe(self, net=None):
+        """``N ranks, data parallel: rank 0 pid P on HOST, ...`` (mpiexec names a
+        dead rank by its pid), and the batch per rank and per update."""
         where = self.comm.allgather((os.getpid(), socket.gethostname()))
         ranks = ", ".join(f"rank {r} pid {pid} on {host}" for r, (pid, host) in enumerate(where))
-        return f"{self.size} ranks, data parallel: {ranks}"
+        text = f"{self.size} ranks, data parallel: {ranks}"
+        if net is not None:
+            total = net.images_per_update
+            text += f"; {total // self.size} images per rank, {total} per update"
+        return text
 
     @contextlib.contextmanager
     def guard(self):
