@@ -151,6 +151,34 @@ def test_launched_by_mpiexec_without_mpi4py_says_what_to_install(monkeypatch):
         distributed.join()
 
 
+# ------------------------------------------------------------- sharded draws
+class FakeGroup:
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_each_rank_keeps_its_rows_of_the_one_process_draw(size):
+    """Dropout's per-row mask: rank r gets rows r*b..(r+1)*b-1 of the draw one
+    process with N*b rows makes, and every rank's generator ends in one state."""
+    batch, width = 4, 5
+    whole = np.empty((size * batch, width), np.float32)
+    one = np.random.default_rng(9)
+    one.random(out=whole, dtype=np.float32)
+    following = int(one.integers(0, 1000))  # the one process's next draw
+    states = []
+    for rank in range(size):
+        mine = distributed.RowShardedGenerator(
+            np.random.default_rng(9), FakeGroup(rank, size), batch
+        )
+        rows = np.empty((batch, width), np.float32)
+        mine.random(out=rows, dtype=np.float32)
+        np.testing.assert_array_equal(rows, whole[rank * batch : (rank + 1) * batch])
+        assert mine.integers(0, 1000) == following  # other draws pass through
+        states.append(mine.bit_generator.state)
+    assert all(state == one.bit_generator.state for state in states)
+
+
 # ------------------------------------------------------------- equivalence
 def test_two_ranks_of_64_train_the_mlp_as_one_process_of_128(tmp_path):
     """Dropout included: each rank keeps its rows of the one process's mask."""
