@@ -210,7 +210,7 @@ def test_batch_norm_is_per_rank_two_ranks_equal_two_subdivisions(tmp_path):
     assert max(np.abs(whole_batch[k] - two_ranks[k]).max() for k in two_ranks) > 1e-4
 
 
-@pytest.mark.parametrize(("first", "then"), [(2, None), (None, 2)])
+@pytest.mark.parametrize(("first", "then"), [(2, None), (None, 2), (2, 2)])
 def test_a_checkpoint_resumes_exactly_with_another_number_of_ranks(tmp_path, first, then):
     """The sidecar holds the global data order: 2 x 64 to iteration 10, then one
     process of 128 from its .backup (or the other way round), ends where 20
