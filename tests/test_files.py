@@ -323,7 +323,8 @@ def test_names_with_repeats_are_accepted(tmp_path):
     names.write_text("crane\nbass\ncrane\nbass\nheron\n")
     data = tmp_path / "x.data"
     data.write_text(f"names={names}\ntrain=t.list\n")
-    config = read_data_file(str(data))
+    with pytest.warns(DataWarning, match="2 repeated label"):
+        config = read_data_file(str(data))
     assert config.names == ["crane", "bass", "crane", "bass", "heron"] and config.classes == 5
 
 
