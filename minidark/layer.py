@@ -165,11 +165,9 @@ class Layer:
     bias_plane: Array | None = None  # conv CNHW: biases broadcast over the pixels
     slots: dict | None = None  # conv: offset of each scratch array in net.workspace
     pointwise: bool = False  # conv 1x1 unpadded ungrouped: out_b = W @ x_b on the NCHW input
-    winograd: bool | None = False  # conv 3x3/1: Winograd F(2,3); None: measure at first forward
+    winograd: int | None = 0  # conv 3x3/1: tile m of Winograd F(m,3), 0: columns; None: measure
     winograd_backward: bool | None = False  # conv Winograd layer: its backward too; None: measure
-    winograd_images: int = 0  # conv Winograd: images per piece
-    winograd_rows: int = 0  # conv Winograd: tile rows per piece (fewer than all: bands)
-    winograd_weights: Array | None = None  # conv Winograd: U = G W Gt, (16, n, c)
+    winograd_weights: Array | None = None  # conv Winograd: U = G W Gt, ((m+2)^2, n, c)
     winograd_source: Array | None = None  # conv Winograd: the weights U was made from
     winograd_grad: Array | None = None  # conv Winograd: dU summed over the pieces
     winograd_parts: Array | None = None  # conv Winograd: one piece's dU

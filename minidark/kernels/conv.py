@@ -12,10 +12,11 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
   per image on the NCHW buffers: ``out_b (N, rows) = W (N, C) @ x_b (C, rows)``
   (stride s: x's every s-th row and column, gathered per chunk); backward
   ``dW = sum_b dy_b @ x_b.T``, ``dx_b += W.T @ dy_b``.
-* ``l.winograd`` (3x3, stride 1, one group): Winograd F(2x2, 3x3) on NCHW
-  (minidark/kernels/winograd.py), forward and both gradients. ``plan`` leaves
-  it undecided (None); the first forward times it against the columns (best
-  of two each) and keeps the faster for the layer's life, as measured on the
+* ``l.winograd`` (3x3, stride 1, one group): Winograd F(m x m, 3 x 3), m =
+  ``l.winograd`` = 2 or 4, on NCHW (minidark/kernels/winograd.py), forward and
+  both gradients. ``plan`` leaves it undecided (None); the first forward times
+  F(2,3), F(4,3) and the columns (best of two each) and keeps the fastest
+  (0: the columns) for the layer's life, as measured on the
   machine that runs it; the first backward of a Winograd layer likewise times
   Winograd's backward against the columns' (its buffers restored after each run).
 * NHWC columns (the default): ``cols (M, K) = im2col(x)``, ``y (M, N/g) =
@@ -81,9 +82,9 @@ CHUNK_BYTES = 4 << 20  # target size of one chunk's columns
 COLUMN_BYTES = 64 << 20  # largest columns of one image; beyond, bands of output rows
 LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
-WINOGRAD_TILE = 2  # F(2x2, 3x3); F(4x4, 3x3) is ~10x less accurate in float32
+WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
+WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns
 SLOTS = ("xpad", "dxpad", "y", "cols", "dypad", "grads")
-WINOGRAD_SLOTS = ("wpad", "wdxpad", "wrows", "wv", "wm", "wdy")
 
 
 def plan(l):
@@ -91,10 +92,11 @@ def plan(l):
     k, s, n, c, g = l.size, l.stride, l.n, l.c, l.groups
     cg, ng, kk, rows = c // g, n // g, k * k * (c // g), l.out_h * l.out_w
     l.pointwise = k == 1 and l.pad == 0 and g == 1 and LAYOUT == "auto"
-    l.winograd = None if k == 3 and s == 1 and g == 1 and LAYOUT == "auto" else False
+    l.winograd = None if k == 3 and s == 1 and g == 1 and LAYOUT == "auto" else 0
     if WINOGRAD != "auto" and l.winograd is None:
-        l.winograd = WINOGRAD == "on"
-    l.winograd_backward = l.winograd  # None (measured at the first backward) or forward's
+        l.winograd = WINOGRAD_TILE if WINOGRAD == "on" else 0
+    # None: measured at the first backward of a Winograd layer
+    l.winograd_backward = None if l.winograd is None else bool(l.winograd)
     l.folded = np.zeros_like(l.weights) if l.batch_normalize else None
     l.direct = k == 1 and s == 1 and g == 1 and LAYOUT != "cnhw"  # 1x1: NHWC = columns
     l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and s == 1 and k * cg < l.out_w and not l.direct)
@@ -152,16 +154,10 @@ def plan(l):
         zip(SLOTS, (int(a) for a in np.cumsum([0] + sizes)), strict=False)
     )  # starts; the last cumsum is the end
     l.workspace_size = int(sum(sizes))
-    if l.winograd is not False:  # its own slots, overlapping the columns' (never both at once)
-        a = WINOGRAD_TILE + 2
-        l.winograd_images, l.winograd_rows, extra = wino.sizes(l, WINOGRAD_TILE, l.batch)
-        starts = np.cumsum([0] + [extra[name] for name in WINOGRAD_SLOTS])
-        l.slots.update(zip(WINOGRAD_SLOTS, (int(x) for x in starts), strict=False))
-        l.workspace_size = max(l.workspace_size, int(starts[-1]))
-        l.winograd_weights = np.zeros((a * a, n, c), np.float32)  # U = G W Gt
-        l.winograd_source = np.zeros_like(l.weights)  # the W that U was made from
-        l.winograd_grad = np.zeros((a * a, n, c), np.float32)
-        l.winograd_parts = np.zeros((a * a, n, c), np.float32)
+    l.winograd_weights = l.winograd_source = l.winograd_grad = l.winograd_parts = None
+    for tile in WINOGRAD_TILES if l.winograd is None else (l.winograd,) if l.winograd else ():
+        # Winograd's slots start at 0, over the columns' (never both at once)
+        l.workspace_size = max(l.workspace_size, wino.workspace(l, tile))
 
 
 def slot(l, net, name, shape):
@@ -229,15 +225,22 @@ def forward(l, net, finish, fold=None):
 
 
 def measure(l, net, finish, weights, biases):
-    """Whether Winograd beats the columns on this layer: best of two alternated runs each."""
-    times = {False: [], True: []}
-    run = {False: forward_banded if l.band else forward_columns, True: forward_winograd}
+    """The fastest path for this layer: 0 (the columns) or a Winograd tile; best
+    of two alternated runs each. The unused tile's transformed weights are dropped."""
+    times = {tile: [] for tile in (0, *WINOGRAD_TILES)}
     for _ in range(2):
-        for choice in (False, True):
+        for tile in times:
             tick = time.perf_counter()
-            run[choice](l, net, finish, weights, biases)
-            times[choice].append(time.perf_counter() - tick)
-    return min(times[True]) < min(times[False])
+            if tile:
+                l.winograd = tile
+                forward_winograd(l, net, finish, weights, biases)
+            else:
+                (forward_banded if l.band else forward_columns)(l, net, finish, weights, biases)
+            times[tile].append(time.perf_counter() - tick)
+    best = min(times, key=lambda tile: min(times[tile]))
+    if best != WINOGRAD_TILES[-1]:
+        l.winograd_weights = l.winograd_source = None
+    return best
 
 
 def forward_pointwise(l, net, finish, weights, biases):
@@ -261,19 +264,24 @@ def forward_pointwise(l, net, finish, weights, biases):
 
 
 def winograd_weights(l, weights):
-    """U = G W Gt, recomputed only when W differs from the copy it was made from
-    (one comparison: in-place edits, updates and loads can never leave it stale)."""
-    if not np.array_equal(weights, l.winograd_source):
-        np.copyto(l.winograd_source, weights)
-        wino.weight_transform(weights, WINOGRAD_TILE, l.winograd_weights)
+    """U = G W Gt for the layer's tile, recomputed only when W differs from the copy
+    it was made from (one comparison: in-place edits, updates and loads can never
+    leave it stale). Made at the first use of a tile (the measured plan tries two)."""
+    a = l.winograd + 2
+    if l.winograd_weights is None or len(l.winograd_weights) != a * a:
+        l.winograd_weights = np.zeros((a * a, l.n, l.c), weights.dtype)
+        l.winograd_source = None
+    if l.winograd_source is None or not np.array_equal(weights, l.winograd_source):
+        l.winograd_source = weights.copy()
+        wino.weight_transform(weights, l.winograd, l.winograd_weights)
     return l.winograd_weights
 
 
 def forward_winograd(l, net, finish, weights, biases):
-    """3x3 stride 1 by Winograd F(2x2, 3x3) (minidark/kernels/winograd.py), NCHW in and out."""
+    """3x3 stride 1 by Winograd F(m x m, 3 x 3), m = l.winograd (kernels/winograd.py), NCHW."""
     u = winograd_weights(l, weights)
     out = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)
-    wino.forward(l, net, u, WINOGRAD_TILE, out, (biases, l.activation) if finish else None)
+    wino.forward(l, net, u, l.winograd, out, (biases, l.activation) if finish else None)
 
 
 def forward_columns(l, net, finish, weights, biases):
@@ -440,7 +448,7 @@ def backward_winograd(l, net, finish):
     u = winograd_weights(l, l.weights)
     delta = l.delta.reshape(l.batch, l.n, l.out_h, l.out_w)
     dx = None if net.delta is None else net.delta.reshape(l.batch, l.c, l.h, l.w)
-    wino.backward(l, net, u, WINOGRAD_TILE, delta, l.weight_updates, dx)
+    wino.backward(l, net, u, l.winograd, delta, l.weight_updates, dx)
 
 
 def input_gradient(l, g, dy, cols, dxpad):

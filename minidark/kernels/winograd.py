@@ -13,9 +13,11 @@ U = G g Gt (the weight transform, one (a^2, 9) @ (9, N C) GEMM) and
 V = Bt d B (the input transform). a^2 GEMMs of N C T multiply-adds replace
 im2col's 9 m^2 per tile: 2.25x fewer for F(2,3), 4x for F(4,3).
 
-The transforms run on strided views of the zero-padded NCHW input, rows then
-columns (``Bt`` is sparse, so each output is a sum of a few shifted views),
-writing V in the (a^2, C, T) order the GEMMs read; the output transform is
+F(2,3)'s input transform runs on strided views of the zero-padded NCHW input,
+rows then columns (``Bt`` is sparse, so each output is a sum of two shifted
+views), writing V in the (a^2, C, T) order the GEMMs read; F(4,3)'s gathers
+the a x a tiles (one strided copy per tile position) and multiplies them by
+kron(Bt, Bt) in one GEMM (``TRANSFORM_GEMM``); the output transform is
 one (m^2, a^2) @ (a^2, N T) GEMM, scattered to the m x m phases of the output.
 
 Backward is the exact adjoint of those linear maps (not a second convolution):
@@ -28,8 +30,11 @@ float32 error against a float64 convolution (tests/kernels/test_winograd.py,
 N(0,1) input, 256 channels, He-scaled filters; largest error over largest
 output): im2col 3.3e-7, F(2,3) 6.8e-7 (its transforms add at most 4 numbers
 of like size), F(4,3) 1.2e-5 (coefficients up to 8 and 1/24: 35x im2col's).
-The layers use F(2,3) (``conv.WINOGRAD_TILE``); F(4,3) is kept, tested, for
-the comparison.
+Both are offered to each layer's measured plan (minidark/kernels/conv.py):
+F(4,3) does 44% fewer multiplications than F(2,3) but needs its input
+transform as a GEMM on gathered tiles (elementwise, its coefficients 2, 4, 5
+cost a temporary per term) and is 17x less accurate, still within the
+reference vectors' 1e-4 of the largest value.
 
 Scratch (net.workspace slots, sized in ``sizes``): a padded copy of the
 piece's input and its gradient, the row-transformed input, V, and M (or the
@@ -43,6 +48,7 @@ import numpy as np
 
 from .activations import activate
 
+TRANSFORM_GEMM = {2: False, 4: True}  # per tile: input transform as a GEMM on gathered tiles
 ONE_IMAGE_TILES = 196  # tiles of one image from which a piece holds one image
 
 
@@ -93,7 +99,7 @@ def sizes(l, m, batch):
         return {
             "wpad": images * c * (m * th + 2) * wp,  # the whole padded images
             "wdxpad": images * c * (m * th + 2) * wp,
-            "wrows": a * images * c * rows * wp,
+            "wrows": max(a * images * c * rows * wp, a * a * c * tiles_),  # rows or tiles
             "wv": a * a * c * tiles_,
             "wm": a * a * n * tiles_,
             "wdy": m * m * n * tiles_,
@@ -137,6 +143,15 @@ def _span(start, count, m):
 def _combine(out, terms):
     """out = sum of coefficient * array over ``terms`` (zero coefficients left out)."""
     terms = [(c, x) for c, x in terms if c != 0]
+    if len(terms) == 2 and terms[0][0] in (1, -1) and terms[1][0] in (1, -1):
+        (c0, x0), (c1, x1) = terms  # F(2,3)'s every case: one pass, not two
+        if c0 == c1:
+            np.add(x0, x1, out=out)
+            if c0 == -1:
+                np.negative(out, out=out)
+        else:
+            np.subtract(x0, x1, out=out) if c0 == 1 else np.subtract(x1, x0, out=out)
+        return
     first, x = terms[0]
     if first == 1:
         np.copyto(out, x)
@@ -165,6 +180,37 @@ def input_transform(slab, m, th, tw, rows, v):
         for j in range(a):
             target = v[i, j].transpose(1, 0, 2, 3)
             _combine(target, [(bt[j, s], rows[i][..., _span(s, tw, m)]) for s in range(a)])
+
+
+def gather_tiles(slab, m, th, tw, tiles_):
+    """tiles_ (a, a, C, B, th, tw) = every a x a tile of ``slab``, one strided copy per (r, s)."""
+    a = m + 2
+    for r in range(a):
+        for s in range(a):
+            np.copyto(
+                tiles_[r, s].transpose(1, 0, 2, 3), slab[:, :, _span(r, th, m), _span(s, tw, m)]
+            )
+
+
+def input_transform_gemm(slab, m, th, tw, tiles_, v):
+    """input_transform as one (a^2, a^2) @ (a^2, C T) GEMM on the gathered tiles:
+    for F(4,3), whose Bt has coefficients 2, 4, 5, this beats elementwise passes."""
+    _, _, bt = matrices(m)
+    gather_tiles(slab, m, th, tw, tiles_)
+    kron = np.kron(bt, bt).astype(slab.dtype)
+    np.matmul(kron, tiles_.reshape(len(kron), -1), out=v.reshape(len(kron), -1))
+
+
+def input_adjoint_gemm(dv, m, th, tw, tiles_, dslab):
+    """dslab += the adjoint of input_transform_gemm applied to dv: one GEMM, then
+    the tiles overlap-added back (one strided add per (r, s))."""
+    _, _, bt = matrices(m)
+    a = m + 2
+    kron = np.kron(bt, bt).astype(dv.dtype)
+    np.matmul(kron.T, dv.reshape(len(kron), -1), out=tiles_.reshape(len(kron), -1))
+    for r in range(a):
+        for s in range(a):
+            dslab[:, :, _span(r, th, m), _span(s, tw, m)] += tiles_[r, s].transpose(1, 0, 2, 3)
 
 
 def input_adjoint(dv, m, th, tw, rows, dslab):
@@ -249,8 +295,18 @@ def pad_images(l, m, x, xpad):
     np.copyto(xpad[:, :, p : p + h, p : p + w], x)
 
 
-def _slot(l, net, name, shape):
-    start = l.slots[name]
+SLOTS = ("wpad", "wdxpad", "wrows", "wv", "wm", "wdy")
+
+
+def workspace(l, m):
+    """Floats of net.workspace F(m, 3) needs (its slots start at 0: never used
+    together with the columns' slots)."""
+    return sum(sizes(l, m, l.batch)[2].values())
+
+
+def _slot(l, net, m, name, shape):
+    scratch = sizes(l, m, l.batch)[2]
+    start = sum(scratch[other] for other in SLOTS[: SLOTS.index(name)])
     return net.workspace[start : start + math.prod(shape)].reshape(shape)
 
 
@@ -261,18 +317,22 @@ def forward(l, net, weights_u, m, out, finish=None):
     th, tw = tiles(l, m)
     hp, wp = m * th + 2, m * tw + 2
     x = net.input.reshape(l.batch, c, l.h, l.w)
-    for b0, b1, ty0, ty1, first in pieces(l, m, l.winograd_images, l.winograd_rows):
+    for b0, b1, ty0, ty1, first in pieces(l, m, *sizes(l, m, l.batch)[:2]):
         b, rows = b1 - b0, ty1 - ty0
-        xpad = _slot(l, net, "wpad", (b, c, hp, wp))
+        xpad = _slot(l, net, m, "wpad", (b, c, hp, wp))
         if first:
             pad_images(l, m, x[b0:b1], xpad)
         slab = xpad[:, :, m * ty0 : m * ty1 + 2]
-        v = _slot(l, net, "wv", (a, a, c, b, rows, tw))
-        input_transform(slab, m, rows, tw, _slot(l, net, "wrows", (a, b, c, rows, wp)), v)
-        mm = _slot(l, net, "wm", (a * a, n, b * rows * tw))
+        v = _slot(l, net, m, "wv", (a, a, c, b, rows, tw))
+        if TRANSFORM_GEMM[m]:
+            scratch = _slot(l, net, m, "wrows", (a, a, c, b, rows, tw))
+            input_transform_gemm(slab, m, rows, tw, scratch, v)
+        else:
+            input_transform(slab, m, rows, tw, _slot(l, net, m, "wrows", (a, b, c, rows, wp)), v)
+        mm = _slot(l, net, m, "wm", (a * a, n, b * rows * tw))
         np.matmul(weights_u, v.reshape(a * a, c, -1), out=mm)
         target = out[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
-        y = _slot(l, net, "wdy", (m, m, n, b, rows, tw))
+        y = _slot(l, net, m, "wdy", (m, m, n, b, rows, tw))
         output_transform(mm.reshape(a * a, n, b, rows, tw), m, y, target, finish)
 
 
@@ -283,29 +343,37 @@ def backward(l, net, weights_u, m, delta, grad, dx):
     hp, wp = m * th + 2, m * tw + 2
     p = l.pad
     x = net.input.reshape(l.batch, c, l.h, l.w)
+    if l.winograd_grad is None or len(l.winograd_grad) != a * a:  # first backward of this tile
+        l.winograd_grad = np.zeros((a * a, n, c), delta.dtype)
+        l.winograd_parts = np.zeros((a * a, n, c), delta.dtype)
     du, parts = l.winograd_grad, l.winograd_parts
     du.fill(0)
-    for b0, b1, ty0, ty1, first in pieces(l, m, l.winograd_images, l.winograd_rows):
+    for b0, b1, ty0, ty1, first in pieces(l, m, *sizes(l, m, l.batch)[:2]):
         b, rows = b1 - b0, ty1 - ty0
-        xpad = _slot(l, net, "wpad", (b, c, hp, wp))
-        dxpad = _slot(l, net, "wdxpad", (b, c, hp, wp))
+        xpad = _slot(l, net, m, "wpad", (b, c, hp, wp))
+        dxpad = _slot(l, net, m, "wdxpad", (b, c, hp, wp))
         if first:
             pad_images(l, m, x[b0:b1], xpad)
             if dx is not None:
                 dxpad.fill(0)
         slab = xpad[:, :, m * ty0 : m * ty1 + 2]
-        rows_scratch = _slot(l, net, "wrows", (a, b, c, rows, wp))
-        v = _slot(l, net, "wv", (a, a, c, b, rows, tw))
-        input_transform(slab, m, rows, tw, rows_scratch, v)
-        wy = _slot(l, net, "wm", (a * a, n, b * rows * tw))
+        v = _slot(l, net, m, "wv", (a, a, c, b, rows, tw))
+        if TRANSFORM_GEMM[m]:
+            rows_scratch = _slot(l, net, m, "wrows", (a, a, c, b, rows, tw))
+            input_transform_gemm(slab, m, rows, tw, rows_scratch, v)
+        else:
+            rows_scratch = _slot(l, net, m, "wrows", (a, b, c, rows, wp))
+            input_transform(slab, m, rows, tw, rows_scratch, v)
+        wy = _slot(l, net, m, "wm", (a * a, n, b * rows * tw))
         dy = delta[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
-        delta_transform(dy, m, rows, tw, _slot(l, net, "wdy", (m, m, n, b, rows, tw)), wy)
+        delta_transform(dy, m, rows, tw, _slot(l, net, m, "wdy", (m, m, n, b, rows, tw)), wy)
         vv = v.reshape(a * a, c, -1)
         np.matmul(wy, vv.transpose(0, 2, 1), out=parts)
         du += parts
         if dx is not None:
             np.matmul(weights_u.transpose(0, 2, 1), wy, out=vv)  # dV over V
-            input_adjoint(v, m, rows, tw, rows_scratch, dxpad[:, :, m * ty0 : m * ty1 + 2])
+            adjoint = input_adjoint_gemm if TRANSFORM_GEMM[m] else input_adjoint
+            adjoint(v, m, rows, tw, rows_scratch, dxpad[:, :, m * ty0 : m * ty1 + 2])
             if ty1 == th:
                 dx[b0:b1] += dxpad[:, :, p : p + l.h, p : p + l.w]
     weight_gradient(du, m, grad)

@@ -18,8 +18,8 @@ layer with few input channels; backward ``dW_g = dy_g.T @ cols`` and
 ``net.delta += col2im(dy_g @ W_g)``, or, for stride 1 and one group, both
 gradients from the columns of the padded delta (a transposed convolution).
 1x1 unpadded layers are one GEMM per image on the NCHW input; 3x3 stride-1
-layers may run Winograd F(2x2, 3x3) instead, picked per layer by timing both
-at the first forward. Scratch lives in ``net.workspace`` (bounded: bands of
+layers may run Winograd F(2x2, 3x3) or F(4x4, 3x3) instead, picked per layer by
+timing the three at the first forward. Scratch lives in ``net.workspace`` (bounded: bands of
 rows past ``conv.COLUMN_BYTES``); bias and activation are applied chunk by
 chunk while the result is in cache. In inference, batch norm is folded into
 the filters (darknet's ``fuse_batchnorm``): scale ``scales / (sqrt(var) + eps)``,

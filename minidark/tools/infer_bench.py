@@ -179,7 +179,7 @@ def _path(l):
     if l.pointwise:
         return "gemm 1x1"
     if l.winograd:
-        return "winograd F(2,3)"
+        return f"winograd F({l.winograd},3)"
     return "im2col " + ("cnhw" if l.cnhw else "nhwc") + (" banded" if l.band else "")
 
 

@@ -71,13 +71,9 @@ def test_forward_matches_definition(h, w, padding, tile):
     finally:
         conv_module.WINOGRAD, conv_module.WINOGRAD_TILE = "auto", 2
     l = net.layers[0]
-    assert l.winograd is True
+    assert l.winograd == tile
     x = np.random.default_rng(h * w).normal(size=(2, 3, h, w)).astype(np.float32)
-    conv_module.WINOGRAD_TILE = tile
-    try:
-        out = net.forward(x.reshape(2, -1)).reshape(2, 5, l.out_h, l.out_w)
-    finally:
-        conv_module.WINOGRAD_TILE = 2
+    out = net.forward(x.reshape(2, -1)).reshape(2, 5, l.out_h, l.out_w)
     ref = correlate(x.astype(np.float64), l.weights.astype(np.float64), padding)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
@@ -94,7 +90,7 @@ def test_forward_matches_definition(h, w, padding, tile):
 def test_gradcheck(monkeypatch, body, tile):
     """Both gradients (the adjoint of the Winograd forward) against central differences."""
     net = winograd_net(monkeypatch, body, tile, h=7, w=6)
-    assert net.layers[0].winograd is True
+    assert net.layers[0].winograd == tile
     results = gradcheck(net, tolerance=1e-6)
     assert {r.array for r in results} == {"input", "weights", "biases"}
     assert all(r.passed for r in results), format_results(results)
@@ -112,9 +108,11 @@ def test_second_layer_and_banding_match_im2col(monkeypatch):
     truth = np.eye(3, dtype=np.float32)[[0, 2, 1]]
     results = []
     cases = [("off", 64 << 20), ("on", 64 << 20), ("on", 4096), ("auto", 64 << 20)]
+    cases += [("F(4,3)", 64 << 20), ("F(4,3)", 4096)]
     cases += [("forward only", 64 << 20), ("measured backward", 64 << 20)]
     for mode, column_bytes in cases:
-        monkeypatch.setattr(conv_module, "WINOGRAD", "on" if " " in mode else mode)
+        monkeypatch.setattr(conv_module, "WINOGRAD", "on" if mode not in ("off", "auto") else mode)
+        monkeypatch.setattr(conv_module, "WINOGRAD_TILE", 4 if mode == "F(4,3)" else 2)
         monkeypatch.setattr(conv_module, "COLUMN_BYTES", column_bytes)
         net = build(body, h=9, w=9, c=4, batch=3, seed=2)
         if mode == "forward only":  # Winograd forward, the columns' backward
@@ -122,7 +120,8 @@ def test_second_layer_and_banding_match_im2col(monkeypatch):
         if mode == "measured backward":  # both backwards timed, then one kept
             net.layers[1].winograd_backward = None
         if mode == "on" and column_bytes == 4096:
-            assert net.layers[1].winograd_rows < 5 and net.layers[1].winograd_images == 1
+            images, rows, _ = winograd.sizes(net.layers[1], 2, 3)
+            assert rows < 5 and images == 1
         net.forward(x, truth, train=True)
         net.backward()
         if mode == "measured backward":
@@ -245,7 +244,7 @@ def test_workspace_is_bounded(monkeypatch):
     l = net.layers[0]
     padded = 8 * 258 * 258
     images, rows, scratch = winograd.sizes(l, 2, 1)
-    assert images == 1 and rows == l.winograd_rows < 128
+    assert images == 1 and rows < 128
     assert 4 * (sum(scratch.values()) - scratch["wpad"] - scratch["wdxpad"]) <= 4 << 20
     # the whole layer (im2col's bands too: columns within the cap, plus their y)
     assert 4 * (l.workspace_size - 2 * padded) <= 1.5 * (4 << 20)
@@ -256,3 +255,23 @@ def test_workspace_is_bounded(monkeypatch):
         x[:, :, edge - 5 : edge + 5].astype(np.float64), l.weights.astype(np.float64), 1
     )
     np.testing.assert_allclose(out[:, :, edge - 4 : edge + 4], ref[:, :, 1:9], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_both_transform_forms_agree(monkeypatch, tile):
+    """The input transform and its adjoint, elementwise or as a GEMM on gathered
+    tiles, give the same forward and gradients."""
+    body = conv(4, 3, 1, 1, act="leaky") + conv(5, 3, 1, 1, act="linear")
+    rng = np.random.default_rng(tile)
+    x = rng.normal(size=(2, 3 * 49)).astype(np.float32)
+    delta = rng.normal(size=(2, 5 * 49)).astype(np.float32)
+    results = []
+    for gemm in (False, True):
+        monkeypatch.setitem(winograd.TRANSFORM_GEMM, tile, gemm)
+        net = winograd_net(monkeypatch, body, tile, h=7, w=7, c=3, seed=1)
+        out = net.forward(x, train=True).copy()
+        net.layers[1].delta[:] = delta
+        net.backward()
+        results.append([out, net.layers[0].delta.copy(), net.layers[1].weight_updates.copy()])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
