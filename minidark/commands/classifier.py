@@ -226,7 +226,13 @@ def train(args, group=None):
         from ..train.stream_trainer import StreamingTrainer
 
         train_set = ImageList(data.train)
-        valid_set = ImageList(data.valid) if streamable(data, "valid", net) else None
+        valid_set = (
+            ImageList(data.valid)
+            if streamable(data, "valid", net)
+            else load_split(data, "valid", net, args.progress)
+            if data.valid
+            else None
+        )
         kind, extra = (
             StreamingTrainer,
             {

@@ -27,9 +27,9 @@ so a resumed run has the sizes of an uninterrupted one.
 
 import numpy as np
 
-from ..data.stream import Preprocess, StreamingLoader, train_preprocess
+from ..data.stream import ImageList, Preprocess, StreamingLoader, train_preprocess
 from ..kernels.tree import fill_hierarchy
-from .trainer import Trainer, topk_indices
+from .trainer import Trainer, evaluate, topk_indices
 
 SEED_LIMIT = 2**63
 RESIZE_EVERY = 40  # darknet's train_classifier: count++ % 40
@@ -170,6 +170,8 @@ class StreamingTrainer(Trainer):
         if size != self.base_size:  # evaluate at the cfg's size, then train on
             self._resize(self.base_size)
         try:
+            if not isinstance(self.valid_set, ImageList):  # an in-memory set (IDX)
+                return evaluate(self.net, self.valid_set, self.top)
             return evaluate_stream(
                 self.net, self.valid_set, self.labels, self.top, self.workers, self.kind
             )

@@ -372,3 +372,15 @@ def test_kill_9_during_streamed_training_resumes_byte_identically(tmp_path, imag
     subprocess.run(resume, check=True, capture_output=True)
     straight = (tmp_path / "straight" / "k.weights").read_bytes()
     assert (tmp_path / "killed" / "k.weights").read_bytes() == straight
+
+
+def test_streamed_training_evaluates_an_in_memory_valid_set(tmp_path, image_folder):
+    from minidark.data.dataset import Dataset
+    from minidark.train.trainer import evaluate
+
+    images = np.random.default_rng(0).integers(0, 255, (6, 3, 16, 16), dtype=np.uint8)
+    valid = Dataset(images, [0, 1, 0, 1, 1, 0], "memory")
+    t = trainer(tmp_path, image_folder, "m")
+    t.valid_set = valid
+    assert t.evaluate_valid() == evaluate(t.net, valid, t.top)
+    t.close()
