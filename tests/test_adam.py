@@ -237,3 +237,34 @@ def test_adam_hyperparameters_out_of_range_are_errors(key, value):
         parse_network(
             read_cfg_text(CONV_BN.replace("adam=1", f"adam=1\n{key}={value}")), verbose=False
         )
+
+
+def test_bench_torch_twin_maps_adam_to_torch_adam(monkeypatch):
+    """minidark bench --accuracy's twin: torch.optim.Adam(lr, (B1, B2), eps / B),
+    decay on every parameter (a stand-in torch records the call)."""
+    import sys
+    import types
+
+    from minidark.tools.bench.torch_twin import TorchNet
+
+    calls = {}
+    optim = types.SimpleNamespace(
+        Adam=lambda params, **kw: calls.setdefault("adam", (params, kw)),
+        SGD=lambda params, **kw: calls.setdefault("sgd", (params, kw)),
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(optim=optim))
+    net = parse_network(read_cfg_text(RESUME_CFG), verbose=False)
+    module = types.SimpleNamespace(weight="w", bias="b")
+    bn = types.SimpleNamespace(weight="gamma", bias="beta")
+    twin = TorchNet(None, [(net.layers[0], module, bn), (net.layers[1], module, None)], net, 10)
+    twin.optimizer()
+    params, kw = calls["adam"]
+    assert kw == {"lr": net.current_rate(), "betas": (0.8, 0.99), "eps": 1e-6 / 16}
+    assert all(group["weight_decay"] == 0.0005 for group in params)
+    assert sorted(p for group in params for p in group["params"]) == [
+        "b",
+        "beta",
+        "gamma",
+        "w",
+        "w",
+    ]

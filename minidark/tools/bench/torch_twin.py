@@ -16,6 +16,10 @@ class TorchNet:
         self.learning_rate = net.current_rate()
         self.momentum, self.decay = net.momentum, net.decay
         self.subdivisions = net.subdivisions
+        config = net.config
+        self.adam = bool(config.adam) if config is not None else False
+        if self.adam:  # darknet's Adam on summed gradients = torch's on the mean, eps / B
+            self.betas, self.eps = (config.B1, config.B2), config.eps / net.images_per_update
 
     def copy_weights_from(self, net=None):
         """Copy weights, biases and BN statistics from the minidark layers."""
@@ -35,7 +39,8 @@ class TorchNet:
     def optimizer(self):
         """darknet's SGD: momentum on everything, decay on weights only, per-layer
         learning_rate scales (kept as each group's ``lr_scale``); groups with
-        equal settings are merged."""
+        equal settings are merged. With adam=1, torch's Adam with darknet's
+        betas, ``eps / B`` and decay on every parameter (optim/adam.py)."""
         import torch
 
         groups = {}
@@ -43,12 +48,15 @@ class TorchNet:
             scale = layer.learning_rate_scale
             no_decay = [module.bias] if bn is None else [bn.weight, bn.bias]
             groups.setdefault((scale, self.decay), []).append(module.weight)
-            groups.setdefault((scale, 0.0), []).extend(no_decay)
+            # darknet's Adam decays biases and scales too (adam_update_gpu on each)
+            groups.setdefault((scale, self.decay if self.adam else 0.0), []).extend(no_decay)
         params = [
             {"params": p, "lr": self.learning_rate * scale, "lr_scale": scale, "weight_decay": wd}
             for (scale, wd), p in groups.items()
             if p
         ]
+        if self.adam:  # torch's Adam: L2 decay added to the gradient, as darknet's
+            return torch.optim.Adam(params, lr=self.learning_rate, betas=self.betas, eps=self.eps)
         return torch.optim.SGD(
             params, lr=self.learning_rate, momentum=self.momentum, weight_decay=0.0
         )
