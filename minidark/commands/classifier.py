@@ -299,6 +299,12 @@ def valid_arguments(parser):
     parser.add_argument(
         "--top", type=positive_int, metavar="K", help="k of top-k (default: the data file's top=)"
     )
+    parser.add_argument(
+        "--multi",
+        action="store_true",
+        help="darknet's validmulti: an image list at five scales and mirrored, outputs summed "
+        "(the network is resized to each image)",
+    )
     parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
     parser.add_argument("--verbose", action="store_true", help="print the layer table")
 
@@ -312,11 +318,26 @@ def run_valid(args):
     check_kinds(VALID_USAGE, args)
     data = read_data_file(args.data, strict=args.strict)
     net = minidark.load_network(
-        args.cfg, args.weights, batch=100, strict=args.strict, verbose=args.verbose
+        args.cfg,
+        args.weights,
+        batch=2 if args.multi else 100,
+        strict=args.strict,
+        verbose=args.verbose,
     )
     check_classes(net, data, args.top)
     top = args.top or data.top
-    if streamable(data, "valid", net):  # darknet's resize_min + centre crop
+    if args.multi:
+        from ..data.stream import ImageList
+        from ..train.stream_trainer import evaluate_multi
+
+        if not streamable(data, "valid", net):
+            raise DataError(f"{data.path}: --multi needs valid= to be an image list")
+        source = data.require("valid")
+        try:
+            result = evaluate_multi(net, ImageList(source), data.labels, top, confusion=True)
+        except ValueError as exc:  # a network that cannot be resized
+            raise DataError(f"{args.cfg}: --multi resizes the network: {exc}") from None
+    elif streamable(data, "valid", net):  # darknet's resize_min + centre crop
         from ..data.stream import ImageList
         from ..train.stream_trainer import evaluate_stream
 

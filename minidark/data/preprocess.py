@@ -14,6 +14,10 @@
   ``crop_image`` of ``w x h`` at ``((W' - w) / 2, (H' - h) / 2)``, edge pixels
   repeated where the crop leaves the image.
 * **predict** (``predict_classifier``): ``letterbox_image`` to ``w x h``.
+* **valid --multi** (``validate_classifier_multi``): at each of darknet's
+  scales 224, 288, 320, 352, 384 (here as multiples 1, 9/7, 10/7, 11/7, 12/7
+  of the network's width), ``resize_max`` and predict with the network
+  resized to that image, then on the mirrored image; the ten outputs summed.
 
 Resizing is darknet's bilinear ``resize_image`` (data/image.py). Decoding is
 Pillow's (libjpeg / libjpeg-turbo), not stb_image: JPEG pixels may differ by
@@ -32,6 +36,18 @@ def resize_min(im, size):
     """darknet's resize_min: the short side to ``size``, keeping the aspect ratio."""
     _, h, w = im.shape
     if w < h:
+        h, w = h * size // w, size
+    else:
+        w, h = w * size // h, size
+    if (h, w) == im.shape[1:]:
+        return im
+    return resize_image(im, w, h)
+
+
+def resize_max(im, size):
+    """darknet's resize_max: the long side to ``size``, keeping the aspect ratio."""
+    _, h, w = im.shape
+    if w > h:
         h, w = h * size // w, size
     else:
         w, h = w * size // h, size

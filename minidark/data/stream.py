@@ -117,6 +117,14 @@ class Preprocess:
         self.mode, self.shape, self.labels = mode, tuple(shape), labels
         self.augment, self.source, self.labels_file = augment, source, labels_file
 
+    def label(self, entry, images, index):
+        """The class of ``entry`` (entry ``index`` of ``images``), errors naming the line."""
+        try:
+            return label_from_path(entry, self.labels)
+        except ValueError as exc:
+            where = f"{printable(images.path)}:{images.line_number(index)}"
+            raise label_error(where, entry, self.labels, exc.args[0], self.labels_file) from None
+
     def __call__(self, entry, file, where, seed, size=None):
         """``size``: (w, h) to produce instead of the shape's (multi-scale training)."""
         c, h, w = self.shape

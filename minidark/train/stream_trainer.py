@@ -208,3 +208,48 @@ def evaluate_stream(
     if confusion:
         result["confusion"] = matrix
     return result
+
+
+MULTI_SCALES = (7, 9, 10, 11, 12)  # darknet's 224, 288, 320, 352, 384, in sevenths of 224
+
+
+def multi_scores(net, im, width):
+    """The outputs for ``im`` summed over darknet's scales (of ``width``) and mirrors;
+    ``net`` is left resized to the last scale."""
+    from ..data.preprocess import resize_max
+
+    total = np.zeros(net.outputs, np.float64)
+    for scale in MULTI_SCALES:
+        r = resize_max(im, width * scale // 7)
+        net.resize(r.shape[2], r.shape[1])
+        total += net.predict(np.stack([r.ravel(), r[:, :, ::-1].ravel()])).sum(axis=0)
+    return total
+
+
+def evaluate_multi(net, images, labels, top=1, confusion=False):
+    """darknet's validate_classifier_multi on an :class:`ImageList`: per image,
+    at each scale the long side resized to ``net.w * s / 7``, the network
+    resized to the image, the outputs of the image and its mirror summed over
+    scales; top-k of the sum. The network is left at its original size."""
+    from ..data.image import load_image
+
+    base = (net.w, net.h)
+    k = max(1, int(top))
+    hits1 = hitsk = 0
+    matrix = np.zeros((net.outputs, net.outputs), np.int64)
+    classes = Preprocess("stretch", (net.c, net.h, net.w), labels)
+    try:
+        for i in range(len(images)):
+            truth = classes.label(images[i], images, i)
+            total = multi_scores(net, load_image(images.file(i), net.c), base[0])
+            best = topk_indices(total[None], k)[0]
+            hits1 += int(best[0] == truth)
+            hitsk += int(truth in best)
+            matrix[truth, best[0]] += 1
+    finally:
+        net.resize(*base)
+    n = len(images)
+    result = {"n": n, "top1": hits1 / n, "topk": hitsk / n, "k": k}
+    if confusion:
+        result["confusion"] = matrix
+    return result

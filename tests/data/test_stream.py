@@ -384,3 +384,46 @@ def test_streamed_training_evaluates_an_in_memory_valid_set(tmp_path, image_fold
     t.valid_set = valid
     assert t.evaluate_valid() == evaluate(t.net, valid, t.top)
     t.close()
+
+
+def test_valid_multi_sums_five_scales_and_mirrors_as_darknet(tmp_path, image_folder, capsys):
+    from minidark import cli
+    from minidark.data.preprocess import resize_max
+    from minidark.train.stream_trainer import evaluate_multi, multi_scores
+
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text(NET.format(augment=""))
+    net = minidark.load_network(str(cfg), seed=5, batch=2)
+    minidark.save_weights(net, tmp_path / "m.weights")
+    images = ImageList(image_folder / "valid.list")
+    result = evaluate_multi(net, images, LABELS, top=1, confusion=True)
+    assert (net.w, net.h) == (16, 16) and result["n"] == 7
+    hits = 0
+    for i in range(7):  # independently: a network built at each size from the same weights
+        im = load_image(images.file(i), 3)
+        total = 0
+        for side in (16, 20, 22, 25, 27):  # 16 * (7, 9, 10, 11, 12) // 7
+            r = resize_max(im, side)
+            sized = tmp_path / "sized.cfg"
+            sized.write_text(
+                NET.format(augment="")
+                .replace("height=16", f"height={r.shape[1]}")
+                .replace("width=16", f"width={r.shape[2]}")
+            )
+            other = minidark.load_network(str(sized), tmp_path / "m.weights", batch=2)
+            total = total + other.predict(np.stack([r.ravel(), r[:, :, ::-1].ravel()])).sum(0)
+        hits += int(np.argmax(total) == i % 2)
+        np.testing.assert_allclose(multi_scores(net, im, 16), total, rtol=1e-5)
+    assert result["top1"] == hits / 7 and result["confusion"].sum() == 7
+    data = tmp_path / "m.data"
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    data.write_text(
+        f"classes=2\nvalid={image_folder / 'valid.list'}\nlabels={tmp_path / 'labels.txt'}\n"
+    )
+    assert (
+        cli.main(
+            ["classifier", "valid", str(data), str(cfg), str(tmp_path / "m.weights"), "--multi"]
+        )
+        == 0
+    )
+    assert f"top-1 {100 * hits / 7:.2f}% on 7 images" in capsys.readouterr().out
