@@ -296,7 +296,7 @@ class Trainer:
         self.say(
             f"{self.base}: learning rate {net.learning_rate:g}, momentum "
             f"{net.momentum:g}, decay {net.decay:g}; {self.n} training images, "
-            f"{self.rows} per iteration; augmentation: "
+            f"{net.images_per_update} per iteration; augmentation: "
             f"{self.augment.describe() if self.augment else 'off'}"
         )
         log_path = os.path.join(self.backup_dir, f"{self.base}.log")
@@ -449,7 +449,7 @@ class Trainer:
         if self.bar is not None and not self.bar.disable:
             self.bar.set_postfix_str(
                 f"loss {loss:.4f}, avg {self.avg_loss:.4f}, lr {rate:.3g},"
-                f" {self.rows / max(seconds, 1e-9):,.0f} img/s{self.bar_suffix()}",
+                f" {net.images_per_update / max(seconds, 1e-9):,.0f} img/s{self.bar_suffix()}",
                 refresh=False,
             )
             self.bar.update(1)

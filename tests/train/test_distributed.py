@@ -315,6 +315,8 @@ def test_mpiexec_runs_classifier_train_and_resumes_with_another_n(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 ranks, data parallel: rank 0 pid" in done.stdout
+    assert "32 images per rank, 64 per update" in done.stdout
+    assert "256 training images, 64 per iteration" in done.stdout  # the global batch
     assert done.stdout.count("test accuracy") == 1
     log = (tmp_path / "backup" / "tiny.log").read_text()
     assert log.count(" images\n") == 10  # one line per global update, from rank 0
