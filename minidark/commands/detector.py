@@ -182,8 +182,11 @@ def run_train_detector(args):
 
     from ..data.datafile import read_data_file
     from ..train.detection_trainer import DetectionTrainer
+    from ..train.distributed import single_process_only
     from ..train.trainer import cfg_base, final_missing
     from .classifier import check_kinds
+
+    single_process_only("detector train")
     check_kinds("minidark detector train DATA CFG [WEIGHTS]", args)
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)

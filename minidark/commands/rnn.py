@@ -180,8 +180,10 @@ def train_arguments(parser):
 
 def run_train(args):
     from ..data.text import TextStreams, read_text
+    from ..train.distributed import single_process_only
     from ..train.trainer import cfg_base
 
+    single_process_only("rnn train")
     text = read_text(args.file)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     net = load_text_network(args.cfg, seed=seed)

@@ -69,6 +69,10 @@ class MPIUnavailable(MinidarkError):
     """Launched by mpiexec, but mpi4py cannot be imported."""
 
 
+class NotDataParallel(MinidarkError):
+    """A verb that trains in one process only was started by mpiexec with N > 1."""
+
+
 class RankFailed(MinidarkError):
     """A failure every rank raises together; ``reporter`` is the rank that reports it."""
 
@@ -79,6 +83,36 @@ class RankFailed(MinidarkError):
 
 def launched_by_mpi(environ=os.environ):
     return any(name in environ for name in LAUNCHER_VARIABLES)
+
+
+def launched_rank_and_size(environ=os.environ):
+    """(rank, size) as the launcher's variables give them, without MPI: (0, 1) alone."""
+    for rank_key, size_key in (
+        ("PMI_RANK", "PMI_SIZE"),
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+        ("PMIX_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ):
+        if rank_key in environ and size_key in environ:
+            try:
+                return int(environ[rank_key]), int(environ[size_key])
+            except ValueError:
+                break
+    return 0, 1
+
+
+def single_process_only(verb):
+    """For a verb that cannot train data-parallel: under ``mpiexec -n N`` (N > 1)
+    rank 0 says so in one line and every rank exits with status 2, before any
+    rank touches a file (N copies would each train and overwrite the others')."""
+    rank, size = launched_rank_and_size()
+    if size > 1:
+        if rank != 0:
+            raise SystemExit(2)
+        raise NotDataParallel(
+            f"{verb} does not run data-parallel under mpiexec ({size} ranks would be "
+            f"{size} separate trainings writing the same files): run it without mpiexec; "
+            f"classifier train is the verb that trains on several processes"
+        )
 
 
 def join():

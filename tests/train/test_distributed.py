@@ -151,6 +151,30 @@ def test_launched_by_mpiexec_without_mpi4py_says_what_to_install(monkeypatch):
         distributed.join()
 
 
+@pytest.mark.parametrize(
+    "verb", [["detector", "train", "x.data", "y.cfg"], ["rnn", "train", "y.cfg", "--file", "t.txt"]]
+)
+def test_verbs_that_train_in_one_process_refuse_mpiexec_in_one_line(tmp_path, verb):
+    """N copies of detector/rnn train would be N trainings over the same files:
+    rank 0 says so, every rank exits 2, no file is touched (no mpi4py needed)."""
+    outputs = []
+    for rank in (0, 1):
+        env = dict(clean_env(), PMI_RANK=str(rank), PMI_SIZE="2")
+        done = subprocess.run(
+            [sys.executable, "-m", "minidark", *verb],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 2
+        outputs.append(done.stdout + done.stderr)
+    assert f"{verb[0]} train does not run data-parallel under mpiexec" in outputs[0]
+    assert outputs[1] == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------- sharded draws
 class FakeGroup:
     def __init__(self, rank, size):
