@@ -165,6 +165,12 @@ class Group:
         if net is not None:
             total = net.images_per_update
             text += f"; {total // self.size} images per rank, {total} per update"
+            if isinstance(net.before_update, Replicas):
+                replicas = net.before_update
+                text += (
+                    f"; {4 * replicas.floats / 1e6:.3g} MB of gradients summed in "
+                    f"{len(replicas.buckets)} Allreduce call(s) per update"
+                )
         return text
 
     @contextlib.contextmanager
