@@ -44,9 +44,9 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
 Inference batch norm arrives folded (``fold``): ``W' = scale W`` with
 ``scale = scales / (sqrt(rolling_variance) + eps)`` and biases ``shift =
 biases - rolling_mean scale`` (darknet's fuse_batchnorm), so a conv+BN+
-activation layer is one GEMM plus one epilogue while y is in cache. The fold
-rides on the weight copy every forward already makes (the reorder to
-``l.ordered``), so it cannot go stale when weights change in place.
+activation layer is one GEMM plus one epilogue while y is in cache. The folded
+filters, their column order and Winograd's U are remade only when W or the
+fold changed since the last pass (``derived``: one comparison).
 
 The columns are recomputed in backward instead of being kept from forward
 (80 MB for LeNet's second conv): from cache that costs less than reading
@@ -154,7 +154,8 @@ def plan(l):
         zip(SLOTS, (int(a) for a in np.cumsum([0] + sizes)), strict=False)
     )  # starts; the last cumsum is the end
     l.workspace_size = int(sum(sizes))
-    l.winograd_weights = l.winograd_source = l.winograd_grad = l.winograd_parts = None
+    l.winograd_weights = l.winograd_grad = l.winograd_parts = None
+    l.weights_seen, l.prepared = None, set()  # derived weights remade at the first forward
     for tile in WINOGRAD_TILES if l.winograd is None else (l.winograd,) if l.winograd else ():
         # Winograd's slots start at 0, over the columns' (never both at once)
         l.workspace_size = max(l.workspace_size, wino.workspace(l, tile))
@@ -208,9 +209,12 @@ def forward(l, net, finish, fold=None):
     norm folded into the filters, ``W' = scale W``, biases ``shift`` (darknet's
     fuse_batchnorm), so BN costs no pass over the output."""
     weights, biases = l.weights, l.biases
+    derived(l, fold)
     if fold is not None:
         scale, biases = fold
-        np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
+        if "folded" not in l.prepared:
+            np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
+            l.prepared.add("folded")
         weights = l.folded
     if l.winograd is None:  # first pass: time both, keep the faster
         l.winograd = measure(l, net, finish, weights, biases)
@@ -222,6 +226,27 @@ def forward(l, net, finish, fold=None):
         forward_banded(l, net, finish, weights, biases)
     else:
         forward_columns(l, net, finish, weights, biases)
+
+
+def derived(l, fold):
+    """Forget the weights derived from W (l.prepared: the folded filters, their
+    column order, Winograd's U) when W or the batch-norm fold differs from what
+    they were made from. One comparison per pass instead of remaking them: at
+    batch 1 the reorder of a 512x1024 3x3 layer's weights alone costs a
+    third of its GEMM; in-place edits, updates and loads are all seen."""
+    scale = None if fold is None else fold[0]
+    seen = l.weights_seen
+    same = seen is not None and seen.dtype == l.weights.dtype and np.array_equal(l.weights, seen)
+    if same and scale is None:
+        same = l.scale_seen is None
+    elif same:
+        same = l.scale_seen is not None and np.array_equal(scale, l.scale_seen)
+    if not same:
+        if seen is None or seen.dtype != l.weights.dtype:
+            l.weights_seen = np.empty_like(l.weights)
+        np.copyto(l.weights_seen, l.weights)
+        l.scale_seen = None if scale is None else scale.copy()
+        l.prepared = set()
 
 
 def measure(l, net, finish, weights, biases):
@@ -239,7 +264,8 @@ def measure(l, net, finish, weights, biases):
             times[tile].append(time.perf_counter() - tick)
     best = min(times, key=lambda tile: min(times[tile]))
     if best != WINOGRAD_TILES[-1]:
-        l.winograd_weights = l.winograd_source = None
+        l.winograd_weights = None
+        l.prepared.discard("winograd")
     return best
 
 
@@ -264,16 +290,15 @@ def forward_pointwise(l, net, finish, weights, biases):
 
 
 def winograd_weights(l, weights):
-    """U = G W Gt for the layer's tile, recomputed only when W differs from the copy
-    it was made from (one comparison: in-place edits, updates and loads can never
-    leave it stale). Made at the first use of a tile (the measured plan tries two)."""
+    """U = G W Gt for the layer's tile, remade only when ``derived`` forgot it. Made
+    at the first use of a tile (the measured plan tries two)."""
     a = l.winograd + 2
     if l.winograd_weights is None or len(l.winograd_weights) != a * a:
         l.winograd_weights = np.zeros((a * a, l.n, l.c), weights.dtype)
-        l.winograd_source = None
-    if l.winograd_source is None or not np.array_equal(weights, l.winograd_source):
-        l.winograd_source = weights.copy()
+        l.prepared.discard("winograd")
+    if "winograd" not in l.prepared:
         wino.weight_transform(weights, l.winograd, l.winograd_weights)
+        l.prepared.add("winograd")
     return l.winograd_weights
 
 
@@ -287,8 +312,9 @@ def forward_winograd(l, net, finish, weights, biases):
 def forward_columns(l, net, finish, weights, biases):
     """im2col + GEMM, a chunk of images at a time (module docstring)."""
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
-    if not l.cnhw:
+    if not l.cnhw and "ordered" not in l.prepared:
         np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
+        l.prepared.add("ordered")
     weights = (weights if l.cnhw else l.ordered).reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, rows)
@@ -324,6 +350,7 @@ def forward_columns(l, net, finish, weights, biases):
 def backward(l, net, finish):
     """weight_updates (and, with ``finish``, the activation gradient applied to
     l.delta chunk by chunk, and bias_updates) and net.delta (when not None)."""
+    derived(l, None)  # backward follows an unfolded forward; a no-op check then
     if l.pointwise:
         backward_pointwise(l, net, finish)
         return
@@ -332,8 +359,9 @@ def backward(l, net, finish):
     if l.winograd and l.winograd_backward:
         backward_winograd(l, net, finish)
         return
-    if l.winograd:  # forward ran Winograd: the columns' weight order is not made yet
+    if not l.cnhw and "ordered" not in l.prepared:  # forward ran Winograd
         np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+        l.prepared.add("ordered")
     backward_columns(l, net, finish)
 
 
@@ -345,7 +373,9 @@ def measure_backward(l, net, finish):
     saved = [b.copy() for b in buffers]
     times = {False: [], True: []}
     run = {False: backward_columns, True: backward_winograd}
-    np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+    if "ordered" not in l.prepared:
+        np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
+        l.prepared.add("ordered")
     for _ in range(2):
         for choice in (False, True):
             tick = time.perf_counter()
@@ -509,7 +539,9 @@ def bands(l):
 def forward_banded(l, net, finish, weights, biases):
     """forward for an image too big for its columns: one image, one band of rows at a time."""
     k, s, ng, cg, w = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_w
-    np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
+    if "ordered" not in l.prepared:
+        np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
+        l.prepared.add("ordered")
     weights = l.ordered.reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, l.out_h * w)
