@@ -231,9 +231,9 @@ def forward(l, net, finish, fold=None):
 def derived(l, fold):
     """Forget the weights derived from W (l.prepared: the folded filters, their
     column order, Winograd's U) when W or the batch-norm fold differs from what
-    they were made from. One comparison per pass instead of remaking them: at
-    batch 1 the reorder of a 512x1024 3x3 layer's weights alone costs a
-    third of its GEMM; in-place edits, updates and loads are all seen."""
+    they were made from. One comparison per pass (a third of the fold plus
+    reorder it replaces, docs/benchmark.md); in-place edits, updates and
+    loads are all seen."""
     scale = None if fold is None else fold[0]
     seen = l.weights_seen
     same = seen is not None and seen.dtype == l.weights.dtype and np.array_equal(l.weights, seen)
