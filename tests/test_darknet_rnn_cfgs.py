@@ -3,9 +3,10 @@ byte as darknet ships them) build and train a few steps on one-hot bytes.
 
 rnn.train.cfg is 128 streams x 576 steps = 73,728 rows per batch through three
 1024-wide [rnn] layers with batch norm: about 3.9 TFLOP per training batch and
-~12 GB of per-step buffers (darknet's own CPU build allocates the same arrays).
-Its full-size run is slow-marked; the same file with only time_steps lowered
-checks the rest quickly."""
+~12 GB of per-step buffers (darknet's own CPU build allocates the same arrays):
+one batch took about 9.5 minutes and 12.1 GiB on the project's 2-core machine,
+too much for the suite. The same file with only time_steps lowered checks the
+rest; the full size is run by hand (docs/benchmark.md, "Recurrent mode")."""
 
 import contextlib
 import os
@@ -13,9 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from minidark import load_network
 from minidark.cfg import parse_network, read_cfg_text
-from minidark.cfg.builder import available_memory
 
 STOCK = os.path.join(os.path.dirname(__file__), "cfg", "stock")
 
@@ -98,21 +97,3 @@ def test_darknets_rnn_train_cfg_with_fewer_time_steps_trains():
     # all-steps input gradient (only the GEMM over all steps without BN needs it)
     sub = net.layers[1].sublayers["self_layer"]
     assert sub.output_steps.shape == (4, 128, 1024) and sub.input_grad_steps is None
-
-
-FULL_SIZE_BYTES = 13 << 30  # the buffers (~12 GB) and some room
-
-
-@pytest.mark.slow
-def test_darknets_rnn_train_cfg_at_full_size_trains_a_step():
-    memory = available_memory()
-    if memory is not None and memory < FULL_SIZE_BYTES:
-        pytest.skip(
-            f"rnn.train.cfg's buffers need ~12 GB; this machine has {memory / 2**30:.1f} GiB "
-            f"available"
-        )
-    with pytest.warns(UserWarning, match="hidden"):
-        net = load_network(os.path.join(STOCK, "rnn.train.cfg"), seed=0)
-    assert net.batch == 73728
-    losses, unchanged = train_a_few_steps(net, 1)
-    assert np.isfinite(losses[0]) and not unchanged
