@@ -87,11 +87,10 @@ def cfg_text(iterations, batch, frozen=False):
 
 
 def run(argv, log):
-    from minidark import cli
-
+    # A child process, as a user would run the command (tools sit below the CLI).
     log.append("minidark " + " ".join(shlex.quote(str(a)) for a in argv))
     print(log[-1], flush=True)
-    status = cli.main([str(a) for a in argv])
+    status = subprocess.call([sys.executable, "-m", "minidark", *map(str, argv)])
     if status:
         raise SystemExit(f"failed ({status}): {log[-1]}")
 
