@@ -16,6 +16,7 @@ class TorchNet:
         self.learning_rate = net.current_rate()
         self.momentum, self.decay = net.momentum, net.decay
         self.subdivisions = net.subdivisions
+        self.loss_scale = 1.0  # 1 + the scales of [cost] sse layers after the softmax
         config = net.config
         self.adam = bool(config.adam) if config is not None else False
         if self.adam:  # darknet's Adam on summed gradients = torch's on the mean, eps / B
@@ -72,6 +73,8 @@ class TorchNet:
         import torch.nn.functional as F
 
         loss = F.cross_entropy(logits, labels)
+        if self.loss_scale != 1:
+            loss = loss * self.loss_scale
         return loss / self.subdivisions if self.subdivisions != 1 else loss
 
 
@@ -151,7 +154,7 @@ def build_torch_model(net, copy_weights=True):
     modules, pairs = [], []
     image = None  # (c, h, w) while the tensor is NCHW, None when flat
     layers = list(net.layers)
-    head = None
+    head, cost_scale = None, 0.0
     for i, l in enumerate(layers):
         where = f"layer {i} [{l.type}]"
         kind = {
@@ -161,6 +164,12 @@ def build_torch_model(net, copy_weights=True):
             "conn": "connected",
             "soft": "softmax",
         }.get(l.type, l.type)
+        if head is not None and kind == "cost" and l.cost_type == "sse":
+            # darknet's cifar.cfg: [softmax] passes its delta through, so an sse
+            # cost on the probabilities adds scale * (truth - p) to softmax's own
+            # truth - p: (1 + scale) times cross-entropy's gradient on the logits
+            cost_scale += l.scale
+            continue
         if head is not None:
             raise UnsupportedForTorch(
                 f"{where}: layers after the softmax head are unsupported for torch comparison"
@@ -228,6 +237,7 @@ def build_torch_model(net, copy_weights=True):
         modules.append(nn.Flatten())
     model = nn.Sequential(*modules)
     twin = TorchNet(model, pairs, net, head.inputs)
+    twin.loss_scale = 1.0 + cost_scale
     if copy_weights:
         twin.copy_weights_from(net)
     with torch.no_grad():  # the shapes must agree layer by layer: check the end
