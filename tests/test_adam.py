@@ -1,5 +1,6 @@
 """Adam (adam=1): darknet's GPU update against torch.optim.Adam's documented
-algorithm, reimplemented in float64 numpy; moments kept through resize and resume."""
+algorithm, reimplemented in float64 numpy, and against the real torch.optim.Adam
+when PyTorch is installed; moments kept through resize and resume."""
 
 import io
 import warnings
@@ -268,3 +269,191 @@ def test_bench_torch_twin_maps_adam_to_torch_adam(monkeypatch):
         "w",
         "w",
     ]
+
+
+# --------------------------------------------------- the real torch.optim.Adam
+def torch_module():
+    return pytest.importorskip("torch", reason="PyTorch is needed to compare with torch.optim.Adam")
+
+
+MLP_TWO_SUBDIVISIONS = """[net]
+batch=6
+subdivisions=2
+inputs=12
+learning_rate=0.01
+decay=0.01
+adam=1
+B1=0.8
+B2=0.99
+eps=1e-4
+[connected]
+output=8
+activation=leaky
+[connected]
+output=5
+activation=linear
+[softmax]
+"""
+
+CONV_NO_BN = """[net]
+batch=4
+height=6
+width=6
+channels=2
+learning_rate=0.003
+decay=0.0005
+adam=1
+[convolutional]
+filters=3
+size=3
+stride=1
+pad=1
+activation=relu
+[maxpool]
+size=2
+stride=2
+[connected]
+output=4
+activation=linear
+[softmax]
+"""
+
+
+def one_hot_batches(net, steps, seed):
+    rng = np.random.default_rng(seed)
+    rows, classes = net.images_per_update, net.output_layer.outputs
+    for _ in range(steps):
+        x = rng.normal(size=(rows, net.inputs)).astype(np.float32)
+        yield x, rng.integers(0, classes, rows)
+
+
+def torch_parameters(twin):
+    """(minidark layer, attribute, torch parameter) for every trained parameter."""
+    for layer, module, bn in twin.pairs:
+        yield layer, "weights", module.weight
+        if bn is None:
+            yield layer, "biases", module.bias
+        else:
+            yield layer, "scales", bn.weight
+            yield layer, "biases", bn.bias
+
+
+def darknet_adam_in_torch(torch, parameters, net):
+    """adam.py's mapping: lr, (B1, B2), eps / B, weight_decay = decay on every
+    parameter, for the *mean* loss over the B = batch * subdivisions images."""
+    c = net.config
+    return torch.optim.Adam(
+        parameters,
+        lr=net.current_rate(),
+        betas=(c.B1, c.B2),
+        eps=c.eps / net.images_per_update,
+        weight_decay=c.decay,
+    )
+
+
+def largest_difference(pairs):
+    return max(
+        float(
+            np.abs(
+                getattr(layer, name) - p.detach().numpy().reshape(getattr(layer, name).shape)
+            ).max()
+        )
+        for layer, name, p in pairs
+    )
+
+
+@pytest.mark.parametrize("cfg", [MLP_TWO_SUBDIVISIONS, CONV_NO_BN], ids=["mlp", "conv"])
+def test_adam_trains_as_torch_optim_adam(cfg):
+    """Both engines train from the same weights on the same batches: minidark
+    with adam=1, PyTorch with torch.optim.Adam (autograd, mean cross-entropy).
+    Every parameter agrees to float32 tolerance after each of 8 updates."""
+    torch = torch_module()
+    from minidark.tools.bench.torch_twin import build_torch_model
+
+    net = parse_network(read_cfg_text(cfg), verbose=False, seed=11)
+    twin = build_torch_model(net)  # nn modules with minidark's initial weights
+    pairs = list(torch_parameters(twin))
+    optimizer = darknet_adam_in_torch(torch, [p for _, _, p in pairs], net)
+    classes = net.output_layer.outputs
+    for x, labels in one_hot_batches(net, 8, seed=2):
+        net.train_step(x, np.eye(classes, dtype=np.float32)[labels])
+        optimizer.zero_grad()
+        logits = twin.model(torch.from_numpy(x))
+        torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
+        optimizer.step()
+        for layer, name, p in pairs:
+            np.testing.assert_allclose(
+                getattr(layer, name),
+                p.detach().numpy().reshape(getattr(layer, name).shape),
+                rtol=1e-4,
+                atol=2e-6,
+                err_msg=f"layer {layer.index} {name}",
+            )
+    assert net.t == 8
+    assert largest_difference(pairs) < 1e-5
+
+
+def test_adam_with_batch_norm_follows_torch_optim_adam():
+    """Batch norm: darknet's backward is not autograd's of its forward (unbiased
+    forward variance, ``/ N`` and a different eps in the backward), so here
+    torch.optim.Adam steps its own copy of the parameters on darknet's gradient
+    *at those parameters* (a second network evaluated there), and minidark's
+    adam=1 trajectory must stay on torch's for weights, biases and scales."""
+    torch = torch_module()
+    from minidark.tools.bench.torch_twin import build_torch_model
+
+    cfg = CONV_BN.replace("batch=4", "batch=8\nsubdivisions=2").replace(
+        "adam=1", "adam=1\nB1=0.85\neps=1e-5"
+    )
+    net = parse_network(read_cfg_text(cfg), verbose=False, seed=4)
+    probe = parse_network(read_cfg_text(cfg), verbose=False, seed=4)  # darknet's gradient
+    twin = build_torch_model(net)
+    pairs = list(torch_parameters(twin))
+    optimizer = darknet_adam_in_torch(torch, [p for _, _, p in pairs], net)
+    probe_pairs = [(probe.layers[layer.index], name, p) for layer, name, p in pairs]
+    updates = {"weights": "weight_updates", "biases": "bias_updates", "scales": "scale_updates"}
+    rows = net.images_per_update
+    for x, labels in one_hot_batches(net, 6, seed=9):
+        truth = np.eye(4, dtype=np.float32)[labels]
+        net.train_step(x, truth)
+        for layer, name, p in probe_pairs:
+            getattr(layer, name)[...] = p.detach().numpy().reshape(getattr(layer, name).shape)
+        for start in range(0, rows, probe.batch):  # both subdivisions, summed
+            probe.forward(x[start : start + probe.batch], truth[start : start + probe.batch], True)
+            probe.backward()
+        for layer, name, p in probe_pairs:
+            summed = getattr(layer, updates[name])  # minus the summed gradient
+            p.grad = torch.from_numpy(-summed.reshape(p.shape) / rows)
+            summed.fill(0)
+        optimizer.step()
+        for layer, name, p in pairs:
+            np.testing.assert_allclose(
+                getattr(layer, name),
+                p.detach().numpy().reshape(getattr(layer, name).shape),
+                rtol=1e-4,
+                atol=2e-6,
+                err_msg=f"layer {layer.index} {name}",
+            )
+    assert net.t == 6 and net.layers[0].scale_v.any()
+    assert largest_difference(pairs) < 1e-5
+
+
+def test_bench_twin_optimizer_is_torch_optim_adam_for_adam_cfgs():
+    """The twin minidark bench --accuracy trains, with the real torch: its
+    optimiser is Adam and takes the same steps as minidark's adam=1."""
+    torch = torch_module()
+    from minidark.tools.bench.torch_twin import build_torch_model
+
+    net = parse_network(read_cfg_text(MLP_TWO_SUBDIVISIONS), verbose=False, seed=11)
+    twin = build_torch_model(net)
+    optimizer = twin.optimizer()
+    assert isinstance(optimizer, torch.optim.Adam)
+    pairs = list(torch_parameters(twin))
+    for x, labels in one_hot_batches(net, 5, seed=3):
+        net.train_step(x, np.eye(5, dtype=np.float32)[labels])
+        optimizer.zero_grad()
+        for half in np.split(np.arange(len(x)), net.subdivisions):  # as bench's twin trains
+            logits = twin.model(torch.from_numpy(x[half]))
+            twin.loss(logits, torch.from_numpy(labels[half])).backward()
+        optimizer.step()
+    assert largest_difference(pairs) < 1e-5
