@@ -1,4 +1,5 @@
-"""darknet's weights verbs: ``partial``, ``reset``, ``normalize``, ``denormalize``.
+"""darknet's weights verbs: ``partial``, ``reset``, ``normalize``, ``denormalize``,
+``rescale``, ``rgbgr``.
 
     minidark partial CFG WEIGHTS OUT N     the first N layers' weights, seen reset to 0
     minidark reset CFG WEIGHTS OUT         fold batch norm into the weights, keep the layout
@@ -7,12 +8,21 @@
                                            fits CFG without batch_normalize
     minidark normalize CFG WEIGHTS OUT     add identity batch norm to layers without it: OUT
                                            fits CFG with batch_normalize=1 on them
+    minidark rescale CFG WEIGHTS OUT       first [convolutional]: a net fed [-1, 1] pixels
+                                           becomes one fed [0, 1] pixels
+    minidark rgbgr CFG WEIGHTS OUT         first [convolutional]: swap the R and B input
+                                           channels (a BGR-trained net for RGB input)
 
 Folding uses minidark's inference normalisation, ``(x - mean) / (sqrt(var) + 1e-6)``,
 so the folded network computes what the original did (darknet's
 denormalize_convolutional_layer uses ``sqrt(var + 1e-5)``, a slightly different
 function). ``normalize`` writes rolling variance 1 where darknet's normalize_layer
 leaves 0 (calloc), which its own forward turns into a 1e6 gain.
+
+``rescale`` and ``rgbgr`` change only filters with 3 input channels, as darknet's
+rescale_weights / rgbgr_weights; where darknet then writes the file unchanged
+(no [convolutional] layer, or not 3 channels per filter) minidark says so and
+writes nothing.
 """
 
 import struct
@@ -63,6 +73,45 @@ def write_layout(net, path, batch_normalize):
             for array in file_layout(layer, batch_normalize(layer)):
                 parts.append(np.ascontiguousarray(array, dtype="<f4").tobytes())
     atomic_write(path, b"".join(parts))
+
+
+RESCALE, SHIFT = 2.0, -0.5  # darknet's rescale_net: rescale_weights(l, 2, -.5)
+
+
+def first_rgb_convolution(net, usage):
+    """The first [convolutional] layer (darknet's rescale_net / rgbgr_net stop
+    there); a DataError unless its filters see 3 channels."""
+    layer = next((l for l in net.layers if l.type == "convolutional"), None)
+    if layer is None:
+        raise DataError(f"{usage}: the network has no [convolutional] layer to change")
+    if layer.weights.shape[1] != 3:
+        raise DataError(
+            f"{usage}: layer {layer.index} [convolutional], the first one, has "
+            f"{layer.weights.shape[1]} input channels per filter; only 3-channel (RGB) "
+            f"filters can be changed"
+        )
+    return layer
+
+
+def rescale_inputs(layer, scale=RESCALE, trans=SHIFT):
+    """darknet's rescale_weights(l, scale, trans): ``layer`` now computes on pixels
+    ``x`` what it computed on ``scale * (x + trans)``. With ``W' = scale * W`` per
+    filter, ``W . scale (x + trans) = W' . x + trans * sum(W')``, so ``trans *
+    sum(W')`` joins the bias -- or, under batch norm (which subtracts the rolling
+    mean before its scale), leaves the rolling mean (darknet adds it to the
+    biases there too, which changes the function). Exact where the filter sees
+    no zero padding (padding stays 0, not ``scale * trans``)."""
+    layer.weights *= np.float32(scale)
+    offset = np.float32(trans) * layer.weights.sum(axis=(1, 2, 3), dtype=np.float32)
+    if layer.batch_normalize:
+        layer.rolling_mean -= offset
+    else:
+        layer.biases += offset
+
+
+def swap_red_blue(layer):
+    """Swap input channels 0 and 2 of every filter (darknet's rgbgr_image on each)."""
+    layer.weights[:, [0, 2]] = layer.weights[:, [2, 0]]
 
 
 def common_arguments(parser, n=False):
@@ -129,6 +178,36 @@ def run_normalize(args):
     return 0
 
 
+def run_rescale(args):
+    from ..weights import save_weights
+
+    usage = "minidark rescale CFG WEIGHTS OUT"
+    net = load(args, usage)
+    layer = first_rgb_convolution(net, usage)
+    rescale_inputs(layer)
+    save_weights(net, args.out)
+    print(
+        f"wrote {printable(args.out)}: layer {layer.index} [convolutional] takes pixels in "
+        f"[0, 1] where it took [-1, 1] (weights x{RESCALE:g}, offset {SHIFT:g} x their sum)"
+    )
+    return 0
+
+
+def run_rgbgr(args):
+    from ..weights import save_weights
+
+    usage = "minidark rgbgr CFG WEIGHTS OUT"
+    net = load(args, usage)
+    layer = first_rgb_convolution(net, usage)
+    swap_red_blue(layer)
+    save_weights(net, args.out)
+    print(
+        f"wrote {printable(args.out)}: layer {layer.index} [convolutional] with its "
+        f"red and blue input channels swapped"
+    )
+    return 0
+
+
 add_command(
     "partial",
     "save the first N layers' weights (a backbone for a new head), seen reset to 0",
@@ -146,4 +225,16 @@ add_command(
 )
 add_command(
     "normalize", "add identity batch norm to layers without it", common_arguments, run_normalize
+)
+add_command(
+    "rescale",
+    "first convolution: take pixels in [0, 1] where the net was trained on [-1, 1]",
+    common_arguments,
+    run_rescale,
+)
+add_command(
+    "rgbgr",
+    "first convolution: swap the red and blue input channels (BGR <-> RGB)",
+    common_arguments,
+    run_rgbgr,
 )
