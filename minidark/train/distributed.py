@@ -62,6 +62,9 @@ from .trainer import Trainer, evaluate
 LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 BUCKET_BYTES = 8 << 20  # a few large Allreduce calls, not one per array
 REPORT_GRACE = 2.0  # seconds a rank that did not fail first waits before reporting
+# MPI_Abort tears the launcher's stdio forwarding down with the job: what a rank
+# wrote just before may be lost unless the forwarder gets a moment to pass it on.
+ABORT_FLUSH = 0.5
 AVERAGED = ("rolling_mean", "rolling_variance")  # batch-norm statistics: mean over ranks
 
 
@@ -204,6 +207,7 @@ class Group:
             file=self.stderr,
             flush=True,
         )
+        time.sleep(ABORT_FLUSH)
         self.comm.Abort(status)
 
 
