@@ -57,7 +57,8 @@ gigabytes) is processed in bands of ``l.band`` output rows, one image at a
 time, on the NHWC path: band ``[r0, r1)`` reads padded input rows
 ``[r0 s, (r1 - 1) s + k)``, and its columns, y and input gradient cover only
 those rows (``forward_banded`` / ``backward_banded``), so the workspace is one
-padded image plus a band, whatever the image size.
+padded image plus a band, whatever the image size. Winograd's scratch is
+capped the same way, in bands of tile rows (``winograd.sizes``).
 """
 
 import math
