@@ -173,6 +173,9 @@ class Layer:
     prepared: set | None = None  # conv: derived weights now current (folded, ordered, winograd)
     winograd_grad: Array | None = None  # conv Winograd: dU summed over the pieces
     winograd_parts: Array | None = None  # conv Winograd: one piece's dU
+    winograd_plans: dict | None = (
+        None  # conv Winograd: tile m -> (images, tile rows, {slot: floats}) a piece
+    )
     folded: Array | None = None  # conv + BN: scale * weights, inference BN folded in
     bn_folded: bool = False  # conv + BN: the last forward folded BN (its caches are stale)
 

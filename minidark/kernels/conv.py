@@ -14,11 +14,14 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
   ``dW = sum_b dy_b @ x_b.T``, ``dx_b += W.T @ dy_b``.
 * ``l.winograd`` (3x3, stride 1, one group): Winograd F(m x m, 3 x 3), m =
   ``l.winograd`` = 2 or 4, on NCHW (minidark/kernels/winograd.py), forward and
-  both gradients. ``plan`` leaves it undecided (None); the first forward times
-  F(2,3), F(4,3) and the columns (best of two each) and keeps the fastest
-  (0: the columns) for the layer's life, as measured on the
-  machine that runs it; the first backward of a Winograd layer likewise times
-  Winograd's backward against the columns' (its buffers restored after each run).
+  both gradients. ``plan`` leaves it undecided (None); the first forward
+  decides for the layer's life. In inference it times F(2,3), F(4,3) and the
+  columns (best of two each) and keeps the fastest (0: the columns), as
+  measured on the machine that runs it; the first backward of a Winograd
+  layer likewise times Winograd's backward against the columns'. A layer
+  whose first pass trains follows ``training_tile``, a rule on its shape:
+  a timing could differ between two runs, and so would their float32 sums,
+  and a resumed run must repeat an uninterrupted one byte for byte.
 * NHWC columns (the default): ``cols (M, K) = im2col(x)``, ``y (M, N/g) =
   cols @ W_g.T`` with the weights reordered to (N, ky, kx, c) in ``l.ordered``;
   backward ``dW_g = dy_g.T @ cols``, ``net.delta += col2im(dy_g @ W_g)``.
@@ -84,7 +87,8 @@ COLUMN_BYTES = 64 << 20  # largest columns of one image; beyond, bands of output
 LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
 WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
-WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns
+WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns (inference)
+WINOGRAD_TRAIN_CHANNELS = 64  # training: F(2,3) when min(c, n) reaches this
 SLOTS = ("xpad", "dxpad", "y", "cols", "dypad", "grads")
 
 
@@ -157,8 +161,11 @@ def plan(l):
     l.workspace_size = int(sum(sizes))
     l.winograd_weights = l.winograd_grad = l.winograd_parts = None
     l.weights_seen, l.prepared = None, set()  # derived weights remade at the first forward
-    for tile in WINOGRAD_TILES if l.winograd is None else (l.winograd,) if l.winograd else ():
-        # Winograd's slots start at 0, over the columns' (never both at once)
+    tiles = WINOGRAD_TILES if l.winograd is None else (l.winograd,) if l.winograd else ()
+    l.winograd_plans = {
+        tile: wino.sizes(l, tile, l.batch, CHUNK_BYTES, COLUMN_BYTES) for tile in tiles
+    }
+    for tile in tiles:  # Winograd's slots start at 0, over the columns' (never both at once)
         l.workspace_size = max(l.workspace_size, wino.workspace(l, tile))
 
 
@@ -217,8 +224,10 @@ def forward(l, net, finish, fold=None):
             np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
             l.prepared.add("folded")
         weights = l.folded
-    if l.winograd is None:  # first pass: time both, keep the faster
-        l.winograd = measure(l, net, finish, weights, biases)
+    if l.winograd is None:  # first pass: decide the layer's path for its life
+        l.winograd = training_tile(l) if net.train else measure(l, net, finish, weights, biases)
+        if net.train:
+            l.winograd_backward = bool(l.winograd)
     if l.pointwise:
         forward_pointwise(l, net, finish, weights, biases)
     elif l.winograd:
@@ -248,6 +257,16 @@ def derived(l, fold):
         np.copyto(l.weights_seen, l.weights)
         l.scale_seen = None if scale is None else scale.copy()
         l.prepared = set()
+
+
+def training_tile(l):
+    """The path of a layer whose first pass trains: a rule on its shape, not a
+    timing, so that two runs with the same seed (and a run resumed from a
+    checkpoint) sum in the same order and stay byte-identical. F(2,3) does
+    32 multiplies per 2x2 tile where the columns do 4 x 9 = 36 per channel
+    pair, against transforms that touch every channel: worth it once both
+    channel counts are large (min(c, n) >= WINOGRAD_TRAIN_CHANNELS)."""
+    return 2 if min(l.c, l.n) >= WINOGRAD_TRAIN_CHANNELS else 0
 
 
 def measure(l, net, finish, weights, biases):

@@ -86,10 +86,9 @@ def tiles(l, m):
     return -(-l.out_h // m), -(-l.out_w // m)
 
 
-def sizes(l, m, batch):
-    """(images per piece, tile rows per piece, {slot: floats}) within COLUMN_BYTES."""
-    from .conv import CHUNK_BYTES, COLUMN_BYTES
-
+def sizes(l, m, batch, chunk_bytes, column_bytes):
+    """(images per piece, tile rows per piece, {slot: floats}) within
+    ``column_bytes`` (the convolution's caps, passed by its plan)."""
     a, c, n = m + 2, l.c, l.n
     th, tw = tiles(l, m)
     wp = m * tw + 2
@@ -107,15 +106,15 @@ def sizes(l, m, batch):
 
     one = need(1, th)
     per_image = sum(one.values())
-    if 4 * per_image <= COLUMN_BYTES:
+    if 4 * per_image <= column_bytes:
         # one image per piece once its tiles fill a GEMM: with several, the
         # transforms move data across the image axis (measured ~2-3x slower)
         images = 1 if th * tw >= ONE_IMAGE_TILES else batch
-        images = int(max(1, min(images, 2 * CHUNK_BYTES // (4 * (one["wv"] + one["wm"])))))
+        images = int(max(1, min(images, 2 * chunk_bytes // (4 * (one["wv"] + one["wm"])))))
         return images, th, need(images, th)
     fixed = one["wpad"] + one["wdxpad"]
     per_row = (per_image - fixed) / th
-    rows = int(max(1, min(th, (COLUMN_BYTES // 4 - fixed) // max(per_row, 1))))
+    rows = int(max(1, min(th, (column_bytes // 4 - fixed) // max(per_row, 1))))
     return 1, rows, need(1, rows)
 
 
@@ -300,12 +299,12 @@ SLOTS = ("wpad", "wdxpad", "wrows", "wv", "wm", "wdy")
 
 def workspace(l, m):
     """Floats of net.workspace F(m, 3) needs (its slots start at 0: never used
-    together with the columns' slots)."""
-    return sum(sizes(l, m, l.batch)[2].values())
+    together with the columns' slots), from the plan's ``l.winograd_plans``."""
+    return sum(l.winograd_plans[m][2].values())
 
 
 def _slot(l, net, m, name, shape):
-    scratch = sizes(l, m, l.batch)[2]
+    scratch = l.winograd_plans[m][2]
     start = sum(scratch[other] for other in SLOTS[: SLOTS.index(name)])
     return net.workspace[start : start + math.prod(shape)].reshape(shape)
 
@@ -317,7 +316,7 @@ def forward(l, net, weights_u, m, out, finish=None):
     th, tw = tiles(l, m)
     hp, wp = m * th + 2, m * tw + 2
     x = net.input.reshape(l.batch, c, l.h, l.w)
-    for b0, b1, ty0, ty1, first in pieces(l, m, *sizes(l, m, l.batch)[:2]):
+    for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0
         xpad = _slot(l, net, m, "wpad", (b, c, hp, wp))
         if first:
@@ -348,7 +347,7 @@ def backward(l, net, weights_u, m, delta, grad, dx):
         l.winograd_parts = np.zeros((a * a, n, c), delta.dtype)
     du, parts = l.winograd_grad, l.winograd_parts
     du.fill(0)
-    for b0, b1, ty0, ty1, first in pieces(l, m, *sizes(l, m, l.batch)[:2]):
+    for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0
         xpad = _slot(l, net, m, "wpad", (b, c, hp, wp))
         dxpad = _slot(l, net, m, "wdxpad", (b, c, hp, wp))

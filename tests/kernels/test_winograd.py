@@ -120,7 +120,7 @@ def test_second_layer_and_banding_match_im2col(monkeypatch):
         if mode == "measured backward":  # both backwards timed, then one kept
             net.layers[1].winograd_backward = None
         if mode == "on" and column_bytes == 4096:
-            images, rows, _ = winograd.sizes(net.layers[1], 2, 3)
+            images, rows, _ = net.layers[1].winograd_plans[2]
             assert rows < 5 and images == 1
         net.forward(x, truth, train=True)
         net.backward()
@@ -243,7 +243,7 @@ def test_workspace_is_bounded(monkeypatch):
     net = winograd_net(monkeypatch, conv(4, 3, 1, 1), h=256, w=256, c=8, batch=1)
     l = net.layers[0]
     padded = 8 * 258 * 258
-    images, rows, scratch = winograd.sizes(l, 2, 1)
+    images, rows, scratch = l.winograd_plans[2]
     assert images == 1 and rows < 128
     assert 4 * (sum(scratch.values()) - scratch["wpad"] - scratch["wdxpad"]) <= 4 << 20
     # the whole layer (im2col's bands too: columns within the cap, plus their y)
