@@ -8,6 +8,7 @@
 Options as for ``minidark classifier train`` (--clear, --seed N, --strict,
 --verbose, --no-progress, --plugin SPEC); ``python train.py --help``.
 """
+
 import sys
 
 from minidark.cli import train_main

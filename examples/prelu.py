@@ -19,6 +19,7 @@ PyTorch's nn.PReLU). Output size = input size. Saved in .weights: the
 slopes (one float per channel). The update is darknet's SGD with momentum
 and no weight decay (minidark.optim.sgd.sgd_update), like biases.
 """
+
 import numpy as np
 
 from minidark import Layer, register_layer
@@ -29,18 +30,28 @@ from minidark.optim.sgd import sgd_update
 def make_prelu(options, params):
     batch, inputs = params.batch, params.inputs
     h, w, c = params.h, params.w, params.c
-    if not (h and w and c):                     # flat input: one channel per value
+    if not (h and w and c):  # flat input: one channel per value
         h, w, c = 1, 1, inputs
-    l = Layer(type="prelu", batch=batch, inputs=inputs, outputs=inputs,
-              h=h, w=w, c=c, out_h=h, out_w=w, out_c=c)
+    l = Layer(
+        type="prelu",
+        batch=batch,
+        inputs=inputs,
+        outputs=inputs,
+        h=h,
+        w=w,
+        c=c,
+        out_h=h,
+        out_w=w,
+        out_c=c,
+    )
     l.slopes = np.full(c, options.float("slope", 0.25), np.float32)
     l.slope_updates = np.zeros(c, np.float32)
     l.output = np.zeros((batch, inputs), np.float32)
     l.delta = np.zeros((batch, inputs), np.float32)
-    l.negative = np.zeros((batch, inputs), np.float32)   # min(x, 0), kept for backward
-    l.gain = np.zeros((batch, inputs), np.float32)       # d out / d x, kept for backward
-    l.saved = ("slopes",)                                # .weights: these arrays, in order
-    l.sgd_params = (("slopes", "slope_updates"),)        # what sgd_update steps
+    l.negative = np.zeros((batch, inputs), np.float32)  # min(x, 0), kept for backward
+    l.gain = np.zeros((batch, inputs), np.float32)  # d out / d x, kept for backward
+    l.saved = ("slopes",)  # .weights: these arrays, in order
+    l.sgd_params = (("slopes", "slope_updates"),)  # what sgd_update steps
     l.desc = f"{c} slopes"
     l.flops = 2 * inputs
     l.forward, l.backward, l.update = forward_prelu, backward_prelu, update_prelu
@@ -56,8 +67,8 @@ def forward_prelu(l, net):
     x = _views(l, net.input)
     negative, gain = _views(l, l.negative), _views(l, l.gain)
     np.minimum(x, 0, out=negative)
-    np.copyto(gain, l.slopes[:, None])           # slope_c where x <= 0 ...
-    np.copyto(gain, 1, where=x > 0)              # ... and 1 where x > 0
+    np.copyto(gain, l.slopes[:, None])  # slope_c where x <= 0 ...
+    np.copyto(gain, 1, where=x > 0)  # ... and 1 where x > 0
     np.multiply(x, gain, out=_views(l, l.output))
 
 
@@ -65,9 +76,9 @@ def backward_prelu(l, net):
     delta = _views(l, l.delta)
     # d out / d slope_c = min(x, 0); sum over the batch and the pixels
     l.slope_updates += np.einsum("bcs,bcs->c", delta, _views(l, l.negative))
-    if net.delta is not None:                    # layer 0 has no delta to pass on
-        delta *= _views(l, l.gain)               # now -dL/dx
-        net.delta += l.delta.reshape(net.delta.shape)   # accumulate, never assign
+    if net.delta is not None:  # layer 0 has no delta to pass on
+        delta *= _views(l, l.gain)  # now -dL/dx
+        net.delta += l.delta.reshape(net.delta.shape)  # accumulate, never assign
 
 
 def update_prelu(l, args):

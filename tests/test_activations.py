@@ -2,6 +2,7 @@
 scalar formula, gradient (computed from the output y, as darknet does)
 against float64 central differences away from the kinks, and the
 [activation] layer's gradient check."""
+
 import math
 import warnings
 
@@ -11,42 +12,56 @@ import pytest
 from minidark.kernels.activations import ACTIVATIONS, activate, gradient
 from minidark.testing import format_results, gradcheck
 
-NAMES = ["logistic", "relu", "relie", "linear", "ramp", "tanh", "plse", "leaky", "elu",
-         "loggy", "stair", "hardtan", "lhtan", "selu"]
+NAMES = [
+    "logistic",
+    "relu",
+    "relie",
+    "linear",
+    "ramp",
+    "tanh",
+    "plse",
+    "leaky",
+    "elu",
+    "loggy",
+    "stair",
+    "hardtan",
+    "lhtan",
+    "selu",
+]
 
 
 def stair(x):
     n = math.floor(x)
-    if n % 2 == 0:   # C's n % 2 is -1 for odd negative n: odd either way
+    if n % 2 == 0:  # C's n % 2 is -1 for odd negative n: odd either way
         return math.floor(x / 2)
     return (x - n) + math.floor(x / 2)
 
 
 def plse(x):
     if x < -4:
-        return .01 * (x + 4)
+        return 0.01 * (x + 4)
     if x > 4:
-        return .01 * (x - 4) + 1
-    return .125 * x + .5
+        return 0.01 * (x - 4) + 1
+    return 0.125 * x + 0.5
 
 
 def lhtan(x):
     if x < 0:
-        return .001 * x
+        return 0.001 * x
     if x > 1:
-        return .001 * (x - 1) + 1
+        return 0.001 * (x - 1) + 1
     return x
 
 
-NAIVE = {   # darknet-spec 3.5, one scalar at a time
+NAIVE = {  # darknet-spec 3.5, one scalar at a time
     "logistic": lambda x: 1 / (1 + math.exp(-x)),
     "loggy": lambda x: 2 / (1 + math.exp(-x)) - 1,
     "relu": lambda x: x * (x > 0),
     "elu": lambda x: x if x >= 0 else math.exp(x) - 1,
     "selu": lambda x: 1.0507 * x if x >= 0 else 1.0507 * 1.6732 * (math.exp(x) - 1),
-    "relie": lambda x: x if x > 0 else .01 * x,
-    "ramp": lambda x: x * (x > 0) + .1 * x,
-    "leaky": lambda x: x if x > 0 else .1 * x,
+    "relie": lambda x: x if x > 0 else 0.01 * x,
+    "ramp": lambda x: x * (x > 0) + 0.1 * x,
+    "leaky": lambda x: x if x > 0 else 0.1 * x,
     "linear": lambda x: x,
     "tanh": lambda x: (math.exp(2 * x) - 1) / (math.exp(2 * x) + 1),
     "plse": plse,
@@ -54,9 +69,18 @@ NAIVE = {   # darknet-spec 3.5, one scalar at a time
     "hardtan": lambda x: -1 if x < -1 else (1 if x > 1 else x),
     "lhtan": lhtan,
 }
-KINKS = {"relu": [0], "elu": [0], "selu": [0], "relie": [0], "ramp": [0], "leaky": [0],
-         "plse": [-4, 4], "hardtan": [-1, 1], "lhtan": [0, 1],
-         "stair": list(range(-7, 8))}
+KINKS = {
+    "relu": [0],
+    "elu": [0],
+    "selu": [0],
+    "relie": [0],
+    "ramp": [0],
+    "leaky": [0],
+    "plse": [-4, 4],
+    "hardtan": [-1, 1],
+    "lhtan": [0, 1],
+    "stair": list(range(-7, 8)),
+}
 
 GRID = np.concatenate([np.linspace(-6.5, 6.5, 1301), [-4, -1, 0, 1, 4, 2.5, -2.5, 1e-4, -1e-4]])
 
@@ -98,7 +122,7 @@ def test_gradient_from_output_matches_central_differences(name):
     y = x.copy()
     activate(y, name)
     analytic = np.ones_like(x)
-    gradient(y, name, analytic)         # delta *= f'(x), from y = f(x)
+    gradient(y, name, analytic)  # delta *= f'(x), from y = f(x)
     eps = 1e-6
     numeric = (naive(name, x + eps) - naive(name, x - eps)) / (2 * eps)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-6)
@@ -128,6 +152,7 @@ def test_gradients_at_the_kinks_follow_darknet():
         d = np.ones(1)
         gradient(y, name, d)
         return d[0]
+
     assert slope("relu", 0.0) == 0 and slope("leaky", 0.0) == pytest.approx(0.1)
     assert slope("relie", 0.0) == pytest.approx(0.01)
     assert slope("elu", 0.0) == 1 and slope("selu", 0.0) == pytest.approx(1.0507)
@@ -140,9 +165,9 @@ def test_gradients_at_the_kinks_follow_darknet():
 def test_logistic_is_stable_for_large_inputs():
     x = np.array([-200, -100, 0, 100, 200], np.float32)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # no overflow RuntimeWarning
+        warnings.simplefilter("error")  # no overflow RuntimeWarning
         activate(x, "logistic")
-    np.testing.assert_allclose(x, [0, 0, .5, 1, 1], atol=1e-30)
+    np.testing.assert_allclose(x, [0, 0, 0.5, 1, 1], atol=1e-30)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,6 +1,7 @@
 """minidark bench: the PyTorch twin is the same network with the same SGD, and
 the tool's plumbing (workers, threads, per-process peaks, JSON) works.
 No test asserts a timing."""
+
 import json
 import os
 import subprocess
@@ -27,7 +28,9 @@ momentum=0.9
 decay=0.01
 """
 
-MLP_CFG = NET + """
+MLP_CFG = (
+    NET
+    + """
 [connected]
 output=32
 activation=relu
@@ -42,9 +45,12 @@ activation=linear
 
 [softmax]
 """
+)
 
 # LeNet's shape: conv 5x5 pad=1 (-> padding 2), maxpool 2/2, twice
-LENET_CFG = NET + """
+LENET_CFG = (
+    NET
+    + """
 [convolutional]
 filters=4
 size=5
@@ -80,9 +86,12 @@ activation=linear
 
 [softmax]
 """
+)
 
 # odd sizes: darknet's maxpool padding (size - 1, window offset -padding/2)
-POOL_CFG = NET + """
+POOL_CFG = (
+    NET
+    + """
 [convolutional]
 filters=3
 size=3
@@ -101,6 +110,7 @@ activation=tanh
 
 [softmax]
 """
+)
 
 
 def write(tmp_path, text, name="net.cfg", **values):
@@ -122,6 +132,7 @@ def batch_of(net, seed=0):
 
 def torch_probabilities(twin, x):
     import torch
+
     twin.model.eval()
     with torch.no_grad():
         return torch.softmax(twin.model(torch.from_numpy(x)), 1).numpy()
@@ -139,10 +150,13 @@ def test_mlp_twin_has_the_same_layers_and_parameters():
     twin = bench.build_torch_model(net)
     linears = [m for m in twin.model if isinstance(m, torch.nn.Linear)]
     layers = [l for l in net.layers if l.type == "connected"]
-    assert [(m.in_features, m.out_features) for m in linears] == \
-        [(l.inputs, l.outputs) for l in layers] == [(784, 512), (512, 10)]
+    assert (
+        [(m.in_features, m.out_features) for m in linears]
+        == [(l.inputs, l.outputs) for l in layers]
+        == [(784, 512), (512, 10)]
+    )
     assert sum(p.numel() for p in twin.model.parameters()) == net.params == 407050
-    for layer, module in zip(layers, linears):
+    for layer, module in zip(layers, linears, strict=True):
         assert np.array_equal(module.weight.detach().numpy(), layer.weights)
         assert np.array_equal(module.bias.detach().numpy(), layer.biases)
 
@@ -177,34 +191,59 @@ def test_shipped_cfgs_have_an_exact_torch_twin(name):
         x = module(x)
         if isinstance(module, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
             sizes.append(x.shape[-1])
-    if name == "mnist_lenet.cfg":      # 28 -> conv 5x5 pad 2 -> 28 -> 14 -> 14 -> 7
+    if name == "mnist_lenet.cfg":  # 28 -> conv 5x5 pad 2 -> 28 -> 14 -> 14 -> 7
         assert sizes == [28, 14, 14, 7]
     xs, _, _ = batch_of(net)
     assert close(net.predict(xs), torch_probabilities(twin, xs))
 
 
-@pytest.mark.parametrize("size,stride,padding,h", [
-    (2, 2, "", 28), (2, 2, "", 7), (3, 2, "", 7), (3, 1, "padding=0", 7),
-    (2, 1, "", 7), (3, 2, "padding=1", 9), (3, 3, "padding=4", 8)])
+@pytest.mark.parametrize(
+    "size,stride,padding,h",
+    [
+        (2, 2, "", 28),
+        (2, 2, "", 7),
+        (3, 2, "", 7),
+        (3, 1, "padding=0", 7),
+        (2, 1, "", 7),
+        (3, 2, "padding=1", 9),
+        (3, 3, "padding=4", 8),
+    ],
+)
 def test_maxpool_outputs_match_darknet_sizes_and_values(tmp_path, size, stride, padding, h):
     torch = pytest.importorskip("torch")
-    cfg = write(tmp_path, POOL_CFG, h=h, w=h, c=2, conv_stride=1, conv_padding=1,
-                size=size, stride=stride, padding=padding)
+    cfg = write(
+        tmp_path,
+        POOL_CFG,
+        h=h,
+        w=h,
+        c=2,
+        conv_stride=1,
+        conv_padding=1,
+        size=size,
+        stride=stride,
+        padding=padding,
+    )
     net = minidark.load_network(cfg, seed=1)
     pool = net.layers[1]
     twin = bench.build_torch_model(net)
     x = torch.rand(3, net.inputs)
-    out = twin.model[:4](x) if isinstance(twin.model[3], torch.nn.MaxPool2d) \
-        else twin.model[:5](x)
+    out = twin.model[:4](x) if isinstance(twin.model[3], torch.nn.MaxPool2d) else twin.model[:5](x)
     assert tuple(out.shape[1:]) == (pool.out_c, pool.out_h, pool.out_w)
     xs, _, _ = batch_of(net, seed=2)
     assert close(net.predict(xs), torch_probabilities(twin, xs))
 
 
 # ------------------------------------------------------------- same numbers
-@pytest.mark.parametrize("cfg_text,act", [(MLP_CFG, "relu"), (MLP_CFG, "logistic"),
-                                          (MLP_CFG, "tanh"), (MLP_CFG, "leaky"),
-                                          (LENET_CFG, "relu")])
+@pytest.mark.parametrize(
+    "cfg_text,act",
+    [
+        (MLP_CFG, "relu"),
+        (MLP_CFG, "logistic"),
+        (MLP_CFG, "tanh"),
+        (MLP_CFG, "leaky"),
+        (LENET_CFG, "relu"),
+    ],
+)
 def test_forward_outputs_match(tmp_path, cfg_text, act):
     pytest.importorskip("torch")
     net = minidark.load_network(write(tmp_path, cfg_text, act=act), seed=3)
@@ -217,7 +256,7 @@ def sgd_steps_match(tmp_path, cfg_text, steps=3, **values):
     torch = pytest.importorskip("torch")
     net = minidark.load_network(write(tmp_path, cfg_text, **values), seed=4)
     rng = np.random.default_rng(5)
-    for layer in net.layers:      # nonzero biases, so decay on them would show
+    for layer in net.layers:  # nonzero biases, so decay on them would show
         if getattr(layer, "biases", None) is not None:
             layer.biases[:] = rng.uniform(-1, 1, layer.biases.shape)
     twin = bench.build_torch_model(net)
@@ -235,10 +274,12 @@ def sgd_steps_match(tmp_path, cfg_text, steps=3, **values):
         # darknet's cost is the summed cross-entropy of the batch
         assert abs(net.cost / net.batch - float(loss.detach()) * net.subdivisions) < 1e-4
     for layer, module, _ in twin.pairs:
-        assert close(layer.weights, module.weight.detach().numpy().reshape(layer.weights.shape)), \
+        assert close(layer.weights, module.weight.detach().numpy().reshape(layer.weights.shape)), (
             f"layer {layer.index} weights differ after {steps} SGD steps"
-        assert close(layer.biases, module.bias.detach().numpy()), \
+        )
+        assert close(layer.biases, module.bias.detach().numpy()), (
             f"layer {layer.index} biases differ after {steps} SGD steps"
+        )
 
 
 def test_sgd_momentum_and_decay_match_torch_mlp(tmp_path):
@@ -256,40 +297,62 @@ def test_sgd_matches_torch_through_conv_and_maxpool(tmp_path):
 
 
 def test_sgd_matches_through_odd_maxpool(tmp_path):
-    sgd_steps_match(tmp_path, POOL_CFG, steps=2, h=7, w=7, c=2, conv_stride=2,
-                    conv_padding=1, size=2, stride=1, padding="")
+    sgd_steps_match(
+        tmp_path,
+        POOL_CFG,
+        steps=2,
+        h=7,
+        w=7,
+        c=2,
+        conv_stride=2,
+        conv_padding=1,
+        size=2,
+        stride=1,
+        padding="",
+    )
 
 
 def test_decay_applies_to_weights_only(tmp_path):
     pytest.importorskip("torch")
     net = minidark.load_network(write(tmp_path, MLP_CFG), seed=0)
     twin = bench.build_torch_model(net)
-    decayed = {id(p) for g in twin.optimizer().param_groups if g["weight_decay"] == 0.01
-               for p in g["params"]}
+    decayed = {
+        id(p)
+        for g in twin.optimizer().param_groups
+        if g["weight_decay"] == 0.01
+        for p in g["params"]
+    }
     assert {id(m.weight) for _, m, _ in twin.pairs} == decayed
     assert all(g["momentum"] == 0.9 and g["lr"] == 0.1 for g in twin.optimizer().param_groups)
 
 
 def test_batch_norm_maps_to_torch_batchnorm(tmp_path):
     torch = pytest.importorskip("torch")
-    text = LENET_CFG.replace("activation=relu\n\n[maxpool]",
-                             "activation=relu\nbatch_normalize=1\n\n[maxpool]", 1)
+    text = LENET_CFG.replace(
+        "activation=relu\n\n[maxpool]", "activation=relu\nbatch_normalize=1\n\n[maxpool]", 1
+    )
     net = minidark.load_network(write(tmp_path, text), seed=0)
     twin = bench.build_torch_model(net)
     conv, norm = twin.pairs[0][1:]
     assert conv.bias is None and isinstance(norm, torch.nn.BatchNorm2d)
-    count = sum(p.numel() for p in twin.model.parameters()) + norm.running_mean.numel() \
+    count = (
+        sum(p.numel() for p in twin.model.parameters())
+        + norm.running_mean.numel()
         + norm.running_var.numel()
+    )
     assert count == net.params
-    x, _, _ = batch_of(net)        # inference: rolling statistics, epsilons differ by ~1e-6
+    x, _, _ = batch_of(net)  # inference: rolling statistics, epsilons differ by ~1e-6
     assert close(net.predict(x), torch_probabilities(twin, x))
 
 
-@pytest.mark.parametrize("change,needle", [
-    (("activation=linear\n\n[softmax]", "activation=elu\n\n[softmax]"), "activation 'elu'"),
-    (("[softmax]", "[softmax]\ntemperature=2"), "temperature"),
-    (("[softmax]", "[cost]\ntype=sse"), "layer type 'cost'"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (("activation=linear\n\n[softmax]", "activation=elu\n\n[softmax]"), "activation 'elu'"),
+        (("[softmax]", "[softmax]\ntemperature=2"), "temperature"),
+        (("[softmax]", "[cost]\ntype=sse"), "layer type 'cost'"),
+    ],
+)
 def test_unmappable_layers_raise_a_clear_error(tmp_path, change, needle):
     pytest.importorskip("torch")
     net = minidark.load_network(write(tmp_path, MLP_CFG.replace(*change)), seed=0)
@@ -307,8 +370,7 @@ def test_gemm_shapes_account_for_the_forward_flops(tmp_path):
         flops = sum(2 * m * k * n * g for m, k, n, g in shapes["eval"])
         assert flops == net.batch * sum(l.flops for l in gemm_layers)
         train = sum(2 * m * k * n * g for m, k, n, g in shapes["train"])
-        assert train == net.batch * (3 * sum(l.flops for l in gemm_layers)
-                                     - net.layers[0].flops)
+        assert train == net.batch * (3 * sum(l.flops for l in gemm_layers) - net.layers[0].flops)
 
 
 def test_training_flops_skip_the_first_input_gradient():
@@ -319,46 +381,97 @@ def test_training_flops_skip_the_first_input_gradient():
 
 # ------------------------------------------------------------ the tool
 def run_bench(*args):
-    done = subprocess.run([sys.executable, "-m", "minidark.tools.bench", *args],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "minidark.tools.bench", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def test_bench_json_minidark_only_records_threads_and_blas(tmp_path):
     cfg = write(tmp_path, MLP_CFG, batch=16, h=8, w=8)
-    out = json.loads(run_bench(cfg, "--json", "--no-torch", "--steps", "2", "--warmup", "1",
-                               "--repeats", "1", "--eval-rows", "40", "--eval-passes", "1",
-                               "--gemm-size", "64", "--threads", "1"))
+    out = json.loads(
+        run_bench(
+            cfg,
+            "--json",
+            "--no-torch",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--eval-rows",
+            "40",
+            "--eval-passes",
+            "1",
+            "--gemm-size",
+            "64",
+            "--threads",
+            "1",
+        )
+    )
     assert out["meta"]["threads"] == 1
     assert any("(1 threads)" in pool for pool in out["meta"]["gemm"]["blas"])
-    entry, = out["results"]
+    (entry,) = out["results"]
     assert entry["torch"] is None and "no-torch" in entry["torch_error"]
     md = entry["minidark"]
     assert md["train_img_s"] > 0 and md["eval_img_s"] > 0
     assert md["train_peak_rss_mb"] >= md["rss_after_import_mb"] > 0
     assert all("(1 threads)" in pool for pool in md["pools"] if "openblas" in pool)
     assert entry["gemm_limit_img_s"]["train"] > 0
-    assert entry["data"].startswith("random")      # 8x8 inputs: not MNIST
+    assert entry["data"].startswith("random")  # 8x8 inputs: not MNIST
     assert entry["ratios"] == {}
 
 
 def test_bench_table_with_torch_prints_ratios():
     pytest.importorskip("torch")
-    out = run_bench(MLP, "--steps", "2", "--warmup", "1", "--repeats", "1", "--eval-rows",
-                    "256", "--eval-passes", "1", "--gemm-size", "64", "--train-batches", "1")
+    out = run_bench(
+        MLP,
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--eval-rows",
+        "256",
+        "--eval-passes",
+        "1",
+        "--gemm-size",
+        "64",
+        "--train-batches",
+        "1",
+    )
     assert "minidark/PyTorch" in out and "training img/s" in out
-    assert "MNIST" in out                           # the real data is used when present
+    assert "MNIST" in out  # the real data is used when present
     row = next(line for line in out.splitlines() if "training img/s" in line)
-    assert len(row.split()) >= 5                    # minidark, PyTorch and the ratio
+    assert len(row.split()) >= 5  # minidark, PyTorch and the ratio
 
 
 def test_worker_sets_threads_and_measures_its_own_peak(tmp_path):
     # the parent holds ~200 MB; on Linux ru_maxrss would carry that into the child
     ballast = np.ones(50_000_000, np.float32)
-    out = subprocess.run([sys.executable, "-m", "minidark.tools.bench", "--worker", "gemm",
-                          "--threads", "2", "--gemm-size", "32"], capture_output=True,
-                         text=True, cwd=ROOT, env=bench.worker_environment(2))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minidark.tools.bench",
+            "--worker",
+            "gemm",
+            "--threads",
+            "2",
+            "--gemm-size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=bench.worker_environment(2),
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["threads"] == 2
@@ -368,28 +481,62 @@ def test_worker_sets_threads_and_measures_its_own_peak(tmp_path):
 
 
 def test_bad_arguments_exit_nonzero_with_one_line():
-    done = subprocess.run([sys.executable, "-m", "minidark.tools.bench", "no/such.cfg"],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "minidark.tools.bench", "no/such.cfg"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no such cfg" in done.stderr
 
 
 def test_format_table_labels_noise_and_missing_torch():
-    meta = {"date": "d", "cpu": "cpu", "cpu_count": 2, "threads": 2, "numpy": "2", "torch": None,
-            "repeats": 3, "steps": 5, "warmup": 1, "eval_passes": 1,
-            "gemm": {"size": 64, "gflops": 10.0, "gflops_runs": [10.0], "blas": ["openblas"]}}
-    md = {key: 1.0 for key in ("train_img_s", "eval_img_s", "train_peak_rss_mb",
-                               "eval_peak_rss_mb", "rss_after_import_mb",
-                               "train_gemm_fraction", "eval_gemm_fraction")}
-    entry = {"cfg": "x.cfg", "batch": 2, "params": 3, "forward_flops": 10, "training_flops": 20,
-             "data": "random", "torch_error": "PyTorch not installed", "minidark": md,
-             "torch": None, "ratios": {}, "gemm_limit_img_s": {"train": 1.0, "eval": 2.0}}
+    meta = {
+        "date": "d",
+        "cpu": "cpu",
+        "cpu_count": 2,
+        "threads": 2,
+        "numpy": "2",
+        "torch": None,
+        "repeats": 3,
+        "steps": 5,
+        "warmup": 1,
+        "eval_passes": 1,
+        "gemm": {"size": 64, "gflops": 10.0, "gflops_runs": [10.0], "blas": ["openblas"]},
+    }
+    md = {
+        key: 1.0
+        for key in (
+            "train_img_s",
+            "eval_img_s",
+            "train_peak_rss_mb",
+            "eval_peak_rss_mb",
+            "rss_after_import_mb",
+            "train_gemm_fraction",
+            "eval_gemm_fraction",
+        )
+    }
+    entry = {
+        "cfg": "x.cfg",
+        "batch": 2,
+        "params": 3,
+        "forward_flops": 10,
+        "training_flops": 20,
+        "data": "random",
+        "torch_error": "PyTorch not installed",
+        "minidark": md,
+        "torch": None,
+        "ratios": {},
+        "gemm_limit_img_s": {"train": 1.0, "eval": 2.0},
+    }
     text = bench.format_table({"meta": meta, "results": [entry]})
     assert "noisy" in text and "PyTorch not installed" in text and "x.cfg" in text
 
 
 def test_cli_wires_the_bench_subcommand(capsys):
     from minidark import cli
+
     assert cli.main(["bench", "--help"]) == 0
     help_text = capsys.readouterr().out
     assert "--no-torch" in help_text and "--accuracy" in help_text and "--seeds" in help_text
@@ -399,7 +546,9 @@ def test_cli_wires_the_bench_subcommand(capsys):
 
 # ------------------------------------------------------------ accuracy mode
 # steps policy with burn-in, 2 subdivisions, and a layer with its own rate scale
-SCHEDULE_CFG = NET + """burn_in=2
+SCHEDULE_CFG = (
+    NET
+    + """burn_in=2
 policy=steps
 steps=3,5
 scales=.5,.1
@@ -415,6 +564,7 @@ activation=linear
 
 [softmax]
 """
+)
 # n = seen / (batch * subdivisions) after each iteration's rows: 1, 2, ..., 7
 SCHEDULE = [0.1 * (1 / 2) ** 4, 0.1, 0.05, 0.05, 0.005, 0.005, 0.005]
 
@@ -439,34 +589,43 @@ def test_epoch_order_is_a_fresh_permutation_per_epoch():
 
 def test_accuracy_rates_are_minidarks_policy_at_every_iteration(tmp_path):
     pytest.importorskip("torch")
-    cfg = write(tmp_path, SCHEDULE_CFG, batch=6, subdivisions=2, h=4, w=4)   # 2 x 3 rows
+    cfg = write(tmp_path, SCHEDULE_CFG, batch=6, subdivisions=2, h=4, w=4)  # 2 x 3 rows
     net = minidark.load_network(cfg, seed=1)
     twin = bench.build_torch_model(minidark.load_network(cfg, seed=1))
     twin_start = {l.index: l.weights.copy() for l, _, _ in twin.pairs}
     images, labels = random_rows(30, net.inputs)
-    order = bench.epoch_order(30, 2, 6, seed=0)[:len(SCHEDULE)]
+    order = bench.epoch_order(30, 2, 6, seed=0)[: len(SCHEDULE)]
     # minidark: what every layer's update received
     seen_by_layer = {i: [] for i, l in enumerate(net.layers) if l.update is not None}
     for i in seen_by_layer:
+
         def spy(l, args, update=net.layers[i].update, i=i):
             seen_by_layer[i].append(args.learning_rate * l.learning_rate_scale)
             update(l, args)
+
         net.layers[i].update = spy
     md_rates = []
     bench.train_minidark(net, images, labels, order, md_rates)
     # PyTorch: every parameter's lr when each step runs
     opt = twin.optimizer()
-    owner = {id(p): layer.learning_rate_scale for layer, module, _ in twin.pairs
-             for p in (module.weight, module.bias)}
+    owner = {
+        id(p): layer.learning_rate_scale
+        for layer, module, _ in twin.pairs
+        for p in (module.weight, module.bias)
+    }
     stepped = []
-    opt.register_step_pre_hook(lambda o, a, k: stepped.append(
-        [(owner[id(p)], g["lr"]) for g in o.param_groups for p in g["params"]]))
+    opt.register_step_pre_hook(
+        lambda o, a, k: stepped.append(
+            [(owner[id(p)], g["lr"]) for g in o.param_groups for p in g["params"]]
+        )
+    )
     pt_rates = []
-    bench.train_torch(twin, minidark.load_network(cfg, seed=1), images, labels, order,
-                      pt_rates, optimizer=opt)
+    bench.train_torch(
+        twin, minidark.load_network(cfg, seed=1), images, labels, order, pt_rates, optimizer=opt
+    )
     assert md_rates == pt_rates == pytest.approx(SCHEDULE, rel=1e-12)
     assert len(stepped) == len(SCHEDULE)
-    for rate, params in zip(SCHEDULE, stepped):
+    for rate, params in zip(SCHEDULE, stepped, strict=True):
         assert {scale for scale, _ in params} == {0.5, 1.0}
         assert all(lr == pytest.approx(rate * scale, rel=1e-12) for scale, lr in params)
     for i, rates in seen_by_layer.items():
@@ -475,20 +634,21 @@ def test_accuracy_rates_are_minidarks_policy_at_every_iteration(tmp_path):
     # and the changing rates act the same: no dropout here, so the weights agree
     trained = [l for l in net.layers if getattr(l, "weights", None) is not None]
     assert len(trained) == len(twin.pairs) == 2
-    for layer, (_, module, _) in zip(trained, twin.pairs):
-        assert not close(layer.weights, twin_start[layer.index], 1e-3)     # they moved
-        assert close(module.weight.detach().numpy().reshape(layer.weights.shape),
-                     layer.weights, 1e-4)
+    for layer, (_, module, _) in zip(trained, twin.pairs, strict=True):
+        assert not close(layer.weights, twin_start[layer.index], 1e-3)  # they moved
+        assert close(
+            module.weight.detach().numpy().reshape(layer.weights.shape), layer.weights, 1e-4
+        )
         assert close(module.bias.detach().numpy(), layer.biases, 1e-4)
 
 
 def test_accuracy_engines_see_the_same_batch_order(tmp_path):
     pytest.importorskip("torch")
-    cfg = write(tmp_path, MLP_CFG, batch=8, subdivisions=2, h=4, w=4)   # 2 x 4 rows
+    cfg = write(tmp_path, MLP_CFG, batch=8, subdivisions=2, h=4, w=4)  # 2 x 4 rows
     net = minidark.load_network(cfg, seed=0)
     twin = bench.build_torch_model(minidark.load_network(cfg, seed=0))
     images, labels = random_rows(24, net.inputs, seed=3)
-    order = bench.epoch_order(24, 2, 8, seed=7)          # 6 iterations of 2 x 4 rows
+    order = bench.epoch_order(24, 2, 8, seed=7)  # 6 iterations of 2 x 4 rows
     md_x, md_y = [], []
     train_step = net.train_step
 
@@ -504,7 +664,7 @@ def test_accuracy_engines_see_the_same_batch_order(tmp_path):
     loss = twin.loss
     twin.loss = lambda logits, y: (pt_y.append(y.numpy().copy()), loss(logits, y))[1]
     bench.train_torch(twin, minidark.load_network(cfg, seed=0), images, labels, order)
-    assert len(md_x) == 6 and len(pt_x) == 12                  # micro-batches of 4
+    assert len(md_x) == 6 and len(pt_x) == 12  # micro-batches of 4
     assert np.array_equal(np.concatenate(md_x), images[order.ravel()])
     assert np.array_equal(np.concatenate(pt_x), images[order.ravel()])
     assert np.array_equal(np.concatenate(md_y), labels[order.ravel()])
@@ -515,30 +675,48 @@ def test_accuracy_engines_see_the_same_batch_order(tmp_path):
 def test_accuracy_run_reports_both_engines_per_seed():
     pytest.importorskip("torch")
     # 20 iterations of the MLP on the first 2,560 MNIST rows, two seeds
-    out = json.loads(run_bench(MLP, "--accuracy", "1", "--train-rows", "2560",
-                               "--seeds", "0,1", "--threads", "1", "--json"))
+    out = json.loads(
+        run_bench(
+            MLP,
+            "--accuracy",
+            "1",
+            "--train-rows",
+            "2560",
+            "--seeds",
+            "0,1",
+            "--threads",
+            "1",
+            "--json",
+        )
+    )
     meta = out["meta"]
-    assert (meta["mode"], meta["epochs"], meta["seeds"], meta["train_rows"],
-            meta["threads"]) == ("accuracy", 1, [0, 1], 2560, 1)
-    entry, = out["results"]
+    assert (meta["mode"], meta["epochs"], meta["seeds"], meta["train_rows"], meta["threads"]) == (
+        "accuracy",
+        1,
+        [0, 1],
+        2560,
+        1,
+    )
+    (entry,) = out["results"]
     assert entry["iterations"] == 20 and entry["rows_per_iteration"] == 128
     assert entry["torch_error"] is None
     assert entry["same_rates"] and entry["same_initial_weights"] and entry["same_order"]
-    assert entry["rate_schedule"] == [[1, 0.2]]             # steps at 400 and 938: not reached
+    assert entry["rate_schedule"] == [[1, 0.2]]  # steps at 400 and 938: not reached
     for engine in ("minidark", "torch"):
         runs = entry["runs"][engine]
         assert [r["seed"] for r in runs] == [0, 1]
         assert all(r["iterations"] == 20 and r["test_rows"] == 10000 for r in runs)
-        assert all(60 < 100 * r["top1"] < 99 and r["train_s"] > 0 and r["eval_s"] > 0
-                   for r in runs)
+        assert all(60 < 100 * r["top1"] < 99 and r["train_s"] > 0 and r["eval_s"] > 0 for r in runs)
         assert all(r["last_epoch_loss"] < r["first_loss"] for r in runs)
         assert any("(1 threads)" in p for p in runs[0]["pools"])
         summary = entry[engine]["top1_pct"]
         assert summary["values"] == pytest.approx([100 * r["top1"] for r in runs])
         assert summary["std"] is not None and summary["min"] <= summary["mean"] <= summary["max"]
     # different seeds start from different weights
-    assert entry["runs"]["minidark"][0]["initial_weights"] != \
-        entry["runs"]["minidark"][1]["initial_weights"]
+    assert (
+        entry["runs"]["minidark"][0]["initial_weights"]
+        != entry["runs"]["minidark"][1]["initial_weights"]
+    )
     diff = entry["difference_points"]
     assert len(diff["values"]) == 2 and abs(diff["mean"]) < 5
     assert entry["within_target"] == (abs(diff["mean"]) <= 0.3)
@@ -547,13 +725,19 @@ def test_accuracy_run_reports_both_engines_per_seed():
     assert "same initial weights: yes" in text and "target" in text
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--accuracy", "1", "--seeds", "0,x"], "--seeds"),
-    (["--accuracy", "0"], "--accuracy must be >= 1"),
-    (["--seeds", "0,1"], "need --accuracy"),
-    pytest.param(["--accuracy", "1", "--train-rows", "99999999"], "training rows",
-                 marks=pytest.mark.mnist),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--accuracy", "1", "--seeds", "0,x"], "--seeds"),
+        (["--accuracy", "0"], "--accuracy must be >= 1"),
+        (["--seeds", "0,1"], "need --accuracy"),
+        pytest.param(
+            ["--accuracy", "1", "--train-rows", "99999999"],
+            "training rows",
+            marks=pytest.mark.mnist,
+        ),
+    ],
+)
 def test_accuracy_bad_arguments_are_one_line(capsys, args, needle):
     assert cli.main(["bench", MLP, *args]) == 2
     err = capsys.readouterr().err
@@ -569,6 +753,7 @@ def test_accuracy_needs_an_mnist_shaped_cfg(tmp_path, capsys):
 
 def test_workers_drop_a_pinned_blas_kernel_unless_kept(monkeypatch):
     from minidark.tools import bench
+
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
     kept = bench.worker_environment(1)
@@ -580,6 +765,7 @@ def test_workers_drop_a_pinned_blas_kernel_unless_kept(monkeypatch):
     assert "--keep-blas-kernel" in bench.kernel_note({"pinned_kernel": "Haswell"})[0]
     assert bench.kernel_note({"pinned_kernel": None, "native_blas": True}) == []
     import argparse
+
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     assert parser.parse_args([]).native_blas is True

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from minidark import cli
-from minidark.cfg.parser import read_sections
+from minidark.cfg import read_sections
 from minidark.data.export import export_mnist
 
 from conftest import MNIST  # the MNIST folder (data/mnist, $MINIDARK_DATA or ../shared)

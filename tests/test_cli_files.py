@@ -16,7 +16,7 @@ import pytest
 
 import minidark
 from minidark import cli, plugins
-from minidark.cfg.parser import convert_cfg
+from minidark.cfg import convert_cfg
 from minidark.commands.base import file_kind
 
 ROOT = Path(__file__).resolve().parent.parent

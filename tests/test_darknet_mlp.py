@@ -39,7 +39,7 @@ def _trained():
     found = {}
     for root in ROOTS:
         for probs in sorted((root / "mnist").glob("*.test_probs.npy")):
-            stem = probs.name[:-len(".test_probs.npy")]
+            stem = probs.name[: -len(".test_probs.npy")]
             found.setdefault(stem, (root, probs))
     return found
 
@@ -49,15 +49,18 @@ TRAINED = _trained()
 
 def _check(stem):
     root, probs = TRAINED[stem]
-    return check_darknet_predictions(_cfg_for(root, stem), root / "mnist" / f"{stem}.weights",
-                                     probs, data_dir=MNIST)
+    return check_darknet_predictions(
+        _cfg_for(root, stem), root / "mnist" / f"{stem}.weights", probs, data_dir=MNIST
+    )
 
 
 def test_darknet_trained_mlp_reproduces_darknets_test_predictions():
     assert "mnist_mlp_c1_2ep" in TRAINED, f"darknet's MLP not found under {ROOTS}"
     result = _check("mnist_mlp_c1_2ep")
-    print(f"max |ours - darknet| = {result['max_abs']:.3e}, top-1 {result['top1']}, "
-          f"top-2 {result['top2']}, argmax agreement {result['argmax_agree']}")
+    print(
+        f"max |ours - darknet| = {result['max_abs']:.3e}, top-1 {result['top1']}, "
+        f"top-2 {result['top2']}, argmax agreement {result['argmax_agree']}"
+    )
     assert result["probs"].shape == (10000, 10)
     assert result["max_abs"] <= 1e-5, result["max_abs"]
     assert result["passed"]
@@ -84,11 +87,19 @@ def test_check_darknet_predictions_detects_a_mismatch(tmp_path):
     probs[17, 3] += 5e-5
     np.save(tmp_path / "probs.npy", probs)
     images, labels = load_mnist(MNIST, "test")
-    result = check_darknet_predictions(root / "cfg" / "mnist_mlp.cfg",
-                                       root / "mnist" / "mnist_mlp_c1_2ep.weights",
-                                       tmp_path / "probs.npy", images[:200], labels[:200])
+    result = check_darknet_predictions(
+        root / "cfg" / "mnist_mlp.cfg",
+        root / "mnist" / "mnist_mlp_c1_2ep.weights",
+        tmp_path / "probs.npy",
+        images[:200],
+        labels[:200],
+    )
     assert not result["passed"] and result["max_abs"] > 4e-5
     with pytest.raises(ValueError, match="200 rows"):
-        check_darknet_predictions(root / "cfg" / "mnist_mlp.cfg",
-                                  root / "mnist" / "mnist_mlp_c1_2ep.weights",
-                                  tmp_path / "probs.npy", images[:100], labels[:100])
+        check_darknet_predictions(
+            root / "cfg" / "mnist_mlp.cfg",
+            root / "mnist" / "mnist_mlp_c1_2ep.weights",
+            tmp_path / "probs.npy",
+            images[:100],
+            labels[:100],
+        )

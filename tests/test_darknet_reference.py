@@ -18,6 +18,7 @@
 * The gap tests document where a numerical gradient check disagrees with
   darknet by design.
 """
+
 import json
 import shutil
 
@@ -34,22 +35,27 @@ VECTORS = vector_dirs()
 # ------------------------------------------------------------ darknet's data
 @pytest.mark.refdata
 def test_reference_vectors_are_found():
-    assert VECTORS, (f"no darknet vector directories under {refdata_root()}/vectors "
-                     "(set MINIDARK_REFDATA to the folder holding vectors/)")
+    assert VECTORS, (
+        f"no darknet vector directories under {refdata_root()}/vectors "
+        "(set MINIDARK_REFDATA to the folder holding vectors/)"
+    )
 
 
 @pytest.mark.refdata
-@pytest.mark.parametrize("directory", VECTORS or [None],
-                         ids=[d.name for d in VECTORS] or ["missing"])
+@pytest.mark.parametrize(
+    "directory", VECTORS or [None], ids=[d.name for d in VECTORS] or ["missing"]
+)
 def test_darknet_vectors(directory):
     assert directory is not None, f"no vector directories under {refdata_root()}"
     report = replay_vectors(directory)
     print(report.summary())
     report.assert_passed()
     # every recorded array was compared, none silently dropped
-    npy = {p.stem for p in directory.glob("*.npy")} - {
-        p.stem for p in directory.glob("input_s*.npy")} - {
-        p.stem for p in directory.glob("truth_s*.npy")}
+    npy = (
+        {p.stem for p in directory.glob("*.npy")}
+        - {p.stem for p in directory.glob("input_s*.npy")}
+        - {p.stem for p in directory.glob("truth_s*.npy")}
+    )
     compared = {c.name for c in report.checks}
     assert npy <= compared, sorted(npy - compared)
 
@@ -59,8 +65,17 @@ def test_darknet_vectors(directory):
 # Sets not yet supported are listed here; the list may only shrink.
 NEXT = vector_dirs(refdata_root() / "vectors-next")
 NEXT_UNSUPPORTED = set()
-NEXT_EXPECTED = {"g_yolo", "h_region", "h2_region_gpupath", "i_detection", "j_rnn", "k_gru",
-                 "k2_gru_gpupath", "l_lstm", "m_deconv"}
+NEXT_EXPECTED = {
+    "g_yolo",
+    "h_region",
+    "h2_region_gpupath",
+    "i_detection",
+    "j_rnn",
+    "k_gru",
+    "k2_gru_gpupath",
+    "l_lstm",
+    "m_deconv",
+}
 
 
 @pytest.mark.refdata
@@ -68,31 +83,35 @@ def test_next_vectors_are_found_and_unsupported_list_only_shrinks():
     names = {d.name for d in NEXT}
     assert names >= NEXT_EXPECTED, f"missing under {refdata_root()}/vectors-next"
     assert names >= NEXT_UNSUPPORTED
-    from minidark.cfg.parser import read_sections
+    from minidark.cfg import read_sections
     from minidark.plugins import load_layers
     from minidark.registry import get_make
 
     load_layers()
-    for name in NEXT_UNSUPPORTED:   # drop a set from the list once all its layers exist
+    for name in NEXT_UNSUPPORTED:  # drop a set from the list once all its layers exist
         types = {s.type for s in read_sections(refdata_root() / "vectors-next" / name / "net.cfg")}
         assert any(get_make(t) is None for t in types - {"net"}), f"{name} is supported now"
 
 
 @pytest.mark.refdata
-@pytest.mark.parametrize("directory", [d for d in NEXT if d.name not in NEXT_UNSUPPORTED],
-                         ids=lambda d: d.name)
+@pytest.mark.parametrize(
+    "directory", [d for d in NEXT if d.name not in NEXT_UNSUPPORTED], ids=lambda d: d.name
+)
 def test_darknet_next_vectors(directory):
     from minidark.tools.reference import DEVIATIONS
+
     report = replay_vectors(directory)
     print(report.summary())
     report.assert_passed()
-    npy = {p.stem for p in directory.glob("*.npy")} - {
-        p.stem for p in directory.glob("input_s*.npy")} - {
-        p.stem for p in directory.glob("truth_s*.npy")}
+    npy = (
+        {p.stem for p in directory.glob("*.npy")}
+        - {p.stem for p in directory.glob("input_s*.npy")}
+        - {p.stem for p in directory.glob("truth_s*.npy")}
+    )
     assert npy <= {c.name for c in report.checks}, sorted(npy - {c.name for c in report.checks})
     deviation = DEVIATIONS.get(directory.name)
     listed = [c for c in report.checks if c.note.startswith("deviation")]
-    assert bool(listed) == (deviation is not None)   # deviations are data, and they show
+    assert bool(listed) == (deviation is not None)  # deviations are data, and they show
 
 
 @pytest.mark.refdata
@@ -102,6 +121,7 @@ def test_recurrent_deviations_are_exactly_the_listed_arrays(monkeypatch):
     directory = next((d for d in NEXT if d.name == "j_rnn"), None)
     assert directory is not None
     import minidark.tools.reference as reference
+
     listed = reference.DEVIATIONS["j_rnn"]
     unlisted = reference.Deviation("none", [], resync=listed.resync, state=listed.state)
     monkeypatch.setitem(reference.DEVIATIONS, "j_rnn", unlisted)
@@ -126,8 +146,8 @@ def test_compare_arrays_tolerance_boundary():
 
 
 def test_compare_arrays_noise_floor_uses_absolute_tolerance():
-    ref = np.array([1e-7, -2e-7, 5e-8], np.float32)        # analytically zero
-    ours = np.array([-3e-7, 4e-7, 0.0], np.float32)         # different rounding noise
+    ref = np.array([1e-7, -2e-7, 5e-8], np.float32)  # analytically zero
+    ours = np.array([-3e-7, 4e-7, 0.0], np.float32)  # different rounding noise
     check = compare_arrays("noise", ours, ref)
     assert check.passed and "rounding noise" in check.note
     assert not compare_arrays("noise", ref + 1e-4, ref).passed
@@ -135,7 +155,7 @@ def test_compare_arrays_noise_floor_uses_absolute_tolerance():
 
 def test_compare_arrays_integers_exact_sizes_and_missing():
     ref = np.arange(6, dtype=np.int32).reshape(2, 3)
-    assert compare_arrays("idx", ref.reshape(-1).copy(), ref).passed   # reshaped by size
+    assert compare_arrays("idx", ref.reshape(-1).copy(), ref).passed  # reshaped by size
     other = ref.copy()
     other[1, 2] = 0
     check = compare_arrays("idx", other, ref)
@@ -147,8 +167,13 @@ def test_compare_arrays_integers_exact_sizes_and_missing():
 
 # ------------------------------------------------- synthetic dumps (plumbing)
 def _randomize(net, rng):
-    ranges = {"weights": None, "biases": (-0.1, 0.1), "scales": (0.5, 1.5),
-              "rolling_mean": (-0.2, 0.2), "rolling_variance": (0.5, 1.5)}
+    ranges = {
+        "weights": None,
+        "biases": (-0.1, 0.1),
+        "scales": (0.5, 1.5),
+        "rolling_mean": (-0.2, 0.2),
+        "rolling_variance": (0.5, 1.5),
+    }
     for layer in net.layers:
         for name in layer.saved:
             array = getattr(layer, name)
@@ -164,8 +189,11 @@ def _update_names(l):
     """The layer's *_updates buffers (a recurrent layer's: its sublayers', by alias)."""
     if l.learned:
         return list(l.learned.values())
-    return [n for n in ("weight_updates", "bias_updates", "scale_updates")
-            if getattr(l, n, None) is not None]
+    return [
+        n
+        for n in ("weight_updates", "bias_updates", "scale_updates")
+        if getattr(l, n, None) is not None
+    ]
 
 
 def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
@@ -184,11 +212,18 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
     def save(name, array, step, layer):
         array = np.array(array)
         np.save(directory / f"{name}.npy", array)
-        files.append({"file": f"{name}.npy", "dtype": array.dtype.str,
-                      "shape": list(array.shape), "step": step, "layer": layer})
+        files.append(
+            {
+                "file": f"{name}.npy",
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
+                "step": step,
+                "layer": layer,
+            }
+        )
 
     def image(l, array):
-        rows = array.shape[0]           # a recurrent layer's buffers hold every step
+        rows = array.shape[0]  # a recurrent layer's buffers hold every step
         if l.out_h * l.out_w > 1:
             return array.reshape(rows, l.out_c, l.out_h, l.out_w)
         return array.reshape(rows, -1)
@@ -215,12 +250,16 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
     for l in net.layers:
         l.forward(l, net)
         save(f"infer_{tag(l)}_output", image(l, l.output), 0, l.index)
-        if l.sublayers:                 # recurrent: the state after the pass
+        if l.sublayers:  # recurrent: the state after the pass
             name = {"lstm": "cell_state", "gru": "state"}.get(l.type, "hidden")
-            save(f"infer_{tag(l)}_{'c' if l.type == 'lstm' else 'state'}_after",
-                 getattr(l, name), 0, l.index)
+            save(
+                f"infer_{tag(l)}_{'c' if l.type == 'lstm' else 'state'}_after",
+                getattr(l, name),
+                0,
+                l.index,
+            )
         net.input = l.output
-    net.reset_state()                   # darknet trains a freshly loaded network
+    net.reset_state()  # darknet trains a freshly loaded network
 
     for s in range(1, steps + 1):
         for l in net.layers:
@@ -277,11 +316,27 @@ def dump_minidark_vectors(cfg_text, directory, steps=2, seed=0):
             for name in _update_names(l):
                 save(f"{tag(l)}_{name}_momentum_s{s}", getattr(l, name), s, l.index)
         save_weights(net, directory / f"weights_after_s{s}.weights")
-    layers = [{"index": l.index, "type": l.type, "inputs": l.inputs, "outputs": l.outputs,
-               "out_chw": [l.out_c, l.out_h, l.out_w]} for l in net.layers]
-    (directory / "index.json").write_text(json.dumps(
-        {"files": files, "layers": layers, "steps": steps,
-         "net": {"batch": net.batch, "seen_after": net.seen}, "checks": {}}))
+    layers = [
+        {
+            "index": l.index,
+            "type": l.type,
+            "inputs": l.inputs,
+            "outputs": l.outputs,
+            "out_chw": [l.out_c, l.out_h, l.out_w],
+        }
+        for l in net.layers
+    ]
+    (directory / "index.json").write_text(
+        json.dumps(
+            {
+                "files": files,
+                "layers": layers,
+                "steps": steps,
+                "net": {"batch": net.batch, "seen_after": net.seen},
+                "checks": {},
+            }
+        )
+    )
     return directory
 
 
@@ -294,7 +349,9 @@ learning_rate=0.1
 momentum=0.9
 decay=0.0005
 """
-CONNECTED_BN_DROPOUT = NET.format(h=3, w=3, c=2) + """
+CONNECTED_BN_DROPOUT = (
+    NET.format(h=3, w=3, c=2)
+    + """
 [connected]
 output=8
 batch_normalize=1
@@ -311,7 +368,10 @@ activation=linear
 groups=2
 temperature=1.5
 """
-CONV_BN_DROPOUT_STRIDED = NET.format(h=7, w=7, c=2) + """
+)
+CONV_BN_DROPOUT_STRIDED = (
+    NET.format(h=7, w=7, c=2)
+    + """
 [convolutional]
 filters=3
 size=3
@@ -341,6 +401,7 @@ activation=linear
 
 [softmax]
 """
+)
 
 
 @pytest.fixture
@@ -353,9 +414,14 @@ def test_plumbing_connected_bn_dropout(bn_dropout_dir):
     report = replay_vectors(bn_dropout_dir)
     report.assert_passed()
     names = {c.name for c in report.checks}
-    for name in ("L00_connected_bn_x_norm_s2", "L00_connected_bn_variance_s1",
-                 "L01_dropout_rand_s2", "L00_connected_scale_updates_grad_s2",
-                 "L00_connected_rolling_variance_after_s2", "L03_softmax_loss_s1"):
+    for name in (
+        "L00_connected_bn_x_norm_s2",
+        "L00_connected_bn_variance_s1",
+        "L01_dropout_rand_s2",
+        "L00_connected_scale_updates_grad_s2",
+        "L00_connected_rolling_variance_after_s2",
+        "L03_softmax_loss_s1",
+    ):
         assert name in names
     # the layer before dropout is recorded before dropout changed it in place
     before = np.load(bn_dropout_dir / "L00_connected_output_s1.npy")
@@ -369,8 +435,11 @@ def test_plumbing_conv_bn_dropout_strided_odd_maxpool(tmp_path):
     report = replay_vectors(directory)
     report.assert_passed()
     names = {c.name for c in report.checks}
-    assert {"L02_maxpool_indexes_s1", "L00_convolutional_bn_x_s2",
-            "L00_convolutional_weight_updates_momentum_s2"} <= names
+    assert {
+        "L02_maxpool_indexes_s1",
+        "L00_convolutional_bn_x_s2",
+        "L00_convolutional_weight_updates_momentum_s2",
+    } <= names
 
 
 def _failures(directory):
@@ -406,7 +475,7 @@ def test_harness_fails_on_unknown_or_missing_arrays(bn_dropout_dir):
 def test_harness_fails_on_a_changed_weights_byte(bn_dropout_dir):
     path = bn_dropout_dir / "weights_after_s1.weights"
     data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01                      # last float of layer 2's weights, 1 ULP
+    data[-1] ^= 0x01  # last float of layer 2's weights, 1 ULP
     path.write_bytes(bytes(data))
     failed = _failures(bn_dropout_dir)
     byte_check = [c for n, c in failed.items() if n.startswith("weights_after_s1.weights")]
@@ -424,8 +493,9 @@ def test_env_var_points_the_harness_elsewhere(bn_dropout_dir, monkeypatch):
 def _softmax_gradients(temperature):
     """darknet's softmax delta vs the true -dL/dx by central differences (float64)."""
     cfg = f"[net]\nbatch=2\ninputs=6\n[softmax]\ngroups=2\ntemperature={temperature}\n"
-    from minidark.cfg.parser import parse_network, read_cfg_text
+    from minidark.cfg import parse_network, read_cfg_text
     from minidark.testing import to_float64
+
     net = to_float64(parse_network(read_cfg_text(cfg), verbose=False))
     l = net.layers[0]
     rng = np.random.default_rng(1)
@@ -467,14 +537,23 @@ def _bn_gradients(batch, channels=3, seed=0):
     var term divided by N-1 (float64)."""
     from minidark.kernels.bn import backward_bn, forward_bn, make_bn
     from minidark.layer import Layer
+
     rng = np.random.default_rng(seed)
     l = Layer(batch=batch)
     make_bn(l, channels, 1)
-    for name in ("scales", "scale_updates", "rolling_mean", "rolling_variance", "mean",
-                 "variance", "x", "x_norm"):
+    for name in (
+        "scales",
+        "scale_updates",
+        "rolling_mean",
+        "rolling_variance",
+        "mean",
+        "variance",
+        "x",
+        "x_norm",
+    ):
         setattr(l, name, getattr(l, name).astype(np.float64))
     l.scales[:] = rng.uniform(0.5, 1.5, channels)
-    l.biases, l.bias_updates = rng.uniform(-.1, .1, channels), np.zeros(channels)
+    l.biases, l.bias_updates = rng.uniform(-0.1, 0.1, channels), np.zeros(channels)
     x, r = rng.normal(size=(batch, channels)), rng.normal(size=(batch, channels))
 
     def objective(values):
@@ -495,7 +574,7 @@ def _bn_gradients(batch, channels=3, seed=0):
     n, d = batch, r * l.scales
     inv = 1 / np.sqrt(l.variance + 1e-5)
     centered = x - l.mean
-    var_delta = np.sum(d * centered, axis=0) * -0.5 * inv ** 3
+    var_delta = np.sum(d * centered, axis=0) * -0.5 * inv**3
     unbiased = d * inv + var_delta * 2 * centered / (n - 1) - np.sum(d, axis=0) * inv / n
     return darknet, numeric, unbiased
 
@@ -526,16 +605,19 @@ def test_bn_backward_gap_is_darknets():
 # (conv and connected batch norm, dropout, strided conv, 3/2 maxpool on a 7x7
 # input). minidark replaying them within tolerance is a cross-check of its
 # semantics against the README's rules -- still not a darknet measurement.
-ACT = {"linear": (lambda x: x, lambda y: np.ones_like(y)),
-       "relu": (lambda x: np.maximum(x, 0), lambda y: (y > 0).astype(float)),
-       "leaky": (lambda x: np.where(x > 0, x, .1 * x), lambda y: np.where(y > 0, 1.0, .1))}
+ACT = {
+    "linear": (lambda x: x, lambda y: np.ones_like(y)),
+    "relu": (lambda x: np.maximum(x, 0), lambda y: (y > 0).astype(float)),
+    "leaky": (lambda x: np.where(x > 0, x, 0.1 * x), lambda y: np.where(y > 0, 1.0, 0.1)),
+}
 
 
 def _rules_cfg(net, specs):
     text = "[net]\n" + "".join(f"{k}={v}\n" for k, v in net.items())
     for spec in specs:
-        text += f"\n[{spec['type']}]\n" + "".join(f"{k}={v}\n" for k, v in spec.items()
-                                                  if k != "type")
+        text += f"\n[{spec['type']}]\n" + "".join(
+            f"{k}={v}\n" for k, v in spec.items() if k != "type"
+        )
     return text
 
 
@@ -543,12 +625,12 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
     directory.mkdir(parents=True)
     (directory / "net.cfg").write_text(_rules_cfg(net_opts, specs))
     rng = np.random.default_rng(seed)
-    B, lr, mom, decay = net_opts["batch"], .1, .9, .0005
+    B, lr, mom, decay = net_opts["batch"], 0.1, 0.9, 0.0005
     chw = (net_opts["channels"], net_opts["height"], net_opts["width"])
     layers, files = [], []
-    f32 = lambda a: np.asarray(a, np.float32).astype(np.float64)   # noqa: E731
+    f32 = lambda a: np.asarray(a, np.float32).astype(np.float64)  # noqa: E731
 
-    for i, spec in enumerate(specs):       # sizes and parameters
+    for i, spec in enumerate(specs):  # sizes and parameters
         L = dict(spec, index=i, in_chw=chw, bn=spec.get("batch_normalize", 0))
         c, h, w = chw
         if L["type"] == "convolutional":
@@ -565,13 +647,13 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
             chw = (c, (h + pad - k) // s + 1, (w + pad - k) // s + 1)
         if L["type"] in ("convolutional", "connected"):
             L["weights"] = f32(rng.uniform(-1, 1, wshape) * np.sqrt(6 / fan_in))
-            L["biases"] = f32(rng.uniform(-.1, .1, n))
+            L["biases"] = f32(rng.uniform(-0.1, 0.1, n))
             L["weight_updates"], L["bias_updates"] = np.zeros(wshape), np.zeros(n)
             L["saved"] = ["biases", "weights"] if L["type"] == "connected" else ["biases"]
             if L["bn"]:
-                L["scales"] = f32(rng.uniform(.5, 1.5, n))
-                L["rolling_mean"] = f32(rng.uniform(-.2, .2, n))
-                L["rolling_variance"] = f32(rng.uniform(.5, 1.5, n))
+                L["scales"] = f32(rng.uniform(0.5, 1.5, n))
+                L["rolling_mean"] = f32(rng.uniform(-0.2, 0.2, n))
+                L["rolling_variance"] = f32(rng.uniform(0.5, 1.5, n))
                 L["scale_updates"] = np.zeros(n)
                 L["saved"] += ["scales", "rolling_mean", "rolling_variance"]
             if L["type"] == "convolutional":
@@ -597,15 +679,18 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
         c, h, w = L["out_chw"]
         return a.reshape(B, c, h, w) if h * w > 1 else a.reshape(B, -1)
 
-    def conv(L, x):        # x (B, c, h, w) -> (B, n, oh, ow); also returns the padded input
+    def conv(L, x):  # x (B, c, h, w) -> (B, n, oh, ow); also returns the padded input
         p, k, s = L["pad_px"], L["size"], L["stride"]
         xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
         n, oh, ow = L["out_chw"]
         out = np.zeros((B, n, oh, ow))
         for oy in range(oh):
             for ox in range(ow):
-                out[:, :, oy, ox] = np.einsum("bckl,nckl->bn", xp[:, :, oy*s:oy*s+k, ox*s:ox*s+k],
-                                              L["weights"])
+                out[:, :, oy, ox] = np.einsum(
+                    "bckl,nckl->bn",
+                    xp[:, :, oy * s : oy * s + k, ox * s : ox * s + k],
+                    L["weights"],
+                )
         return out
 
     def forward(L, x, train, rand=None):
@@ -617,8 +702,8 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
                 if train:
                     L["x"] = z.copy()
                     L["mean"], L["variance"] = z.mean(axis=(0, 2)), z.var(axis=(0, 2), ddof=1)
-                    L["rolling_mean"] = .99 * L["rolling_mean"] + .01 * L["mean"]
-                    L["rolling_variance"] = .99 * L["rolling_variance"] + .01 * L["variance"]
+                    L["rolling_mean"] = 0.99 * L["rolling_mean"] + 0.01 * L["mean"]
+                    L["rolling_variance"] = 0.99 * L["rolling_variance"] + 0.01 * L["variance"]
                     mean, var = L["mean"], L["variance"]
                 else:
                     mean, var = L["rolling_mean"], L["rolling_variance"]
@@ -643,10 +728,11 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
                             if 0 <= y < h and 0 <= xx < w:
                                 win = x[:, :, y, xx] > out[:, :, oy, ox]
                                 out[:, :, oy, ox] = np.where(win, x[:, :, y, xx], out[:, :, oy, ox])
-                                idx[:, :, oy, ox] = np.where(win, flat[:, :, y, xx],
-                                                             idx[:, :, oy, ox])
+                                idx[:, :, oy, ox] = np.where(
+                                    win, flat[:, :, y, xx], idx[:, :, oy, ox]
+                                )
             L["output"], L["indexes"] = out, idx
-        elif t == "dropout":      # in place on the previous layer's output (x is that buffer)
+        elif t == "dropout":  # in place on the previous layer's output (x is that buffer)
             if train:
                 keep = rand.reshape(x.shape) >= np.float32(L["probability"])
                 x *= np.where(keep, 1 / (1 - np.float32(L["probability"])), 0.0)
@@ -684,7 +770,7 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
                 inv = 1 / np.sqrt(L["variance"] + 1e-5)
                 cen = L["x"] - L["mean"][:, None]
                 mean_d = -dz.sum(axis=(0, 2)) * inv
-                var_d = (dz * cen).sum(axis=(0, 2)) * -.5 * inv ** 3
+                var_d = (dz * cen).sum(axis=(0, 2)) * -0.5 * inv**3
                 dz[...] = dz * inv[:, None] + var_d[:, None] * 2 * cen / N + mean_d[:, None] / N
             if t == "connected":
                 xin = x.reshape(B, -1)
@@ -698,12 +784,17 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
                 dd = dz.reshape(B, *L["out_chw"])
                 for oy in range(L["out_chw"][1]):
                     for ox in range(L["out_chw"][2]):
-                        win = (slice(None), slice(None), slice(oy*s, oy*s+k), slice(ox*s, ox*s+k))
+                        win = (
+                            slice(None),
+                            slice(None),
+                            slice(oy * s, oy * s + k),
+                            slice(ox * s, ox * s + k),
+                        )
                         L["weight_updates"] += np.einsum("bn,bckl->nckl", dd[:, :, oy, ox], xp[win])
                         dxp[win] += np.einsum("bn,nckl->bckl", dd[:, :, oy, ox], L["weights"])
                 if pd is not None:
                     h, w = x.shape[2:]
-                    pd += dxp[:, :, p:p + h, p:p + w].reshape(pd.shape)
+                    pd += dxp[:, :, p : p + h, p : p + w].reshape(pd.shape)
 
     # data
     c, h, w = net_opts["channels"], net_opts["height"], net_opts["width"]
@@ -759,9 +850,12 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
         save(f"{tag(sm)}_loss_s{s}", sm["loss"], s, sm["index"])
         save(f"{tag(sm)}_cost_s{s}", [sm["loss"].sum()], s, sm["index"])
         save(f"cost_s{s}", [sm["loss"].sum()], s, -1)
-        for i, L in enumerate(layers):       # zeroed deltas; dropout shares the previous one
-            L["delta"] = layers[i - 1]["delta"] if L["type"] == "dropout" else np.zeros(
-                (B, *L["out_chw"]) if L["type"] != "softmax" else (B, out_n))
+        for i, L in enumerate(layers):  # zeroed deltas; dropout shares the previous one
+            L["delta"] = (
+                layers[i - 1]["delta"]
+                if L["type"] == "dropout"
+                else np.zeros((B, *L["out_chw"]) if L["type"] != "softmax" else (B, out_n))
+            )
         sm["delta"][...] = truths[s] - p
         for i in range(len(layers) - 1, -1, -1):
             L, prev = layers[i], layers[i - 1] if i else None
@@ -773,7 +867,7 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
             for a in updates:
                 if a in L:
                     save(f"{tag(L)}_{a}_grad_s{s}", L[a], s, L["index"])
-        for L in layers:                     # SGD, B = batch
+        for L in layers:  # SGD, B = batch
             if "weights" not in L:
                 continue
             L["biases"] = f32(L["biases"] + lr / B * L["bias_updates"])
@@ -781,8 +875,10 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
             if L["bn"]:
                 L["scales"] = f32(L["scales"] + lr / B * L["scale_updates"])
                 L["scale_updates"] *= mom
-                L["rolling_mean"], L["rolling_variance"] = (f32(L["rolling_mean"]),
-                                                            f32(L["rolling_variance"]))
+                L["rolling_mean"], L["rolling_variance"] = (
+                    f32(L["rolling_mean"]),
+                    f32(L["rolling_variance"]),
+                )
             L["weight_updates"] += -decay * B * L["weights"]
             L["weights"] = f32(L["weights"] + lr / B * L["weight_updates"])
             L["weight_updates"] *= mom
@@ -793,35 +889,75 @@ def darknet_rules_vectors(net_opts, specs, directory, seed=3, steps=2):
                 if a in L:
                     save(f"{tag(L)}_{a}_momentum_s{s}", L[a], s, L["index"])
         write_weights(f"weights_after_s{s}.weights", B * s)
-    (directory / "index.json").write_text(json.dumps({"files": files, "layers": [
-        {"index": L["index"], "type": L["type"]} for L in layers]}))
+    (directory / "index.json").write_text(
+        json.dumps(
+            {"files": files, "layers": [{"index": L["index"], "type": L["type"]} for L in layers]}
+        )
+    )
     return directory
 
 
-RULES_NET = {"batch": 4, "height": 7, "width": 7, "channels": 2, "learning_rate": 0.1,
-             "momentum": 0.9, "decay": 0.0005}
+RULES_NET = {
+    "batch": 4,
+    "height": 7,
+    "width": 7,
+    "channels": 2,
+    "learning_rate": 0.1,
+    "momentum": 0.9,
+    "decay": 0.0005,
+}
 
 
-@pytest.mark.parametrize("name,specs", ids=["conv_bn_dropout_strided_maxpool3",
-                                            "conv_maxpool2_odd_conv_bn"], argvalues=[
-    ("conv_bn_dropout_strided_maxpool3", [
-        {"type": "convolutional", "filters": 3, "size": 3, "stride": 2, "pad": 1,
-         "batch_normalize": 1, "activation": "leaky"},
-        {"type": "dropout", "probability": 0.3},
-        {"type": "maxpool", "size": 3, "stride": 2},
-        {"type": "connected", "output": 6, "batch_normalize": 1, "activation": "relu"},
-        {"type": "dropout", "probability": 0.25},
-        {"type": "connected", "output": 4, "activation": "linear"},
-        {"type": "softmax", "groups": 2, "temperature": 1.5}]),
-    ("conv_maxpool2_odd_conv_bn", [
-        {"type": "convolutional", "filters": 4, "size": 3, "stride": 1, "pad": 1,
-         "activation": "leaky"},
-        {"type": "maxpool", "size": 2, "stride": 2},
-        {"type": "convolutional", "filters": 3, "size": 2, "stride": 1,
-         "batch_normalize": 1, "activation": "relu"},
-        {"type": "connected", "output": 5, "activation": "linear"},
-        {"type": "softmax"}]),
-])
+@pytest.mark.parametrize(
+    "name,specs",
+    ids=["conv_bn_dropout_strided_maxpool3", "conv_maxpool2_odd_conv_bn"],
+    argvalues=[
+        (
+            "conv_bn_dropout_strided_maxpool3",
+            [
+                {
+                    "type": "convolutional",
+                    "filters": 3,
+                    "size": 3,
+                    "stride": 2,
+                    "pad": 1,
+                    "batch_normalize": 1,
+                    "activation": "leaky",
+                },
+                {"type": "dropout", "probability": 0.3},
+                {"type": "maxpool", "size": 3, "stride": 2},
+                {"type": "connected", "output": 6, "batch_normalize": 1, "activation": "relu"},
+                {"type": "dropout", "probability": 0.25},
+                {"type": "connected", "output": 4, "activation": "linear"},
+                {"type": "softmax", "groups": 2, "temperature": 1.5},
+            ],
+        ),
+        (
+            "conv_maxpool2_odd_conv_bn",
+            [
+                {
+                    "type": "convolutional",
+                    "filters": 4,
+                    "size": 3,
+                    "stride": 1,
+                    "pad": 1,
+                    "activation": "leaky",
+                },
+                {"type": "maxpool", "size": 2, "stride": 2},
+                {
+                    "type": "convolutional",
+                    "filters": 3,
+                    "size": 2,
+                    "stride": 1,
+                    "batch_normalize": 1,
+                    "activation": "relu",
+                },
+                {"type": "connected", "output": 5, "activation": "linear"},
+                {"type": "softmax"},
+            ],
+        ),
+    ],
+)
 def test_minidark_follows_the_readme_rules(tmp_path, name, specs):
     """minidark vs an independent float64 re-derivation of the README's rules."""
     directory = darknet_rules_vectors(RULES_NET, specs, tmp_path / name)
@@ -840,9 +976,11 @@ def test_region_deviation_is_exactly_the_listed_arrays(monkeypatch):
     directory = next((d for d in NEXT if d.name == "h_region"), None)
     assert directory is not None
     import minidark.tools.reference as reference
+
     listed = reference.DEVIATIONS["h_region"]
-    monkeypatch.setitem(reference.DEVIATIONS, "h_region",
-                        reference.Deviation("none", [], resync=listed.resync))
+    monkeypatch.setitem(
+        reference.DEVIATIONS, "h_region", reference.Deviation("none", [], resync=listed.resync)
+    )
     report = replay_vectors(directory)
     failed = {c.name for c in report.failures}
     assert failed and all(listed.covers(name) for name in failed), sorted(failed)
@@ -852,16 +990,16 @@ def test_region_deviation_is_exactly_the_listed_arrays(monkeypatch):
 
 PLUMB_RECURRENT = {
     "plumb_crnn": "[net]\nbatch=2\ntime_steps=2\nheight=4\nwidth=4\nchannels=2\n"
-                  "learning_rate=0.1\nmomentum=0.9\ndecay=0.0005\n[crnn]\nhidden_filters=3\n"
-                  "output_filters=3\nactivation=leaky\n[connected]\noutput=5\n"
-                  "activation=linear\n[softmax]\n",
+    "learning_rate=0.1\nmomentum=0.9\ndecay=0.0005\n[crnn]\nhidden_filters=3\n"
+    "output_filters=3\nactivation=leaky\n[connected]\noutput=5\n"
+    "activation=linear\n[softmax]\n",
     "plumb_lstm_gru": "[net]\nbatch=2\ntime_steps=3\ninputs=6\nlearning_rate=0.1\n"
-                      "momentum=0.9\ndecay=0.0005\n[lstm]\noutput=4\n[gru]\noutput=4\ntanh=1\n"
-                      "[rnn]\noutput=4\nactivation=leaky\nbatch_normalize=1\n[connected]\n"
-                      "output=5\nactivation=linear\n[softmax]\n",
+    "momentum=0.9\ndecay=0.0005\n[lstm]\noutput=4\n[gru]\noutput=4\ntanh=1\n"
+    "[rnn]\noutput=4\nactivation=leaky\nbatch_normalize=1\n[connected]\n"
+    "output=5\nactivation=linear\n[softmax]\n",
     "plumb_deconv_bn": NET.format(h=4, w=4, c=2) + "[deconvolutional]\nfilters=3\nsize=4\n"
-                       "stride=2\npadding=1\nbatch_normalize=1\nactivation=leaky\n"
-                       "[connected]\noutput=5\nactivation=linear\n[softmax]\n",
+    "stride=2\npadding=1\nbatch_normalize=1\nactivation=leaky\n"
+    "[connected]\noutput=5\nactivation=linear\n[softmax]\n",
 }
 
 
@@ -875,12 +1013,20 @@ def test_plumbing_recurrent_and_deconv_sets(tmp_path, name):
     report = replay_vectors(directory)
     report.assert_passed()
     compared = {c.name for c in report.checks}
-    npy = {p.stem for p in directory.glob("*.npy")} - {
-        p.stem for p in directory.glob("input_s*.npy")} - {
-        p.stem for p in directory.glob("truth_s*.npy")}
+    npy = (
+        {p.stem for p in directory.glob("*.npy")}
+        - {p.stem for p in directory.glob("input_s*.npy")}
+        - {p.stem for p in directory.glob("truth_s*.npy")}
+    )
     assert npy <= compared, sorted(npy - compared)
-    sub = next((p for p in sorted(directory.glob("L00_*_delta_s2.npy"))
-                if "layer" in p.stem or p.stem.count("_") > 3), None)
+    sub = next(
+        (
+            p
+            for p in sorted(directory.glob("L00_*_delta_s2.npy"))
+            if "layer" in p.stem or p.stem.count("_") > 3
+        ),
+        None,
+    )
     target = sub or directory / "L00_deconvolutional_output_s1.npy"
     array = np.load(target)
     array.flat[0] += 1.0

@@ -1,15 +1,31 @@
 """im2col / col2im in both layouts (channels innermost NHWC, darknet's CNHW) against naive loops."""
+
 import numpy as np
 import pytest
 
-from minidark.kernels.im2col import (add_from_padded_cnhw, add_from_padded_nhwc, col2im, col2im_cnhw,
-                             conv_output_size, im2col, im2col_cnhw, to_padded_cnhw,
-                             to_padded_nhwc)
+from minidark.kernels.im2col import (
+    add_from_padded_cnhw,
+    add_from_padded_nhwc,
+    col2im,
+    col2im_cnhw,
+    conv_output_size,
+    im2col,
+    im2col_cnhw,
+    to_padded_cnhw,
+    to_padded_nhwc,
+)
 
 CASES = [  # (n, c, h, w, k, stride, pad)
-    (2, 3, 7, 7, 3, 2, 0), (2, 3, 7, 7, 3, 2, 1), (1, 2, 7, 5, 3, 1, 1), (2, 1, 8, 8, 5, 1, 2),
-    (1, 4, 6, 6, 1, 1, 0), (1, 2, 7, 7, 1, 2, 0), (2, 2, 9, 8, 4, 3, 1), (1, 3, 5, 5, 2, 4, 2),
-    (1, 1, 3, 3, 3, 1, 0), (1, 2, 6, 7, 5, 2, 2),
+    (2, 3, 7, 7, 3, 2, 0),
+    (2, 3, 7, 7, 3, 2, 1),
+    (1, 2, 7, 5, 3, 1, 1),
+    (2, 1, 8, 8, 5, 1, 2),
+    (1, 4, 6, 6, 1, 1, 0),
+    (1, 2, 7, 7, 1, 2, 0),
+    (2, 2, 9, 8, 4, 3, 1),
+    (1, 3, 5, 5, 2, 4, 2),
+    (1, 1, 3, 3, 3, 1, 0),
+    (1, 2, 6, 7, 5, 2, 2),
 ]
 
 
@@ -46,7 +62,7 @@ def naive_col2im(cols, shape, k, s, p):
 
 def padded(x, p):
     n, c, h, w = x.shape
-    xpad = np.full((n, h + 2 * p, w + 2 * p, c), 7.0, x.dtype)   # stale scratch
+    xpad = np.full((n, h + 2 * p, w + 2 * p, c), 7.0, x.dtype)  # stale scratch
     to_padded_nhwc(x, p, xpad)
     return xpad
 
@@ -67,7 +83,7 @@ def test_col2im_matches_naive_and_accumulates(n, c, h, w, k, s, p):
     cols = rng.normal(size=(n * oh * ow, k * k * c))
     xpad = np.zeros((n, h + 2 * p, w + 2 * p, c))
     col2im(cols, k, s, oh, ow, xpad)
-    dx = np.ones((n, c, h, w))                      # accumulates into existing values
+    dx = np.ones((n, c, h, w))  # accumulates into existing values
     add_from_padded_nhwc(xpad, p, dx)
     np.testing.assert_allclose(dx, 1 + naive_col2im(cols, (n, c, h, w), k, s, p), atol=1e-12)
 
@@ -114,12 +130,12 @@ def test_cnhw_layout_matches_naive(n, c, h, w, k, s, p):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(n, c, h, w))
     oh, ow = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
-    xpad = np.full((c, n, h + 2 * p, w + 2 * p), 7.0)      # stale scratch
+    xpad = np.full((c, n, h + 2 * p, w + 2 * p), 7.0)  # stale scratch
     to_padded_cnhw(x, p, xpad)
     cols = np.empty((c * k * k, n * oh * ow))
     im2col_cnhw(xpad, k, s, oh, ow, cols)
     np.testing.assert_array_equal(cols, to_cnhw_order(naive_im2col(x, k, s, p), n, oh, ow, k, c))
-    other = rng.normal(size=(n * oh * ow, k * k * c))             # naive (NHWC) order
+    other = rng.normal(size=(n * oh * ow, k * k * c))  # naive (NHWC) order
     back = np.zeros_like(xpad)
     col2im_cnhw(to_cnhw_order(other, n, oh, ow, k, c), k, s, oh, ow, back)
     dx = np.ones_like(x)

@@ -2,18 +2,22 @@
 update_network / train_network): data flow through net.input and net.delta,
 delta zeroing and accumulation, subdivisions, seen, mean loss, predict,
 and load_network's batch override."""
+
 import numpy as np
 import pytest
 
 import minidark
 import minidark.testing
-from conftest import net_from, one_hot, write_cfg
 from minidark.layer import Layer
 from minidark.registry import register_layer, unregister_layer
 
-MLP = ("[net]\nbatch={batch}\nsubdivisions={sub}\ninputs=6\nlearning_rate=0.5\nmomentum=0.9\n"
-       "decay=0.01\n[connected]\noutput=5\nactivation=tanh\n[connected]\noutput=3\n"
-       "activation=linear\n[softmax]\n")
+from conftest import net_from, one_hot, write_cfg
+
+MLP = (
+    "[net]\nbatch={batch}\nsubdivisions={sub}\ninputs=6\nlearning_rate=0.5\nmomentum=0.9\n"
+    "decay=0.01\n[connected]\noutput=5\nactivation=tanh\n[connected]\noutput=3\n"
+    "activation=linear\n[softmax]\n"
+)
 
 
 @pytest.fixture
@@ -31,13 +35,23 @@ def spy():
             net.delta += l.delta + 1
 
     def make_spy(options, params):
-        l = Layer(type="spy", batch=params.batch, inputs=params.inputs, outputs=params.inputs,
-                  h=params.h, w=params.w, c=params.c,
-                  out_h=params.h, out_w=params.w, out_c=params.c)
+        l = Layer(
+            type="spy",
+            batch=params.batch,
+            inputs=params.inputs,
+            outputs=params.inputs,
+            h=params.h,
+            w=params.w,
+            c=params.c,
+            out_h=params.h,
+            out_w=params.w,
+            out_c=params.c,
+        )
         l.output = np.zeros((params.batch, params.inputs), np.float32)
         l.delta = np.zeros((params.batch, params.inputs), np.float32)
         l.forward, l.backward = forward, backward
         return l
+
     register_layer("spy", make_spy)
     yield events
     unregister_layer("spy")
@@ -55,7 +69,7 @@ def test_forward_feeds_each_layer_the_previous_output(tmp_path, spy):
     assert inputs[1] is net.layers[0].output and inputs[2] is net.layers[1].output
     assert out is net.layers[2].output and net.output is out
     np.testing.assert_array_equal(out, x)
-    assert net.input is net.layers[2].output          # net.input advanced like darknet
+    assert net.input is net.layers[2].output  # net.input advanced like darknet
 
 
 def test_training_forward_zeroes_every_delta_first(tmp_path, spy):
@@ -68,7 +82,7 @@ def test_training_forward_zeroes_every_delta_first(tmp_path, spy):
     for l in net.layers:
         l.delta[...] = 7
     spy.clear()
-    net.forward(np.ones((2, 3)), train=False)          # inference leaves deltas alone
+    net.forward(np.ones((2, 3)), train=False)  # inference leaves deltas alone
     assert all((e[3] == 7).all() and e[4] is False for e in spy)
 
 
@@ -86,7 +100,7 @@ def test_backward_order_inputs_and_none_delta_for_layer_zero(tmp_path, spy):
     net.forward(np.ones((2, 3)), train=True)
     spy.clear()
     net.backward()
-    assert [e[1] for e in spy] == [2, 1, 0]            # last to first
+    assert [e[1] for e in spy] == [2, 1, 0]  # last to first
     by_index = {e[1]: e for e in spy}
     assert by_index[2][2] is net.layers[1].output and by_index[2][3] is net.layers[1].delta
     assert by_index[1][2] is net.layers[0].output and by_index[1][3] is net.layers[0].delta
@@ -97,7 +111,7 @@ def test_backward_order_inputs_and_none_delta_for_layer_zero(tmp_path, spy):
 def test_backward_accumulates_never_assigns(tmp_path, spy):
     net = net_from(tmp_path, SPIES)
     net.forward(np.ones((2, 3)), train=True)
-    net.layers[1].delta[...] = 5       # e.g. already written by another consumer
+    net.layers[1].delta[...] = 5  # e.g. already written by another consumer
     net.backward()
     # layer 2 adds 0 + 1 into layer 1's delta; layer 1 adds (5 + 1) + 1 into layer 0's
     np.testing.assert_array_equal(net.layers[1].delta, 6)
@@ -105,8 +119,9 @@ def test_backward_accumulates_never_assigns(tmp_path, spy):
 
 
 def test_stopbackward_stops_at_that_layer(tmp_path, spy):
-    net = net_from(tmp_path, SPIES.replace("[spy]\n[spy]\n[spy]\n",
-                                           "[spy]\n[spy]\nstopbackward=1\n[spy]\n"))
+    net = net_from(
+        tmp_path, SPIES.replace("[spy]\n[spy]\n[spy]\n", "[spy]\n[spy]\nstopbackward=1\n[spy]\n")
+    )
     net.forward(np.ones((2, 3)), train=True)
     spy.clear()
     net.backward()
@@ -138,8 +153,7 @@ def test_real_layers_backward_chain_matches_numeric_gradient(tmp_path):
 # --------------------------------------------------------------------------
 def data(rows, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(rows, 6)).astype(np.float32),
-            one_hot(rng.integers(0, 3, rows), 3))
+    return (rng.normal(size=(rows, 6)).astype(np.float32), one_hot(rng.integers(0, 3, rows), 3))
 
 
 def params(net):
@@ -152,10 +166,10 @@ def test_subdivisions_update_only_every_n_minibatches(tmp_path):
     x, truth = data(8)
     start = params(net)
     for k in range(4):
-        net.train_datum(x[2 * k:2 * k + 2], truth[2 * k:2 * k + 2])
+        net.train_datum(x[2 * k : 2 * k + 2], truth[2 * k : 2 * k + 2])
         assert net.seen == 2 * (k + 1)
-        changed = any(not np.array_equal(a, b) for a, b in zip(start, params(net)))
-        assert changed == (k == 3), k                  # only the 4th mini-batch updates
+        changed = any(not np.array_equal(a, b) for a, b in zip(start, params(net), strict=True))
+        assert changed == (k == 3), k  # only the 4th mini-batch updates
         assert net.t == (1 if k == 3 else 0)
 
 
@@ -170,7 +184,7 @@ def test_subdivisions_equal_one_big_batch(tmp_path):
         loss_b = b.train_step(x, truth)
         assert loss_a == pytest.approx(loss_b, rel=1e-5)
     assert a.seen == b.seen == 32 and a.t == b.t == 4
-    for pa, pb in zip(params(a), params(b)):
+    for pa, pb in zip(params(a), params(b), strict=True):
         np.testing.assert_allclose(pa, pb, rtol=1e-4, atol=1e-6)
 
 
@@ -179,8 +193,10 @@ def test_update_batch_is_batch_times_subdivisions(tmp_path):
     seen = []
     layer = net.layers[0]
     original = layer.update
-    layer.update = lambda l, args: (seen.append((args.batch, args.learning_rate, args.t)),
-                                    original(l, args))
+    layer.update = lambda l, args: (
+        seen.append((args.batch, args.learning_rate, args.t)),
+        original(l, args),
+    )
     x, truth = data(8)
     net.train_step(x, truth)
     assert seen == [(8, 0.5, 1)]
@@ -193,8 +209,8 @@ def test_train_step_returns_mean_loss_per_image(tmp_path):
     # the loss of each mini-batch is computed before that mini-batch's update
     costs = []
     for k in range(2):
-        p = twin.forward(x[4 * k:4 * k + 4], truth[4 * k:4 * k + 4], train=True).copy()
-        costs.append(-(truth[4 * k:4 * k + 4] * np.log(p)).sum())
+        p = twin.forward(x[4 * k : 4 * k + 4], truth[4 * k : 4 * k + 4], train=True).copy()
+        costs.append(-(truth[4 * k : 4 * k + 4] * np.log(p)).sum())
         twin.backward()
         twin.update()
     loss = net.train_step(x, truth)
@@ -213,8 +229,11 @@ def test_network_cost_is_mean_of_loss_layers(tmp_path):
 
 
 def test_training_reduces_loss(tmp_path):
-    net = net_from(tmp_path, MLP.format(batch=8, sub=1).replace("learning_rate=0.5",
-                                                                 "learning_rate=0.1"), seed=0)
+    net = net_from(
+        tmp_path,
+        MLP.format(batch=8, sub=1).replace("learning_rate=0.5", "learning_rate=0.1"),
+        seed=0,
+    )
     x, truth = data(8, seed=1)
     losses = [net.train_step(x, truth) for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0]
@@ -224,15 +243,17 @@ def test_training_reduces_loss(tmp_path):
 # Inference and the API
 # --------------------------------------------------------------------------
 def test_predict_any_number_of_rows_equals_row_by_row(tmp_path):
-    cfg = write_cfg(tmp_path, MLP.format(batch=4, sub=1).replace(
-        "activation=tanh", "activation=tanh\nbatch_normalize=1"))
+    cfg = write_cfg(
+        tmp_path,
+        MLP.format(batch=4, sub=1).replace("activation=tanh", "activation=tanh\nbatch_normalize=1"),
+    )
     net = minidark.load_network(cfg, seed=0)
     x, _ = data(10)
     out = net.predict(x)
     assert out.shape == (10, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out.sum(1), 1, rtol=1e-5)
     single = minidark.load_network(cfg, seed=0, batch=1)
-    rows = np.concatenate([single.predict(x[i:i + 1]) for i in range(10)])
+    rows = np.concatenate([single.predict(x[i : i + 1]) for i in range(10)])
     np.testing.assert_allclose(out, rows, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(net.predict(x[:3]), out[:3], rtol=1e-6)
     assert net.predict(x[:0]).shape == (0, 3)
@@ -241,8 +262,11 @@ def test_predict_any_number_of_rows_equals_row_by_row(tmp_path):
 
 
 def test_predict_accepts_images_and_uses_inference_mode(tmp_path):
-    net = net_from(tmp_path, "[net]\nbatch=2\nheight=2\nwidth=2\nchannels=2\n"
-                             "[dropout]\nprobability=.9\n[softmax]\n", seed=0)
+    net = net_from(
+        tmp_path,
+        "[net]\nbatch=2\nheight=2\nwidth=2\nchannels=2\n[dropout]\nprobability=.9\n[softmax]\n",
+        seed=0,
+    )
     x = np.random.default_rng(0).normal(size=(3, 2, 2, 2)).astype(np.float32)
     out = net.predict(x)
     e = np.exp(x.reshape(3, 8) - x.reshape(3, 8).max(1, keepdims=True))
@@ -274,7 +298,7 @@ def test_load_network_seed_and_verbose(tmp_path, capsys):
     cfg = write_cfg(tmp_path, MLP.format(batch=2, sub=1))
     a = minidark.load_network(cfg, seed=5)
     b = minidark.load_network(cfg, seed=5, verbose=True)
-    for pa, pb in zip(params(a), params(b)):
+    for pa, pb in zip(params(a), params(b), strict=True):
         np.testing.assert_array_equal(pa, pb)
     table = capsys.readouterr().err
     assert "connected" in table and "softmax" in table and "6 ->" in table

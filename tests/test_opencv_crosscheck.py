@@ -24,6 +24,7 @@ it: the raw output of the last connected layer (which ``[detection]`` copies)
 must match, and decoding both through minidark's YOLOv1 decoder and NMS must
 give the same detections.
 """
+
 import os
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ import numpy as np
 import pytest
 
 import minidark
-from minidark.cfg.parser import read_cfg_text
+from minidark.cfg import read_cfg_text
 from minidark.data.image import letterbox_image, resize_image
 from minidark.kernels.boxes import (
     Detections,
@@ -62,12 +63,14 @@ def variant(name, size=None, classes=None, region_thresh=None):
             head = re.match(r"\[(yolo|region)\]", section)
             if not head:
                 continue
-            anchors = (len(re.search(r"mask=(.*)", section).group(1).split(","))
-                       if head.group(1) == "yolo" else int(re.search(r"num=(\d+)", section)[1]))
+            anchors = (
+                len(re.search(r"mask=(.*)", section).group(1).split(","))
+                if head.group(1) == "yolo"
+                else int(re.search(r"num=(\d+)", section)[1])
+            )
             sections[k] = re.sub(r"classes=\d+", f"classes={classes}", section)
             j = max(i for i in range(k) if sections[i].startswith("[convolutional]"))
-            sections[j] = re.sub(r"filters=\d+", f"filters={anchors * (5 + classes)}",
-                                 sections[j])
+            sections[j] = re.sub(r"filters=\d+", f"filters={anchors * (5 + classes)}", sections[j])
         text = "".join(sections)
     return text
 
@@ -78,7 +81,10 @@ def randomize(net, seed, head_gain=3.0):
     rng = np.random.default_rng(seed)
     for i, layer in enumerate(net.layers):
         feeds_head = i + 1 < len(net.layers) and net.layers[i + 1].type in (
-            "yolo", "region", "detection")
+            "yolo",
+            "region",
+            "detection",
+        )
         for name in layer.saved:
             array = getattr(layer, name)
             if name == "weights":
@@ -86,9 +92,9 @@ def randomize(net, seed, head_gain=3.0):
                 values = rng.uniform(-1, 1, array.shape) * np.sqrt(3 / fan_in)
                 values *= head_gain if feeds_head else 1
             elif name == "rolling_variance" or name == "scales":
-                values = rng.uniform(.5, 1.5, array.shape)
+                values = rng.uniform(0.5, 1.5, array.shape)
             else:
-                values = rng.uniform(-.3, .3, array.shape)
+                values = rng.uniform(-0.3, 0.3, array.shape)
             array[...] = values
 
 
@@ -96,10 +102,11 @@ def photo_input(net, seed=0):
     rng = np.random.default_rng(seed)
     h, w = 300, 400
     y, x = np.mgrid[0:h, 0:w] / w
-    image = np.stack([np.sin(5 * x + rng.uniform(0, 6)) * np.cos(4 * y) * .5 + .5
-                      for _ in range(3)]).astype(np.float32)
+    image = np.stack(
+        [np.sin(5 * x + rng.uniform(0, 6)) * np.cos(4 * y) * 0.5 + 0.5 for _ in range(3)]
+    ).astype(np.float32)
     for _ in range(6):
-        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, .75), rng.uniform(.05, .2)
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 0.75), rng.uniform(0.05, 0.2)
         image[:, (x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
     return letterbox_image(image, net.w, net.h)
 
@@ -114,7 +121,7 @@ def calibrate(net, x):
     for l in net.layers:
         if l.batch_normalize:
             l.rolling_mean[...] = l.mean
-            l.rolling_variance[...] = np.maximum(l.variance, .25)
+            l.rolling_variance[...] = np.maximum(l.variance, 0.25)
 
 
 def build_pair(tmp_path, text, seed, gain=3.0, opencv_text=None, x=None):
@@ -129,7 +136,7 @@ def build_pair(tmp_path, text, seed, gain=3.0, opencv_text=None, x=None):
         calibrate(net, x)
     weights = tmp_path / "net.weights"
     save_weights(net, weights)
-    ours = minidark.load_network(str(cfg), str(weights), batch=1)   # through the file
+    ours = minidark.load_network(str(cfg), str(weights), batch=1)  # through the file
     if opencv_text is not None:
         cfg = tmp_path / "opencv.cfg"
         cfg.write_text(opencv_text)
@@ -151,19 +158,25 @@ def head_rows(l, net):
         anchors = l.biases.reshape(-1, 2)[l.mask]
         boxes = decode_boxes(planes, anchors[:, 0], anchors[:, 1], l.w, l.h, net.w, net.h)
     else:
-        anchors = l.biases.reshape(-1, 2)[:l.n]
+        anchors = l.biases.reshape(-1, 2)[: l.n]
         boxes = decode_boxes(planes, anchors[:, 0], anchors[:, 1], l.w, l.h, l.w, l.h)
     obj = planes[:, 4]
     scores = obj[:, None] * planes[:, 5:]
-    rows = np.concatenate([boxes.transpose(1, 2, 0, 3), obj.transpose(1, 2, 0)[..., None],
-                           scores.transpose(2, 3, 0, 1)], axis=-1)
-    return rows.reshape(-1, per)                       # row = (j * w + i) * n + a
+    rows = np.concatenate(
+        [
+            boxes.transpose(1, 2, 0, 3),
+            obj.transpose(1, 2, 0)[..., None],
+            scores.transpose(2, 3, 0, 1),
+        ],
+        axis=-1,
+    )
+    return rows.reshape(-1, per)  # row = (j * w + i) * n + a
 
 
 def opencv_detections(rows, classes, thresh, nms):
     boxes, corners, scores, ids = [], [], [], []
     for row in rows:
-        for c in np.flatnonzero(row[5:5 + classes] > thresh):
+        for c in np.flatnonzero(row[5 : 5 + classes] > thresh):
             x, y, w, h = (float(v) for v in row[:4])
             boxes.append((x, y, w, h))
             corners.append([x - w / 2, y - h / 2, w, h])
@@ -179,8 +192,13 @@ def minidark_detections(dets, thresh, nms):
     do_nms_sort(dets, dets.classes, nms)
     found = []
     for i, c in zip(*np.nonzero(dets.prob > thresh), strict=True):
-        found.append((int(c), *np.round(dets.bbox[i].astype(np.float64), 4),
-                      round(float(dets.prob[i, c]), 4)))
+        found.append(
+            (
+                int(c),
+                *np.round(dets.bbox[i].astype(np.float64), 4),
+                round(float(dets.prob[i, c]), 4),
+            )
+        )
     return sorted(found)
 
 
@@ -191,24 +209,36 @@ def same_detections(ours, theirs, rtol=1e-4):
         np.testing.assert_allclose(a[1:], b[1:], rtol=20 * rtol, atol=2e-4)
 
 
-CASES = [("yolov3-tiny", None, None), ("yolov3-tiny", 320, 20), ("yolov2-tiny", None, None),
-         ("yolov2-tiny", 288, 20), ("yolov3", 160, None), ("yolov2", 160, 20)]
+CASES = [
+    ("yolov3-tiny", None, None),
+    ("yolov3-tiny", 320, 20),
+    ("yolov2-tiny", None, None),
+    ("yolov2-tiny", 288, 20),
+    ("yolov3", 160, None),
+    ("yolov2", 160, 20),
+]
 # gain on the convolution feeding each head: spread the logits so that some classes score high
 GAINS = {"yolov3-tiny": 3.0, "yolov2-tiny": 8.0, "yolov3": 3.0, "yolov2": 8.0}
-DEEP = ("yolov3", "yolov2")   # batch-norm statistics calibrated on the input (see calibrate)
-REGION_NMS = .4        # OpenCV's darknet importer gives [region] layers nms_threshold .4
-WANTED = 30            # the detection threshold keeps about this many (box, class) scores
+DEEP = ("yolov3", "yolov2")  # batch-norm statistics calibrated on the input (see calibrate)
+REGION_NMS = 0.4  # OpenCV's darknet importer gives [region] layers nms_threshold .4
+WANTED = 30  # the detection threshold keeps about this many (box, class) scores
 
 
-@pytest.mark.parametrize("name,size,classes", CASES,
-                         ids=[f"{n}-{s or 'stock'}-{c or 80}" for n, s, c in CASES])
+@pytest.mark.parametrize(
+    "name,size,classes", CASES, ids=[f"{n}-{s or 'stock'}-{c or 80}" for n, s, c in CASES]
+)
 def test_yolo_and_region_heads_agree_with_opencv(tmp_path, name, size, classes):
-    text = variant(name, size, classes, region_thresh=.2)
+    text = variant(name, size, classes, region_thresh=0.2)
     probe = minidark.parse_network(read_cfg_text(text), batch=1, verbose=False)
     x = photo_input(probe)
-    ours, theirs = build_pair(tmp_path, text, seed=len(name) + (size or 0), gain=GAINS[name],
-                              x=x if name in DEEP else None)
-    rtol = 1e-4 if name not in DEEP else 1e-3     # float32 rounding over 24 to 75 convolutions
+    ours, theirs = build_pair(
+        tmp_path,
+        text,
+        seed=len(name) + (size or 0),
+        gain=GAINS[name],
+        x=x if name in DEEP else None,
+    )
+    rtol = 1e-4 if name not in DEEP else 1e-3  # float32 rounding over 24 to 75 convolutions
     ours.predict(x.reshape(1, -1))
     outputs = opencv_rows(theirs, x)
     heads = [l for l in ours.layers if l.type in ("yolo", "region")]
@@ -216,26 +246,32 @@ def test_yolo_and_region_heads_agree_with_opencv(tmp_path, name, size, classes):
     for l, rows in zip(heads, outputs, strict=True):
         mine = head_rows(l, ours)
         assert rows.shape == mine.shape
-        for k in (0, 1, 4):           # x, y, obj
+        for k in (0, 1, 4):  # x, y, obj
             np.testing.assert_allclose(rows[:, k], mine[:, k], rtol=rtol, atol=2e-5)
         # w, h = e^t anchor: the raw t to the tolerance (float32 sums over the whole net)
         np.testing.assert_allclose(np.log(rows[:, 2:4]), np.log(mine[:, 2:4]), atol=20 * rtol)
-        cut = .2 if l.type == "yolo" else l.thresh          # OpenCV zeroes scores at or below
+        cut = 0.2 if l.type == "yolo" else l.thresh  # OpenCV zeroes scores at or below
         expected = np.where(mine[:, 5:] > cut, mine[:, 5:], 0)
-        if l.type == "region":          # OpenCV's region layer runs do_nms_sort at .4 itself
-            do_nms_sort(Detections(mine[:, :4], np.where(mine[:, 4] > cut, mine[:, 4], 0),
-                                   expected), l.classes, REGION_NMS)
+        if l.type == "region":  # OpenCV's region layer runs do_nms_sort at .4 itself
+            do_nms_sort(
+                Detections(mine[:, :4], np.where(mine[:, 4] > cut, mine[:, 4], 0), expected),
+                l.classes,
+                REGION_NMS,
+            )
         clear = np.abs(mine[:, 5:] - cut) > 10 * rtol
         np.testing.assert_allclose(rows[:, 5:][clear], expected[clear], rtol=10 * rtol, atol=2e-5)
     scores = np.sort(np.concatenate([head_rows(l, ours)[:, 5:].reshape(-1) for l in heads]))
-    scores = scores[scores > .2 + 1e-3]
+    scores = scores[scores > 0.2 + 1e-3]
     # a threshold in the widest gap between scores near the WANTED-th largest: no score sits
     # on it, so rounding cannot put a box on different sides for the two readers
-    k = max(range(WANTED // 2, min(2 * WANTED, len(scores) - 1)),
-            key=lambda k: scores[-k] - scores[-k - 1], default=None)
+    k = max(
+        range(WANTED // 2, min(2 * WANTED, len(scores) - 1)),
+        key=lambda k: scores[-k] - scores[-k - 1],
+        default=None,
+    )
     assert k is not None, "random weights should give a few scores above .2"
     thresh = float(scores[-k] + scores[-k - 1]) / 2
-    nms = REGION_NMS if heads[-1].type == "region" else .45
+    nms = REGION_NMS if heads[-1].type == "region" else 0.45
     theirs_found = opencv_detections(np.concatenate(outputs), heads[-1].classes, thresh, nms)
     dets = get_network_boxes(ours, ours.w, ours.h, thresh, relative=True)
     ours_found = minidark_detections(dets, thresh, nms)
@@ -247,19 +283,21 @@ def test_yolov1_style_network_agrees_with_opencv(tmp_path):
     """YOLOv1-tiny at darknet's 448x448: OpenCV reads the cfg without the [detection]
     section (which it does not know); the head is a copy of the connected output."""
     text = variant("yolov1-tiny")
-    ours, theirs = build_pair(tmp_path, text, seed=5, gain=1.0,
-                              opencv_text=text[:text.index("[detection]")])
+    ours, theirs = build_pair(
+        tmp_path, text, seed=5, gain=1.0, opencv_text=text[: text.index("[detection]")]
+    )
     rng = np.random.default_rng(1)
     image = rng.uniform(0, 1, (3, 240, 320)).astype(np.float32)
-    x = resize_image(image, ours.w, ours.h)            # YOLOv1 runs on a plain resize
+    x = resize_image(image, ours.w, ours.h)  # YOLOv1 runs on a plain resize
     ours.predict(x.reshape(1, -1))
     raw = opencv_rows(theirs, x)[0].reshape(-1)
     head = ours.layers[-1]
-    np.testing.assert_allclose(raw, head.output.reshape(-1), rtol=1e-4,
-                               atol=1e-4 * np.abs(raw).max())
-    mine = minidark_detections(get_detection_detections(head, 1, 1, .2), .2, .45)
-    head.output[0] = raw                               # OpenCV's numbers, minidark's decoder
-    other = minidark_detections(get_detection_detections(head, 1, 1, .2), .2, .45)
+    np.testing.assert_allclose(
+        raw, head.output.reshape(-1), rtol=1e-4, atol=1e-4 * np.abs(raw).max()
+    )
+    mine = minidark_detections(get_detection_detections(head, 1, 1, 0.2), 0.2, 0.45)
+    head.output[0] = raw  # OpenCV's numbers, minidark's decoder
+    other = minidark_detections(get_detection_detections(head, 1, 1, 0.2), 0.2, 0.45)
     assert len(mine) >= 1
     same_detections(mine, other)
 
@@ -268,15 +306,16 @@ def test_single_class_nms_agrees_with_opencv_nmsboxes():
     """darknet's greedy NMS (minidark's do_nms_sort, one class) keeps the same boxes
     as OpenCV's NMSBoxes on clustered boxes with distinct scores."""
     rng = np.random.default_rng(0)
-    centres = rng.uniform(.2, .8, (8, 2))
-    xy = centres[rng.integers(0, 8, 300)] + rng.normal(0, .03, (300, 2))
-    wh = rng.uniform(.1, .3, (300, 2))
-    scores = rng.permutation(300).astype(np.float32) / 300 + .01
-    for nms in (.3, .45, .6):
+    centres = rng.uniform(0.2, 0.8, (8, 2))
+    xy = centres[rng.integers(0, 8, 300)] + rng.normal(0, 0.03, (300, 2))
+    wh = rng.uniform(0.1, 0.3, (300, 2))
+    scores = rng.permutation(300).astype(np.float32) / 300 + 0.01
+    for nms in (0.3, 0.45, 0.6):
         dets = Detections(np.column_stack([xy, wh]), np.ones(300), scores[:, None])
         do_nms_sort(dets, 1, nms)
         ours = set(np.flatnonzero(dets.prob[:, 0] > 0).tolist())
         topleft = np.column_stack([xy - wh / 2, wh]).tolist()
-        theirs = set(np.asarray(cv2.dnn.NMSBoxes(topleft, scores.tolist(), 0, nms))
-                     .reshape(-1).tolist())
+        theirs = set(
+            np.asarray(cv2.dnn.NMSBoxes(topleft, scores.tolist(), 0, nms)).reshape(-1).tolist()
+        )
         assert ours == theirs and 8 <= len(ours) < 300

@@ -1,6 +1,7 @@
 """Plugin layers: registration, clashes, --plugin files and modules, installed
 entry points (a real pip install of tests/plugin_pkg), unused options,
 weights of a plugin layer with parameters, and the examples/prelu.py layer."""
+
 import json
 import os
 import shutil
@@ -15,8 +16,8 @@ import pytest
 
 import minidark
 from minidark import plugins, registry
+from minidark.cfg import ConfigWarning
 from minidark.errors import ConfigError, MinidarkError
-from minidark.cfg.parser import ConfigWarning
 from minidark.plugins import PluginError, load_plugin, load_plugins, module_name_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,9 +53,19 @@ pytestmark = pytest.mark.usefixtures("isolated_registry")  # conftest.py
 
 def make_identity(options, params):
     from minidark import Layer
-    l = Layer(type="ident", batch=params.batch, inputs=params.inputs, outputs=params.inputs,
-              h=params.h, w=params.w, c=params.c, out_h=params.h, out_w=params.w,
-              out_c=params.c)
+
+    l = Layer(
+        type="ident",
+        batch=params.batch,
+        inputs=params.inputs,
+        outputs=params.inputs,
+        h=params.h,
+        w=params.w,
+        c=params.c,
+        out_h=params.h,
+        out_w=params.w,
+        out_c=params.c,
+    )
     l.output = np.zeros((params.batch, params.inputs), np.float32)
     l.delta = np.zeros_like(l.output)
     l.forward = lambda l, net: np.copyto(l.output, net.input.reshape(l.output.shape))
@@ -73,14 +84,19 @@ def test_register_by_call_and_by_decorator(tmp_path, write_cfg):
     assert registry.get_make("ident") is make_identity
     assert registry.get_make("ident_alias") is make_identity
     assert registry.get_make("ident2") is make_ident2
-    net = minidark.load_network(write_cfg(tmp_path, """
+    net = minidark.load_network(
+        write_cfg(
+            tmp_path,
+            """
         [net]
         batch=2
         inputs=3
         [ident]
         [ident_alias]
         [ident2]
-        """))
+        """,
+        )
+    )
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(net.forward(x), x)
     assert [l.type for l in net.layers] == ["ident"] * 3
@@ -105,10 +121,10 @@ def test_clash_with_a_builtin_names_both():
 def test_builtins_are_registered_exactly_like_plugins():
     # Every built-in came through register_layer (an origin was recorded) from
     # its own module under minidark/layers, and nothing else lists them.
-    builtin = {name: origin for name, origin in registry._ORIGIN.items()
-               if origin.startswith("minidark.")}
-    assert {"connected", "conn", "softmax", "soft", "cost", "dropout",
-            "activation"} <= set(builtin)
+    builtin = {
+        name: origin for name, origin in registry._ORIGIN.items() if origin.startswith("minidark.")
+    }
+    assert {"connected", "conn", "softmax", "soft", "cost", "dropout", "activation"} <= set(builtin)
     for name, origin in builtin.items():
         module = origin.rsplit(".", 1)[0]
         assert module.startswith("minidark.layers."), origin
@@ -147,17 +163,19 @@ def test_file_plugin_clash_names_both_files():
     assert "\n" not in message
     assert message.startswith(f"plugin '{PRELU_BROKEN}'")
     assert "layer name 'prelu'" in message
-    assert f"plugin file {PRELU.resolve()}" in message       # the earlier registrant
-    assert module_name_for(PRELU_BROKEN) not in sys.modules   # the failed import is gone
+    assert f"plugin file {PRELU.resolve()}" in message  # the earlier registrant
+    assert module_name_for(PRELU_BROKEN) not in sys.modules  # the failed import is gone
     assert registry.get_make("prelu").__module__ == module_name_for(PRELU)
 
 
 def test_file_plugin_clash_with_builtin(tmp_path):
     plugin = tmp_path / "clash_conn.py"
-    plugin.write_text("import minidark\n\n"
-                      "@minidark.register_layer('conn')\n"
-                      "def make_my_conn(options, params):\n"
-                      "    pass\n")
+    plugin.write_text(
+        "import minidark\n\n"
+        "@minidark.register_layer('conn')\n"
+        "def make_my_conn(options, params):\n"
+        "    pass\n"
+    )
     with pytest.raises(PluginError) as info:
         load_plugins([str(plugin)])
     message = str(info.value)
@@ -165,12 +183,15 @@ def test_file_plugin_clash_with_builtin(tmp_path):
     assert "minidark.layers.connected.make_connected" in message
 
 
-@pytest.mark.parametrize("source, expected", [
-    (None, "no such file"),
-    ("def broken(:\n", "SyntaxError"),
-    ("import numpy\nx = 1\nraise RuntimeError('boom')\n", "RuntimeError: boom"),
-    ("import not_a_module_xyz\n", "No module named 'not_a_module_xyz'"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        (None, "no such file"),
+        ("def broken(:\n", "SyntaxError"),
+        ("import numpy\nx = 1\nraise RuntimeError('boom')\n", "RuntimeError: boom"),
+        ("import not_a_module_xyz\n", "No module named 'not_a_module_xyz'"),
+    ],
+)
 def test_file_plugin_errors_are_one_line_naming_the_spec(tmp_path, source, expected):
     path = tmp_path / "tp_bad.py"
     if source is not None:
@@ -183,7 +204,7 @@ def test_file_plugin_errors_are_one_line_naming_the_spec(tmp_path, source, expec
     assert message.startswith(f"plugin '{path}'")
     assert expected in message
     if source and "RuntimeError" in source:
-        assert f"{path}:3" in message          # where in the plugin it failed
+        assert f"{path}:3" in message  # where in the plugin it failed
 
 
 # ------------------------------------------------------------- --plugin MODULE
@@ -192,14 +213,17 @@ def test_module_plugin(monkeypatch):
     (module,) = load_plugins(["minidark_testplugin.layers"])
     assert module.__name__ == "minidark_testplugin.layers"
     assert registry.get_make("tp_double") is module.make_double
-    assert registry.get_make("tp_negate") is None   # undecorated: only its entry point registers it
+    assert registry.get_make("tp_negate") is None  # undecorated: only its entry point registers it
     assert load_plugin("minidark_testplugin.layers") is module
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("no_such_package_xyz.layers", "no module named 'no_such_package_xyz' on sys.path"),
-    ("not a module", "expected a path to a .py file or a dotted module name"),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("no_such_package_xyz.layers", "no module named 'no_such_package_xyz' on sys.path"),
+        ("not a module", "expected a path to a .py file or a dotted module name"),
+    ],
+)
 def test_module_plugin_errors(spec, expected):
     with pytest.raises(PluginError) as info:
         load_plugins([spec])
@@ -214,8 +238,9 @@ def fake_distribution(folder, name, version, entry_points, modules=None):
     info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text("[minidark.layers]\n" + "".join(
-        f"{key} = {value}\n" for key, value in entry_points.items()))
+    (info / "entry_points.txt").write_text(
+        "[minidark.layers]\n" + "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    )
     for module, text in (modules or {}).items():
         (folder / f"{module}.py").write_text(textwrap.dedent(text))
     return folder
@@ -225,7 +250,7 @@ def test_broken_entry_point_names_the_distribution(tmp_path, monkeypatch):
     fake_distribution(tmp_path, "broken-layers", "0.3", {"warp": "tp_missing_module_xyz"})
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(plugins.DISABLE_ENV)
-    for _ in range(2):   # fails every time, not only the first
+    for _ in range(2):  # fails every time, not only the first
         with pytest.raises(PluginError) as info:
             plugins.load_layers()
         message = str(info.value)
@@ -233,20 +258,27 @@ def test_broken_entry_point_names_the_distribution(tmp_path, monkeypatch):
         assert "entry point 'warp = tp_missing_module_xyz'" in message
         assert "No module named 'tp_missing_module_xyz'" in message
         assert "\n" not in message
-    monkeypatch.setenv(plugins.DISABLE_ENV, "1")      # the escape hatch
+    monkeypatch.setenv(plugins.DISABLE_ENV, "1")  # the escape hatch
     plugins.load_layers()
     assert registry.get_make("connected") is not None
 
 
 def test_entry_point_clash_with_builtin_names_distribution(tmp_path, monkeypatch):
-    fake_distribution(tmp_path, "clashing-layers", "1.0", {"conn": "tp_clash_conn"}, {
-        "tp_clash_conn": """
+    fake_distribution(
+        tmp_path,
+        "clashing-layers",
+        "1.0",
+        {"conn": "tp_clash_conn"},
+        {
+            "tp_clash_conn": """
             import minidark
 
             @minidark.register_layer("conn")
             def make_conn(options, params):
                 pass
-            """})
+            """
+        },
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(plugins.DISABLE_ENV)
     with pytest.raises(PluginError) as info:
@@ -261,43 +293,72 @@ def test_entry_point_clash_with_builtin_names_distribution(tmp_path, monkeypatch
 def installed_plugin_pkg(tmp_path_factory):
     """tests/plugin_pkg really installed (pip, offline) into a folder for PYTHONPATH."""
     import importlib.util
+
     assert importlib.util.find_spec("setuptools"), (
         "building tests/plugin_pkg offline needs setuptools in this environment "
-        "(python -m pip install setuptools)")
+        "(python -m pip install setuptools)"
+    )
     work = tmp_path_factory.mktemp("plugin_install")
     source = work / "src"
-    shutil.copytree(PLUGIN_PKG, source)   # pip builds in place: keep the repo clean
+    shutil.copytree(PLUGIN_PKG, source)  # pip builds in place: keep the repo clean
     target = work / "site"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-         "--no-build-isolation", "--disable-pip-version-check", "--target", str(target),
-         str(source)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (target / "minidark_testplugin-0.1.0.dist-info" / "entry_points.txt").exists()
     return target
 
 
 def run_python(code, site, tmp_path, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
-               OPENBLAS_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), OPENBLAS_NUM_THREADS="1"
+    )
     env.pop(plugins.DISABLE_ENV, None)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_entry_points_of_a_real_install(installed_plugin_pkg, tmp_path, write_cfg):
-    write_cfg(tmp_path, """
+    write_cfg(
+        tmp_path,
+        """
         [net]
         batch=2
         inputs=3
         [tp_double]
         [tp_negate]
-        """)
+        """,
+    )
     (tmp_path / "tp_clash.py").write_text(
         "import minidark\n@minidark.register_layer('tp_double')\n"
-        "def make_other(options, params):\n    pass\n")
-    result = run_python("""
+        "def make_other(options, params):\n    pass\n"
+    )
+    result = run_python(
+        """
         import json, numpy as np, minidark
         from minidark import registry
         from minidark.plugins import PluginError, load_plugins
@@ -313,7 +374,10 @@ def test_entry_points_of_a_real_install(installed_plugin_pkg, tmp_path, write_cf
         except PluginError as exc:
             out["clash"] = str(exc)
         print(json.dumps(out))
-        """, installed_plugin_pkg, tmp_path)
+        """,
+        installed_plugin_pkg,
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["types"] == ["tp_double", "tp_negate"]
@@ -325,10 +389,15 @@ def test_entry_points_of_a_real_install(installed_plugin_pkg, tmp_path, write_cf
     assert "distribution 'minidark-testplugin 0.1.0'" in out["clash"]
 
     # MINIDARK_NO_ENTRY_POINTS=1 turns them off: the cfg no longer parses
-    result = run_python("""
+    result = run_python(
+        """
         import minidark
         minidark.load_network("net.cfg")
-        """, installed_plugin_pkg, tmp_path, {plugins.DISABLE_ENV: "1"})
+        """,
+        installed_plugin_pkg,
+        tmp_path,
+        {plugins.DISABLE_ENV: "1"},
+    )
     assert result.returncode != 0
     assert "unknown section type [tp_double]" in result.stderr
 
@@ -343,7 +412,7 @@ def test_unused_option_of_a_plugin_layer_is_reported(tmp_path, write_cfg):
     messages = [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
     assert len(messages) == 1
     assert "[prelu]" in messages[0] and "'mosaic = 3'" in messages[0]
-    with pytest.raises(ConfigError, match="unused field.*'mosaic = 3'"):
+    with pytest.raises(ConfigError, match=r"unused field.*'mosaic = 3'"):
         minidark.load_network(path, strict=True)
 
 
@@ -368,7 +437,7 @@ def test_weights_round_trip_of_a_plugin_layer(tmp_path, write_cfg):
     other = minidark.load_network(cfg, seed=2)
     assert not np.array_equal(other.layers[0].weights, net.layers[0].weights)
     assert minidark.load_weights(other, tmp_path / "prelu.weights") == 96
-    for mine, theirs in zip(net.layers, other.layers):
+    for mine, theirs in zip(net.layers, other.layers, strict=True):
         for name in mine.saved:
             np.testing.assert_array_equal(getattr(mine, name), getattr(theirs, name))
     # the slopes sit between layer 0's and layer 2's arrays, in layer order
@@ -378,14 +447,19 @@ def test_weights_round_trip_of_a_plugin_layer(tmp_path, write_cfg):
 
 def test_prelu_forward_matches_naive_per_channel(tmp_path, write_cfg):
     load_plugins([str(PRELU)])
-    net = minidark.load_network(write_cfg(tmp_path, """
+    net = minidark.load_network(
+        write_cfg(
+            tmp_path,
+            """
         [net]
         batch=2
         height=3
         width=4
         channels=2
         [prelu]
-        """))
+        """,
+        )
+    )
     layer = net.layers[0]
     assert (layer.out_c, layer.out_h, layer.out_w, layer.outputs) == (2, 3, 4, 24)
     layer.slopes[...] = [0.5, -2.0]
@@ -434,8 +508,8 @@ def test_prelu_network_learns(tmp_path, write_cfg):
 def test_extending_guide_matches_the_shipped_example(monkeypatch):
     guide = (ROOT / "docs" / "extending.md").read_text()
     begin = guide.index("<!-- prelu.py begin")
-    block = guide[begin:guide.index("<!-- prelu.py end -->")]
-    listing = block[block.index("```python\n") + len("```python\n"):block.rindex("```")]
+    block = guide[begin : guide.index("<!-- prelu.py end -->")]
+    listing = block[block.index("```python\n") + len("```python\n") : block.rindex("```")]
     assert listing == PRELU.read_text(), "docs/extending.md's listing != examples/prelu.py"
     broken = PRELU_BROKEN.read_text()
     assert "# BUG (deliberate): d out / d slope_c is min(x, 0), not x" in broken
@@ -444,7 +518,7 @@ def test_extending_guide_matches_the_shipped_example(monkeypatch):
     assert "[connected]\noutput=256\nactivation=linear\n\n[prelu]\nslope=0.25\n" in cfg
     # the "in your own tests" example runs as written
     start = guide.index("from minidark.plugins import load_plugins\nfrom minidark.testing")
-    snippet = guide[start:guide.index("```", start)]
+    snippet = guide[start : guide.index("```", start)]
     monkeypatch.chdir(ROOT)
     namespace = {}
     exec(compile(snippet, "docs/extending.md", "exec"), namespace)

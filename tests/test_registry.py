@@ -1,24 +1,36 @@
 """The layer registry: register_layer as one call and as a decorator (with
 aliases), clash errors naming both registrants, did-you-mean for unknown
 sections, and a user layer running in a real network."""
+
 import numpy as np
 import pytest
 
 import minidark
-from conftest import net_from
 from minidark.errors import ConfigError
 from minidark.layer import Layer
-from minidark.testing import format_results, gradcheck
 from minidark.plugins import load_layers
 from minidark.registry import get_make, layer_names, suggest, unregister_layer
+from minidark.testing import format_results, gradcheck
+
+from conftest import net_from
 
 
 def make_double(options, params):
     """A user layer: output = factor * input (factor from the cfg, default 2)."""
     factor = options.float("factor", 2.0)
-    l = Layer(type="double", batch=params.batch, inputs=params.inputs, outputs=params.inputs,
-              h=params.h, w=params.w, c=params.c, out_h=params.h, out_w=params.w,
-              out_c=params.c, factor=factor)
+    l = Layer(
+        type="double",
+        batch=params.batch,
+        inputs=params.inputs,
+        outputs=params.inputs,
+        h=params.h,
+        w=params.w,
+        c=params.c,
+        out_h=params.h,
+        out_w=params.w,
+        out_c=params.c,
+        factor=factor,
+    )
     l.output = np.zeros((params.batch, params.inputs), np.float32)
     l.delta = np.zeros((params.batch, params.inputs), np.float32)
 
@@ -28,6 +40,7 @@ def make_double(options, params):
     def backward(l, net):
         if net.delta is not None:
             net.delta += l.factor * l.delta
+
     l.forward, l.backward = forward, backward
     return l
 
@@ -68,6 +81,7 @@ def test_register_as_decorator_with_aliases(tmp_path, cleanup):
     @minidark.register_layer("twice", "twice_alias")
     def make_twice(options, params):
         return make_double(options, params)
+
     assert get_make("twice") is make_twice and get_make("twice_alias") is make_twice
     net = net_from(tmp_path, "[net]\ninputs=2\n[twice_alias]\n[twice]\n")
     np.testing.assert_array_equal(net.forward(np.ones((1, 2))), [[4, 4]])
@@ -90,12 +104,13 @@ def test_registering_the_same_function_twice_is_harmless(cleanup):
 def test_clash_with_a_builtin_names_both():
     def make_connected(options, params):
         pass
+
     with pytest.raises(ValueError) as info:
         minidark.register_layer("connected", make_connected)
     message = str(info.value)
     assert "'connected'" in message
-    assert "minidark.layers.connected.make_connected" in message    # the registered one
-    assert "test_registry" in message                               # the newcomer
+    assert "minidark.layers.connected.make_connected" in message  # the registered one
+    assert "test_registry" in message  # the newcomer
     assert get_make("connected").__module__ == "minidark.layers.connected"
 
 
@@ -105,7 +120,8 @@ def test_clash_between_plugins_names_both(cleanup):
 
     def other_double(options, params):
         pass
-    with pytest.raises(ValueError, match="other_double.*clashes.*make_double"):
+
+    with pytest.raises(ValueError, match=r"other_double.*clashes.*make_double"):
         minidark.register_layer("double", other_double)
 
 
@@ -114,13 +130,16 @@ def test_clash_in_an_alias_registers_nothing(cleanup):
 
     def make_new(options, params):
         pass
+
     with pytest.raises(ValueError, match="soft"):
         minidark.register_layer("fresh_name", "soft", make_new)
     assert get_make("fresh_name") is None
 
 
-@pytest.mark.parametrize("name, message", [("net", "reserved"), ("network", "reserved"),
-                                           ("my-layer", "identifier"), ("", "identifier")])
+@pytest.mark.parametrize(
+    "name, message",
+    [("net", "reserved"), ("network", "reserved"), ("my-layer", "identifier"), ("", "identifier")],
+)
 def test_invalid_names(name, message):
     with pytest.raises(ValueError, match=message):
         minidark.register_layer(name, make_double)

@@ -10,20 +10,21 @@
 Also groups, noloss, tree= hierarchies (per-group softmax, fill_hierarchy,
 SECRET_NUM masking), spatial, backward accumulation, and gradcheck.
 """
+
 import numpy as np
 import pytest
 
-from conftest import net_from, write_cfg
 from minidark.errors import ConfigError
-from minidark.testing import format_results, gradcheck, to_float64
 from minidark.kernels.tree import SECRET_NUM, fill_hierarchy, hierarchy_predictions, read_tree
+from minidark.testing import format_results, gradcheck, to_float64
+
+from conftest import net_from, write_cfg
 
 EPS = 1e-6
 
 
 def softmax_net(tmp_path, options="", inputs=6, batch=2):
-    net = net_from(tmp_path, f"[net]\nbatch={batch}\ninputs={inputs}\n"
-                             f"[softmax]\n{options}\n")
+    net = net_from(tmp_path, f"[net]\nbatch={batch}\ninputs={inputs}\n[softmax]\n{options}\n")
     return to_float64(net)
 
 
@@ -62,7 +63,7 @@ def test_jacobian_by_finite_differences(tmp_path, temperature):
         step = np.zeros((1, 5))
         step[0, j] = EPS
         numeric[:, j] = (probs(net, x + step)[0] - probs(net, x - step)[0]) / (2 * EPS)
-    analytic = (np.diag(p) - np.outer(p, p)) / temperature     # p_i (delta_ij - p_j) / T
+    analytic = (np.diag(p) - np.outer(p, p)) / temperature  # p_i (delta_ij - p_j) / T
     np.testing.assert_allclose(numeric, analytic, atol=1e-9)
 
 
@@ -80,12 +81,12 @@ def test_loss_gradient_is_p_minus_y_and_delta_is_its_negative(tmp_path):
     rng = np.random.default_rng(1)
     x, truth = rng.normal(size=(3, 6)) * 2, one_hot(rng, 3, 1, 6)
     p = probs(net, x)
-    numeric = loss_gradient(net, x, truth)                     # dL/dx by differences
-    np.testing.assert_allclose(numeric, p - truth, atol=1e-8)   # = p - y
+    numeric = loss_gradient(net, x, truth)  # dL/dx by differences
+    np.testing.assert_allclose(numeric, p - truth, atol=1e-8)  # = p - y
     net.forward(x, truth, train=True)
     layer = net.layers[0]
-    np.testing.assert_allclose(layer.delta, truth - p, atol=1e-12)   # delta = y - p
-    np.testing.assert_allclose(layer.delta, -numeric, atol=1e-8)     # = -dL/dx
+    np.testing.assert_allclose(layer.delta, truth - p, atol=1e-12)  # delta = y - p
+    np.testing.assert_allclose(layer.delta, -numeric, atol=1e-8)  # = -dL/dx
     # the cost is the summed cross-entropy, the loss per element -y log p
     np.testing.assert_allclose(layer.loss, -truth * np.log(p), atol=1e-12)
     assert layer.cost == pytest.approx(-(truth * np.log(p)).sum())
@@ -104,7 +105,7 @@ def test_temperature_delta_lacks_the_1_over_T_factor(tmp_path, temperature):
     p = net.layers[0].output
     np.testing.assert_allclose(delta, truth - p, atol=1e-12)
     np.testing.assert_allclose(numeric, (p - truth) / temperature, atol=1e-8)
-    np.testing.assert_allclose(delta, -temperature * numeric, atol=1e-7)   # the factor-T gap
+    np.testing.assert_allclose(delta, -temperature * numeric, atol=1e-7)  # the factor-T gap
     assert not np.allclose(delta, -numeric, atol=1e-3)
 
 
@@ -115,8 +116,9 @@ def test_gradcheck_softmax_layer(tmp_path):
 
 
 def test_gradcheck_through_connected_into_softmax(tmp_path):
-    cfg = write_cfg(tmp_path, "[net]\nbatch=2\ninputs=5\n[connected]\noutput=4\n"
-                              "activation=linear\n[softmax]\n")
+    cfg = write_cfg(
+        tmp_path, "[net]\nbatch=2\ninputs=5\n[connected]\noutput=4\nactivation=linear\n[softmax]\n"
+    )
     results = gradcheck(cfg)
     assert all(r.passed for r in results), format_results(results)
 
@@ -126,11 +128,10 @@ def test_gradcheck_through_connected_into_softmax(tmp_path):
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("groups, temperature", [(1, 1.0), (3, 1.0), (2, 0.7), (6, 3.0)])
 def test_groups_and_temperature_forward(tmp_path, groups, temperature):
-    net = softmax_net(tmp_path, f"groups={groups}\ntemperature={temperature}", inputs=12,
-                      batch=2)
+    net = softmax_net(tmp_path, f"groups={groups}\ntemperature={temperature}", inputs=12, batch=2)
     x = np.random.default_rng(3).normal(size=(2, 12)) * 3
     out = probs(net, x)
-    t32 = float(np.float32(temperature))   # darknet's temperature is a C float
+    t32 = float(np.float32(temperature))  # darknet's temperature is a C float
     expected = naive_softmax(x.reshape(2, groups, -1), t32).reshape(2, 12)
     np.testing.assert_allclose(out, expected, rtol=1e-12)
     np.testing.assert_allclose(out.reshape(2, groups, -1).sum(-1), 1.0)
@@ -143,7 +144,7 @@ def test_large_logits_do_not_overflow(tmp_path):
 
 
 def test_zero_probability_gives_finite_loss(tmp_path):
-    net = net_from(tmp_path, "[net]\ninputs=3\n[softmax]\n")   # float32
+    net = net_from(tmp_path, "[net]\ninputs=3\n[softmax]\n")  # float32
     net.forward(np.array([[200.0, 0.0, -200.0]]), np.array([[0, 0, 1.0]]), train=True)
     assert np.isfinite(net.layers[0].cost) and net.layers[0].cost > 80
 
@@ -156,7 +157,7 @@ def test_noloss_writes_no_delta_or_cost(tmp_path):
     layer = net.layers[0]
     np.testing.assert_allclose(out, naive_softmax(x))
     assert layer.cost == 0 and not layer.delta.any()
-    assert net.cost == 0     # still counted as a cost layer, like darknet
+    assert net.cost == 0  # still counted as a cost layer, like darknet
 
 
 def test_inference_without_truth_has_zero_cost(tmp_path):
@@ -166,8 +167,9 @@ def test_inference_without_truth_has_zero_cost(tmp_path):
 
 
 def test_spatial_softmax_per_pixel_across_channels(tmp_path):
-    net = to_float64(net_from(tmp_path, "[net]\nbatch=2\nheight=2\nwidth=3\nchannels=4\n"
-                                        "[softmax]\nspatial=1\n"))
+    net = to_float64(
+        net_from(tmp_path, "[net]\nbatch=2\nheight=2\nwidth=3\nchannels=4\n[softmax]\nspatial=1\n")
+    )
     layer = net.layers[0]
     assert (layer.out_c, layer.out_h, layer.out_w) == (4, 2, 3)
     rng = np.random.default_rng(5)
@@ -183,12 +185,15 @@ def test_spatial_softmax_per_pixel_across_channels(tmp_path):
 
 
 def test_backward_accumulates_delta_into_previous_layer(tmp_path):
-    net = net_from(tmp_path, "[net]\nbatch=2\ninputs=4\n[connected]\noutput=4\n"
-                             "activation=linear\n[softmax]\n", seed=0)
+    net = net_from(
+        tmp_path,
+        "[net]\nbatch=2\ninputs=4\n[connected]\noutput=4\nactivation=linear\n[softmax]\n",
+        seed=0,
+    )
     rng = np.random.default_rng(6)
     net.forward(rng.normal(size=(2, 4)), one_hot(rng, 2, 1, 4), train=True)
     conn, soft = net.layers
-    conn.delta[...] = 1.0            # something already accumulated there
+    conn.delta[...] = 1.0  # something already accumulated there
     net.input, net.delta = conn.output, conn.delta
     soft.backward(soft, net)
     np.testing.assert_allclose(conn.delta, 1.0 + soft.delta, rtol=1e-6)
@@ -197,7 +202,7 @@ def test_backward_accumulates_delta_into_previous_layer(tmp_path):
 def test_first_layer_softmax_backward_with_no_previous_delta(tmp_path):
     net = softmax_net(tmp_path, inputs=4, batch=1)
     net.forward(np.zeros((1, 4)), np.eye(4)[:1], train=True)
-    net.backward()   # net.delta is None for layer 0: nothing to do, no error
+    net.backward()  # net.delta is None for layer 0: nothing to do, no error
 
 
 def test_groups_must_divide_inputs(tmp_path):
@@ -251,30 +256,35 @@ def test_tree_errors_name_file_and_line(tmp_path):
 def test_fill_hierarchy_sets_ancestors_and_masks_empty_groups(tmp_path):
     tree = read_tree(tree_file(tmp_path))
     truth = np.zeros((2, 7))
-    truth[0, 3] = 1      # cat -> animal; plant's group has no label
-    truth[1, 6] = 1      # rose -> plant; animal's children have no label
+    truth[0, 3] = 1  # cat -> animal; plant's group has no label
+    truth[1, 6] = 1  # rose -> plant; animal's children have no label
     filled = fill_hierarchy(truth, tree)
     S = SECRET_NUM
-    np.testing.assert_array_equal(filled, [[1, 0, 0, 1, 0, S, S],
-                                           [0, 1, S, S, S, 0, 1]])
-    assert truth[0].sum() == 1    # the input is not modified
+    np.testing.assert_array_equal(filled, [[1, 0, 0, 1, 0, S, S], [0, 1, S, S, S, 0, 1]])
+    assert truth[0].sum() == 1  # the input is not modified
 
 
 def test_tree_softmax_forward_is_per_group(tmp_path):
-    net = to_float64(net_from(tmp_path, f"[net]\nbatch=2\ninputs=7\n[softmax]\n"
-                                        f"tree={tree_file(tmp_path)}\ntemperature=1.5\n"))
+    net = to_float64(
+        net_from(
+            tmp_path,
+            f"[net]\nbatch=2\ninputs=7\n[softmax]\ntree={tree_file(tmp_path)}\ntemperature=1.5\n",
+        )
+    )
     x = np.random.default_rng(7).normal(size=(2, 7)) * 2
     out = probs(net, x)
     for start, size in [(0, 2), (2, 3), (5, 2)]:
-        np.testing.assert_allclose(out[:, start:start + size],
-                                   naive_softmax(x[:, start:start + size], 1.5), rtol=1e-10)
+        np.testing.assert_allclose(
+            out[:, start : start + size], naive_softmax(x[:, start : start + size], 1.5), rtol=1e-10
+        )
     absolute = hierarchy_predictions(out, net.layers[0].tree)
     np.testing.assert_allclose(absolute[:, 2:5].sum(1), out[:, 0], rtol=1e-6)
 
 
 def test_tree_secret_num_groups_are_masked_out_of_delta_and_loss(tmp_path):
-    net = to_float64(net_from(tmp_path, f"[net]\nbatch=2\ninputs=7\n[softmax]\n"
-                                        f"tree={tree_file(tmp_path)}\n"))
+    net = to_float64(
+        net_from(tmp_path, f"[net]\nbatch=2\ninputs=7\n[softmax]\ntree={tree_file(tmp_path)}\n")
+    )
     tree = net.layers[0].tree
     truth = np.zeros((2, 7))
     truth[0, 3] = truth[1, 6] = 1

@@ -10,21 +10,39 @@ Expected sizes are computed here, independently of the layer code, from
 darknet's formulas applied to the parsed sections; a few rows are also
 checked against tables darknet itself printed (quoted in GitHub issues).
 """
+
 import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minidark
-from minidark.cfg.parser import read_sections
+from minidark.cfg import read_sections
 from minidark.testing import format_results, gradcheck, to_float64
 
 STOCK = os.path.join(os.path.dirname(__file__), "cfg", "stock")
-DARKNET_CFGS = ["cifar", "tiny", "darknet", "darknet19", "extraction", "resnet18", "resnet50",
-                "densenet201", "alexnet", "vgg-16"]
-ALIASES = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool", "conn": "connected",
-           "soft": "softmax", "lrn": "normalization"}
+DARKNET_CFGS = [
+    "cifar",
+    "tiny",
+    "darknet",
+    "darknet19",
+    "extraction",
+    "resnet18",
+    "resnet50",
+    "densenet201",
+    "alexnet",
+    "vgg-16",
+]
+ALIASES = {
+    "conv": "convolutional",
+    "max": "maxpool",
+    "avg": "avgpool",
+    "conn": "connected",
+    "soft": "softmax",
+    "lrn": "normalization",
+}
 
 
 def path(name):
@@ -42,8 +60,11 @@ def expected_sizes(sections):
         if kind == "convolutional":
             size, stride = s.int("size", 1), s.int("stride", 1)
             pad = size // 2 if s.int("pad", 0) else s.int("padding", 0)
-            w, h, c = (w + 2 * pad - size) // stride + 1, (h + 2 * pad - size) // stride + 1, \
-                s.int("filters", 1)
+            w, h, c = (
+                (w + 2 * pad - size) // stride + 1,
+                (h + 2 * pad - size) // stride + 1,
+                s.int("filters", 1),
+            )
         elif kind == "maxpool":
             stride = s.int("stride", 1)
             size = s.int("size", stride)
@@ -69,9 +90,9 @@ def expected_sizes(sections):
         elif kind == "reorg":
             stride = s.int("stride", 1)
             if s.int("reverse", 0):
-                w, h, c = w * stride, h * stride, c // stride ** 2
+                w, h, c = w * stride, h * stride, c // stride**2
             else:
-                w, h, c = w // stride, h // stride, c * stride ** 2
+                w, h, c = w // stride, h // stride, c * stride**2
         # shortcut, dropout, softmax, cost, activation, lrn, l2norm, logistic,
         # batchnorm keep the previous layer's size
         rows.append((kind, w, h, c, w * h * c))
@@ -84,29 +105,69 @@ def table(net):
 
 # (layer count by type) of darknet's own cfgs, to pin the architectures
 STRUCTURE = {
-    "cifar": {"convolutional": 10, "maxpool": 2, "dropout": 3, "avgpool": 1, "softmax": 1,
-              "cost": 1},
+    "cifar": {
+        "convolutional": 10,
+        "maxpool": 2,
+        "dropout": 3,
+        "avgpool": 1,
+        "softmax": 1,
+        "cost": 1,
+    },
     "tiny": {"convolutional": 16, "maxpool": 4, "avgpool": 1, "softmax": 1},
     "darknet": {"convolutional": 8, "maxpool": 6, "avgpool": 1, "softmax": 1, "cost": 1},
     "darknet19": {"convolutional": 19, "maxpool": 5, "avgpool": 1, "softmax": 1},
-    "extraction": {"crop": 1, "convolutional": 20, "maxpool": 4, "avgpool": 1, "connected": 1,
-                   "softmax": 1, "cost": 1},
+    "extraction": {
+        "crop": 1,
+        "convolutional": 20,
+        "maxpool": 4,
+        "avgpool": 1,
+        "connected": 1,
+        "softmax": 1,
+        "cost": 1,
+    },
     "resnet18": {"convolutional": 18, "maxpool": 1, "shortcut": 8, "avgpool": 1, "softmax": 1},
     "resnet50": {"convolutional": 50, "maxpool": 1, "shortcut": 16, "avgpool": 1, "softmax": 1},
-    "densenet201": {"convolutional": 201, "maxpool": 4, "route": 98, "avgpool": 1,
-                    "softmax": 1, "cost": 1},
-    "alexnet": {"crop": 1, "convolutional": 5, "maxpool": 3, "connected": 3, "dropout": 2,
-                "softmax": 1, "cost": 1},
-    "vgg-16": {"crop": 1, "convolutional": 13, "maxpool": 5, "connected": 3, "dropout": 2,
-               "softmax": 1},
+    "densenet201": {
+        "convolutional": 201,
+        "maxpool": 4,
+        "route": 98,
+        "avgpool": 1,
+        "softmax": 1,
+        "cost": 1,
+    },
+    "alexnet": {
+        "crop": 1,
+        "convolutional": 5,
+        "maxpool": 3,
+        "connected": 3,
+        "dropout": 2,
+        "softmax": 1,
+        "cost": 1,
+    },
+    "vgg-16": {
+        "crop": 1,
+        "convolutional": 13,
+        "maxpool": 5,
+        "connected": 3,
+        "dropout": 2,
+        "softmax": 1,
+    },
 }
 
 # The feature map entering the global average pool (or the first connected
 # layer), at the cfg's own input size.
-FINAL_FEATURES = {"cifar": (7, 7, 10), "tiny": (14, 14, 1000), "darknet": (4, 4, 1000),
-                  "darknet19": (8, 8, 1000), "extraction": (7, 7, 1024),
-                  "resnet18": (8, 8, 512), "resnet50": (8, 8, 1000),
-                  "densenet201": (8, 8, 1000), "alexnet": (7, 7, 256), "vgg-16": (7, 7, 512)}
+FINAL_FEATURES = {
+    "cifar": (7, 7, 10),
+    "tiny": (14, 14, 1000),
+    "darknet": (4, 4, 1000),
+    "darknet19": (8, 8, 1000),
+    "extraction": (7, 7, 1024),
+    "resnet18": (8, 8, 512),
+    "resnet50": (8, 8, 1000),
+    "densenet201": (8, 8, 1000),
+    "alexnet": (7, 7, 256),
+    "vgg-16": (7, 7, 512),
+}
 
 
 @pytest.mark.parametrize("name", DARKNET_CFGS + ["mixed"])
@@ -129,7 +190,7 @@ def test_architecture_is_darknets(name):
 
 
 def with_input(name, tmp_path, size):
-    text = open(path(name)).read().replace("height=256", f"height={size}")
+    text = Path(path(name)).read_text().replace("height=256", f"height={size}")
     target = tmp_path / f"{name}_{size}.cfg"
     target.write_text(text.replace("width=256", f"width={size}"))
     return str(target)
@@ -165,8 +226,9 @@ RESNET50_256 = [
 ]
 
 
-@pytest.mark.parametrize("name, size, rows", [("darknet19", 224, DARKNET19_224),
-                                              ("resnet50", 256, RESNET50_256)])
+@pytest.mark.parametrize(
+    "name, size, rows", [("darknet19", 224, DARKNET19_224), ("resnet50", 256, RESNET50_256)]
+)
 def test_rows_darknet_printed(tmp_path, name, size, rows):
     net = minidark.load_network(with_input(name, tmp_path, size), batch=1)
     for index, kind, inputs, outputs in rows:
@@ -196,7 +258,7 @@ def test_memory_is_proportional_to_batch(name):
     size = {b: array_bytes(net) for b, net in nets.items()}
     per_image = size[2] - size[1]
     assert per_image > 0
-    assert size[3] - size[2] == per_image                 # fixed + batch * per_image
+    assert size[3] - size[2] == per_image  # fixed + batch * per_image
     for b, net in nets.items():
         assert net.batch == b
         assert all(l.batch == b and l.output.shape[0] == b for l in net.layers)
@@ -206,7 +268,7 @@ def test_memory_is_proportional_to_batch(name):
 
 def test_batch_override_does_not_allocate_the_cfg_batch(tmp_path):
     # cifar.cfg says batch=128: loading it with batch=1 must cost what batch=1 costs
-    text = open(path("cifar")).read()
+    text = Path(path("cifar")).read_text()
     assert "batch=128" in text
     one = tmp_path / "cifar1.cfg"
     one.write_text(text.replace("batch=128", "batch=1"))
@@ -229,8 +291,17 @@ def test_forward_224_image(tmp_path, name):
 
 def test_mixed_network_gradcheck():
     results = gradcheck(path("mixed"))
-    assert {r.type for r in results} >= {"crop", "normalization", "local", "route", "shortcut",
-                                         "upsample", "l2norm", "reorg", "logistic"}
+    assert {r.type for r in results} >= {
+        "crop",
+        "normalization",
+        "local",
+        "route",
+        "shortcut",
+        "upsample",
+        "l2norm",
+        "reorg",
+        "logistic",
+    }
     assert all(r.passed for r in results), format_results(results)
 
 
@@ -243,7 +314,7 @@ def test_mixed_network_end_to_end_gradient():
     truth = rng.uniform(0, 1, (net.batch, net.outputs))
 
     def cost():
-        net.seed(3)                   # the same crop window every time
+        net.seed(3)  # the same crop window every time
         net.forward(x, truth, train=True)
         return sum(l.cost for l in net.layers if l.cost is not None)
 
@@ -254,9 +325,11 @@ def test_mixed_network_end_to_end_gradient():
                 getattr(l, name).fill(0)
     cost()
     net.backward()
-    for layer, array, updates in ((conv, "weights", "weight_updates"),
-                                  (local, "weights", "weight_updates"),
-                                  (conv, "biases", "bias_updates")):
+    for layer, array, updates in (
+        (conv, "weights", "weight_updates"),
+        (local, "weights", "weight_updates"),
+        (conv, "biases", "bias_updates"),
+    ):
         flat, analytic = getattr(layer, array).reshape(-1), getattr(layer, updates).reshape(-1)
         picks = rng.choice(flat.size, min(12, flat.size), replace=False)
         numeric = []
@@ -268,5 +341,6 @@ def test_mixed_network_end_to_end_gradient():
             minus = cost()
             flat[i] = keep
             numeric.append(-(plus - minus) / 2e-6)
-        np.testing.assert_allclose(analytic[picks], numeric, rtol=1e-4,
-                                   atol=1e-6 * np.abs(numeric).max())
+        np.testing.assert_allclose(
+            analytic[picks], numeric, rtol=1e-4, atol=1e-6 * np.abs(numeric).max()
+        )

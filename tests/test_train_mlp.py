@@ -6,10 +6,12 @@ Pixels are /255 (darknet's scaling); the data order is a seeded permutation
 load_network(..., seed=...) fixes the initialisation, so the run is
 deterministic. MNIST must be in data/mnist: missing files fail, never skip.
 """
+
 import numpy as np
 import pytest
 
 import minidark
+
 from conftest import ROOT, one_hot
 
 SEED = 0
@@ -26,11 +28,11 @@ def test_one_epoch_of_mnist_mlp_reaches_96_percent(mnist):
     truth = one_hot(y_train)
     losses = []
     for i in range(BATCHES):
-        rows = order[i * 128:(i + 1) * 128]
+        rows = order[i * 128 : (i + 1) * 128]
         losses.append(net.train_step(x_train[rows], truth[rows]))
     assert net.seen == BATCHES * 128 and net.t == BATCHES
     assert np.isfinite(losses).all()
-    assert np.mean(losses[-50:]) < 0.3 < np.mean(losses[:10])       # it learned
+    assert np.mean(losses[-50:]) < 0.3 < np.mean(losses[:10])  # it learned
     probs = net.predict(x_test)
     accuracy = float((probs.argmax(axis=1) == y_test).mean())
     print(f"one epoch of cfg/mnist_mlp.cfg: test top-1 {accuracy:.4f}")

@@ -37,7 +37,7 @@ def convert_arguments(parser):
 
 
 def run_convert(args):
-    from ..cfg.parser import convert_cfg
+    from ..cfg import convert_cfg
 
     check_file_kinds("minidark cfg convert SRC DST", [("SRC", args.source, "cfg")])
     if args.check:  # a cfg error (a 400-digit output=, say) names SRC's line and key

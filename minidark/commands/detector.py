@@ -21,6 +21,7 @@ their index. Differences from darknet: PNG instead of darknet's JPEG, labels
 in Pillow's default font instead of darknet's glyph images, boxes drawn on
 images under 167 px too (darknet's line width rounds to 0 there).
 """
+
 import os
 import sys
 import time
@@ -35,12 +36,17 @@ def test_arguments(parser):
     parser.add_argument("data", metavar="DATA", help=".data file (names=, classes=)")
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml with a detection head")
     parser.add_argument("weights", metavar="WEIGHTS", help=".weights file")
-    parser.add_argument("images", metavar="IMAGE", nargs="*",
-                        help="image files (none: read paths from standard input)")
-    parser.add_argument("--thresh", type=float, default=.5, help="probability threshold (.5)")
-    parser.add_argument("--hier", type=float, default=.5,
-                        help="hierarchy threshold for tree heads (.5)")
-    parser.add_argument("--nms", type=float, default=.45, help="NMS IoU threshold (.45; 0: off)")
+    parser.add_argument(
+        "images",
+        metavar="IMAGE",
+        nargs="*",
+        help="image files (none: read paths from standard input)",
+    )
+    parser.add_argument("--thresh", type=float, default=0.5, help="probability threshold (.5)")
+    parser.add_argument(
+        "--hier", type=float, default=0.5, help="hierarchy threshold for tree heads (.5)"
+    )
+    parser.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (.45; 0: off)")
     parser.add_argument("--out", metavar="DIR", default=".", help="folder for predictions.png")
     parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
     parser.add_argument("--verbose", action="store_true", help="print the layer table")
@@ -67,19 +73,29 @@ def run_test(args):
 
     from ..data.datafile import read_data_file
     from ..data.image import detect, draw_detections
-    check_file_kinds(TEST_USAGE, [("DATA", args.data, "data"), ("CFG", args.cfg, "cfg"),
-                                  ("WEIGHTS", args.weights, "weights")]
-                     + [("IMAGE", image, "image") for image in args.images])
+
+    check_file_kinds(
+        TEST_USAGE,
+        [
+            ("DATA", args.data, "data"),
+            ("CFG", args.cfg, "cfg"),
+            ("WEIGHTS", args.weights, "weights"),
+        ]
+        + [("IMAGE", image, "image") for image in args.images],
+    )
     data = read_data_file(args.data, strict=args.strict)
-    net = minidark.load_network(args.cfg, args.weights, batch=1, strict=args.strict,
-                                verbose=args.verbose)
+    net = minidark.load_network(
+        args.cfg, args.weights, batch=1, strict=args.strict, verbose=args.verbose
+    )
     heads = [l for l in net.layers if l.type in ("yolo", "region", "detection")]
     if not heads:
         raise DataError(f"{args.cfg}: no [yolo], [region] or [detection] layer to detect with")
     classes = heads[-1].classes
     if data.names is not None and len(data.names) != classes:
-        raise DataError(f"{data.path}: {len(data.names)} names but the network's last head "
-                        f"has classes={classes}")
+        raise DataError(
+            f"{data.path}: {len(data.names)} names but the network's last head "
+            f"has classes={classes}"
+        )
     os.makedirs(args.out, exist_ok=True)
     several = len(args.images) != 1
     failed = 0
@@ -88,13 +104,13 @@ def run_test(args):
             with Image.open(path) as opened:
                 image = opened.convert("RGB")
         except (OSError, ValueError) as exc:
-            print(printable(f"minidark: error: {path}: cannot read image: {exc}"),
-                  file=sys.stderr)
+            print(printable(f"minidark: error: {path}: cannot read image: {exc}"), file=sys.stderr)
             failed += 1
             continue
         tick = time.perf_counter()
-        found = detect(net, image, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
-                       names=data.names)
+        found = detect(
+            net, image, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms, names=data.names
+        )
         print(printable(f"{path}: Predicted in {time.perf_counter() - tick:f} seconds."))
         for d in found:
             print(f"{d.label}: {100 * d.prob:.0f}%")
@@ -102,34 +118,49 @@ def run_test(args):
         stem = os.path.splitext(os.path.basename(path))[0]
         name = f"{stem}_predictions.png" if several else "predictions.png"
         image.save(os.path.join(args.out, name))
-    return USER_ERROR if failed else SUCCESS      # an unreadable image is a user error
+    return USER_ERROR if failed else SUCCESS  # an unreadable image is a user error
 
 
 def bench_arguments(parser):
     parser.add_argument("cfgs", metavar="CFG", nargs="+", help="network .cfg files")
-    parser.add_argument("--weights", metavar="FILE", help="weights for a single CFG "
-                        "(default: random weights written by minidark, read by both)")
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="weights for a single CFG (default: random weights written by minidark, read by both)",
+    )
     parser.add_argument("--runs", type=int, default=10, help="timed runs per side (10)")
     parser.add_argument("--size", type=int, help="override the cfg's width and height")
-    parser.add_argument("--no-opencv", dest="opencv", action="store_false",
-                        help="time minidark only")
+    parser.add_argument(
+        "--no-opencv", dest="opencv", action="store_false", help="time minidark only"
+    )
 
 
 def run_bench(args):
     from ..tools.infer_bench import bench_inference, format_report
+
     if args.weights and len(args.cfgs) > 1:
         raise DataError("--weights goes with a single CFG")
     for cfg in args.cfgs:
-        result = bench_inference(cfg, args.weights, runs=args.runs, size=args.size,
-                                 opencv=args.opencv)
+        result = bench_inference(
+            cfg, args.weights, runs=args.runs, size=args.size, opencv=args.opencv
+        )
         print(format_report(os.path.basename(cfg), result))
     return SUCCESS
 
 
-add_command("detector bench", "inference images/s of a YOLO cfg, minidark beside OpenCV's dnn "
-            "(1 thread), with minidark's time per layer", bench_arguments, run_bench)
-add_command("detector test", "detect objects in images with a YOLO network (darknet detector test)",
-            test_arguments, run_test)
+add_command(
+    "detector bench",
+    "inference images/s of a YOLO cfg, minidark beside OpenCV's dnn "
+    "(1 thread), with minidark's time per layer",
+    bench_arguments,
+    run_bench,
+)
+add_command(
+    "detector test",
+    "detect objects in images with a YOLO network (darknet detector test)",
+    test_arguments,
+    run_test,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -138,40 +169,63 @@ add_command("detector test", "detect objects in images with a YOLO network (dark
 # ---------------------------------------------------------------------------
 def _say(text):
     from ..errors import printable
+
     print(printable(text), flush=True)
 
 
 def _detection_split(data, key, classes):
     from ..data.detection import DetectionDataset
+
     return DetectionDataset.from_list(data.require(key), classes)
 
 
 def _last_head(net, cfg):
     from ..data.detection import head_of
+
     return head_of(net)
 
 
 def _check_names(data, head):
     if data.names is not None and len(data.names) != head.classes:
-        raise DataError(f"{data.path}: {len(data.names)} names but the network's last head "
-                        f"has classes={head.classes}")
+        raise DataError(
+            f"{data.path}: {len(data.names)} names but the network's last head "
+            f"has classes={head.classes}"
+        )
     if data.classes is not None and data.classes != head.classes:
-        raise DataError(f"{data.path}: classes={data.classes} but the network's last head "
-                        f"has classes={head.classes}")
+        raise DataError(
+            f"{data.path}: classes={data.classes} but the network's last head "
+            f"has classes={head.classes}"
+        )
 
 
 def train_detector_arguments(parser):
     from .classifier import train_options
-    parser.add_argument("data", metavar="DATA", help=".data file (classes, train, valid, "
-                        "names, backup)")
+
+    parser.add_argument(
+        "data", metavar="DATA", help=".data file (classes, train, valid, names, backup)"
+    )
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml with a YOLO head")
-    parser.add_argument("weights", metavar="WEIGHTS", nargs="?",
-                        help="start from these weights (a .backup or .weights resumes exactly "
-                             "when its .state.npz sidecar is beside it)")
-    parser.add_argument("--points", type=int, default=0, metavar="N",
-                        help="mAP@0.5 interpolation: 0 all-point (default), 11 VOC2007")
-    parser.add_argument("--valid-images", type=int, default=None, metavar="N",
-                        help="evaluate on the first N valid images only (default: all)")
+    parser.add_argument(
+        "weights",
+        metavar="WEIGHTS",
+        nargs="?",
+        help="start from these weights (a .backup or .weights resumes exactly "
+        "when its .state.npz sidecar is beside it)",
+    )
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=0,
+        metavar="N",
+        help="mAP@0.5 interpolation: 0 all-point (default), 11 VOC2007",
+    )
+    parser.add_argument(
+        "--valid-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate on the first N valid images only (default: all)",
+    )
     train_options(parser)
 
 
@@ -190,34 +244,55 @@ def run_train_detector(args):
     check_kinds("minidark detector train DATA CFG [WEIGHTS]", args)
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
-    net = minidark.load_network(args.cfg, args.weights, clear=args.clear, strict=args.strict,
-                                seed=seed)
+    net = minidark.load_network(
+        args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed
+    )
     head = _last_head(net, args.cfg)
     _check_names(data, head)
     base = cfg_base(args.cfg)
-    if net.max_batches and net.current_batch >= net.max_batches and not (
-            args.exact_resume and final_missing(args.weights, data.backup, base)):
-        _say(f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
-             f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, or "
-             f"pass --clear to train again from these weights")
+    if (
+        net.max_batches
+        and net.current_batch >= net.max_batches
+        and not (args.exact_resume and final_missing(args.weights, data.backup, base))
+    ):
+        _say(
+            f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
+            f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, or "
+            f"pass --clear to train again from these weights"
+        )
         return 0
     train_set = _detection_split(data, "train", head.classes)
     valid_set = _detection_split(data, "valid", head.classes) if data.valid else None
     print(net.summary(), file=sys.stderr)
     trainer = DetectionTrainer(
-        net, train_set, valid_set, points=args.points, valid_limit=args.valid_images,
-        backup_dir=data.backup, base=base, seed=seed, progress=args.progress,
-        verbose=args.verbose, start=args.weights,
-        header=f"detector train {args.data} {args.cfg} {args.weights or ''} seed {seed}")
+        net,
+        train_set,
+        valid_set,
+        points=args.points,
+        valid_limit=args.valid_images,
+        backup_dir=data.backup,
+        base=base,
+        seed=seed,
+        progress=args.progress,
+        verbose=args.verbose,
+        start=args.weights,
+        header=f"detector train {args.data} {args.cfg} {args.weights or ''} seed {seed}",
+    )
     if args.weights:
-        state = ("seen reset to 0 (--clear): momentum and data order start fresh" if args.clear
-                 else trainer.restore(args.weights, exact=args.exact_resume))
-        _say(f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; "
-             f"{state}")
+        state = (
+            "seen reset to 0 (--clear): momentum and data order start fresh"
+            if args.clear
+            else trainer.restore(args.weights, exact=args.exact_resume)
+        )
+        _say(
+            f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; {state}"
+        )
     if not trainer.restored:
         _say(f"{base}: seed {seed} (--seed {seed} repeats this run)")
-    _say(f"{base}: {len(train_set)} training images ({train_set.objects} objects); "
-         f"checkpoints, log and chart go to {data.backup}")
+    _say(
+        f"{base}: {len(train_set)} training images ({train_set.objects} objects); "
+        f"checkpoints, log and chart go to {data.backup}"
+    )
     summary = trainer.run()
     if summary["status"] == "interrupted":
         return 130
@@ -232,21 +307,29 @@ def eval_arguments(parser, thresh):
     parser.add_argument("data", metavar="DATA", help=".data file (valid, names, ...)")
     parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml with a YOLO head")
     parser.add_argument("weights", metavar="WEIGHTS", help="trained .weights")
-    parser.add_argument("--thresh", type=float, default=thresh,
-                        help=f"probability threshold ({thresh:g})")
-    parser.add_argument("--nms", type=float, default=.45, help="NMS IoU threshold (.45)")
+    parser.add_argument(
+        "--thresh", type=float, default=thresh, help=f"probability threshold ({thresh:g})"
+    )
+    parser.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (.45)")
     parser.add_argument("--batch", type=int, default=16, help="images per forward pass (16)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="only the first N images of the valid list")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N images of the valid list",
+    )
     parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar")
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
 
 
 def _eval_setup(args):
     import minidark
 
     from ..data.datafile import read_data_file
+
     data = read_data_file(args.data, strict=args.strict)
     net = minidark.load_network(args.cfg, args.weights, batch=args.batch, strict=args.strict)
     head = _last_head(net, args.cfg)
@@ -255,14 +338,25 @@ def _eval_setup(args):
 
 
 def valid_arguments(parser):
-    eval_arguments(parser, .005)
-    parser.add_argument("--out", metavar="STEM", default=None,
-                        help="file stem (default comp4_det_test_ for voc, coco_results for "
-                             "coco)")
+    eval_arguments(parser, 0.005)
+    parser.add_argument(
+        "--out",
+        metavar="STEM",
+        default=None,
+        help="file stem (default comp4_det_test_ for voc, coco_results for coco)",
+    )
 
 
-COCO_IDS = (list(range(1, 12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45))
-            + list(range(46, 66)) + [67, 70] + list(range(72, 83)) + list(range(84, 91)))
+COCO_IDS = (
+    list(range(1, 12))
+    + list(range(13, 26))
+    + [27, 28]
+    + list(range(31, 45))
+    + list(range(46, 66))
+    + [67, 70]
+    + list(range(72, 83))
+    + list(range(84, 91))
+)
 
 
 def coco_image_id(path):
@@ -281,6 +375,7 @@ def run_valid(args):
     import json
 
     from ..train.detection_eval import predict_dataset
+
     data, net, head, valid = _eval_setup(args)
     kind = data.values.get("eval", "voc")
     if kind not in ("voc", "coco"):
@@ -289,12 +384,17 @@ def run_valid(args):
     os.makedirs(folder, exist_ok=True)
     names = data.names or [str(k) for k in range(head.classes)]
     tick = time.perf_counter()
-    detections, _, sizes = predict_dataset(net, valid, args.thresh, args.nms,
-                                           limit=args.limit, progress=args.progress)
+    detections, _, sizes = predict_dataset(
+        net, valid, args.thresh, args.nms, limit=args.limit, progress=args.progress
+    )
     if kind == "voc":
         stem = args.out or "comp4_det_test_"
-        handles = [open(os.path.join(folder, f"{stem}{name}.txt"), "w",  # noqa: SIM115
-                        encoding="utf-8") for name in names]
+        handles = [
+            open(  # noqa: SIM115  (one file per class, closed together below)
+                os.path.join(folder, f"{stem}{name}.txt"), "w", encoding="utf-8"
+            )
+            for name in names
+        ]
         try:
             for path, rows, (w, h) in zip(valid.paths, detections, sizes, strict=False):
                 image_id = os.path.basename(path).split(".")[0]
@@ -302,7 +402,8 @@ def run_valid(args):
                     # darknet: 1-based pixels, xmin/ymin >= 1, xmax/ymax <= the image size
                     handles[int(c)].write(
                         f"{image_id} {p:f} {max(x0 * w + 1, 1):f} {max(y0 * h + 1, 1):f} "
-                        f"{min(x1 * w + 1, w):f} {min(y1 * h + 1, h):f}\n")
+                        f"{min(x1 * w + 1, w):f} {min(y1 * h + 1, h):f}\n"
+                    )
         finally:
             for handle in handles:
                 handle.close()
@@ -316,14 +417,22 @@ def run_valid(args):
                 y0, y1 = min(max(y0 * h, 0), h), min(max(y1 * h, 0), h)
                 # darknet's 80 COCO classes map to COCO's category ids; others keep their index
                 category = COCO_IDS[int(c)] if head.classes == 80 else int(c)
-                records.append({"image_id": image_id, "category_id": category,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(p)})
+                records.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": category,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(p),
+                    }
+                )
         written = os.path.join(folder, f"{args.out or 'coco_results'}.json")
         with open(written, "w", encoding="utf-8") as handle:
             json.dump(records, handle)
     print(f"Total Detection Time: {time.perf_counter() - tick:f} Seconds", file=sys.stderr)
-    _say(f"wrote {sum(len(r) for r in detections)} detections of {len(detections)} images to "
-         f"{written}")
+    _say(
+        f"wrote {sum(len(r) for r in detections)} detections of {len(detections)} images to "
+        f"{written}"
+    )
     return 0
 
 
@@ -333,6 +442,7 @@ def run_recall(args):
     from ..data.image import load_image, resize_image
     from ..kernels.boxes import do_nms_obj, get_network_boxes
     from ..train.detection_eval import iou_matrix, truth_corners
+
     _, net, _, valid = _eval_setup(args)
     count = len(valid) if args.limit is None else min(args.limit, len(valid))
     total = correct = proposals = 0
@@ -344,91 +454,124 @@ def run_recall(args):
             batch[k] = resize_image(load_image(valid.paths[i], net.c), net.w, net.h).reshape(-1)
         net.forward(batch, train=False)
         for k, i in enumerate(rows):
-            dets = get_network_boxes(net, 1, 1, args.thresh, .5, relative=True,
-                                     letterbox=False, batch_index=k)
+            dets = get_network_boxes(
+                net, 1, 1, args.thresh, 0.5, relative=True, letterbox=False, batch_index=k
+            )
             do_nms_obj(dets, 1, args.nms)
             keep = dets.objectness > args.thresh
             proposals += int(keep.sum())
             truths = truth_corners(valid.boxes[i])
             boxes = dets.bbox[keep].astype(np.float64)
-            corners = np.column_stack([boxes[:, :2] - boxes[:, 2:] / 2,
-                                       boxes[:, :2] + boxes[:, 2:] / 2])
+            corners = np.column_stack(
+                [boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2]
+            )
             for truth in truths:
                 total += 1
                 best = iou_matrix(truth[None, 1:], corners).max(initial=0.0)
                 avg_iou += best
-                correct += best > .5
-            print(f"{i:5d} {correct:5d} {total:5d}\tRPs/Img: {proposals / (i + 1):.2f}\t"
-                  f"IOU: {100 * avg_iou / max(total, 1):.2f}%\t"
-                  f"Recall:{100 * correct / max(total, 1):.2f}%")
+                correct += best > 0.5
+            print(
+                f"{i:5d} {correct:5d} {total:5d}\tRPs/Img: {proposals / (i + 1):.2f}\t"
+                f"IOU: {100 * avg_iou / max(total, 1):.2f}%\t"
+                f"Recall:{100 * correct / max(total, 1):.2f}%"
+            )
     return 0
 
 
 def recall_arguments(parser):
-    eval_arguments(parser, .001)
-    parser.set_defaults(nms=.4)
+    eval_arguments(parser, 0.001)
+    parser.set_defaults(nms=0.4)
 
 
 def map_arguments(parser):
-    eval_arguments(parser, .005)
-    parser.add_argument("--points", type=int, default=0, metavar="N",
-                        help="0: all-point interpolation (default, AB's -points 0 and "
-                             "VOC2010+); 11: VOC2007's 11 points")
-    parser.add_argument("--iou-thresh", type=float, default=.5,
-                        help="IoU of a true positive for the per-class AP (.5)")
+    eval_arguments(parser, 0.005)
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=0,
+        metavar="N",
+        help="0: all-point interpolation (default, AB's -points 0 and "
+        "VOC2010+); 11: VOC2007's 11 points",
+    )
+    parser.add_argument(
+        "--iou-thresh",
+        type=float,
+        default=0.5,
+        help="IoU of a true positive for the per-class AP (.5)",
+    )
 
 
 def run_map(args):
     from ..train.detection_eval import coco_map, predict_dataset, voc_map
+
     data, net, head, valid = _eval_setup(args)
     names = data.names or [str(k) for k in range(head.classes)]
     tick = time.perf_counter()
-    detections, truths, _ = predict_dataset(net, valid, args.thresh, args.nms,
-                                            limit=args.limit, progress=args.progress)
+    detections, truths, _ = predict_dataset(
+        net, valid, args.thresh, args.nms, limit=args.limit, progress=args.progress
+    )
     seconds = time.perf_counter() - tick
     voc = voc_map(detections, truths, head.classes, args.iou_thresh, args.points)
     coco = coco_map(detections, truths, head.classes)
-    print(f"detections_count = {sum(len(d) for d in detections)}, "
-          f"unique_truth_count = {sum(len(t) for t in truths)}")
+    print(
+        f"detections_count = {sum(len(d) for d in detections)}, "
+        f"unique_truth_count = {sum(len(t) for t in truths)}"
+    )
     for k, name in enumerate(names):
-        print(f"class_id = {k}, name = {name}, ap = {100 * voc['ap'][k]:.2f}%   "
-              f"(TP = {voc['tp'][k]}, FP = {voc['fp'][k]}), "
-              f"AP@[.5:.95] = {100 * max(coco['per_class'][k], 0):.2f}%")
-    how = (f"used {args.points} Recall-points" if args.points
-           else "used Area-Under-Curve for each unique Recall")
+        print(
+            f"class_id = {k}, name = {name}, ap = {100 * voc['ap'][k]:.2f}%   "
+            f"(TP = {voc['tp'][k]}, FP = {voc['fp'][k]}), "
+            f"AP@[.5:.95] = {100 * max(coco['per_class'][k], 0):.2f}%"
+        )
+    how = (
+        f"used {args.points} Recall-points"
+        if args.points
+        else "used Area-Under-Curve for each unique Recall"
+    )
     print(f"IoU threshold = {100 * args.iou_thresh:.0f} %, {how}")
-    print(f"mAP@{args.iou_thresh:.2g} = {voc['map']:.4f}" if args.iou_thresh != .5
-          else f"mAP@0.5 = {voc['map']:.4f}")
+    print(
+        f"mAP@{args.iou_thresh:.2g} = {voc['map']:.4f}"
+        if args.iou_thresh != 0.5
+        else f"mAP@0.5 = {voc['map']:.4f}"
+    )
     print(f"mAP@[.5:.95] = {max(coco['map'], 0):.4f}")
-    print(f"{len(truths)} images in {seconds:.1f} s ({len(truths) / seconds:.1f} images/s)",
-          file=sys.stderr)
+    print(
+        f"{len(truths)} images in {seconds:.1f} s ({len(truths) / seconds:.1f} images/s)",
+        file=sys.stderr,
+    )
     return 0
 
 
 def calc_anchors_arguments(parser):
     parser.add_argument("data", metavar="DATA", help=".data file (train=)")
-    parser.add_argument("--num-of-clusters", type=int, default=5, metavar="K",
-                        help="number of anchors (5)")
+    parser.add_argument(
+        "--num-of-clusters", type=int, default=5, metavar="K", help="number of anchors (5)"
+    )
     parser.add_argument("--width", type=int, required=True, help="network width")
     parser.add_argument("--height", type=int, required=True, help="network height")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the initial "
-                        "centres (0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed of the initial centres (0)"
+    )
     parser.add_argument("--strict", action="store_true", help="unknown keys are errors")
 
 
 def anchor_iou(boxes, centres):
     """IoU of (w, h) pairs aligned at a corner: (n, k)."""
     import numpy as np
-    inter = (np.minimum(boxes[:, None, 0], centres[None, :, 0])
-             * np.minimum(boxes[:, None, 1], centres[None, :, 1]))
-    return inter / (boxes[:, None, 0] * boxes[:, None, 1]
-                    + centres[None, :, 0] * centres[None, :, 1] - inter)
+
+    inter = np.minimum(boxes[:, None, 0], centres[None, :, 0]) * np.minimum(
+        boxes[:, None, 1], centres[None, :, 1]
+    )
+    return inter / (
+        boxes[:, None, 0] * boxes[:, None, 1] + centres[None, :, 0] * centres[None, :, 1] - inter
+    )
 
 
 def calc_anchors(sizes, k, rng, iterations=1000):
     """AB's calc_anchors: k-means on 1 - IoU, random initial centres (a
     permutation's first k boxes), arithmetic means; centres sorted by area."""
     import numpy as np
+
     centres = sizes[rng.permutation(len(sizes))[:k]].copy()
     assign = np.zeros(len(sizes), np.int64)
     for step in range(iterations):
@@ -450,17 +593,21 @@ def run_calc_anchors(args):
     import numpy as np
 
     from ..data.datafile import read_data_file
+
     data = read_data_file(args.data, strict=args.strict)
     train = _detection_split(data, "train", data.classes)
     if not train.objects:
         raise DataError(f"{train.source}: no label boxes to cluster")
     if args.num_of_clusters < 1 or args.num_of_clusters > train.objects:
-        raise DataError(f"--num-of-clusters must be in 1..{train.objects} (the boxes), got "
-                        f"{args.num_of_clusters}")
+        raise DataError(
+            f"--num-of-clusters must be in 1..{train.objects} (the boxes), got "
+            f"{args.num_of_clusters}"
+        )
     sizes = np.concatenate([b[:, 3:5] for b in train.boxes]).astype(np.float64)
     sizes *= (args.width, args.height)
-    centres, avg, steps = calc_anchors(sizes, args.num_of_clusters,
-                                       np.random.default_rng(args.seed))
+    centres, avg, steps = calc_anchors(
+        sizes, args.num_of_clusters, np.random.default_rng(args.seed)
+    )
     print(f"iterations = {steps}")
     print(f"avg IoU = {100 * avg:.2f} %")
     fmt = "{:3.0f},{:3.0f}" if args.width > 32 else "{:2.4f},{:2.4f}"
@@ -468,13 +615,33 @@ def run_calc_anchors(args):
     return 0
 
 
-add_command("detector train", "train a YOLO network on a darknet detection dataset "
-            "(darknet detector train)", train_detector_arguments, run_train_detector)
-add_command("detector valid", "write darknet's result files for the valid list "
-            "(darknet detector valid)", valid_arguments, run_valid)
-add_command("detector recall", "darknet's recall table on the valid list "
-            "(darknet detector recall)", recall_arguments, run_recall)
-add_command("detector map", "per-class AP, mAP@0.5 and COCO mAP@[.5:.95] on the valid list "
-            "(AB's detector map)", map_arguments, run_map)
-add_command("detector calc-anchors", "k-means anchors from the train list's boxes "
-            "(AB's detector calc_anchors)", calc_anchors_arguments, run_calc_anchors)
+add_command(
+    "detector train",
+    "train a YOLO network on a darknet detection dataset (darknet detector train)",
+    train_detector_arguments,
+    run_train_detector,
+)
+add_command(
+    "detector valid",
+    "write darknet's result files for the valid list (darknet detector valid)",
+    valid_arguments,
+    run_valid,
+)
+add_command(
+    "detector recall",
+    "darknet's recall table on the valid list (darknet detector recall)",
+    recall_arguments,
+    run_recall,
+)
+add_command(
+    "detector map",
+    "per-class AP, mAP@0.5 and COCO mAP@[.5:.95] on the valid list (AB's detector map)",
+    map_arguments,
+    run_map,
+)
+add_command(
+    "detector calc-anchors",
+    "k-means anchors from the train list's boxes (AB's detector calc_anchors)",
+    calc_anchors_arguments,
+    run_calc_anchors,
+)

@@ -59,7 +59,7 @@ def add_arguments(parser):
 
 def run(args):
     """Gradient-check a cfg; returns the exit code (0 pass, 1 fail)."""
-    from ..cfg.parser import parse_network_cfg
+    from ..cfg import parse_network_cfg
     from ..plugins import load_plugins
     from ..tools.gradcheck import format_results, gradcheck, summarize
 

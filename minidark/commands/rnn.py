@@ -51,7 +51,7 @@ VALID_STEPS = 64  # bytes per validation forward (the result does not depend on 
 # ------------------------------------------------------------------ network
 def load_text_network(cfg, weights=None, *, batch=None, time_steps=None, seed=None, clear=False):
     """The cfg's network, optionally with ``batch`` streams of ``time_steps`` steps."""
-    from ..cfg.parser import Option, parse_network, read_sections
+    from ..cfg import Option, parse_network, read_sections
     from ..weights import load_weights
 
     sections = read_sections(cfg)

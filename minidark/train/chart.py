@@ -72,8 +72,11 @@ def draw_chart(path, history, valid=None, title="", k=1, names=None):
     ``valid``: {"iteration", "top1", "topk"} lists (may be empty). ``names``:
     (axis, first curve, second curve) labels for other figures than top-1/top-k
     (a detector's mAPs); the second curve is then always drawn."""
-    axis_name, first_name, second_name = names or ("valid accuracy", "valid top-1",
-                                                   f"valid top-{k}")
+    axis_name, first_name, second_name = names or (
+        "valid accuracy",
+        "valid top-1",
+        f"valid top-{k}",
+    )
     both = k > 1 or names is not None
     from PIL import Image, ImageDraw
 

@@ -101,9 +101,7 @@ def train_state_names(layer):
         for name, value in vars(layer).items()
         if name.endswith("_updates") and isinstance(value, np.ndarray)
     ]
-    names += [
-        name for name in (*layer.carried, *layer.train_state) if name not in names
-    ]
+    names += [name for name in (*layer.carried, *layer.train_state) if name not in names]
     for sub_name, sub in (layer.sublayers or {}).items():
         names += [f"{sub_name}.{name}" for name in train_state_names(sub)]
     return sorted(names)

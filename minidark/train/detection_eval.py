@@ -31,10 +31,11 @@ beyond the last); AP is their mean. A class without truth is left out of
 the mean (pycocotools' -1). mAP@[.5:.95] is the mean over thresholds and
 classes; AP50 and AP75 are its t = .5 and .75 slices.
 """
+
 import numpy as np
 
-COCO_IOUS = np.linspace(.5, .95, int(np.round((.95 - .5) / .05)) + 1, endpoint=True)
-COCO_RECALLS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+COCO_IOUS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+COCO_RECALLS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 MAX_DETS = 100
 
 
@@ -73,7 +74,7 @@ def voc_ap(recall, precision, points=0):
     return float(((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]).sum())
 
 
-def voc_class(detections, truths, cls, iou_thresh=.5):
+def voc_class(detections, truths, cls, iou_thresh=0.5):
     """(recall, precision, npos, tp, fp) of one class, VOC's greedy matching."""
     scores, image_of, matched, npos = [], [], [], 0
     for i, (dets, gts) in enumerate(zip(detections, truths, strict=True)):
@@ -105,7 +106,7 @@ def voc_class(detections, truths, cls, iou_thresh=.5):
     return recall, precision, npos, int(tp_sum[-1]), int(fp_sum[-1])
 
 
-def voc_map(detections, truths, classes, iou_thresh=.5, points=0):
+def voc_map(detections, truths, classes, iou_thresh=0.5, points=0):
     """{'ap': per-class AP list, 'map': mean over all classes, 'tp', 'fp', 'npos'}."""
     aps, tps, fps, npos = [], [], [], []
     for cls in range(classes):
@@ -114,8 +115,13 @@ def voc_map(detections, truths, classes, iou_thresh=.5, points=0):
         tps.append(tp)
         fps.append(fp)
         npos.append(n)
-    return {"ap": aps, "map": float(np.mean(aps)) if aps else 0.0, "tp": tps, "fp": fps,
-            "npos": npos}
+    return {
+        "ap": aps,
+        "map": float(np.mean(aps)) if aps else 0.0,
+        "tp": tps,
+        "fp": fps,
+        "npos": npos,
+    }
 
 
 # ----------------------------------------------------------------------- COCO
@@ -133,7 +139,7 @@ def _coco_image(dets, gts, thresholds):
                 candidates = np.where(free & (iou[d] >= limit), iou[d], -1.0)
                 if candidates.max() < 0:
                     continue
-                g = len(gts) - 1 - int(np.argmax(candidates[::-1]))   # ties: the later truth
+                g = len(gts) - 1 - int(np.argmax(candidates[::-1]))  # ties: the later truth
                 free[g] = False
                 matched[t, d] = True
     return dets[:, 1], matched
@@ -168,8 +174,9 @@ def coco_map(detections, truths, classes, thresholds=COCO_IOUS):
             precision = tp[t] / (fp[t] + tp[t] + np.spacing(1))
             precision = np.maximum.accumulate(precision[::-1])[::-1]
             where = np.searchsorted(recall, COCO_RECALLS, side="left")
-            q = np.where(where < len(precision), precision[np.minimum(where, len(precision) - 1)],
-                         0.0)
+            q = np.where(
+                where < len(precision), precision[np.minimum(where, len(precision) - 1)], 0.0
+            )
             ap[t, cls] = q.mean()
     valid = ap > -1
 
@@ -182,8 +189,13 @@ def coco_map(detections, truths, classes, thresholds=COCO_IOUS):
         return mean(rows) if rows.any() else -1.0
 
     per_class = [float(ap[:, k].mean()) if valid[:, k].all() else -1.0 for k in range(classes)]
-    return {"ap": ap, "map": mean(slice(None)), "ap50": at(.5), "ap75": at(.75),
-            "per_class": per_class}
+    return {
+        "ap": ap,
+        "map": mean(slice(None)),
+        "ap50": at(0.5),
+        "ap75": at(0.75),
+        "per_class": per_class,
+    }
 
 
 # ------------------------------------------------------------------ from nets
@@ -209,18 +221,21 @@ def detection_rows(dets, w=1.0, h=1.0):
     return rows
 
 
-def predict_dataset(net, dataset, thresh=.005, nms=.45, hier_thresh=.5, limit=None,
-                    progress=False):
+def predict_dataset(
+    net, dataset, thresh=0.005, nms=0.45, hier_thresh=0.5, limit=None, progress=False
+):
     """Detections of ``net`` on every image of a DetectionDataset, decoded in
     relative coordinates: (detections, truths, sizes) lists as this module
     takes them (boxes relative to the image), plus each image's (w, h)."""
     from ..data.image import letterbox_image, load_image, resize_image, uses_letterbox
     from ..kernels.boxes import do_nms_sort, get_network_boxes
+
     count = len(dataset) if limit is None else min(limit, len(dataset))
     letterbox = uses_letterbox(net)
     detections, truths, sizes = [], [], []
     batch = np.zeros((net.batch, net.inputs), np.float32)
     from tqdm import tqdm
+
     bar = tqdm(total=count, unit="img", disable=not progress, leave=False, desc="evaluating")
     for start in range(0, count, net.batch):
         rows = range(start, min(start + net.batch, count))
@@ -228,14 +243,16 @@ def predict_dataset(net, dataset, thresh=.005, nms=.45, hier_thresh=.5, limit=No
         for k, index in enumerate(rows):
             im = load_image(dataset.paths[index], net.c)
             chunk_sizes.append((im.shape[2], im.shape[1]))
-            sized = (letterbox_image(im, net.w, net.h) if letterbox
-                     else resize_image(im, net.w, net.h))
+            sized = (
+                letterbox_image(im, net.w, net.h) if letterbox else resize_image(im, net.w, net.h)
+            )
             batch[k] = sized.reshape(-1)
         net.forward(batch, train=False)
         for k, index in enumerate(rows):
             w, h = chunk_sizes[k]
-            dets = get_network_boxes(net, w, h, thresh, hier_thresh, relative=True,
-                                     letterbox=letterbox, batch_index=k)
+            dets = get_network_boxes(
+                net, w, h, thresh, hier_thresh, relative=True, letterbox=letterbox, batch_index=k
+            )
             if nms:
                 do_nms_sort(dets, dets.classes, nms)
             detections.append(detection_rows(dets))
@@ -246,13 +263,23 @@ def predict_dataset(net, dataset, thresh=.005, nms=.45, hier_thresh=.5, limit=No
     return detections, truths, sizes
 
 
-def evaluate_detector(net, dataset, classes, thresh=.005, nms=.45, points=0, limit=None,
-                      progress=False):
+def evaluate_detector(
+    net, dataset, classes, thresh=0.005, nms=0.45, points=0, limit=None, progress=False
+):
     """mAP@0.5 (VOC, ``points``) and COCO mAP@[.5:.95] of ``net`` on ``dataset``."""
-    detections, truths, _ = predict_dataset(net, dataset, thresh, nms, limit=limit,
-                                            progress=progress)
-    voc = voc_map(detections, truths, classes, .5, points)
+    detections, truths, _ = predict_dataset(
+        net, dataset, thresh, nms, limit=limit, progress=progress
+    )
+    voc = voc_map(detections, truths, classes, 0.5, points)
     coco = coco_map(detections, truths, classes)
-    return {"map50": voc["map"], "map": coco["map"], "ap50_coco": coco["ap50"],
-            "ap": voc["ap"], "coco_per_class": coco["per_class"], "tp": voc["tp"],
-            "fp": voc["fp"], "npos": voc["npos"], "images": len(truths)}
+    return {
+        "map50": voc["map"],
+        "map": coco["map"],
+        "ap50_coco": coco["ap50"],
+        "ap": voc["ap"],
+        "coco_per_class": coco["per_class"],
+        "tp": voc["tp"],
+        "fp": voc["fp"],
+        "npos": voc["npos"],
+        "images": len(truths),
+    }

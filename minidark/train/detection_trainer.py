@@ -26,6 +26,7 @@ from ``s / 1.4`` to ``1.4 s`` (AB's random_coef; at least 32). In the last
 200 iterations the size is the cfg's (darknet: 608). The size in force is
 saved in the sidecar (``detector/width``, ``detector/height``).
 """
+
 import time
 
 import numpy as np
@@ -52,8 +53,7 @@ class DetectionTrainer(Trainer):
 
     truth_checked = "the truth boxes are finite"
 
-    def __init__(self, net, train_set, valid_set=None, *, points=0, valid_limit=None,
-                 **kwargs):
+    def __init__(self, net, train_set, valid_set=None, *, points=0, valid_limit=None, **kwargs):
         self.points, self.valid_limit = points, valid_limit
         self.cfg_size = (net.w, net.h)
         super().__init__(net, train_set, valid_set, **kwargs)
@@ -61,7 +61,7 @@ class DetectionTrainer(Trainer):
     # --------------------------------------------------------------- data
     def setup_data(self):
         self.loader = DetectionLoader(self.train_set, self.net)
-        self.augment = self.loader          # what the start line describes
+        self.augment = self.loader  # what the start line describes
         self.heads = [l for l in self.net.layers if l.type in HEADS]
         self.multiscale = bool(self.loader.head.random)
         self.sizes = multiscale_sizes(self.cfg_size[0])
@@ -84,8 +84,12 @@ class DetectionTrainer(Trainer):
         dim = self.sizes[int(self.rng.integers(len(self.sizes)))]
         if net.max_batches and net.current_batch + 200 > net.max_batches:
             dim = self.cfg_size[0]
-        self.resize(dim, dim if self.cfg_size[0] == self.cfg_size[1] else
-                    round(dim * self.cfg_size[1] / self.cfg_size[0] / 32) * 32)
+        self.resize(
+            dim,
+            dim
+            if self.cfg_size[0] == self.cfg_size[1]
+            else round(dim * self.cfg_size[1] / self.cfg_size[0] / 32) * 32,
+        )
 
     def resize(self, w, h):
         if (w, h) != (self.net.w, self.net.h):
@@ -101,6 +105,7 @@ class DetectionTrainer(Trainer):
 
     def head_lines(self):
         from ..layers.yolo import stats_line
+
         return [line for line in (stats_line(l) for l in self.heads) if line]
 
     def bar_suffix(self):
@@ -112,41 +117,61 @@ class DetectionTrainer(Trainer):
                 continue
             recall = s.get("recall_iou_gt_0.5", s.get("avg_recall_iou_gt_0.5", 0.0))
             cls = s.get("avg_class_prob", s.get("avg_true_class_prob", 0.0))
-            parts.append(f"[{l.index}] IoU {s['avg_iou']:.2f} cls {cls:.2f} obj "
-                         f"{s['avg_obj_pos']:.2f} no-obj {s['avg_obj_all']:.3f} R {recall:.2f}")
+            parts.append(
+                f"[{l.index}] IoU {s['avg_iou']:.2f} cls {cls:.2f} obj "
+                f"{s['avg_obj_pos']:.2f} no-obj {s['avg_obj_all']:.3f} R {recall:.2f}"
+            )
         return ("; " + "; ".join(parts)) if parts else ""
 
     # ---------------------------------------------------------- evaluation
     def validate(self):
         net, size = self.net, (self.net.w, self.net.h)
-        self.resize(*self.cfg_size)                     # evaluated at the cfg's size
+        self.resize(*self.cfg_size)  # evaluated at the cfg's size
         try:
-            result = evaluate_detector(net, self.valid_set, self.loader.head.classes,
-                                       points=self.points, limit=self.valid_limit)
+            result = evaluate_detector(
+                net,
+                self.valid_set,
+                self.loader.head.classes,
+                points=self.points,
+                limit=self.valid_limit,
+            )
         finally:
             self.resize(*size)
         batch = net.current_batch
         self.valid_history["iteration"].append(batch)
         self.valid_history["top1"].append(result["map50"])
         self.valid_history["topk"].append(max(result["map"], 0.0))
-        record = {"iteration": batch, "seen": net.seen, "epoch": round(net.seen / self.n, 4),
-                  "loss": self.history["loss"][-1] if self.history["loss"] else None,
-                  "avg_loss": self.avg_loss, "map50": result["map50"],
-                  "map50_95": result["map"], "images": result["images"],
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        record = {
+            "iteration": batch,
+            "seen": net.seen,
+            "epoch": round(net.seen / self.n, 4),
+            "loss": self.history["loss"][-1] if self.history["loss"] else None,
+            "avg_loss": self.avg_loss,
+            "map50": result["map50"],
+            "map50_95": result["map"],
+            "images": result["images"],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         append_record(f"{self.backup_dir}/{self.base}_metrics.jsonl", record)
-        self.say(f"{self.base}: iteration {batch}: valid mAP@0.5 = {result['map50']:.4f}, "
-                 f"mAP@[.5:.95] = {result['map']:.4f} on {result['images']} images")
+        self.say(
+            f"{self.base}: iteration {batch}: valid mAP@0.5 = {result['map50']:.4f}, "
+            f"mAP@[.5:.95] = {result['map']:.4f} on {result['images']} images"
+        )
         self.last_result = result
         return result
 
     def _chart(self):
         from .chart import draw_chart
+
         try:
-            draw_chart(f"{self.backup_dir}/{self.base}_chart.png", self.history,
-                       self.valid_history, title=self.base,
-                       names=("valid mAP", "mAP@0.5", "mAP@.5:.95"))
-        except OSError as exc:   # a chart is never worth losing a run
+            draw_chart(
+                f"{self.backup_dir}/{self.base}_chart.png",
+                self.history,
+                self.valid_history,
+                title=self.base,
+                names=("valid mAP", "mAP@0.5", "mAP@.5:.95"),
+            )
+        except OSError as exc:  # a chart is never worth losing a run
             self.say(f"warning: cannot write the chart: {exc}")
 
     # --------------------------------------------------------- checkpoints

@@ -1,1 +1,2 @@
-"""Tests of minidark/cfg and the stock cfgs (a package, so that test file names may repeat across folders)."""
+"""Tests of minidark/cfg and the stock cfgs (a package: test file names may repeat
+across folders)."""

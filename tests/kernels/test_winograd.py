@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minidark.kernels.conv as conv_module
-from minidark.cfg.parser import parse_network, read_cfg_text
+from minidark.cfg import parse_network, read_cfg_text
 from minidark.kernels import winograd
 from minidark.testing import format_results, gradcheck
 

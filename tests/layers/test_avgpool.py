@@ -1,8 +1,9 @@
 """[avgpool]: global average, shape, forward by hand, gradient check."""
+
 import numpy as np
 import pytest
 
-from minidark.cfg.parser import parse_network, read_cfg_text
+from minidark.cfg import parse_network, read_cfg_text
 from minidark.testing import format_results, gradcheck
 
 

@@ -1,11 +1,12 @@
 """[batchnorm] standalone: works on the CPU (darknet's segfaults), trains scales and
 biases, saves biases after darknet's three arrays; forward by hand in train and
 inference mode; gradient checks, with darknet's O(1/N) backward gap bounded."""
+
 import numpy as np
 import pytest
 
 import minidark
-from minidark.cfg.parser import parse_network, read_cfg_text
+from minidark.cfg import parse_network, read_cfg_text
 from minidark.testing import format_results, gradcheck
 
 
@@ -40,15 +41,15 @@ def test_forward_by_hand(train):
     out = net.forward(x, train=train).reshape(x.shape)
     if train:
         mean = x.mean(axis=(0, 2, 3))
-        var = x.var(axis=(0, 2, 3), ddof=1)          # darknet: unbiased
+        var = x.var(axis=(0, 2, 3), ddof=1)  # darknet: unbiased
     else:
         mean, var = rolling
     ref = (x - mean[:, None, None]) / (np.sqrt(var) + 1e-6)[:, None, None]
     ref = ref * l.scales[:, None, None] + l.biases[:, None, None]
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     if train:
-        np.testing.assert_allclose(l.rolling_mean, .99 * rolling[0] + .01 * mean, rtol=1e-5)
-        np.testing.assert_allclose(l.rolling_variance, .99 * rolling[1] + .01 * var, rtol=1e-5)
+        np.testing.assert_allclose(l.rolling_mean, 0.99 * rolling[0] + 0.01 * mean, rtol=1e-5)
+        np.testing.assert_allclose(l.rolling_variance, 0.99 * rolling[1] + 0.01 * var, rtol=1e-5)
 
 
 def gap(batch, h, w):
@@ -68,7 +69,7 @@ def test_gradcheck_train_mode_with_darknets_gap():
         assert err["scales"] < 1e-7 and err["biases"] < 1e-7, (n, err)
         assert err["input"] < 2 / n, (n, err)
     assert errors[8]["input"] > errors[36]["input"] > errors[200]["input"]
-    assert errors[8]["input"] > 1e-3         # the gap is real at small N
+    assert errors[8]["input"] > 1e-3  # the gap is real at small N
 
 
 def test_gradcheck_inference_mode_is_exact():

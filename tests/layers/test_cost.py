@@ -1,18 +1,21 @@
 """[cost]: sse, masked, smooth, L1 and scale -- forward against naive
 formulas, (cost, delta) as a true (loss, negative gradient) pair checked by
 central differences, masking, accumulation, and shapes."""
+
 import numpy as np
 import pytest
 
-from conftest import net_from
 from minidark.errors import ConfigError
-from minidark.testing import format_results, gradcheck, to_float64
 from minidark.kernels.tree import SECRET_NUM
+from minidark.testing import format_results, gradcheck, to_float64
+
+from conftest import net_from
 
 
 def cost_net(tmp_path, options="", batch=2, inputs=5, head="", seed=0):
-    return net_from(tmp_path, f"[net]\nbatch={batch}\ninputs={inputs}\n{head}\n"
-                              f"[cost]\n{options}\n", seed=seed)
+    return net_from(
+        tmp_path, f"[net]\nbatch={batch}\ninputs={inputs}\n{head}\n[cost]\n{options}\n", seed=seed
+    )
 
 
 def naive(kind, x, t):
@@ -22,8 +25,8 @@ def naive(kind, x, t):
         return np.abs(d), np.sign(d)
     if kind == "smooth":
         inside = np.abs(d) < 1
-        return np.where(inside, .5 * d * d, np.abs(d) - .5), np.where(inside, d, np.sign(d))
-    return .5 * d * d, d
+        return np.where(inside, 0.5 * d * d, np.abs(d) - 0.5), np.where(inside, d, np.sign(d))
+    return 0.5 * d * d, d
 
 
 def test_shapes_and_defaults(tmp_path):
@@ -65,9 +68,9 @@ def test_forward_matches_naive(tmp_path, kind, scale):
 def test_smooth_delta_sign_is_fixed(tmp_path):
     # darknet's CPU smooth_l1 gives the wrong sign for |d| >= 1; minidark: sign(t - x)
     net = to_float64(cost_net(tmp_path, "type=smooth", batch=1, inputs=4))
-    net.forward(np.array([[0, 0, 0, 0.]]), np.array([[3, -3, .5, -.5]]), train=True)
-    np.testing.assert_allclose(net.layers[0].delta, [[1, -1, .5, -.5]])
-    np.testing.assert_allclose(net.layers[0].output, [[2.5, 2.5, .125, .125]])
+    net.forward(np.array([[0, 0, 0, 0.0]]), np.array([[3, -3, 0.5, -0.5]]), train=True)
+    np.testing.assert_allclose(net.layers[0].delta, [[1, -1, 0.5, -0.5]])
+    np.testing.assert_allclose(net.layers[0].output, [[2.5, 2.5, 0.125, 0.125]])
 
 
 @pytest.mark.parametrize("kind", ["sse", "masked", "smooth", "L1"])
@@ -79,8 +82,11 @@ def test_gradcheck(tmp_path, kind, scale):
 
 
 def test_gradcheck_after_connected(tmp_path):
-    net = net_from(tmp_path, "[net]\nbatch=2\ninputs=3\n[connected]\noutput=4\n"
-                             "activation=tanh\n[cost]\ntype=smooth\nscale=.5\n")
+    net = net_from(
+        tmp_path,
+        "[net]\nbatch=2\ninputs=3\n[connected]\noutput=4\n"
+        "activation=tanh\n[cost]\ntype=smooth\nscale=.5\n",
+    )
     results = gradcheck(net)
     assert all(r.passed for r in results), format_results(results)
 
@@ -94,7 +100,7 @@ def test_masked_entries_give_no_error_or_delta(tmp_path):
     masked = t == SECRET_NUM
     assert not l.delta[masked].any() and not l.output[masked].any()
     np.testing.assert_allclose(l.delta[~masked], (t - x)[~masked])
-    assert l.cost == pytest.approx((.5 * (t - x)[~masked] ** 2).sum())
+    assert l.cost == pytest.approx((0.5 * (t - x)[~masked] ** 2).sum())
     # like darknet, the masked inputs are overwritten in place
     assert (net.input_buffer[masked] == SECRET_NUM).all()
 
@@ -106,8 +112,12 @@ def test_sse_is_not_masked(tmp_path):
 
 
 def test_backward_adds_scaled_delta(tmp_path):
-    net = to_float64(net_from(tmp_path, "[net]\nbatch=2\ninputs=3\n[connected]\noutput=3\n"
-                                        "activation=linear\n[cost]\nscale=2\n"))
+    net = to_float64(
+        net_from(
+            tmp_path,
+            "[net]\nbatch=2\ninputs=3\n[connected]\noutput=3\nactivation=linear\n[cost]\nscale=2\n",
+        )
+    )
     rng = np.random.default_rng(1)
     net.forward(rng.normal(size=(2, 3)), rng.normal(size=(2, 3)), train=True)
     conn, cost = net.layers
@@ -124,8 +134,9 @@ def test_no_truth_no_cost(tmp_path):
 
 
 def test_output_layer_skips_cost(tmp_path):
-    net = net_from(tmp_path, "[net]\nbatch=2\ninputs=3\n[connected]\noutput=4\n"
-                             "activation=linear\n[cost]\n")
+    net = net_from(
+        tmp_path, "[net]\nbatch=2\ninputs=3\n[connected]\noutput=4\nactivation=linear\n[cost]\n"
+    )
     assert net.output_layer is net.layers[0] and net.outputs == 4 and net.truths == 4
     out = net.predict(np.ones((3, 3)))
     assert out.shape == (3, 4)
@@ -133,12 +144,11 @@ def test_output_layer_skips_cost(tmp_path):
 
 def test_softmax_then_cost_adds_both_gradients(tmp_path):
     # darknet-spec 4.1: [softmax] then [cost]: delta = (t - p)_xent + scale * (t - p)_sse
-    net = to_float64(net_from(tmp_path, "[net]\nbatch=1\ninputs=3\n[softmax]\n[cost]\n"
-                                        "scale=.5\n"))
+    net = to_float64(net_from(tmp_path, "[net]\nbatch=1\ninputs=3\n[softmax]\n[cost]\nscale=.5\n"))
     x, t = np.array([[0.1, 0.5, -0.3]]), np.array([[0, 1.0, 0]])
     net.forward(x, t, train=True)
     soft, cost = net.layers
     p = soft.output.copy()
-    assert net.cost == pytest.approx((soft.cost + cost.cost) / 2)   # mean over cost layers
+    assert net.cost == pytest.approx((soft.cost + cost.cost) / 2)  # mean over cost layers
     net.backward()
-    np.testing.assert_allclose(soft.delta, (t - p) + .5 * (t - p))
+    np.testing.assert_allclose(soft.delta, (t - p) + 0.5 * (t - p))

@@ -1,4 +1,5 @@
 """[crop]: random crop and flip in training, centre crop at inference (crop_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -16,9 +17,11 @@ def build(tmp_path, text, **kwargs):
 
 
 def cfg(crop_h=3, crop_w=4, flip=0, noadjust=0, h=5, w=7, c=2, batch=2):
-    return (f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n"
-            f"[crop]\ncrop_height={crop_h}\ncrop_width={crop_w}\nflip={flip}\n"
-            f"noadjust={noadjust}\nangle=7\nsaturation=1.5\nexposure=1.5\nshift=.2\n")
+    return (
+        f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n"
+        f"[crop]\ncrop_height={crop_h}\ncrop_width={crop_w}\nflip={flip}\n"
+        f"noadjust={noadjust}\nangle=7\nsaturation=1.5\nexposure=1.5\nshift=.2\n"
+    )
 
 
 def naive_crop(l, x, flip, dh, dw, train):
@@ -38,8 +41,9 @@ def naive_crop(l, x, flip, dh, dw, train):
     return np.array(out, np.float32).reshape(l.batch, -1)
 
 
-@pytest.mark.parametrize("crop_h, crop_w, h, w", [(3, 4, 5, 7), (5, 7, 5, 7), (1, 1, 5, 7),
-                                                  (224, 224, 256, 256)])
+@pytest.mark.parametrize(
+    "crop_h, crop_w, h, w", [(3, 4, 5, 7), (5, 7, 5, 7), (1, 1, 5, 7), (224, 224, 256, 256)]
+)
 def test_output_size_and_defaults(tmp_path, crop_h, crop_w, h, w):
     l = build(tmp_path, cfg(crop_h, crop_w, h=h, w=w, batch=1)).layers[0]
     assert (l.out_w, l.out_h, l.out_c) == (crop_w, crop_h, 2)
@@ -77,7 +81,7 @@ def test_training_draws_one_window_and_flip_per_batch_from_net_rng(tmp_path):
     seen = set()
     for step in range(60):
         net.seed(step)
-        draws = np.random.default_rng(step)      # the same stream: flip, dh, dw
+        draws = np.random.default_rng(step)  # the same stream: flip, dh, dw
         flip = int(draws.integers(0, 2))
         dh, dw = int(draws.integers(0, 5 - 2 + 1)), int(draws.integers(0, 7 - 3 + 1))
         out = net.forward(x, train=True)
@@ -96,11 +100,12 @@ def test_without_flip_no_flip_is_drawn(tmp_path):
     assert (l.flipped, l.dh, l.dw) == (False, draws.integers(0, 4), draws.integers(0, 5))
 
 
-@pytest.mark.parametrize("flip, noadjust, train", [(0, 0, True), (1, 0, True), (1, 1, True),
-                                                   (0, 0, False)])
+@pytest.mark.parametrize(
+    "flip, noadjust, train", [(0, 0, True), (1, 0, True), (1, 1, True), (0, 0, False)]
+)
 def test_gradcheck(tmp_path, flip, noadjust, train):
     # darknet's crop has no backward; minidark scatters the delta back (exact gradient)
-    for seed in range(3):   # different windows and flips
+    for seed in range(3):  # different windows and flips
         net = build(tmp_path, cfg(flip=flip, noadjust=noadjust), seed=seed)
         results = gradcheck(net, train=train, seed=seed)
         assert all(r.passed for r in results), format_results(results)
@@ -123,8 +128,7 @@ def test_backward_scatters_twice_the_delta_into_the_window(tmp_path):
     np.testing.assert_array_equal(target.reshape(5, 7), expected)
 
 
-@pytest.mark.parametrize("key, value", [("crop_height", 6), ("crop_width", 8),
-                                        ("crop_height", 0)])
+@pytest.mark.parametrize("key, value", [("crop_height", 6), ("crop_width", 8), ("crop_height", 0)])
 def test_window_larger_than_input_is_a_config_error(tmp_path, key, value):
     text = cfg().replace(f"{key}=", f"{key}={value}\n#", 1)
     with pytest.raises(ConfigError, match=key) as error:

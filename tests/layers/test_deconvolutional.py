@@ -125,7 +125,7 @@ def test_gradcheck_fails_on_a_wrong_backward(tmp_path, monkeypatch):
         "[net]\nbatch=2\nheight=4\nwidth=3\nchannels=2\n[deconvolutional]\n"
         "filters=2\nsize=3\nstride=2\nactivation=linear\n"
     )
-    from minidark.cfg.parser import parse_network_cfg
+    from minidark.cfg import parse_network_cfg
 
     net = parse_network_cfg(str(path), verbose=False)
     net.layers[0].backward = wrong

@@ -2,6 +2,7 @@
 loop, and a gradient check: with rescore=0 the delta is exactly the negative
 gradient of ``sum scale/2 (target - output)^2`` (the sse darknet trains);
 with rescore=1 the confidence target is the IoU, held constant."""
+
 import numpy as np
 import pytest
 
@@ -42,6 +43,7 @@ def det_net(tmp_path, rescore=1, softmax=0):
 def iou(a, b):
     def overlap(x1, w1, x2, w2):
         return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
+
     w, h = overlap(a[0], a[2], b[0], b[2]), overlap(a[1], a[3], b[1], b[3])
     inter = 0 if w < 0 or h < 0 else w * h
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
@@ -56,7 +58,7 @@ def naive(x, truth, l):
     stats = dict(iou=0, count=0, by_rmse=0)
     for b in range(B):
         for i in range(cells):
-            t = truth[b, i * (1 + C + 4):(i + 1) * (1 + C + 4)]
+            t = truth[b, i * (1 + C + 4) : (i + 1) * (1 + C + 4)]
             for j in range(N):
                 p = cells * C + i * N + j
                 delta[b, p], scale[b, p] = l.noobject_scale * (0 - out[b, p]), l.noobject_scale
@@ -68,7 +70,7 @@ def naive(x, truth, l):
             tb = (t[1 + C] / S, t[2 + C] / S, t[3 + C], t[4 + C])
             best, best_iou, best_rmse = -1, 0, 20
             for j in range(N):
-                o = out[b, cells * (C + N) + (i * N + j) * 4:][:4]
+                o = out[b, cells * (C + N) + (i * N + j) * 4 :][:4]
                 ob = (o[0] / S, o[1] / S, o[2] ** 2, o[3] ** 2)
                 v = iou(ob, tb)
                 r = np.sqrt(sum((u - w) ** 2 for u, w in zip(ob, tb, strict=True)))
@@ -79,7 +81,7 @@ def naive(x, truth, l):
                     best_rmse, best = r, j
             stats["by_rmse"] += best_iou == 0
             o0 = cells * (C + N) + (i * N + best) * 4
-            o = out[b, o0:o0 + 4]
+            o = out[b, o0 : o0 + 4]
             v = iou((o[0] / S, o[1] / S, o[2] ** 2, o[3] ** 2), tb)
             p = cells * C + i * N + best
             delta[b, p] = l.object_scale * ((v if l.rescore else 1) - out[b, p])
@@ -98,10 +100,14 @@ def naive(x, truth, l):
 def scenario(net, rng):
     x = rng.uniform(0, 1, (net.batch, net.inputs))
     truth = np.zeros((net.batch, S * S * (1 + C + 4)))
-    for b, cell, cls, box in [(0, 4, 1, (.4, .6, .3, .2)), (0, 0, 0, (.5, .5, .9, .8)),
-                              (1, 8, 1, (.1, .9, .05, .04)), (1, 3, 0, (.7, .2, .5, .6))]:
-        row = truth[b, cell * (1 + C + 4):(cell + 1) * (1 + C + 4)]
-        row[0], row[1 + cls], row[1 + C:] = 1, 1, box
+    for b, cell, cls, box in [
+        (0, 4, 1, (0.4, 0.6, 0.3, 0.2)),
+        (0, 0, 0, (0.5, 0.5, 0.9, 0.8)),
+        (1, 8, 1, (0.1, 0.9, 0.05, 0.04)),
+        (1, 3, 0, (0.7, 0.2, 0.5, 0.6)),
+    ]:
+        row = truth[b, cell * (1 + C + 4) : (cell + 1) * (1 + C + 4)]
+        row[0], row[1 + cls], row[1 + C :] = 1, 1, box
     return x, truth
 
 
@@ -113,8 +119,9 @@ def test_keys_fields_and_errors(tmp_path, recwarn):
     assert (l.sqrt, l.rescore, l.forced, l.max_boxes) == (True, True, 0, 20)
     assert not [w for w in recwarn if "nused" in str(w.message)]
     with pytest.raises(ConfigError, match="side"):
-        net_from(tmp_path, CFG.format(rescore=1, softmax=0).replace("side=3", "side=4"),
-                 verbose=False)
+        net_from(
+            tmp_path, CFG.format(rescore=1, softmax=0).replace("side=3", "side=4"), verbose=False
+        )
 
 
 @pytest.mark.parametrize("rescore", [1, 0])
@@ -122,11 +129,11 @@ def test_loss_matches_a_naive_loop(tmp_path, rescore):
     net = to_float64(det_net(tmp_path, rescore))
     l = net.layers[0]
     x, truth = scenario(net, np.random.default_rng(0))
-    x[1, S * S * (C + N):].reshape(S * S, N, 4)[8] = [.9, .9, .1, .1]   # no overlap: by RMSE
+    x[1, S * S * (C + N) :].reshape(S * S, N, 4)[8] = [0.9, 0.9, 0.1, 0.1]  # no overlap: by RMSE
     net.forward(x, truth, train=True)
     delta, stats, _ = naive(x, truth, l)
-    np.testing.assert_allclose(l.delta, delta, atol=2e-6)      # IoU runs in float32
-    assert l.cost == pytest.approx(float((delta ** 2).sum()), rel=1e-6)
+    np.testing.assert_allclose(l.delta, delta, atol=2e-6)  # IoU runs in float32
+    assert l.cost == pytest.approx(float((delta**2).sum()), rel=1e-6)
     assert l.stats["count"] == stats["count"] == 4 and stats["by_rmse"] >= 1
     assert l.stats["avg_iou"] == pytest.approx(stats["iou"] / 4, abs=1e-6)
 
@@ -153,5 +160,5 @@ def test_softmax_classes_and_inference_copy(tmp_path):
     net = det_net(tmp_path, softmax=1)
     x = np.random.default_rng(2).normal(size=(2, net.inputs)).astype(np.float32)
     out = net.forward(x)
-    np.testing.assert_allclose(out[:, :S * S * C].reshape(2, S * S, C).sum(axis=2), 1, rtol=1e-6)
-    np.testing.assert_array_equal(out[:, S * S * C:], x[:, S * S * C:])
+    np.testing.assert_allclose(out[:, : S * S * C].reshape(2, S * S, C).sum(axis=2), 1, rtol=1e-6)
+    np.testing.assert_array_equal(out[:, S * S * C :], x[:, S * S * C :])

@@ -1,4 +1,5 @@
 """[l2norm]: unit-length channel vectors at each position (l2norm_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_forward_matches_darknets_loop(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 60)).astype(np.float32)
     out = net.forward(x)
     expected = x.astype(np.float64).reshape(2, 4, 15)
-    for b in range(2):                     # l2normalize_cpu
+    for b in range(2):  # l2normalize_cpu
         for i in range(15):
             expected[b, :, i] /= np.sqrt(np.sum(expected[b, :, i] ** 2))
     np.testing.assert_allclose(out, expected.reshape(2, 60), rtol=1e-6)

@@ -1,4 +1,5 @@
 """[local]: locally connected layer, unshared weights per output location (local_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -16,9 +17,11 @@ def build(tmp_path, text, **kwargs):
 
 
 def cfg(filters=2, size=3, stride=1, pad=1, activation="linear", h=5, w=7, c=3, batch=2):
-    return (f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n"
-            f"[local]\nfilters={filters}\nsize={size}\nstride={stride}\npad={pad}\n"
-            f"activation={activation}\n")
+    return (
+        f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n"
+        f"[local]\nfilters={filters}\nsize={size}\nstride={stride}\npad={pad}\n"
+        f"activation={activation}\n"
+    )
 
 
 def naive_local(l, x):
@@ -41,15 +44,18 @@ def naive_local(l, x):
     return out.reshape(l.batch, -1) + l.biases
 
 
-@pytest.mark.parametrize("size, stride, pad, h, w, out", [
-    (3, 1, 1, 5, 7, (7, 5)),        # darknet: pad -> (h-1)/s+1
-    (3, 2, 1, 5, 7, (4, 3)),
-    (3, 2, 0, 7, 7, (3, 3)),        # no pad -> (h-size)/s+1
-    (3, 1, 0, 5, 7, (5, 3)),
-    (2, 2, 1, 5, 7, (4, 3)),        # even size keeps darknet's size
-    (1, 1, 1, 5, 7, (7, 5)),
-    (5, 3, 1, 7, 7, (3, 3)),
-])
+@pytest.mark.parametrize(
+    "size, stride, pad, h, w, out",
+    [
+        (3, 1, 1, 5, 7, (7, 5)),  # darknet: pad -> (h-1)/s+1
+        (3, 2, 1, 5, 7, (4, 3)),
+        (3, 2, 0, 7, 7, (3, 3)),  # no pad -> (h-size)/s+1
+        (3, 1, 0, 5, 7, (5, 3)),
+        (2, 2, 1, 5, 7, (4, 3)),  # even size keeps darknet's size
+        (1, 1, 1, 5, 7, (7, 5)),
+        (5, 3, 1, 7, 7, (3, 3)),
+    ],
+)
 def test_output_size_is_darknets(tmp_path, size, stride, pad, h, w, out):
     l = build(tmp_path, cfg(filters=4, size=size, stride=stride, pad=pad, h=h, w=w)).layers[0]
     assert (l.out_w, l.out_h, l.out_c) == out + (4,)
@@ -74,8 +80,9 @@ def test_every_location_is_initialised(tmp_path):
     assert not np.allclose(l.weights[0], l.weights[1])
 
 
-@pytest.mark.parametrize("size, stride, pad", [(3, 1, 1), (3, 2, 1), (3, 2, 0), (2, 2, 1),
-                                               (5, 2, 1), (1, 1, 0)])
+@pytest.mark.parametrize(
+    "size, stride, pad", [(3, 1, 1), (3, 2, 1), (3, 2, 0), (2, 2, 1), (5, 2, 1), (1, 1, 0)]
+)
 def test_forward_matches_naive_loop(tmp_path, size, stride, pad):
     net = build(tmp_path, cfg(filters=3, size=size, stride=stride, pad=pad), seed=1)
     l = net.layers[0]
@@ -84,9 +91,15 @@ def test_forward_matches_naive_loop(tmp_path, size, stride, pad):
     np.testing.assert_allclose(net.forward(x), naive_local(l, x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("size, stride, pad, activation", [
-    (3, 1, 1, "tanh"), (3, 2, 1, "leaky"), (2, 2, 1, "linear"), (3, 2, 0, "logistic"),
-])
+@pytest.mark.parametrize(
+    "size, stride, pad, activation",
+    [
+        (3, 1, 1, "tanh"),
+        (3, 2, 1, "leaky"),
+        (2, 2, 1, "linear"),
+        (3, 2, 0, "logistic"),
+    ],
+)
 def test_gradcheck_input_weights_biases(tmp_path, size, stride, pad, activation):
     net = build(tmp_path, cfg(size=size, stride=stride, pad=pad, activation=activation))
     results = gradcheck(net)
@@ -95,8 +108,11 @@ def test_gradcheck_input_weights_biases(tmp_path, size, stride, pad, activation)
 
 
 def test_update_is_darknets_sgd(tmp_path):
-    net = build(tmp_path, cfg(batch=2) .replace("[net]", "[net]\nlearning_rate=0.1\n"
-                                                 "momentum=0.9\ndecay=0.01"), seed=0)
+    net = build(
+        tmp_path,
+        cfg(batch=2).replace("[net]", "[net]\nlearning_rate=0.1\nmomentum=0.9\ndecay=0.01"),
+        seed=0,
+    )
     l = net.layers[0]
     w0, b0 = l.weights.copy(), l.biases.copy()
     l.weight_updates[...] = 1.0
@@ -117,6 +133,7 @@ def test_weights_round_trip(tmp_path):
     minidark.load_weights(other, path)
     np.testing.assert_array_equal(other.layers[0].weights, net.layers[0].weights)
     import os
+
     assert os.path.getsize(path) == 20 + 4 * net.layers[0].params
 
 

@@ -1,4 +1,5 @@
 """[logistic]: sigmoid + binary cross-entropy loss head (logistic_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -34,7 +35,7 @@ def test_forward_delta_and_cost_are_darknets(tmp_path):
     np.testing.assert_allclose(out, p, rtol=1e-6)
     l = net.layers[0]
     np.testing.assert_allclose(l.delta, t - p, rtol=1e-5, atol=1e-7)
-    loss = -t * np.log(p) - (1 - t) * np.log(1 - p)       # logistic_x_ent_cpu
+    loss = -t * np.log(p) - (1 - t) * np.log(1 - p)  # logistic_x_ent_cpu
     np.testing.assert_allclose(l.loss, loss, rtol=1e-5, atol=1e-6)
     assert l.cost == pytest.approx(loss.sum(), rel=1e-5)
     assert net.cost == pytest.approx(loss.sum(), rel=1e-5)
@@ -51,7 +52,7 @@ def test_saturated_sigmoid_gives_finite_loss(tmp_path):
     net = build(tmp_path, "[net]\ninputs=2\n[logistic]\n")
     net.forward(np.array([[40.0, -40.0]], np.float32), truth=np.array([[0.0, 1.0]]))
     l = net.layers[0]
-    np.testing.assert_allclose(l.loss, [[40.0, 40.0]], rtol=1e-6)   # darknet: inf
+    np.testing.assert_allclose(l.loss, [[40.0, 40.0]], rtol=1e-6)  # darknet: inf
     np.testing.assert_array_equal(l.delta, [[-1.0, 1.0]])
 
 

@@ -1,11 +1,12 @@
 """[maxpool]: darknet's output sizes and window offset, forward and indexes vs a
 naive scan (first maximum wins, padded cells are -FLT_MAX), overlapping windows
 in backward, gradient checks."""
+
 import numpy as np
 import pytest
 
 from minidark import ConfigError
-from minidark.cfg.parser import parse_network, read_cfg_text
+from minidark.cfg import parse_network, read_cfg_text
 from minidark.testing import format_results, gradcheck
 
 LOWEST = np.finfo(np.float32).min
@@ -17,8 +18,11 @@ def build(body, h=7, w=7, c=2, batch=2):
 
 
 def pool(size=None, stride=None, padding=None):
-    keys = [f"{k}={v}" for k, v in (("size", size), ("stride", stride), ("padding", padding))
-            if v is not None]
+    keys = [
+        f"{k}={v}"
+        for k, v in (("size", size), ("stride", stride), ("padding", padding))
+        if v is not None
+    ]
     return "[maxpool]\n" + "\n".join(keys) + "\n"
 
 
@@ -45,12 +49,22 @@ def naive_maxpool(x, size, stride, padding):
     return out, idx
 
 
-@pytest.mark.parametrize("h,w,size,stride,padding,out", [
-    (28, 28, 2, 2, None, (14, 14)), (14, 14, 2, 2, None, (7, 7)), (7, 7, 2, 2, None, (4, 4)),
-    (7, 7, 3, 2, None, (4, 4)), (7, 7, 3, 2, 0, (3, 3)), (7, 7, 3, 1, None, (7, 7)),
-    (7, 5, 3, 3, 1, (2, 2)), (6, 6, 5, 1, 0, (2, 2)), (7, 7, None, 2, None, (4, 4)),
-    (7, 7, None, None, None, (7, 7)), (5, 8, 4, 3, 3, (2, 3)),
-])
+@pytest.mark.parametrize(
+    "h,w,size,stride,padding,out",
+    [
+        (28, 28, 2, 2, None, (14, 14)),
+        (14, 14, 2, 2, None, (7, 7)),
+        (7, 7, 2, 2, None, (4, 4)),
+        (7, 7, 3, 2, None, (4, 4)),
+        (7, 7, 3, 2, 0, (3, 3)),
+        (7, 7, 3, 1, None, (7, 7)),
+        (7, 5, 3, 3, 1, (2, 2)),
+        (6, 6, 5, 1, 0, (2, 2)),
+        (7, 7, None, 2, None, (4, 4)),
+        (7, 7, None, None, None, (7, 7)),
+        (5, 8, 4, 3, 3, (2, 3)),
+    ],
+)
 def test_output_size(h, w, size, stride, padding, out):
     l = build(pool(size, stride, padding), h=h, w=w).layers[0]
     assert (l.out_h, l.out_w, l.out_c) == out + (2,)
@@ -64,18 +78,40 @@ def test_defaults():
     assert (l.size, l.stride, l.pad) == (3, 3, 2)
 
 
-@pytest.mark.parametrize("bad", [pool(0, 1), pool(2, 0), pool(9, 1, 0), pool(2, 2, -1),
-                                 pool(2, 1, 5), pool(2, 2, 6), pool(1, 1, 1), pool(129, 1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pool(0, 1),
+        pool(2, 0),
+        pool(9, 1, 0),
+        pool(2, 2, -1),
+        pool(2, 1, 5),
+        pool(2, 2, 6),
+        pool(1, 1, 1),
+        pool(129, 1),
+    ],
+)
 def test_bad_options_raise(bad):
     with pytest.raises(ConfigError):
         build(bad)
 
 
-@pytest.mark.parametrize("h,w,size,stride,padding", [
-    (7, 7, 2, 2, 1), (7, 7, 3, 2, 2), (7, 7, 3, 2, 0), (7, 7, 3, 1, 2), (8, 6, 2, 1, 1),
-    (7, 5, 3, 3, 1), (6, 6, 5, 1, 0), (5, 8, 4, 3, 3), (7, 7, 5, 2, 4), (4, 4, 2, 1, 2),
-    (5, 5, 17, 1, 16),
-])
+@pytest.mark.parametrize(
+    "h,w,size,stride,padding",
+    [
+        (7, 7, 2, 2, 1),
+        (7, 7, 3, 2, 2),
+        (7, 7, 3, 2, 0),
+        (7, 7, 3, 1, 2),
+        (8, 6, 2, 1, 1),
+        (7, 5, 3, 3, 1),
+        (6, 6, 5, 1, 0),
+        (5, 8, 4, 3, 3),
+        (7, 7, 5, 2, 4),
+        (4, 4, 2, 1, 2),
+        (5, 5, 17, 1, 16),
+    ],
+)
 def test_forward_matches_naive(h, w, size, stride, padding):
     net = build(pool(size, stride, padding), h=h, w=w, batch=3)
     l = net.layers[0]
@@ -128,29 +164,40 @@ def test_backward_matches_scatter_of_indexes(size, stride, padding):
     net.input, net.delta = x, dx
     l.backward(l, net)
     ref = np.ones(2 * l.inputs)
-    for i, d in zip(l.indexes.ravel(), l.delta.ravel()):
+    for i, d in zip(l.indexes.ravel(), l.delta.ravel(), strict=True):
         ref[i] += d
     np.testing.assert_allclose(dx.ravel(), ref, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("body", [pool(2, 2), pool(3, 2), pool(3, 1), pool(3, 2, 0),
-                                  pool(4, 3, 3), pool(7, 1, 0)])
+@pytest.mark.parametrize(
+    "body", [pool(2, 2), pool(3, 2), pool(3, 1), pool(3, 2, 0), pool(4, 3, 3), pool(7, 1, 0)]
+)
 def test_gradcheck(body):
     results = gradcheck(build(body), tolerance=1e-6)
     assert [r.array for r in results] == ["input"]
     assert all(r.passed for r in results), format_results(results)
 
 
-@pytest.mark.parametrize("h,w,size,padding,tiled", [
-    (28, 28, 2, 1, True), (14, 14, 2, None, True), (6, 9, 3, 0, True), (6, 6, 3, 1, True),
-    (4, 4, 1, 0, True), (7, 7, 2, 1, False), (6, 6, 2, 2, False), (6, 6, 3, 2, False),
-])
+@pytest.mark.parametrize(
+    "h,w,size,padding,tiled",
+    [
+        (28, 28, 2, 1, True),
+        (14, 14, 2, None, True),
+        (6, 9, 3, 0, True),
+        (6, 6, 3, 1, True),
+        (4, 4, 1, 0, True),
+        (7, 7, 2, 1, False),
+        (6, 6, 2, 2, False),
+        (6, 6, 3, 2, False),
+    ],
+)
 def test_tiled_path_matches_naive(h, w, size, padding, tiled, monkeypatch):
     """Windows that tile the input (size == stride, no offset) take the planes
     scan, chunked (a few images per chunk); same output and indexes as the
     naive scan, ties included (small integers), and the same backward."""
     import minidark.kernels.pool as kernels
-    monkeypatch.setattr(kernels, "CHUNK_BYTES", 4 * 2 * h * w * 2)      # 2 images per chunk
+
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 4 * 2 * h * w * 2)  # 2 images per chunk
     net = build(pool(size, size, padding), h=h, w=w, batch=5)
     l = net.layers[0]
     assert l.tiled == tiled and (l.chunk == 2 or not tiled)
@@ -177,8 +224,8 @@ def test_tiled_path_falls_back_on_nan_and_empty_windows(special):
     l = net.layers[0]
     assert l.tiled
     x = np.arange(32, dtype=np.float32).reshape(2, 1, 4, 4)
-    x[0, 0, 0, 0] = special                     # a window with a special cell and others
-    x[1, 0, 2:, 2:] = special                   # a window made only of it
+    x[0, 0, 0, 0] = special  # a window with a special cell and others
+    x[1, 0, 2:, 2:] = special  # a window made only of it
     x[1, 0, 0, 1] = special
     out = net.forward(x, train=True)
     ref, idx = naive_maxpool(x, 2, 2, 1)

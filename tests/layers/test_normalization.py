@@ -1,4 +1,5 @@
 """[normalization] / [lrn]: local response normalization (normalization_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -16,19 +17,21 @@ def build(tmp_path, text, **kwargs):
 
 
 def cfg(size=5, alpha=0.0001, beta=0.75, kappa=1.0, h=3, w=5, c=7, batch=2, name="lrn"):
-    return (f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n"
-            f"[{name}]\nsize={size}\nalpha={alpha}\nbeta={beta}\nkappa={kappa}\n")
+    return (
+        f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n"
+        f"[{name}]\nsize={size}\nalpha={alpha}\nbeta={beta}\nkappa={kappa}\n"
+    )
 
 
 def darknet_norms(x, size, alpha, kappa):
     """darknet's running-sum loop (forward_normalization_layer), in float64."""
-    batch, c, s = x.shape
+    batch, c, _ = x.shape
     squared = x.astype(np.float64) ** 2
     norms = np.empty_like(squared)
     for b in range(batch):
         norms[b, 0] = kappa
         for k in range(size // 2):
-            if k < c:                       # darknet reads past the channels here
+            if k < c:  # darknet reads past the channels here
                 norms[b, 0] += alpha * squared[b, k]
         for k in range(1, c):
             norms[b, k] = norms[b, k - 1]
@@ -56,7 +59,7 @@ def test_forward_matches_darknets_running_sum(tmp_path, size, c):
     norms = darknet_norms(x, size, alpha, kappa)
     out = net.forward(x.reshape(2, -1)).reshape(2, c, 15)
     np.testing.assert_allclose(net.layers[0].norms.reshape(2, c, 15), norms, rtol=1e-5)
-    np.testing.assert_allclose(out, x * norms ** -beta, rtol=1e-5)
+    np.testing.assert_allclose(out, x * norms**-beta, rtol=1e-5)
 
 
 def test_darknets_window_misses_channel_size_over_2(tmp_path):
@@ -66,12 +69,14 @@ def test_darknets_window_misses_channel_size_over_2(tmp_path):
     x = np.arange(1, 9, dtype=np.float32)
     net.forward(x[None])
     sq = x.astype(np.float64) ** 2
-    textbook = np.array([sq[max(k - 2, 0):k + 3].sum() for k in range(8)])
+    textbook = np.array([sq[max(k - 2, 0) : k + 3].sum() for k in range(8)])
     np.testing.assert_allclose(net.layers[0].norms[0], textbook - sq[2], rtol=1e-6)
 
 
-@pytest.mark.parametrize("size, c, beta", [(5, 7, 0.75), (5, 12, 0.75), (4, 9, 0.5),
-                                           (3, 4, 1.5), (5, 2, 0.75), (7, 3, 0.75)])
+@pytest.mark.parametrize(
+    "size, c, beta",
+    [(5, 7, 0.75), (5, 12, 0.75), (4, 9, 0.5), (3, 4, 1.5), (5, 2, 0.75), (7, 3, 0.75)],
+)
 def test_exact_gradient(tmp_path, size, c, beta):
     # large alpha so the normalisation term matters (darknet's approximation fails here)
     net = build(tmp_path, cfg(size, alpha=0.3, beta=beta, kappa=2.0, c=c))
@@ -83,8 +88,9 @@ def test_darknets_approximate_backward_would_fail_the_check(tmp_path):
     net = build(tmp_path, cfg(5, alpha=0.3, kappa=2.0, c=7))
     from minidark.layers import normalization
 
-    def approximate(l, n):      # darknet: net.delta = delta * norm^-beta
+    def approximate(l, n):  # darknet: net.delta = delta * norm^-beta
         n.delta.reshape(l.delta.shape)[...] = l.delta * np.power(l.norms, -l.beta)
+
     net.layers[0].backward = approximate
     results = gradcheck(net)
     assert not all(r.passed for r in results)

@@ -7,6 +7,7 @@ With ``rescore=0`` the region delta after backward is the exact negative
 gradient of ``sum s/2 (t - sigma(x))^2`` (x, y, obj), ``s/2 (t - tw)^2`` (w,
 h) and ``class_scale * cross-entropy`` of the softmax (one-hot truth).
 """
+
 import math
 
 import numpy as np
@@ -44,9 +45,14 @@ max=4
 """
 
 
-def region_net(tmp_path, softmax=1, rescore=1, bias_match=1, thresh=.6):
-    return net_from(tmp_path, CFG.format(anchors=ANCHORS, softmax=softmax, rescore=rescore,
-                                         bias_match=bias_match, thresh=thresh), verbose=False)
+def region_net(tmp_path, softmax=1, rescore=1, bias_match=1, thresh=0.6):
+    return net_from(
+        tmp_path,
+        CFG.format(
+            anchors=ANCHORS, softmax=softmax, rescore=rescore, bias_match=bias_match, thresh=thresh
+        ),
+        verbose=False,
+    )
 
 
 def sigmoid(x):
@@ -56,6 +62,7 @@ def sigmoid(x):
 def iou(a, b):
     def overlap(x1, w1, x2, w2):
         return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
+
     w, h = overlap(a[0], a[2], b[0], b[2]), overlap(a[1], a[3], b[1], b[3])
     inter = 0 if w < 0 or h < 0 else w * h
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
@@ -75,15 +82,18 @@ def naive_region(x, truth, l, seen):
     else:
         out[:, :, 5:] = sigmoid(raw[:, :, 5:])
     delta = np.zeros_like(out)
-    scale = np.zeros_like(out)               # s of each trained entry
+    scale = np.zeros_like(out)  # s of each trained entry
     anchors = l.biases.reshape(-1, 2).astype(np.float64)
     boxes = truth.reshape(B, -1, 5)
     loss = 0.0
 
     def pred(b, a, j, i):
-        return ((i + out[b, a, 0, j, i]) / W, (j + out[b, a, 1, j, i]) / H,
-                math.exp(out[b, a, 2, j, i]) * anchors[a, 0] / W,
-                math.exp(out[b, a, 3, j, i]) * anchors[a, 1] / H)
+        return (
+            (i + out[b, a, 0, j, i]) / W,
+            (j + out[b, a, 1, j, i]) / H,
+            math.exp(out[b, a, 2, j, i]) * anchors[a, 0] / W,
+            math.exp(out[b, a, 3, j, i]) * anchors[a, 1] / H,
+        )
 
     def truths(b):
         for t in range(boxes.shape[1]):
@@ -92,8 +102,12 @@ def naive_region(x, truth, l, seen):
             yield boxes[b, t]
 
     def box_delta(b, a, j, i, box, s):
-        targets = (box[0] * W - i, box[1] * H - j, math.log(box[2] * W / anchors[a, 0]),
-                   math.log(box[3] * H / anchors[a, 1]))
+        targets = (
+            box[0] * W - i,
+            box[1] * H - j,
+            math.log(box[2] * W / anchors[a, 0]),
+            math.log(box[3] * H / anchors[a, 1]),
+        )
         for k in range(4):
             delta[b, a, k, j, i] = s * (targets[k] - out[b, a, k, j, i])
             scale[b, a, k, j, i] = s
@@ -109,8 +123,14 @@ def naive_region(x, truth, l, seen):
                     if best > l.thresh:
                         delta[b, a, 4, j, i] = scale[b, a, 4, j, i] = 0
                     if seen < 12800:
-                        box_delta(b, a, j, i, ((i + .5) / W, (j + .5) / H, anchors[a, 0] / W,
-                                               anchors[a, 1] / H), .01)
+                        box_delta(
+                            b,
+                            a,
+                            j,
+                            i,
+                            ((i + 0.5) / W, (j + 0.5) / H, anchors[a, 0] / W, anchors[a, 1] / H),
+                            0.01,
+                        )
         for box in truths(b):
             i, j = int(box[0] * W), int(box[1] * H)
             fits = []
@@ -122,7 +142,7 @@ def naive_region(x, truth, l, seen):
             v = iou(pred(b, a, j, i), box)
             box_delta(b, a, j, i, box, l.coord_scale * (2 - box[2] * box[3]))
             stats["iou"] += v
-            stats["recall"] += v > .5
+            stats["recall"] += v > 0.5
             stats["obj"] += out[b, a, 4, j, i]
             delta[b, a, 4, j, i] = l.object_scale * ((v if l.rescore else 1) - out[b, a, 4, j, i])
             scale[b, a, 4, j, i] = l.object_scale
@@ -140,9 +160,10 @@ def naive_region(x, truth, l, seen):
     sq = [0, 1, 2, 3, 4]
     loss = float((scale[:, :, sq] / 2 * (target[:, :, sq] - out[:, :, sq]) ** 2).sum())
     cls = trained[:, :, 5]
-    loss += float(-(scale[:, :, 5:] * target[:, :, 5:] * np.log(out[:, :, 5:])).sum(axis=2)[cls]
-                  .sum())
-    return delta.reshape(B, -1), float((delta ** 2).sum()), stats, loss
+    loss += float(
+        -(scale[:, :, 5:] * target[:, :, 5:] * np.log(out[:, :, 5:])).sum(axis=2)[cls].sum()
+    )
+    return delta.reshape(B, -1), float((delta**2).sum()), stats, loss
 
 
 def scenario(net, rng):
@@ -151,16 +172,22 @@ def scenario(net, rng):
     net.forward(x, train=False)
     out = l.output.reshape(net.batch, l.n, 7, l.h, l.w)
     anchors = l.biases.reshape(-1, 2)
-    a, j, i = 1, 2, 3          # a truth on a prediction: IoU above thresh
-    planted = [(i + out[0, a, 0, j, i]) / l.w, (j + out[0, a, 1, j, i]) / l.h,
-               1.03 * math.exp(out[0, a, 2, j, i]) * anchors[a, 0] / l.w,
-               math.exp(out[0, a, 3, j, i]) * anchors[a, 1] / l.h, 1]
-    rows = [[planted, [.15, .2, .2, .25, 0]],
-            [[.5, .5, .8, .9, 1], [.55, .52, .75, .8, 0], [.9, .1, .1, .1, 1]]]
+    a, j, i = 1, 2, 3  # a truth on a prediction: IoU above thresh
+    planted = [
+        (i + out[0, a, 0, j, i]) / l.w,
+        (j + out[0, a, 1, j, i]) / l.h,
+        1.03 * math.exp(out[0, a, 2, j, i]) * anchors[a, 0] / l.w,
+        math.exp(out[0, a, 3, j, i]) * anchors[a, 1] / l.h,
+        1,
+    ]
+    rows = [
+        [planted, [0.15, 0.2, 0.2, 0.25, 0]],
+        [[0.5, 0.5, 0.8, 0.9, 1], [0.55, 0.52, 0.75, 0.8, 0], [0.9, 0.1, 0.1, 0.1, 1]],
+    ]
     truth = np.zeros((net.batch, 4 * 5))
     for b, boxes in enumerate(rows):
         for t, box in enumerate(boxes):
-            truth[b, 5 * t:5 * t + 5] = box
+            truth[b, 5 * t : 5 * t + 5] = box
     return x, truth
 
 
@@ -168,19 +195,28 @@ def test_keys_fields_and_errors(tmp_path, recwarn):
     net = region_net(tmp_path)
     l = net.layers[0]
     assert (l.n, l.classes, l.coords, l.max_boxes, l.truths, net.truths) == (3, 2, 4, 4, 20, 20)
-    assert (l.object_scale, l.class_scale, l.coord_scale, l.thresh) == (5, 1.5, 1.2, .6)
+    assert (l.object_scale, l.class_scale, l.coord_scale, l.thresh) == (5, 1.5, 1.2, 0.6)
     assert (l.softmax, l.rescore, l.bias_match, l.absolute, l.random) == (True, True, True, 1, 1)
     assert not [w for w in recwarn if "nused" in str(w.message)]
     with pytest.raises(ConfigError, match="anchors"):
-        net_from(tmp_path, CFG.format(anchors="1,2,3", softmax=1, rescore=1, bias_match=1,
-                                      thresh=.6), verbose=False)
+        net_from(
+            tmp_path,
+            CFG.format(anchors="1,2,3", softmax=1, rescore=1, bias_match=1, thresh=0.6),
+            verbose=False,
+        )
     with pytest.raises(ConfigError, match="classes"):
-        net_from(tmp_path, CFG.format(anchors=ANCHORS, softmax=1, rescore=1, bias_match=1,
-                                      thresh=.6).replace("classes=2", "classes=3"), verbose=False)
+        net_from(
+            tmp_path,
+            CFG.format(anchors=ANCHORS, softmax=1, rescore=1, bias_match=1, thresh=0.6).replace(
+                "classes=2", "classes=3"
+            ),
+            verbose=False,
+        )
 
 
-@pytest.mark.parametrize("softmax,rescore,bias_match,seen", [(1, 1, 1, 0), (0, 0, 0, 12800),
-                                                              (1, 0, 1, 100)])
+@pytest.mark.parametrize(
+    "softmax,rescore,bias_match,seen", [(1, 1, 1, 0), (0, 0, 0, 12800), (1, 0, 1, 100)]
+)
 def test_loss_matches_a_naive_loop(tmp_path, softmax, rescore, bias_match, seen):
     net = to_float64(region_net(tmp_path, softmax, rescore, bias_match))
     l = net.layers[0]
@@ -188,14 +224,14 @@ def test_loss_matches_a_naive_loop(tmp_path, softmax, rescore, bias_match, seen)
     net.seen = seen
     net.forward(x, truth, train=True)
     delta, cost, stats, _ = naive_region(x, truth, l, seen)
-    np.testing.assert_allclose(l.delta, delta, atol=2e-6)   # IoU (rescore target) is float32
+    np.testing.assert_allclose(l.delta, delta, atol=2e-6)  # IoU (rescore target) is float32
     assert l.cost == pytest.approx(cost, rel=1e-6)
     assert l.stats["count"] == stats["count"] == 5
     assert l.stats["avg_iou"] == pytest.approx(stats["iou"] / 5, rel=1e-6)
     assert l.stats["avg_recall_iou_gt_0.5"] == pytest.approx(stats["recall"] / 5)
     assert l.stats["avg_obj_pos"] == pytest.approx(stats["obj"] / 5)
     d = l.delta.reshape(2, 3, 7, 5, 5)
-    assert d[0, 1, 4, 2, 3] != 0 and (d[0, :, 4] == 0).any()     # planted: above thresh
+    assert d[0, 1, 4, 2, 3] != 0 and (d[0, :, 4] == 0).any()  # planted: above thresh
 
 
 def test_gradcheck_gpu_path_backward(tmp_path):
@@ -209,13 +245,14 @@ def test_gradcheck_gpu_path_backward(tmp_path):
     l.backward(l, net)
     eps, rng = 1e-6, np.random.default_rng(5)
     picks = list(rng.choice(x.size, 80, replace=False))
-    picks += list(np.flatnonzero(np.abs(l.delta.reshape(-1)) > .05)[:40])
+    picks += list(np.flatnonzero(np.abs(l.delta.reshape(-1)) > 0.05)[:40])
     for k in picks:
         plus, minus = x.copy(), x.copy()
         plus.reshape(-1)[k] += eps
         minus.reshape(-1)[k] -= eps
-        numeric = -(naive_region(plus, truth, l, 0)[3] - naive_region(minus, truth, l, 0)[3]) \
-            / (2 * eps)
+        numeric = -(naive_region(plus, truth, l, 0)[3] - naive_region(minus, truth, l, 0)[3]) / (
+            2 * eps
+        )
         assert numeric == pytest.approx(grad.reshape(-1)[k], abs=1e-6), k
 
 
@@ -238,16 +275,17 @@ def test_backward_scales_delta_by_the_logistic_derivative_and_adds(tmp_path):
 def test_tree_softmax_per_group(tmp_path):
     tree = tmp_path / "t.tree"
     tree.write_text("animal -1\nthing -1\ncat 0\ndog 0\nbird 0\n")
-    text = CFG.format(anchors=ANCHORS, softmax=1, rescore=1, bias_match=1, thresh=.6)
-    text = text.replace("classes=2", "classes=5\ntree=" + str(tree)).replace("channels=21",
-                                                                             "channels=30")
+    text = CFG.format(anchors=ANCHORS, softmax=1, rescore=1, bias_match=1, thresh=0.6)
+    text = text.replace("classes=2", "classes=5\ntree=" + str(tree)).replace(
+        "channels=21", "channels=30"
+    )
     net = net_from(tmp_path, text, verbose=False)
     x = np.random.default_rng(0).normal(size=(2, net.inputs)).astype(np.float32)
     out = net.forward(x).reshape(2, 3, 10, 5, 5)
     np.testing.assert_allclose(out[:, :, 5:7].sum(axis=2), 1, rtol=1e-5)
     np.testing.assert_allclose(out[:, :, 7:10].sum(axis=2), 1, rtol=1e-5)
     truth = np.zeros((2, 20), np.float32)
-    truth[0, :5] = [.3, .3, .2, .2, 3]            # dog: trains dog vs cat/bird and animal vs thing
+    truth[0, :5] = [0.3, 0.3, 0.2, 0.2, 3]  # dog: trains dog vs cat/bird and animal vs thing
     net.forward(x, truth, train=True)
     l = net.layers[0]
     assert l.stats["count"] == 1 and np.isfinite(l.cost)
@@ -259,14 +297,15 @@ def test_tree_class_only_label_trains_its_class_at_the_most_confident_slot(tmp_p
     highest obj * P(class), no box and no anchor prior."""
     tree = tmp_path / "t.tree"
     tree.write_text("animal -1\nthing -1\ncat 0\ndog 0\nbird 0\n")
-    text = CFG.format(anchors=ANCHORS, softmax=1, rescore=1, bias_match=1, thresh=.6)
-    text = text.replace("classes=2", "classes=5\ntree=" + str(tree)).replace("channels=21",
-                                                                             "channels=30")
+    text = CFG.format(anchors=ANCHORS, softmax=1, rescore=1, bias_match=1, thresh=0.6)
+    text = text.replace("classes=2", "classes=5\ntree=" + str(tree)).replace(
+        "channels=21", "channels=30"
+    )
     net = net_from(tmp_path, text, verbose=False)
     x = np.random.default_rng(0).normal(size=(2, net.inputs)).astype(np.float32)
     truth = np.zeros((2, 20), np.float32)
-    truth[0, :5] = [999999, 999999, 999999, 999999, 4]        # bird, no box
-    truth[1, :5] = [.3, .3, .2, .2, 3]
+    truth[0, :5] = [999999, 999999, 999999, 999999, 4]  # bird, no box
+    truth[1, :5] = [0.3, 0.3, 0.2, 0.2, 3]
     net.forward(x, truth, train=True)
     l = net.layers[0]
     out, d = l.output.reshape(2, 3, 10, 5, 5), l.delta.reshape(2, 3, 10, 5, 5)

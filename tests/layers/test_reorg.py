@@ -1,4 +1,5 @@
 """[reorg]: darknet's reorg_cpu shuffle, flatten and extra (reorg_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -53,15 +54,18 @@ def flatten(x, size, layers, batch, forward):
     return swap
 
 
-@pytest.mark.parametrize("options, h, w, c, out", [
-    ("stride=2", 4, 6, 8, (3, 2, 32)),
-    ("stride=2", 26, 26, 64, (13, 13, 256)),          # YOLOv2's passthrough
-    ("stride=3", 6, 9, 9, (3, 2, 81)),
-    ("stride=2\nreverse=1", 4, 6, 8, (12, 8, 2)),
-    ("stride=1", 3, 5, 2, (5, 3, 2)),
-    ("flatten=1", 3, 5, 2, (5, 3, 2)),
-    ("extra=7", 3, 5, 2, (0, 0, 0)),                  # darknet's sizes with extra
-])
+@pytest.mark.parametrize(
+    "options, h, w, c, out",
+    [
+        ("stride=2", 4, 6, 8, (3, 2, 32)),
+        ("stride=2", 26, 26, 64, (13, 13, 256)),  # YOLOv2's passthrough
+        ("stride=3", 6, 9, 9, (3, 2, 81)),
+        ("stride=2\nreverse=1", 4, 6, 8, (12, 8, 2)),
+        ("stride=1", 3, 5, 2, (5, 3, 2)),
+        ("flatten=1", 3, 5, 2, (5, 3, 2)),
+        ("extra=7", 3, 5, 2, (0, 0, 0)),  # darknet's sizes with extra
+    ],
+)
 def test_output_size(tmp_path, options, h, w, c, out):
     l = build(tmp_path, cfg(options, h, w, c, batch=1)).layers[0]
     assert (l.out_w, l.out_h, l.out_c) == out
@@ -74,10 +78,16 @@ def test_defaults(tmp_path):
     assert (l.stride, l.reverse, l.flatten, l.extra) == (1, False, False, 0)
 
 
-@pytest.mark.parametrize("stride, reverse, h, w, c", [
-    (2, False, 4, 6, 8), (3, False, 6, 3, 18), (2, True, 3, 5, 8), (3, True, 2, 2, 18),
-    (2, False, 2, 2, 4),
-])
+@pytest.mark.parametrize(
+    "stride, reverse, h, w, c",
+    [
+        (2, False, 4, 6, 8),
+        (3, False, 6, 3, 18),
+        (2, True, 3, 5, 8),
+        (3, True, 2, 2, 18),
+        (2, False, 2, 2, 4),
+    ],
+)
 def test_forward_is_darknets_permutation(tmp_path, stride, reverse, h, w, c):
     net = build(tmp_path, cfg(f"stride={stride}\nreverse={int(reverse)}", h, w, c))
     x = np.arange(2 * h * w * c, dtype=np.float32)
@@ -86,7 +96,7 @@ def test_forward_is_darknets_permutation(tmp_path, stride, reverse, h, w, c):
     reorg_cpu(x, w, h, c, 2, stride, reverse, expected)
     out = net.forward(x.reshape(2, -1)).reshape(-1)
     np.testing.assert_array_equal(out, expected)
-    assert sorted(out) == sorted(x)                   # a permutation
+    assert sorted(out) == sorted(x)  # a permutation
 
 
 def test_reverse_is_depth_to_space_on_real_shapes(tmp_path):
@@ -94,7 +104,7 @@ def test_reverse_is_depth_to_space_on_real_shapes(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 4, 2, 3)).astype(np.float32)
     out = net.forward(x).reshape(1, 4, 6)
     for o in range(4):
-        np.testing.assert_array_equal(out[0, o // 2::2, o % 2::2], x[0, o])
+        np.testing.assert_array_equal(out[0, o // 2 :: 2, o % 2 :: 2], x[0, o])
 
 
 @pytest.mark.parametrize("reverse", [0, 1])
@@ -112,9 +122,18 @@ def test_extra_copies_and_pads(tmp_path):
     np.testing.assert_array_equal(out, [[1, 2, 3, 4, 0, 0, 0], [5, 6, 7, 8, 0, 0, 0]])
 
 
-@pytest.mark.parametrize("options", ["stride=2", "stride=3", "stride=2\nreverse=1",
-                                     "flatten=1", "flatten=1\nreverse=1", "extra=5",
-                                     "stride=2\nreverse=1\nextra=2"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        "stride=2",
+        "stride=3",
+        "stride=2\nreverse=1",
+        "flatten=1",
+        "flatten=1\nreverse=1",
+        "extra=5",
+        "stride=2\nreverse=1\nextra=2",
+    ],
+)
 def test_gradcheck_inverse_permutation(tmp_path, options):
     net = build(tmp_path, cfg(options, h=6, w=6, c=36))
     results = gradcheck(net)
@@ -136,10 +155,15 @@ def test_backward_is_darknets_inverse_and_accumulates(tmp_path, stride, reverse)
     np.testing.assert_array_equal(target[0], 1 + expected)
 
 
-@pytest.mark.parametrize("options, h, w, c", [
-    ("stride=2", 5, 6, 8), ("stride=2", 4, 6, 6), ("stride=2\nreverse=1", 3, 3, 6),
-    ("stride=0", 4, 4, 4),
-])
+@pytest.mark.parametrize(
+    "options, h, w, c",
+    [
+        ("stride=2", 5, 6, 8),
+        ("stride=2", 4, 6, 6),
+        ("stride=2\nreverse=1", 3, 3, 6),
+        ("stride=0", 4, 4, 4),
+    ],
+)
 def test_sizes_that_cannot_be_shuffled_are_config_errors(tmp_path, options, h, w, c):
     with pytest.raises(ConfigError) as error:
         build(tmp_path, cfg(options, h, w, c))

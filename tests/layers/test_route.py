@@ -1,4 +1,5 @@
 """[route]: channel concatenation of earlier layers (route_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -51,11 +52,11 @@ def test_forward_matches_naive_concatenation_per_batch_row(tmp_path):
     x = np.random.default_rng(1).normal(size=(2, 3, 7, 5)).astype(np.float32)
     net.forward(x)
     expected = np.empty((2, 315), np.float32)
-    for b in range(2):                              # darknet's copy loop
+    for b in range(2):  # darknet's copy loop
         offset = 0
         for index in (0, 1, 2):
             size = net.layers[index].outputs
-            expected[b, offset:offset + size] = net.layers[index].output[b]
+            expected[b, offset : offset + size] = net.layers[index].output[b]
             offset += size
     np.testing.assert_array_equal(net.layers[3].output, expected)
     image = net.layers[3].output.reshape(2, 9, 7, 5)
@@ -67,28 +68,35 @@ def test_backward_adds_each_slice_into_its_source_delta(tmp_path):
     net = build(tmp_path, NET)
     route = net.layers[3]
     for index in (0, 1, 2):
-        net.layers[index].delta[...] = 1.0            # earlier contributions stay
+        net.layers[index].delta[...] = 1.0  # earlier contributions stay
     route.delta[...] = np.arange(route.delta.size, dtype=np.float32).reshape(route.delta.shape)
     net.input, net.delta = net.layers[2].output, net.layers[2].delta
     route.backward(route, net)
     offset = 0
     for index in (0, 1, 2):
         size = net.layers[index].outputs
-        np.testing.assert_array_equal(net.layers[index].delta,
-                                      1.0 + route.delta[:, offset:offset + size])
+        np.testing.assert_array_equal(
+            net.layers[index].delta, 1.0 + route.delta[:, offset : offset + size]
+        )
         offset += size
 
 
 def test_gradcheck_sources_in_float64(tmp_path):
     net = build(tmp_path, NET)
     results = gradcheck(net, layer=3)
-    assert [r.array for r in results] == ["input", "layer 0 output", "layer 1 output",
-                                          "layer 2 output"]
+    assert [r.array for r in results] == [
+        "input",
+        "layer 0 output",
+        "layer 1 output",
+        "layer 2 output",
+    ]
     assert all(r.passed for r in results), format_results(results)
 
 
 def test_flat_sources_concatenate(tmp_path):
-    net = build(tmp_path, """
+    net = build(
+        tmp_path,
+        """
         [net]
         inputs=6
         [connected]
@@ -97,20 +105,26 @@ def test_flat_sources_concatenate(tmp_path):
         output=3
         [route]
         layers=-2,-1
-        """)
+        """,
+    )
     route = net.layers[2]
     assert (route.out_w, route.out_h, route.out_c, route.outputs) == (1, 1, 7, 7)
 
 
-@pytest.mark.parametrize("layers, message", [
-    ("-1,-2", "spatial sizes differ"),
-    ("-5", "earlier layers"),
-    ("2", "earlier layers"),
-    ("0,x", "integers"),
-])
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ("-1,-2", "spatial sizes differ"),
+        ("-5", "earlier layers"),
+        ("2", "earlier layers"),
+        ("0,x", "integers"),
+    ],
+)
 def test_bad_sources_are_config_errors_naming_the_key(tmp_path, layers, message):
     with pytest.raises(ConfigError, match=message) as error:
-        build(tmp_path, f"""
+        build(
+            tmp_path,
+            f"""
             [net]
             height=6
             width=6
@@ -120,17 +134,21 @@ def test_bad_sources_are_config_errors_naming_the_key(tmp_path, layers, message)
             stride=-2
             [route]
             layers={layers}
-            """)
+            """,
+        )
     assert error.value.key == "layers"
 
 
 def test_missing_layers_key_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="required key 'layers'"):
-        build(tmp_path, """
+        build(
+            tmp_path,
+            """
             [net]
             height=2
             width=2
             channels=1
             [activation]
             [route]
-            """)
+            """,
+        )

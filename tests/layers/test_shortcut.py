@@ -1,4 +1,5 @@
 """[shortcut]: residual addition with darknet's differing-shape rule (shortcut_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -33,17 +34,23 @@ SHAPES = {
     "same": ("[activation]\nactivation=leaky\n", -2, (5, 7, 3), (5, 7, 3)),
     "source larger": ("[upsample]\nstride=-2\n", -2, (5, 7, 3), (2, 3, 3)),
     "source smaller": ("[upsample]\nstride=2\n", -2, (5, 7, 3), (10, 14, 3)),
-    "odd ratio 5x7 -> 3x4": ("[crop]\ncrop_height=4\ncrop_width=3\nnoadjust=1\n", -2, (5, 7, 3),
-                             (3, 4, 3)),
+    "odd ratio 5x7 -> 3x4": (
+        "[crop]\ncrop_height=4\ncrop_width=3\nnoadjust=1\n",
+        -2,
+        (5, 7, 3),
+        (3, 4, 3),
+    ),
     "more channels": ("[route]\nlayers=-1,-1\n", -2, (5, 7, 3), (5, 7, 6)),
     "fewer channels": ("[route]\nlayers=-1,-1\n[route]\nlayers=-2\n", -2, (5, 7, 6), (5, 7, 3)),
 }
 
 
 def cfg(middle, source, alpha=0.5, beta=2.0, activation="linear", h=7, w=5):
-    return (f"[net]\nbatch=2\nheight={h}\nwidth={w}\nchannels=3\n\n"
-            f"[activation]\nactivation=tanh\n\n{middle}\n"
-            f"[shortcut]\nfrom={source}\nalpha={alpha}\nbeta={beta}\nactivation={activation}\n")
+    return (
+        f"[net]\nbatch=2\nheight={h}\nwidth={w}\nchannels=3\n\n"
+        f"[activation]\nactivation=tanh\n\n{middle}\n"
+        f"[shortcut]\nfrom={source}\nalpha={alpha}\nbeta={beta}\nactivation={activation}\n"
+    )
 
 
 @pytest.mark.parametrize("case", SHAPES)
@@ -51,7 +58,7 @@ def test_output_shape_is_the_previous_layers(tmp_path, case):
     middle, source, from_shape, out_shape = SHAPES[case]
     net = build(tmp_path, cfg(middle, source))
     l = net.layers[-1]
-    assert (l.w, l.h, l.c) == from_shape            # darknet prints the source's size
+    assert (l.w, l.h, l.c) == from_shape  # darknet prints the source's size
     assert (l.out_w, l.out_h, l.out_c) == out_shape
     assert l.outputs == l.inputs == np.prod(out_shape)
     assert l.input_layers == (len(net.layers) + source - 1,)
@@ -65,13 +72,26 @@ def test_forward_matches_darknets_loop(tmp_path, case):
     net.forward(x)
     l, previous = net.layers[-1], net.layers[-2]
     expected = previous.output.copy()
-    naive_shortcut(2, l.w, l.h, l.c, net.layers[l.input_layers[0]].output,
-                   l.out_w, l.out_h, l.out_c, 0.5, 2.0, expected)
+    naive_shortcut(
+        2,
+        l.w,
+        l.h,
+        l.c,
+        net.layers[l.input_layers[0]].output,
+        l.out_w,
+        l.out_h,
+        l.out_c,
+        0.5,
+        2.0,
+        expected,
+    )
     np.testing.assert_allclose(l.output, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_activation_and_default_alpha_beta(tmp_path):
-    net = build(tmp_path, """
+    net = build(
+        tmp_path,
+        """
         [net]
         height=3
         width=3
@@ -83,7 +103,8 @@ def test_activation_and_default_alpha_beta(tmp_path):
         [shortcut]
         from=0
         activation=relu
-        """)
+        """,
+    )
     l = net.layers[2]
     assert (l.alpha, l.beta, l.index_from) == (1.0, 1.0, 0)
     x = np.linspace(-1, 1, 18, dtype=np.float32)[None]

@@ -1,4 +1,5 @@
 """[upsample]: nearest-neighbour upsampling and reverse sum-pooling (upsample_layer.c)."""
+
 import textwrap
 
 import numpy as np
@@ -16,8 +17,10 @@ def build(tmp_path, text, **kwargs):
 
 
 def cfg(stride, scale=1.0, h=5, w=7, c=3, batch=2):
-    return (f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n"
-            f"[upsample]\nstride={stride}\nscale={scale}\n")
+    return (
+        f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n"
+        f"[upsample]\nstride={stride}\nscale={scale}\n"
+    )
 
 
 def naive_upsample(x, w, h, c, batch, stride, forward, scale, out):
@@ -27,18 +30,29 @@ def naive_upsample(x, w, h, c, batch, stride, forward, scale, out):
             for j in range(h * stride):
                 for i in range(w * stride):
                     in_index = b * w * h * c + k * w * h + (j // stride) * w + i // stride
-                    out_index = (b * w * h * c * stride * stride + k * w * h * stride * stride
-                                 + j * w * stride + i)
+                    out_index = (
+                        b * w * h * c * stride * stride
+                        + k * w * h * stride * stride
+                        + j * w * stride
+                        + i
+                    )
                     if forward:
                         out[out_index] = scale * x[in_index]
                     else:
                         x[in_index] += scale * out[out_index]
 
 
-@pytest.mark.parametrize("stride, h, w, out", [
-    (2, 5, 7, (14, 10)), (3, 5, 7, (21, 15)), (1, 5, 7, (7, 5)),
-    (-2, 5, 7, (3, 2)), (-3, 5, 7, (2, 1)), (-2, 8, 6, (3, 4)),
-])
+@pytest.mark.parametrize(
+    "stride, h, w, out",
+    [
+        (2, 5, 7, (14, 10)),
+        (3, 5, 7, (21, 15)),
+        (1, 5, 7, (7, 5)),
+        (-2, 5, 7, (3, 2)),
+        (-3, 5, 7, (2, 1)),
+        (-2, 8, 6, (3, 4)),
+    ],
+)
 def test_output_size(tmp_path, stride, h, w, out):
     l = build(tmp_path, cfg(stride, h=h, w=w)).layers[0]
     assert (l.out_w, l.out_h, l.out_c) == out + (3,)

@@ -9,6 +9,7 @@ written from darknet's semantics, and what the delta is the gradient of.
   sx)^2`` with respect to the *logistic output*, passed back as if it were the
   logit gradient (no logistic derivative): darknet's design, stated below.
 """
+
 import math
 
 import numpy as np
@@ -19,7 +20,7 @@ from minidark.testing import to_float64
 
 from conftest import net_from
 
-NET = 96   # the network input size the anchors (pixels) refer to; the grid is 4x4
+NET = 96  # the network input size the anchors (pixels) refer to; the grid is 4x4
 ANCHORS = "10,14, 23,27, 37,58, 81,82, 135,169, 344,319"
 CFG = """[net]
 batch={batch}
@@ -40,13 +41,18 @@ max=6
 """
 
 
-def yolo_net(tmp_path, batch=2, mask="0,1,2", ignore=.5, truth_thresh=1, grid=4):
+def yolo_net(tmp_path, batch=2, mask="0,1,2", ignore=0.5, truth_thresh=1, grid=4):
     channels = len(mask.split(",")) * 8
-    text = CFG.format(batch=batch, channels=channels, mask=mask, anchors=ANCHORS, ignore=ignore,
-                      truth_thresh=truth_thresh).replace("width=32\nheight=32",
-                                                         f"width={grid}\nheight={grid}")
+    text = CFG.format(
+        batch=batch,
+        channels=channels,
+        mask=mask,
+        anchors=ANCHORS,
+        ignore=ignore,
+        truth_thresh=truth_thresh,
+    ).replace("width=32\nheight=32", f"width={grid}\nheight={grid}")
     net = net_from(tmp_path, text, verbose=False)
-    net.w = net.h = NET          # the input size the anchors refer to (grid != input here)
+    net.w = net.h = NET  # the input size the anchors refer to (grid != input here)
     return net
 
 
@@ -57,6 +63,7 @@ def sigmoid(x):
 def iou(a, b):
     def overlap(x1, w1, x2, w2):
         return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
+
     w, h = overlap(a[0], a[2], b[0], b[2]), overlap(a[1], a[3], b[1], b[3])
     inter = 0 if w < 0 or h < 0 else w * h
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
@@ -77,9 +84,12 @@ def naive_yolo(x, truth, l, net_w, net_h, ignore, truth_thresh):
 
     def pred(b, a, j, i):
         m = l.mask[a]
-        return ((i + out[b, a, 0, j, i]) / W, (j + out[b, a, 1, j, i]) / H,
-                math.exp(out[b, a, 2, j, i]) * anchors[m, 0] / net_w,
-                math.exp(out[b, a, 3, j, i]) * anchors[m, 1] / net_h)
+        return (
+            (i + out[b, a, 0, j, i]) / W,
+            (j + out[b, a, 1, j, i]) / H,
+            math.exp(out[b, a, 2, j, i]) * anchors[m, 0] / net_w,
+            math.exp(out[b, a, 3, j, i]) * anchors[m, 1] / net_h,
+        )
 
     def truths(b):
         for t in range(boxes.shape[1]):
@@ -89,8 +99,12 @@ def naive_yolo(x, truth, l, net_w, net_h, ignore, truth_thresh):
 
     def box_delta(b, a, j, i, box, m):
         s = 2 - box[2] * box[3]
-        targets = (box[0] * W - i, box[1] * H - j, math.log(box[2] * net_w / anchors[m, 0]),
-                   math.log(box[3] * net_h / anchors[m, 1]))
+        targets = (
+            box[0] * W - i,
+            box[1] * H - j,
+            math.log(box[2] * net_w / anchors[m, 0]),
+            math.log(box[3] * net_h / anchors[m, 1]),
+        )
         for k in range(4):
             delta[b, a, k, j, i] = s * (targets[k] - out[b, a, k, j, i])
 
@@ -120,14 +134,16 @@ def naive_yolo(x, truth, l, net_w, net_h, ignore, truth_thresh):
                         box_delta(b, a, j, i, boxes[b, best_t], l.mask[a])
         for _, box in truths(b):
             i, j = int(box[0] * W), int(box[1] * H)
-            fits = [iou((0, 0, box[2], box[3]), (0, 0, anchors[m, 0] / net_w,
-                                                 anchors[m, 1] / net_h)) for m in range(l.total)]
+            fits = [
+                iou((0, 0, box[2], box[3]), (0, 0, anchors[m, 0] / net_w, anchors[m, 1] / net_h))
+                for m in range(l.total)
+            ]
             m = int(np.argmax(fits))
             if m not in list(l.mask):
                 continue
             a = list(l.mask).index(m)
             stats["iou"] += iou(pred(b, a, j, i), box)
-            stats["recall"] += iou(pred(b, a, j, i), box) > .5
+            stats["recall"] += iou(pred(b, a, j, i), box) > 0.5
             box_delta(b, a, j, i, box, m)
             stats["obj"] += out[b, a, 4, j, i]
             delta[b, a, 4, j, i] = 1 - out[b, a, 4, j, i]
@@ -140,14 +156,14 @@ def naive_yolo(x, truth, l, net_w, net_h, ignore, truth_thresh):
     target = delta[:, :, bce_terms] + p
     trained = delta[:, :, bce_terms] != 0
     bce = -(target * np.log(p) + (1 - target) * np.log(1 - p))
-    return delta.reshape(B, -1), float((delta ** 2).sum()), stats, (bce, trained, target)
+    return delta.reshape(B, -1), float((delta**2).sum()), stats, (bce, trained, target)
 
 
 def truth_rows(batch, rows):
     truth = np.zeros((batch, 6 * 5))
     for b, boxes in enumerate(rows):
         for t, box in enumerate(boxes):
-            truth[b, 5 * t:5 * t + 5] = box
+            truth[b, 5 * t : 5 * t + 5] = box
     return truth
 
 
@@ -161,12 +177,18 @@ def scenario(net, rng):
     out = l.output.reshape(net.batch, l.n, 8, l.h, l.w)
     anchors = l.biases.reshape(-1, 2)
     j, i, a = 1, 2, 1
-    planted = [(i + out[0, a, 0, j, i]) / l.w, (j + out[0, a, 1, j, i]) / l.h,
-               1.05 * math.exp(out[0, a, 2, j, i]) * anchors[l.mask[a], 0] / net.w,  # IoU ~.95
-               math.exp(out[0, a, 3, j, i]) * anchors[l.mask[a], 1] / net.h, 2]
-    rows = [[planted, [.61, .37, .3, .35, 1], [.13, .86, .9, .8, 0]],
-            [[.4, .4, .3, .35, 0], [.45, .42, .32, .36, 2], [.8, .2, .12, .15, 1]]]
-    return x, truth_rows(net.batch, rows[:net.batch])
+    planted = [
+        (i + out[0, a, 0, j, i]) / l.w,
+        (j + out[0, a, 1, j, i]) / l.h,
+        1.05 * math.exp(out[0, a, 2, j, i]) * anchors[l.mask[a], 0] / net.w,  # IoU ~.95
+        math.exp(out[0, a, 3, j, i]) * anchors[l.mask[a], 1] / net.h,
+        2,
+    ]
+    rows = [
+        [planted, [0.61, 0.37, 0.3, 0.35, 1], [0.13, 0.86, 0.9, 0.8, 0]],
+        [[0.4, 0.4, 0.3, 0.35, 0], [0.45, 0.42, 0.32, 0.36, 2], [0.8, 0.2, 0.12, 0.15, 1]],
+    ]
+    return x, truth_rows(net.batch, rows[: net.batch])
 
 
 # ----------------------------------------------------------------------------- tests
@@ -176,16 +198,18 @@ def test_shapes_keys_and_fields(tmp_path, recwarn):
     assert (l.n, l.total, l.classes, l.max_boxes, l.truths) == (3, 6, 3, 6, 30)
     assert list(l.mask) == [3, 4, 5] and l.biases.tolist() == [float(v) for v in ANCHORS.split(",")]
     assert (l.out_c, l.out_h, l.out_w, l.outputs) == (24, 4, 4, 384)
-    assert (l.jitter, l.random, l.ignore_thresh, l.truth_thresh) == (np.float64(.3), 1, .5, 1)
+    assert (l.jitter, l.random, l.ignore_thresh, l.truth_thresh) == (np.float64(0.3), 1, 0.5, 1)
     assert net.truths == 30
     assert not [w for w in recwarn if "nused" in str(w.message)]
 
 
-@pytest.mark.parametrize("text,key", [("mask=0,7", "mask"), ("anchors=1,2,3", "anchors"),
-                                      ("classes=4", "classes")])
+@pytest.mark.parametrize(
+    "text,key", [("mask=0,7", "mask"), ("anchors=1,2,3", "anchors"), ("classes=4", "classes")]
+)
 def test_bad_values_name_the_key(tmp_path, text, key):
-    cfg = CFG.format(batch=1, channels=24, mask="0,1,2", anchors=ANCHORS, ignore=.5,
-                     truth_thresh=1)
+    cfg = CFG.format(
+        batch=1, channels=24, mask="0,1,2", anchors=ANCHORS, ignore=0.5, truth_thresh=1
+    )
     for line in (f"{key}=",):
         cfg = "\n".join(l for l in cfg.splitlines() if not l.startswith(line))
     with pytest.raises(ConfigError) as info:
@@ -203,7 +227,7 @@ def test_inference_forward_is_the_logistic_on_x_y_obj_classes(tmp_path):
         np.testing.assert_allclose(out[:, :, k], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("ignore,truth_thresh", [(.5, 1), (.3, .6)])
+@pytest.mark.parametrize("ignore,truth_thresh", [(0.5, 1), (0.3, 0.6)])
 def test_loss_matches_a_naive_loop(tmp_path, ignore, truth_thresh):
     net = to_float64(yolo_net(tmp_path, ignore=ignore, truth_thresh=truth_thresh))
     l = net.layers[0]
@@ -212,7 +236,7 @@ def test_loss_matches_a_naive_loop(tmp_path, ignore, truth_thresh):
     delta, cost, stats, _ = naive_yolo(x, truth, l, NET, NET, ignore, truth_thresh)
     np.testing.assert_allclose(l.delta, delta, atol=1e-12)
     assert l.cost == pytest.approx(cost, rel=1e-12)
-    assert l.stats["count"] == stats["count"] == 5     # one truth's best anchor is not in the mask
+    assert l.stats["count"] == stats["count"] == 5  # one truth's best anchor is not in the mask
     assert l.stats["avg_iou"] == pytest.approx(stats["iou"] / stats["count"])
     assert l.stats["avg_class_prob"] == pytest.approx(stats["cat"] / stats["count"])
     assert l.stats["avg_obj_pos"] == pytest.approx(stats["obj"] / stats["count"])
@@ -231,8 +255,9 @@ def true_loss(net, x, truth):
     """Binary cross-entropy of obj and classes and s/2 (t - tw)^2 of w, h (targets
     re-derived by the naive loop at this x); the x, y terms separately."""
     l = net.layers[0]
-    delta, _, _, (bce, trained, _) = naive_yolo(x, truth, l, NET, NET, l.ignore_thresh,
-                                                l.truth_thresh)
+    delta, _, _, (bce, trained, _) = naive_yolo(
+        x, truth, l, NET, NET, l.ignore_thresh, l.truth_thresh
+    )
     d = delta.reshape(bce.shape[0], l.n, 8, l.h, l.w)
     raw = x.reshape(d.shape)
     out = sigmoid(raw)
@@ -259,13 +284,14 @@ def _scales(net, truth):
             fits = [iou((0, 0, box[2], box[3]), (0, 0, a[0] / NET, a[1] / NET)) for a in anchors]
             m = int(np.argmax(fits))
             if m in list(l.mask):
-                scale[b, list(l.mask).index(m), :, int(box[1] * l.h), int(box[0] * l.w)] = \
+                scale[b, list(l.mask).index(m), :, int(box[1] * l.h), int(box[0] * l.w)] = (
                     2 - box[2] * box[3]
+                )
     return scale
 
 
 def test_gradcheck_obj_class_bce_and_wh_terms_and_the_xy_design(tmp_path):
-    net = to_float64(yolo_net(tmp_path, ignore=.5, truth_thresh=1))
+    net = to_float64(yolo_net(tmp_path, ignore=0.5, truth_thresh=1))
     l = net.layers[0]
     x, truth = scenario(net, np.random.default_rng(1))
     net.forward(x, truth, train=True)
@@ -297,7 +323,7 @@ def test_gradcheck_obj_class_bce_and_wh_terms_and_the_xy_design(tmp_path):
         numeric = -(true_loss(net, plus, truth)[1] - true_loss(net, minus, truth)[1]) / (2 * eps)
         slope = out[e] * (1 - out[e])
         assert numeric == pytest.approx(view[e] * slope, abs=1e-6), e
-        assert abs(view[e] - numeric) > 1e-3 * abs(view[e])   # not the logit gradient
+        assert abs(view[e] - numeric) > 1e-3 * abs(view[e])  # not the logit gradient
 
 
 def test_backward_accumulates_and_layer_zero(tmp_path):
@@ -305,12 +331,12 @@ def test_backward_accumulates_and_layer_zero(tmp_path):
     l = net.layers[0]
     x, truth = scenario(net, np.random.default_rng(3))
     net.forward(x, truth, train=True)
-    start = np.full(x.shape, .25, np.float32)
+    start = np.full(x.shape, 0.25, np.float32)
     net.input, net.delta = x, start.copy()
     l.backward(l, net)
     np.testing.assert_allclose(net.delta, start + l.delta)
     net.delta = None
-    l.backward(l, net)        # layer 0: nothing to add to
+    l.backward(l, net)  # layer 0: nothing to add to
 
 
 def test_two_heads_network_cost_is_the_mean_and_log_line(tmp_path):
@@ -343,21 +369,24 @@ num=6
     net = net_from(tmp_path, text, verbose=False)
     assert [l.out_w for l in net.layers] == [4, 4, 4, 8, 8]
     truth = np.zeros((1, 450), np.float32)
-    truth[0, :5] = [.3, .4, .5, .6, 1]
-    truth[0, 5:10] = [.7, .7, .05, .08, 0]
+    truth[0, :5] = [0.3, 0.4, 0.5, 0.6, 1]
+    truth[0, 5:10] = [0.7, 0.7, 0.05, 0.08, 0]
     x = np.random.default_rng(0).uniform(size=(1, net.inputs)).astype(np.float32)
     net.forward(x, truth, train=True)
     heads = [net.layers[1], net.layers[4]]
     assert net.cost == pytest.approx((heads[0].cost + heads[1].cost) / 2)
     assert sum(h.stats["count"] for h in heads) == 2
     from minidark.layers.yolo import stats_line
+
     assert stats_line(heads[1]).startswith("Region 4 Avg IOU: ")
 
 
 def test_generic_gradcheck_reports_the_head_as_not_checked(tmp_path):
     from minidark.testing import gradcheck
-    text = CFG.format(batch=2, channels=24, mask="0,1,2", anchors=ANCHORS, ignore=.5,
-                      truth_thresh=1)
+
+    text = CFG.format(
+        batch=2, channels=24, mask="0,1,2", anchors=ANCHORS, ignore=0.5, truth_thresh=1
+    )
     results = gradcheck(text)
     head = [r for r in results if r.type == "yolo"]
     assert head and all(r.status == "skip" and "test_yolo.py" in r.note for r in head)

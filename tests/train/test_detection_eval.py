@@ -1,4 +1,5 @@
 """Detection evaluation: COCO mAP against pycocotools, VOC AP against hand-worked cases."""
+
 import contextlib
 import io
 
@@ -29,11 +30,14 @@ def random_set(rng, images, classes, coarse):
         else:
             boxes = np.column_stack([base[:, :2], base[:, :2] + rng.uniform(4, 30, (n, 2))])
         boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
-        cls = np.where(rng.random(n) < .8, gts[rng.integers(0, m, n), 0] if m else 0,
-                       rng.integers(0, classes, n))
+        cls = np.where(
+            rng.random(n) < 0.8,
+            gts[rng.integers(0, m, n), 0] if m else 0,
+            rng.integers(0, classes, n),
+        )
         scores = rng.random(n)
         if coarse:
-            scores = np.round(scores * 4) / 4 + .01
+            scores = np.round(scores * 4) / 4 + 0.01
         detections.append(np.column_stack([cls, scores, boxes]))
         truths.append(gts)
     return detections, truths
@@ -43,20 +47,37 @@ def pycocotools_ap(detections, truths, classes):
     """pycocotools' precision-derived AP per (threshold, class), -1 without truth."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+
     images, annotations, results = [], [], []
     for i, (dets, gts) in enumerate(zip(detections, truths, strict=True)):
         images.append({"id": i + 1, "width": 200, "height": 200})
         for c, x0, y0, x1, y1 in gts:
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                "category_id": int(c) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
         for c, s, x0, y0, x1, y1 in dets:
-            results.append({"image_id": i + 1, "category_id": int(c) + 1,
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s})
+            results.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": s,
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": annotations,
-                      "categories": [{"id": k + 1, "name": str(k)} for k in range(classes)]}
+        gt.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": k + 1, "name": str(k)} for k in range(classes)],
+        }
         gt.createIndex()
         dt = gt.loadRes(results) if results else COCO()
         evaluator = COCOeval(gt, dt, "bbox")
@@ -64,7 +85,7 @@ def pycocotools_ap(detections, truths, classes):
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]      # T, R, K at area all, 100 dets
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # T, R, K at area all, 100 dets
     ap = np.where((precision > -1).all(axis=1), precision.mean(axis=1), -1)
     return ap, evaluator.stats
 
@@ -88,7 +109,7 @@ def test_coco_empty_class_and_more_than_100_detections():
     truths = [np.array([[0, 10, 10, 30, 30], [2, 40, 40, 60, 70]], float)]
     boxes = np.column_stack([rng.uniform(0, 20, (150, 2)), rng.uniform(25, 70, (150, 2))])
     dets = np.column_stack([np.zeros(150), rng.random(150), boxes])
-    dets = np.vstack([dets, [[1, .9, 0, 0, 5, 5]]])       # class 1 has no truth
+    dets = np.vstack([dets, [[1, 0.9, 0, 0, 5, 5]]])  # class 1 has no truth
     expected_ap, stats = pycocotools_ap([dets], truths, 3)
     ours = coco_map([dets], truths, 3)
     np.testing.assert_allclose(ours["ap"], expected_ap, atol=1e-6, rtol=0)
@@ -107,20 +128,28 @@ def test_voc_ap_hand_worked():
 
 
 def test_voc_map_matching():
-    truths = [np.array([[0, 0, 0, 10, 10], [0, 20, 20, 30, 30]], float),
-              np.array([[1, 0, 0, 10, 10]], float)]
-    detections = [np.array([[0, .9, 0, 0, 10, 10],       # TP
-                            [0, .8, 1, 1, 10, 10],       # duplicate of the same truth: FP
-                            [0, .7, 50, 50, 60, 60],     # no overlap: FP
-                            [0, .6, 20, 20, 30, 31]]),   # TP (IoU 10/11)
-                  np.zeros((0, 6))]
+    truths = [
+        np.array([[0, 0, 0, 10, 10], [0, 20, 20, 30, 30]], float),
+        np.array([[1, 0, 0, 10, 10]], float),
+    ]
+    detections = [
+        np.array(
+            [
+                [0, 0.9, 0, 0, 10, 10],  # TP
+                [0, 0.8, 1, 1, 10, 10],  # duplicate of the same truth: FP
+                [0, 0.7, 50, 50, 60, 60],  # no overlap: FP
+                [0, 0.6, 20, 20, 30, 31],
+            ]
+        ),  # TP (IoU 10/11)
+        np.zeros((0, 6)),
+    ]
     result = voc_map(detections, truths, classes=3)
     # class 0: recall .5 .5 .5 1, precision 1 .5 .33 .5 -> .5 * 1 + .5 * .5
-    assert result["ap"][0] == pytest.approx(.75)
-    assert result["ap"][1] == 0 and result["ap"][2] == 0       # no detections; no truth
-    assert result["map"] == pytest.approx(.75 / 3)
+    assert result["ap"][0] == pytest.approx(0.75)
+    assert result["ap"][1] == 0 and result["ap"][2] == 0  # no detections; no truth
+    assert result["map"] == pytest.approx(0.75 / 3)
     assert result["tp"][0] == 2 and result["fp"][0] == 2
     # strict threshold: IoU exactly .5 is not a match
-    half = [np.array([[0, .9, 0, 0, 10, 5]])]
-    assert iou_matrix(half[0][:, 2:], truths[0][:1, 1:])[0, 0] == .5
+    half = [np.array([[0, 0.9, 0, 0, 10, 5]])]
+    assert iou_matrix(half[0][:, 2:], truths[0][:1, 1:])[0, 0] == 0.5
     assert voc_map(half, truths[:1], 1)["ap"][0] == 0

@@ -1,5 +1,6 @@
 """minidark detector train / valid / map / recall / calc-anchors on a tiny synthetic set:
 checkpoints, the per-head log lines, exact resume (across multi-scale resizes), errors."""
+
 import json
 import os
 import subprocess
@@ -81,9 +82,10 @@ def make_dataset(root, images=6, size=40, seed=0):
                 cls = int(rng.integers(2))
                 w, h = (int(rng.integers(8, 16)), int(rng.integers(8, 16)))
                 x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-                canvas[y:y + h, x:x + w] = (220, 60, 60) if cls else (60, 220, 60)
-                lines.append(f"{cls} {(x + w / 2) / size} {(y + h / 2) / size} {w / size} "
-                             f"{h / size}\n")
+                canvas[y : y + h, x : x + w] = (220, 60, 60) if cls else (60, 220, 60)
+                lines.append(
+                    f"{cls} {(x + w / 2) / size} {(y + h / 2) / size} {w / size} {h / size}\n"
+                )
             image = root / "images" / split / f"{i:03d}.png"
             image.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(canvas).save(image)
@@ -95,8 +97,10 @@ def make_dataset(root, images=6, size=40, seed=0):
         paths.append(root / f"{split}.txt")
     (root / "shapes.names").write_text("green\nred\n")
     data = root / "shapes.data"
-    data.write_text(f"classes=2\ntrain={paths[0]}\nvalid={paths[1]}\nnames={root}/shapes.names\n"
-                    f"backup={root}/backup\neval=voc\nresults={root}/results\n")
+    data.write_text(
+        f"classes=2\ntrain={paths[0]}\nvalid={paths[1]}\nnames={root}/shapes.names\n"
+        f"backup={root}/backup\neval=voc\nresults={root}/results\n"
+    )
     return data
 
 
@@ -108,8 +112,14 @@ def write_cfg(root, size=32, max_batches=6, random=0, name="tiny"):
 
 def cli(*args, cwd=None):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "minidark", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "minidark", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +171,18 @@ def test_map_valid_and_recall(trained):
 
 def test_calc_anchors(trained):
     root, data, _, _ = trained
-    run = cli("detector", "calc-anchors", data, "--num-of-clusters", "2", "--width", "40",
-              "--height", "40", cwd=root)
+    run = cli(
+        "detector",
+        "calc-anchors",
+        data,
+        "--num-of-clusters",
+        "2",
+        "--width",
+        "40",
+        "--height",
+        "40",
+        cwd=root,
+    )
     assert run.returncode == 0, run.stderr
     anchors = run.stdout.splitlines()[-1].split("=")[1]
     values = [float(v) for v in anchors.replace(" ", "").split(",")]
@@ -175,19 +195,26 @@ def test_bad_label_is_one_line(tmp_path):
     (tmp_path / "labels" / "train" / "001.txt").write_text("0 .5 .5 .2 .2\n1 .5 .5 .2\n")
     run = cli("detector", "train", data, write_cfg(tmp_path), "--no-progress", cwd=tmp_path)
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1].endswith(
-        "labels/train/001.txt:2: expected 'class x_center y_center width height' (5 fields), "
-        "got 4: '1 .5 .5 .2'")
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "labels/train/001.txt:2: expected 'class x_center y_center width height' (5 fields), "
+            "got 4: '1 .5 .5 .2'"
+        )
+    )
     assert "Traceback" not in run.stderr
 
 
 def trainer_for(root, data, cfg, weights=None, seed=5):
     from minidark.data.datafile import read_data_file
+
     config = read_data_file(data)
     net = minidark.load_network(cfg, weights, seed=seed)
     train = DetectionDataset.from_list(config.train, 2)
-    trainer = DetectionTrainer(net, train, None, backup_dir=root / "backup", base="tiny",
-                               seed=seed, progress=False)
+    trainer = DetectionTrainer(
+        net, train, None, backup_dir=root / "backup", base="tiny", seed=seed, progress=False
+    )
     return net, trainer
 
 
@@ -197,6 +224,7 @@ def stop_at(batch, sizes=None):
             sizes.append(t.net.w)
         if t.net.current_batch == batch:
             t.request_stop()
+
     return hook
 
 

@@ -1,4 +1,5 @@
 """Network.resize: layers re-planned for a new input size, parameters and optimiser state kept."""
+
 import numpy as np
 import pytest
 
@@ -80,23 +81,26 @@ def build(tmp_path, width=64):
 
 def truth(net):
     t = np.zeros((net.batch, net.truths), np.float32)
-    t[:, :10] = [.3, .4, .2, .25, 1, .7, .6, .3, .2, 0]
+    t[:, :10] = [0.3, 0.4, 0.2, 0.25, 1, 0.7, 0.6, 0.3, 0.2, 0]
     return t
 
 
 def test_resize_keeps_parameters_and_matches_a_fresh_net(tmp_path):
     net = build(tmp_path)
     rng = np.random.default_rng(0)
-    net.train_step(rng.random((2, net.inputs), np.float32), truth(net))   # momentum, stats
+    net.train_step(rng.random((2, net.inputs), np.float32), truth(net))  # momentum, stats
     weights = {(l.index, name): getattr(l, name) for l in net.layers for name in l.saved}
-    momentum = {(l.index, "weight_updates"): l.weight_updates for l in net.layers
-                if l.weight_updates is not None}
+    momentum = {
+        (l.index, "weight_updates"): l.weight_updates
+        for l in net.layers
+        if l.weight_updates is not None
+    }
     before = weights_bytes(net)
     net.resize(96, 96)
     assert (net.w, net.h, net.inputs) == (96, 96, 96 * 96 * 3)
     assert net.layers[0].out_w == 96 and net.layers[4].w == 24 and net.layers[-1].w == 48
     for (index, name), array in {**weights, **momentum}.items():
-        assert getattr(net.layers[index], name) is array          # moved, not copied
+        assert getattr(net.layers[index], name) is array  # moved, not copied
     assert weights_bytes(net) == before
     fresh = build(tmp_path, 96)
     for a, b in zip(fresh.layers, net.layers, strict=True):
@@ -119,9 +123,11 @@ def test_resize_leaves_the_random_stream(tmp_path):
 
 def test_resize_refuses_size_dependent_parameters(tmp_path):
     path = tmp_path / "fc.cfg"
-    path.write_text("[net]\nbatch=1\nwidth=8\nheight=8\nchannels=1\n\n"
-                    "[connected]\noutput=4\nactivation=linear\n")
+    path.write_text(
+        "[net]\nbatch=1\nwidth=8\nheight=8\nchannels=1\n\n"
+        "[connected]\noutput=4\nactivation=linear\n"
+    )
     net = minidark.load_network(path)
     with pytest.raises(ValueError, match=r"layer 0 \[connected\] cannot be resized"):
         net.resize(16, 16)
-    assert net.w == 8 and net.layers[0].inputs == 64        # unchanged after the refusal
+    assert net.w == 8 and net.layers[0].inputs == 64  # unchanged after the refusal

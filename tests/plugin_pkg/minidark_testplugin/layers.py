@@ -5,6 +5,7 @@ make_negate is left undecorated so the entry point ``tp_negate =
 "minidark_testplugin.layers:make_negate"`` registers it by the entry
 point's name.
 """
+
 import numpy as np
 
 from minidark import Layer, register_layer
@@ -12,9 +13,19 @@ from minidark import Layer, register_layer
 
 def _make_scaled(options, params, factor, type):
     batch, inputs = params.batch, params.inputs
-    l = Layer(type=type, batch=batch, inputs=inputs, outputs=inputs,
-              h=params.h, w=params.w, c=params.c,
-              out_h=params.h, out_w=params.w, out_c=params.c, factor=factor)
+    l = Layer(
+        type=type,
+        batch=batch,
+        inputs=inputs,
+        outputs=inputs,
+        h=params.h,
+        w=params.w,
+        c=params.c,
+        out_h=params.h,
+        out_w=params.w,
+        out_c=params.c,
+        factor=factor,
+    )
     l.output = np.zeros((batch, inputs), np.float32)
     l.delta = np.zeros((batch, inputs), np.float32)
     l.forward, l.backward = forward_scaled, backward_scaled
