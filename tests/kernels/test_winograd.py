@@ -275,3 +275,21 @@ def test_both_transform_forms_agree(monkeypatch, tile):
         results.append([out, net.layers[0].delta.copy(), net.layers[1].weight_updates.copy()])
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels, expected", [(8, 0), (64, 2)])
+def test_training_path_follows_the_shape_not_a_timing(monkeypatch, channels, expected):
+    """Two runs with the same seed must sum in the same order: a layer whose first
+    pass trains takes its path from its shape even when every timing says otherwise."""
+
+    def timed(*args):
+        raise AssertionError("a training pass timed its path")
+
+    monkeypatch.setattr(conv_module, "measure", timed)
+    monkeypatch.setattr(conv_module, "measure_backward", timed)
+    net = build(conv(channels, 3, 1, 1) + conv(channels, 3, 1, 1), h=6, w=6, c=channels)
+    x = np.random.default_rng(1).normal(size=(2, channels * 36)).astype(np.float32)
+    net.forward(x, np.zeros((2, channels * 36), np.float32), train=True)
+    net.backward()
+    for l in net.layers:
+        assert l.winograd == expected and l.winograd_backward == bool(expected)
