@@ -1209,7 +1209,7 @@ HOSTILE_NAMES = [
     "-dash.cfg",
     "quote'\"$(x).cfg",
     "back\\slash.cfg",
-    "x" * 250 + ".cfg",
+    "x" * 240 + ".cfg",  # long, but within 255 bytes as ".weights" too
 ]
 
 
