@@ -45,7 +45,7 @@ from .recurrent import (
     backward_input_only,
     backward_params,
     clear_deltas,
-    per_step_batch,
+    connected_record,
     steps_of,
     sublayer,
 )
@@ -58,28 +58,11 @@ if TYPE_CHECKING:
 
 @register_layer("gru")
 def make_gru(options: Section, params: SizeParams) -> Layer:
-    hidden = options.int("output", 1)
-    if hidden < 1:
-        raise options.error(f"output must be >= 1, got {hidden}", "output")
-    batch_normalize = options.bool("batch_normalize", False)
     use_tanh = options.bool("tanh", False)
-    steps, batch = per_step_batch(options, params)
-    l = Layer(
-        type="gru",
-        batch=batch,
-        steps=steps,
-        inputs=params.inputs,
-        outputs=hidden,
-        h=1,
-        w=1,
-        c=params.inputs,
-        out_h=1,
-        out_w=1,
-        out_c=hidden,
-        batch_normalize=batch_normalize,
-        tanh=use_tanh,
-        candidate="tanh" if use_tanh else "logistic",
+    l = connected_record(
+        "gru", options, params, tanh=use_tanh, candidate="tanh" if use_tanh else "logistic"
     )
+    hidden, steps, batch, batch_normalize = l.outputs, l.steps, l.batch, l.batch_normalize
     subs = [
         (
             name,

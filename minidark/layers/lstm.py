@@ -45,7 +45,7 @@ from .recurrent import (
     at_step,
     backward_params,
     clear_deltas,
-    per_step_batch,
+    connected_record,
     steps_of,
     sublayer,
 )
@@ -60,25 +60,8 @@ GATES = ("f", "i", "g", "o")
 
 @register_layer("lstm")
 def make_lstm(options: Section, params: SizeParams) -> Layer:
-    hidden = options.int("output", 1)
-    if hidden < 1:
-        raise options.error(f"output must be >= 1, got {hidden}", "output")
-    batch_normalize = options.bool("batch_normalize", False)
-    steps, batch = per_step_batch(options, params)
-    l = Layer(
-        type="lstm",
-        batch=batch,
-        steps=steps,
-        inputs=params.inputs,
-        outputs=hidden,
-        h=1,
-        w=1,
-        c=params.inputs,
-        out_h=1,
-        out_w=1,
-        out_c=hidden,
-        batch_normalize=batch_normalize,
-    )
+    l = connected_record("lstm", options, params)
+    hidden, steps, batch, batch_normalize = l.outputs, l.steps, l.batch, l.batch_normalize
     order = [f"w{g}" for g in "ifog"] + [f"u{g}" for g in "ifog"]  # .weights order
     subs = [
         (

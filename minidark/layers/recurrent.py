@@ -206,6 +206,31 @@ def steps_of(array, steps, batch):
     return array.reshape(steps, batch, -1)
 
 
+def connected_record(kind, options, params, **fields):
+    """The Layer of [rnn], [gru] or [lstm]: ``output`` hidden units over the flat
+    input, ``batch_normalize`` on its sublayers, B = batch / time_steps rows a step."""
+    hidden = options.int("output", 1)
+    if hidden < 1:
+        raise options.error(f"output must be >= 1, got {hidden}", "output")
+    batch_normalize = options.bool("batch_normalize", False)
+    steps, batch = per_step_batch(options, params)
+    return Layer(
+        type=kind,
+        batch=batch,
+        steps=steps,
+        inputs=params.inputs,
+        outputs=hidden,
+        h=1,
+        w=1,
+        c=params.inputs,
+        out_h=1,
+        out_w=1,
+        out_c=hidden,
+        batch_normalize=batch_normalize,
+        **fields,
+    )
+
+
 def per_step_batch(options, params):
     """B = the network batch / time_steps (darknet: batch / steps)."""
     steps = params.time_steps

@@ -46,7 +46,7 @@ from .recurrent import (
     backward_input_only,
     backward_params,
     clear_deltas,
-    per_step_batch,
+    connected_record,
     steps_of,
     sublayer,
 )
@@ -59,29 +59,15 @@ if TYPE_CHECKING:
 
 @register_layer("rnn")
 def make_rnn(options: Section, params: SizeParams) -> Layer:
-    hidden = options.int("output", 1)
-    if hidden < 1:
-        raise options.error(f"output must be >= 1, got {hidden}", "output")
-    activation = options.activation("activation", "logistic")
-    batch_normalize = options.bool("batch_normalize", False)
-    shortcut = options.bool("shortcut", False)
-    steps, batch = per_step_batch(options, params)
-    l = Layer(
-        type="rnn",
-        batch=batch,
-        steps=steps,
-        inputs=params.inputs,
-        outputs=hidden,
-        h=1,
-        w=1,
-        c=params.inputs,
-        out_h=1,
-        out_w=1,
-        out_c=hidden,
-        activation=activation,
-        batch_normalize=batch_normalize,
-        shortcut=shortcut,
+    l = connected_record(
+        "rnn",
+        options,
+        params,
+        activation=options.activation("activation", "logistic"),
+        shortcut=options.bool("shortcut", False),
     )
+    hidden, steps, batch, batch_normalize = l.outputs, l.steps, l.batch, l.batch_normalize
+    activation = l.activation
     subs = [
         (
             name,
