@@ -193,6 +193,7 @@ class Layer:
     scratch: Array | None = None  # scratch of one output's size (maxpool, gru, lstm)
     positions: Array | None = None  # int64 indexes when int32 would overflow
     complete: bool = True  # every window had a winner in the last forward
+    indexed: bool = False  # [maxpool]: indexes and winners belong to the last forward (training)
     offsets: list | None = None  # per window cell: the output ranges it overlaps
     base: Array | None = None  # flat input index of each window's corner
     table: Array | None = None  # window cell -> offset from the corner

@@ -21,6 +21,14 @@ wins; NaN, -inf and -FLT_MAX never win):
   a window with nothing above -FLT_MAX) shows in ``min(output)`` and the layer
   reruns ``scan_offsets``: the fast path only ever returns darknet's answer.
 
+Inference (``forward_max``) needs no winner: the maximum is separable, so
+a chunk of planes is reduced over the window rows (``size`` maxima of row-
+shifted views of the input), then over the window columns (``size`` maxima
+of column-shifted views of that), ``fmax`` throughout (NaN never wins) and
+floored at -FLT_MAX when the minimum shows a NaN or -inf (a window of
+NaN / -inf gives -FLT_MAX): the same output
+as the scans, without their per-offset copies and winner bookkeeping.
+
 Backward, ``net.delta[indexes] += delta``: with unique indexes (windows
 apart, every window with a winner) a gather / add / scatter through int64
 positions (``take`` and fancy assignment are ~2x faster with int64 than with
@@ -32,6 +40,7 @@ import numpy as np
 
 LOWEST = np.finfo(np.float32).min  # darknet's -FLT_MAX
 CHUNK_BYTES = 1 << 19  # input bytes per chunk of scan_tiles (stays in L2)
+MAX_CHUNK_BYTES = 1 << 20  # input bytes per chunk of forward_max (the row maxima stay in L2)
 
 
 def overlap(start, stride, outs, size):
@@ -62,6 +71,49 @@ def plan(l):
     l.tiled = k == s and start == 0 and l.out_h * k == h and l.out_w * k == w
     l.chunk = max(1, min(l.batch, CHUNK_BYTES // (4 * l.inputs))) if l.tiled else 0
     l.workspace_size = l.chunk * l.inputs  # the planes of one chunk
+    # forward_max: the row maxima of a chunk of planes (never at once with scan_tiles)
+    l.workspace_size = max(l.workspace_size, max_chunk(l) * l.out_h * w)
+
+
+def max_chunk(l):
+    """Planes (image channels) per chunk of forward_max."""
+    return max(1, min(l.batch * l.c, MAX_CHUNK_BYTES // (4 * l.h * l.w)))
+
+
+def max_of_views(target, pairs):
+    """target = fmax of the views ``source`` over the parts ``part`` of target
+    they cover, for (part, source) in pairs; target starts at -FLT_MAX where
+    no view covers all of it."""
+    whole = [i for i, (part, _) in enumerate(pairs) if part.shape == target.shape]
+    if len(whole) >= 2:  # two views that cover all: the first pass needs no fill
+        np.fmax(pairs[whole[0]][1], pairs[whole[1]][1], out=target)
+        whole = whole[:2]
+    elif whole:
+        np.copyto(target, pairs[whole[0]][1])
+    else:
+        target.fill(LOWEST)
+    for i, (part, source) in enumerate(pairs):
+        if i not in whole:
+            np.fmax(part, source, out=part)
+
+
+def forward_max(l, x, workspace):
+    """l.output alone (inference, no winners): the window maxima of x (B, C, h, w),
+    over rows then columns (module docstring), a chunk of planes at a time."""
+    k, s, start = l.size, l.stride, -(l.pad // 2)
+    rows = [overlap(start + d, s, l.out_h, l.h) for d in range(k)]  # (outputs, inputs)
+    cols = [overlap(start + d, s, l.out_w, l.w) for d in range(k)]
+    planes, step = l.batch * l.c, max_chunk(l)
+    x = x.reshape(planes, l.h, l.w)
+    out = l.output.reshape(planes, l.out_h, l.out_w)
+    for p0 in range(0, planes, step):
+        p1 = min(p0 + step, planes)
+        row_max = workspace[: (p1 - p0) * l.out_h * l.w].reshape(p1 - p0, l.out_h, l.w)
+        max_of_views(row_max, [(row_max[:, o], x[p0:p1, i]) for o, i in rows])
+        target = out[p0:p1]
+        max_of_views(target, [(target[:, :, o], row_max[:, :, i]) for o, i in cols])
+        if not target.min() > LOWEST:  # NaN or -inf: -FLT_MAX, as darknet (min is ~6x
+            np.fmax(target, LOWEST, out=target)  # faster than fmax with a scalar)
 
 
 def offset_views(l, o, *arrays):

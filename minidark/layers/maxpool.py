@@ -15,7 +15,12 @@ input batch buffer (b, c, h, w), -1 for a window with no winner (entirely
 outside the input, or only NaN / -inf there; darknet then writes out of
 bounds in backward, minidark skips it). Backward: ``net.delta[indexes] += delta``.
 
-Kernels in ``minidark/pool.py``: an exact scan over the k*k window offsets
+Inference (``net.train`` false) keeps no indexes: ``forward_max`` takes
+the window maxima as maxima of shifted views (rows, then columns), the same
+output; a backward after an inference forward first reruns the scan for
+its indexes (``l.indexed``).
+
+Kernels in ``minidark/kernels/pool.py``: an exact scan over the k*k window offsets
 for any geometry, and a faster one when the windows tile the input
 (size == stride, no offset, sizes divisible: LeNet's 2/2 pools), which
 falls back to the first on NaN or a window without winner. ``l.winner``
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.pool import (
+    forward_max,
     plan,
     scan_offsets,
     scan_tiles,
@@ -121,6 +127,15 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
 
 
 def forward_maxpool(l: Layer, net: Network) -> None:
+    l.indexed = net.train
+    if not net.train:  # no backward follows: the maxima alone
+        forward_max(l, net.input, net.workspace)
+        return
+    scan(l, net)
+
+
+def scan(l: Layer, net: Network) -> None:
+    """l.output, l.winner and l.indexes of net.input (darknet's forward)."""
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     l.complete = l.tiled and scan_tiles(l, x, net.workspace)
     if not l.complete:  # any geometry, NaN, or a window without winner
@@ -131,6 +146,9 @@ def forward_maxpool(l: Layer, net: Network) -> None:
 def backward_maxpool(l: Layer, net: Network) -> None:
     if net.delta is None:
         return
+    if not l.indexed:  # the last forward was inference: the winners of the same input
+        scan(l, net)
+        l.indexed = True
     if l.stride >= l.size and l.complete:  # windows apart, indexes unique
         scatter_unique(l, net.delta)
     else:

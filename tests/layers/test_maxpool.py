@@ -4,6 +4,8 @@ in backward, gradient checks."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minidark import ConfigError
 from minidark.cfg import parse_network, read_cfg_text
@@ -127,7 +129,7 @@ def test_forward_matches_naive(h, w, size, stride, padding):
 def test_ties_first_maximum_wins():
     net = build(pool(2, 2), h=2, w=2, c=1, batch=1)
     for x, winner in (([5, 5, 5, 5], 0), ([1, 5, 5, 1], 1), ([1, 2, 5, 5], 2), ([0, 0, 0, 7], 3)):
-        net.forward(np.array([x], np.float32))
+        net.forward(np.array([x], np.float32), train=True)
         assert net.layers[0].indexes[0, 0] == winner
 
 
@@ -236,3 +238,63 @@ def test_tiled_path_falls_back_on_nan_and_empty_windows(special):
     assert l.complete
     ref, idx = naive_maxpool(np.arange(32, dtype=np.float32)[::-1].reshape(2, 1, 4, 4), 2, 2, 1)
     np.testing.assert_array_equal(l.indexes.reshape(idx.shape), idx)
+
+
+@st.composite
+def geometries(draw):
+    """Any valid window geometry (padding up to 2 (size - 1)), odd sizes included."""
+    size = draw(st.integers(1, 6))
+    stride = draw(st.integers(1, 5))
+    padding = draw(st.integers(0, 2 * (size - 1)))
+    least = max(1, size - padding)  # the padded input must hold one window
+    h, w = draw(st.integers(least, 11)), draw(st.integers(least, 11))
+    return size, stride, padding, h, w
+
+
+@settings(max_examples=150, deadline=None, database=None, derandomize=True)
+@given(geometries(), st.integers(1, 3), st.integers(0, 2**32 - 1), st.sampled_from([0, 4, 12]))
+def test_inference_output_equals_training_output(geometry, batch, seed, chunk_bytes):
+    """The inference path (maxima of shifted views, no indexes) gives the training
+    scan's output bit for bit, and darknet's (the naive loop), for every geometry,
+    with ties, NaN, -inf and -FLT_MAX in the input; chunk_bytes splits the planes
+    into chunks of one or a few (0: the default)."""
+    import minidark.kernels.pool as kernels
+
+    size, stride, padding, h, w = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 3, (batch, 2, h, w)).astype(np.float32)
+    for special in (np.nan, -np.inf, LOWEST):
+        x[rng.random(x.shape) < 0.08] = special
+    saved = kernels.MAX_CHUNK_BYTES
+    kernels.MAX_CHUNK_BYTES = chunk_bytes * h * w or saved
+    try:
+        net = build(pool(size, stride, padding), h=h, w=w, batch=batch)
+        trained = net.forward(x, train=True).copy()
+        inferred = net.forward(x, train=False)
+    finally:
+        kernels.MAX_CHUNK_BYTES = saved
+    ref, _ = naive_maxpool(x, size, stride, padding)
+    np.testing.assert_array_equal(inferred.reshape(ref.shape), ref)
+    np.testing.assert_array_equal(inferred, trained)
+
+
+@pytest.mark.parametrize("size,stride,padding", [(2, 2, None), (3, 1, 2), (2, 1, 1), (4, 3, 3)])
+def test_backward_after_inference_forward(size, stride, padding):
+    """Inference keeps no indexes; a backward after it finds the winners of the
+    same input first, and scatters exactly as after a training forward."""
+    net = build(pool(size, stride, padding), batch=2)
+    l = net.layers[0]
+    rng = np.random.default_rng(4)
+    x = rng.integers(-2, 2, (2, l.inputs)).astype(np.float32)
+    delta = rng.normal(size=l.delta.shape).astype(np.float32)
+    results = []
+    for train in (True, False):
+        net.forward(np.zeros_like(x), train=True)  # stale indexes from another input
+        net.forward(x, train=train)
+        assert l.indexed == train
+        l.delta[:] = delta
+        dx = np.ones((2, l.inputs), np.float32)
+        net.input, net.delta = x, dx
+        l.backward(l, net)
+        results.append(dx)
+    np.testing.assert_array_equal(results[0], results[1])
