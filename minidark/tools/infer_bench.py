@@ -8,14 +8,18 @@ warmed up, then ``runs`` (minidark, OpenCV) pairs are timed in alternation;
 the ratio reported is the median of the per-pair ratios (on a shared machine
 only ratios of interleaved runs mean anything), beside the median times.
 minidark's time is broken down per layer type and per layer (the slowest
-ones), so one can see where it goes.
+ones), so one can see where it goes; ``--layers`` lists every layer beside
+OpenCV's own per-layer time (``getPerfProfile``, its layers named after
+darknet's indexes: ``conv_12``; batch norm and activation fused into the
+convolution show there).
 
 Like ``minidark bench`` (docs/benchmark.md), the measurement runs in a
 worker process without ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE``, so
 OpenBLAS runs the CPU's own kernel (``keep_blas_kernel`` keeps them); the
 result names the kernel each BLAS reported (threadpoolctl).
 
-    python -m minidark.tools.infer_bench CFG... [--batch B] [--size S] [--runs N] [--json]
+    python -m minidark.tools.infer_bench CFG... [--batch B] [--size S] [--runs N]
+                                                [--layers] [--json]
 """
 
 import argparse
@@ -75,6 +79,26 @@ def _layer_times(net, x, runs):
     finally:
         for l, forward in zip(net.layers, originals, strict=True):
             l.forward = forward
+    return {i: statistics.median(v) for i, v in samples.items()}
+
+
+def _opencv_layer_times(cv, x, outputs, runs):
+    """Median seconds per darknet layer index of OpenCV's forward (its layer
+    names end in the darknet index; fused layers report 0)."""
+    import cv2
+
+    names = cv.getLayerNames()
+    samples = collections.defaultdict(list)
+    for _ in range(runs):
+        cv.setInput(x)
+        cv.forward(outputs)
+        per_layer = collections.defaultdict(float)
+        for name, ticks in zip(names, cv.getPerfProfile()[1].ravel(), strict=False):
+            index = re.search(r"_(\d+)$", name)
+            if index:
+                per_layer[int(index.group(1))] += ticks / cv2.getTickFrequency()
+        for index, seconds in per_layer.items():
+            samples[index].append(seconds)
     return {i: statistics.median(v) for i, v in samples.items()}
 
 
@@ -141,6 +165,7 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1):
                     cv.forward(outputs)
                     theirs.append(time.perf_counter() - tick)
             layers = _layer_times(net, flat, max(3, runs // 2))
+            cv_layers = {} if cv is None else _opencv_layer_times(cv, x, outputs, max(3, runs // 2))
             kernels = _kernels()
     pairs = [t / o for o, t in zip(ours, theirs, strict=False)]
     return {
@@ -162,6 +187,7 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1):
                 "desc": l.desc,
                 "flops": l.flops,
                 "seconds": layers.get(l.index, 0.0),
+                "opencv_seconds": cv_layers.get(l.index),
                 "path": _path(l),
             }
             for l in net.layers
@@ -219,7 +245,7 @@ def bench_inference(
     return result
 
 
-def format_report(name, result, top=8):
+def format_report(name, result, top=8, every_layer=False):
     ours, theirs = result["minidark_s"], result["opencv_s"]
     lines = [
         f"{name}: {result['width']}x{result['height']}x{result['channels']}, "
@@ -244,12 +270,21 @@ def format_report(name, result, top=8):
     lines.append("  where minidark's time goes (per layer type):")
     for kind, t in sorted(by_type.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {kind:14} {1000 * t:7.1f} ms  {100 * t / total:5.1f}%")
-    lines.append("  slowest layers:")
-    for l in sorted(layers, key=lambda l: -l["seconds"])[:top]:
-        t = l["seconds"]
+    if every_layer:
+        lines.append(
+            f"  every layer ({'ms':>5}: minidark, OpenCV; OpenCV's profile is of "
+            "separate passes, so its sum may differ from its total):"
+        )
+        shown = layers
+    else:
+        lines.append("  slowest layers:")
+        shown = sorted(layers, key=lambda l: -l["seconds"])[:top]
+    for l in shown:
+        t, cv = l["seconds"], l.get("opencv_seconds")
         rate = f"{l['flops'] * result['batch'] / t / 1e9:6.1f} GFLOP/s" if l["flops"] and t else ""
         where = f"{l['index']:3} {l['type']:14} {l['desc']:18}"
-        lines.append(f"    {where} {1000 * t:7.1f} ms  {rate}  {l['path']}")
+        theirs = f" {1000 * cv:7.1f} ms" if every_layer and cv is not None else ""
+        lines.append(f"    {where} {1000 * t:7.1f} ms{theirs}  {rate:15} {l['path']}".rstrip())
     lines += [f"  note: {n}" for n in result["notes"]]
     return "\n".join(lines)
 
@@ -267,6 +302,8 @@ def main(argv=None):
     keep = "keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (default: dropped)"
     parser.add_argument("--keep-blas-kernel", action="store_true", help=keep)
     parser.add_argument("--json", action="store_true", help="one JSON document")
+    every = "list every layer's time, minidark beside OpenCV (default: the slowest)"
+    parser.add_argument("--layers", action="store_true", help=every)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -279,7 +316,7 @@ def main(argv=None):
                                  args.batch, args.keep_blas_kernel)  # fmt: skip
         results.append(result)
         if not args.json:
-            print(format_report(os.path.basename(cfg), result), flush=True)
+            print(format_report(os.path.basename(cfg), result, every_layer=args.layers), flush=True)
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
