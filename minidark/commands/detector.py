@@ -230,23 +230,41 @@ def train_detector_arguments(parser):
 
 
 def run_train_detector(args):
+    """Train; under ``mpiexec -n N`` as one rank of a data-parallel job
+    (minidark/train/distributed.py)."""
+    from ..train import distributed
+
+    group = distributed.join()
+    if group is None:
+        return train_detector(args)
+    with group.guard():
+        group.silence()
+        return train_detector(args, group)
+
+
+def train_detector(args, group=None):
     import secrets
 
     import minidark
 
     from ..data.datafile import read_data_file
-    from ..train.detection_trainer import DetectionTrainer
-    from ..train.distributed import single_process_only
+    from ..train.detection_trainer import DetectionTrainer, DistributedDetectionTrainer
     from ..train.trainer import cfg_base, final_missing
     from .classifier import check_kinds
 
-    single_process_only("detector train")
     check_kinds("minidark detector train DATA CFG [WEIGHTS]", args)
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
+    if group is not None:
+        seed = group.broadcast(seed)  # every rank: one initialisation, one data order
     net = minidark.load_network(
         args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed
     )
+    if group is not None:
+        from ..train.distributed import attach
+
+        attach(net, group)  # before the max_batches check: it counts global updates
+        _say(group.describe(net))
     head = _last_head(net, args.cfg)
     _check_names(data, head)
     base = cfg_base(args.cfg)
@@ -264,10 +282,13 @@ def run_train_detector(args):
     train_set = _detection_split(data, "train", head.classes)
     valid_set = _detection_split(data, "valid", head.classes) if data.valid else None
     print(net.summary(), file=sys.stderr)
-    trainer = DetectionTrainer(
+    extra = {} if group is None else {"group": group}
+    kind = DetectionTrainer if group is None else DistributedDetectionTrainer
+    trainer = kind(
         net,
         train_set,
         valid_set,
+        **extra,
         points=args.points,
         valid_limit=args.valid_images,
         backup_dir=data.backup,

@@ -222,11 +222,14 @@ def detection_rows(dets, w=1.0, h=1.0):
 
 
 def predict_dataset(
-    net, dataset, thresh=0.005, nms=0.45, hier_thresh=0.5, limit=None, progress=False
+    net, dataset, thresh=0.005, nms=0.45, hier_thresh=0.5, limit=None, progress=False, start=0
 ):
-    """Detections of ``net`` on every image of a DetectionDataset, decoded in
-    relative coordinates: (detections, truths, sizes) lists as this module
-    takes them (boxes relative to the image), plus each image's (w, h)."""
+    """Detections of ``net`` on the images ``start .. limit - 1`` of a
+    DetectionDataset (all by default), decoded in relative coordinates:
+    (detections, truths, sizes) lists as this module takes them (boxes
+    relative to the image), plus each image's (w, h). Images go through the
+    network ``net.batch`` at a time from ``start``: a share that starts at a
+    multiple of ``net.batch`` gives the very bytes the whole run gives."""
     from ..data.image import letterbox_image, load_image, resize_image, uses_letterbox
     from ..kernels.boxes import do_nms_sort, get_network_boxes
 
@@ -236,9 +239,10 @@ def predict_dataset(
     batch = np.zeros((net.batch, net.inputs), np.float32)
     from tqdm import tqdm
 
-    bar = tqdm(total=count, unit="img", disable=not progress, leave=False, desc="evaluating")
-    for start in range(0, count, net.batch):
-        rows = range(start, min(start + net.batch, count))
+    shown = max(count - start, 0)
+    bar = tqdm(total=shown, unit="img", disable=not progress, leave=False, desc="evaluating")
+    for first in range(start, count, net.batch):
+        rows = range(first, min(first + net.batch, count))
         chunk_sizes = []
         for k, index in enumerate(rows):
             im = load_image(dataset.paths[index], net.c)
@@ -270,6 +274,12 @@ def evaluate_detector(
     detections, truths, _ = predict_dataset(
         net, dataset, thresh, nms, limit=limit, progress=progress
     )
+    return score_detections(detections, truths, classes, points)
+
+
+def score_detections(detections, truths, classes, points=0):
+    """evaluate_detector's result from per-image (detections, truths) lists
+    (predict_dataset's, or several shares of them joined in image order)."""
     voc = voc_map(detections, truths, classes, 0.5, points)
     coco = coco_map(detections, truths, classes)
     return {

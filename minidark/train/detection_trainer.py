@@ -3,9 +3,12 @@
 The classifier's :class:`~minidark.train.trainer.Trainer` with another batch
 source: images read per batch from a
 :class:`~minidark.data.detection.DetectionDataset`, augmented as darknet's
-``load_data_detection`` with the trainer's generator (saved in every
-checkpoint, so a resumed run draws the same batches) and packed as the last
-head's truth. Everything else is the Trainer's: checkpoints with sidecars and
+``load_data_detection`` and packed as the last head's truth. Each iteration
+takes one seed from the trainer's generator (saved in every checkpoint, so a
+resumed run draws the same batches); image k of the update is augmented with
+a generator seeded (seed, k), so whichever process loads it (one process, or
+rank r of ``mpiexec -n N``: DistributedDetectionTrainer below) distorts it
+alike. Everything else is the Trainer's: checkpoints with sidecars and
 exact resume, log, NaN guard, Ctrl-C backup, metrics JSONL and chart.
 
 Per iteration the log gets darknet's statistics line of every head (``Region
@@ -27,14 +30,15 @@ from ``s / 1.4`` to ``1.4 s`` (AB's random_coef; at least 32). In the last
 saved in the sidecar (``detector/width``, ``detector/height``).
 """
 
+import math
 import time
 
 import numpy as np
 
 from ..data.detection import DetectionLoader
 from .checkpoint import CheckpointError, checkpoint_base, read_sidecar, resolve_sidecar, size_limit
-from .detection_eval import evaluate_detector
-from .metrics import append_record
+from .detection_eval import evaluate_detector, predict_dataset, score_detections
+from .distributed import DistributedTrainer
 from .trainer import Trainer
 
 HEADS = ("yolo", "region", "detection")
@@ -56,6 +60,7 @@ class DetectionTrainer(Trainer):
     def __init__(self, net, train_set, valid_set=None, *, points=0, valid_limit=None, **kwargs):
         self.points, self.valid_limit = points, valid_limit
         self.cfg_size = (net.w, net.h)
+        self.first_row = 0  # row of the update's images this process's row 0 is
         super().__init__(net, train_set, valid_set, **kwargs)
 
     # --------------------------------------------------------------- data
@@ -73,8 +78,22 @@ class DetectionTrainer(Trainer):
         self._truth = np.zeros((self.rows, self.net.truths), np.float32)
 
     def load_batch(self, indices):
+        """Images and truth of ``indices``; image k of the update is augmented
+        with a generator of its own, seeded (shared draw, k): one draw of the
+        trainer's generator per iteration, whoever loads which rows."""
         self._multiscale()
-        self.batch_stats = self.loader.load(indices, self.rng, self._x, self._truth)
+        shared = int(self.rng.integers(2**62))
+        stats = {"objects": 0, "kept": 0}
+        for row in range(len(indices)):
+            part = self.loader.load(
+                indices[row : row + 1],
+                np.random.default_rng([shared, self.first_row + row]),
+                self._x[row : row + 1],
+                self._truth[row : row + 1],
+            )
+            for key in stats:
+                stats[key] += part[key]
+        self.batch_stats = stats
         return self._x, self._truth
 
     def _multiscale(self):
@@ -124,17 +143,20 @@ class DetectionTrainer(Trainer):
         return ("; " + "; ".join(parts)) if parts else ""
 
     # ---------------------------------------------------------- evaluation
+    def evaluate_valid(self):
+        return evaluate_detector(
+            self.net,
+            self.valid_set,
+            self.loader.head.classes,
+            points=self.points,
+            limit=self.valid_limit,
+        )
+
     def validate(self):
         net, size = self.net, (self.net.w, self.net.h)
         self.resize(*self.cfg_size)  # evaluated at the cfg's size
         try:
-            result = evaluate_detector(
-                net,
-                self.valid_set,
-                self.loader.head.classes,
-                points=self.points,
-                limit=self.valid_limit,
-            )
+            result = self.evaluate_valid()
         finally:
             self.resize(*size)
         batch = net.current_batch
@@ -152,7 +174,7 @@ class DetectionTrainer(Trainer):
             "images": result["images"],
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        append_record(f"{self.backup_dir}/{self.base}_metrics.jsonl", record)
+        self.append_metrics(record)
         self.say(
             f"{self.base}: iteration {batch}: valid mAP@0.5 = {result['map50']:.4f}, "
             f"mAP@[.5:.95] = {result['map']:.4f} on {result['images']} images"
@@ -192,3 +214,49 @@ class DetectionTrainer(Trainer):
                     raise CheckpointError(f"{path}: detector size {w} x {h} is not a network size")
                 self.resize(w, h)
         return message
+
+
+def valid_share(count, batch, rank, size):
+    """Images ``[start, stop)`` of ``count`` that ``rank`` of ``size`` predicts:
+    contiguous runs of whole forward batches, so each image is predicted in the
+    very batch a single process puts it in (the same bytes)."""
+    chunks = -(-count // batch)
+    start, stop = chunks * rank // size * batch, chunks * (rank + 1) // size * batch
+    return min(start, count), min(stop, count)
+
+
+class DistributedDetectionTrainer(DistributedTrainer, DetectionTrainer):
+    """The DetectionTrainer as one rank of a data-parallel job (``mpiexec -n N
+    minidark detector train``; minidark/train/distributed.py).
+
+    Rank r trains rows ``r·b … (r+1)·b - 1`` of the global batch, drawn as
+    DistributedTrainer draws it. The multi-scale size and the one augmentation
+    seed of each iteration come from the trainer's generator, which every rank
+    advances alike: all ranks resize together, and image k of the update gets
+    the distortion a single process with ``batch=N·b`` gives it. The per-head
+    statistics in the log and on the bar are rank 0's own rows.
+
+    Evaluation: each rank predicts a contiguous share of the valid images
+    (``valid_share``), rank 0 gathers the detections in image order and
+    computes mAP, the very numbers one process computes. The other ranks go
+    on with the next batch meanwhile; their copy of the result is NaN (they
+    write no file).
+    """
+
+    def __init__(self, net, train_set, valid_set=None, *, group, **options):
+        super().__init__(net, train_set, valid_set, group=group, **options)
+        self.first_row = group.rank * self.rows
+
+    load_batch = DetectionTrainer.load_batch  # not the classifier's
+
+    def evaluate_valid(self):
+        net, valid, group = self.net, self.valid_set, self.group
+        count = len(valid) if self.valid_limit is None else min(self.valid_limit, len(valid))
+        start, stop = valid_share(count, net.batch, group.rank, group.size)
+        detections, truths, _ = predict_dataset(net, valid, limit=stop, start=start)
+        shares = group.comm.gather((detections, truths), root=0)
+        if not group.root:
+            return {"map50": math.nan, "map": math.nan, "images": count}
+        detections = [d for share in shares for d in share[0]]
+        truths = [t for share in shares for t in share[1]]
+        return score_detections(detections, truths, self.loader.head.classes, self.points)

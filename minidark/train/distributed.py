@@ -1,8 +1,8 @@
 """Data-parallel training over MPI: N processes, mathematically one big batch.
 
-``mpiexec -n N minidark classifier train DATA CFG [WEIGHTS]`` starts N copies
-of the command (ranks 0 … N-1). Each holds the whole network and the whole
-data set; per iteration (one update):
+``mpiexec -n N minidark classifier train DATA CFG [WEIGHTS]`` (or ``detector
+train``) starts N copies of the command (ranks 0 … N-1). Each holds the whole
+network and the whole data set; per iteration (one update):
 
 1. Every rank draws the same *global* batch of ``N·b`` indices from the
    trainer's generator (b = the cfg's ``batch``, per process, as darknet's
@@ -27,6 +27,16 @@ darknet's multi-GPU training): N ranks x b equal one process with
 ``batch=N·b, subdivisions=N``, not ``subdivisions=1``. The running mean is the
 average of the ranks' (the exact running mean of the global batch); the
 running variance the average of the ranks' variances (the within-shard part).
+
+Detection (DistributedDetectionTrainer, minidark/train/detection_trainer.py)
+adds three things: the multi-scale size is drawn from the trainer's
+generator, which every rank advances alike, so all ranks resize together;
+image k of the update is augmented with a generator seeded by the
+iteration's one shared draw and k, so two ranks of b distort their images as
+one process of ``batch=2b`` does; evaluation is shared: each rank predicts a
+contiguous run of whole batches of the valid images and rank 0 gathers the
+detections and computes mAP (the same numbers as one process). The per-head
+statistics in the log are rank 0's rows.
 
 Rank 0 owns every file and every line: the progress bar, the log, metrics,
 chart and checkpoints; the other ranks' stdout and stderr are silenced except
@@ -114,7 +124,8 @@ def single_process_only(verb):
         raise NotDataParallel(
             f"{verb} does not run data-parallel under mpiexec ({size} ranks would be "
             f"{size} separate trainings writing the same files): run it without mpiexec; "
-            f"classifier train is the verb that trains on several processes"
+            f"classifier train and detector train are the verbs that train on several "
+            f"processes"
         )
 
 

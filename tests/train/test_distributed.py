@@ -151,11 +151,9 @@ def test_launched_by_mpiexec_without_mpi4py_says_what_to_install(monkeypatch):
         distributed.join()
 
 
-@pytest.mark.parametrize(
-    "verb", [["detector", "train", "x.data", "y.cfg"], ["rnn", "train", "y.cfg", "--file", "t.txt"]]
-)
+@pytest.mark.parametrize("verb", [["rnn", "train", "y.cfg", "--file", "t.txt"]])
 def test_verbs_that_train_in_one_process_refuse_mpiexec_in_one_line(tmp_path, verb):
-    """N copies of detector/rnn train would be N trainings over the same files:
+    """N copies of rnn train would be N trainings over the same files:
     rank 0 says so, every rank exits 2, no file is touched (no mpi4py needed)."""
     outputs = []
     for rank in (0, 1):
