@@ -84,6 +84,8 @@ from .im2col import (
 
 CHUNK_BYTES = 4 << 20  # target size of one chunk's columns
 COLUMN_BYTES = 64 << 20  # largest columns of one image; beyond, bands of output rows
+BAND_BYTES = 3 << 20  # inference, CNHW: columns of one band of output rows (measured: 2-4 MB)
+INFERENCE_BANDS = True  # inference, CNHW: one band of rows at a time (False: per chunk)
 LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
 WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
@@ -354,8 +356,46 @@ def forward_columns(l, net, finish, weights, biases):
                     out=out[b0:b1, group],
                 )
             else:  # y (rows, n) = cols @ W.T
+def forward_cnhw_bands(l, net, finish, weights, biases):
+    """Inference on the CNHW path, one image and one band of ``cnhw_band_rows(l)``
+    output rows at a time: the band's columns stay in cache between im2col and
+    the GEMM, and its output between the GEMM and the epilogue. Training keeps
+    the per-chunk forward (its sums must follow the shape rule, module docstring)."""
+    k, s, ng, cg, ow = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_w
+    band, kk = cnhw_band_rows(l), k * k * cg
+    weights = weights.reshape(l.n, -1)
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    out = l.output.reshape(l.batch, l.n, l.out_h * ow)
+    if finish:
+        np.copyto(l.bias_plane, biases[:, None])
+    for b0, b1, border in chunks(l, l.forward_chunk):
+        xpad, _, _, cols = scratch(l, net, b1 - b0)
+        to_padded_cnhw(x[b0:b1], l.pad, xpad, border)
+        for b in range(b1 - b0):
+            for r0 in range(0, l.out_h, band):
+                r1 = min(r0 + band, l.out_h)
+                inputs, pixels = slice(r0 * s, (r1 - 1) * s + k), slice(r0 * ow, r1 * ow)
+                y = out[b0 + b, :, pixels]  # (n, band pixels), rows of the NCHW output
+                part = cols.reshape(-1)[: kk * (r1 - r0) * ow].reshape(kk, -1)
+                for g in range(l.groups):
+                    group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+                    im2col_cnhw(xpad[channels, b : b + 1, inputs], k, s, r1 - r0, ow, part)
+                    np.matmul(weights[group], part, out=y[group])
+                if finish:
+                    y += l.bias_plane[:, pixels]
+                    activate(y, l.activation)
+
+
+def cnhw_band_rows(l):
+    """Output rows per band of forward_cnhw_bands: columns of about BAND_BYTES."""
+    return int(max(1, min(l.out_h, BAND_BYTES // (4 * l.size**2 * (l.c // l.groups) * l.out_w))))
+
+
                 if not l.direct:
                     im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
+    if l.cnhw and not net.train and INFERENCE_BANDS:
+        forward_cnhw_bands(l, net, finish, weights, biases)
+        return
                 np.matmul(cols, weights[group].T, out=y[:, group])
         if l.cnhw:
             y = out[b0:b1]
