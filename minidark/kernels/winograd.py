@@ -344,8 +344,8 @@ def backward(l, net, weights_u, m, delta, grad, dx):
     x = net.input.reshape(l.batch, c, l.h, l.w)
     if l.winograd_grad is None or len(l.winograd_grad) != a * a:  # first backward of this tile
         l.winograd_grad = np.zeros((a * a, n, c), delta.dtype)
-        l.winograd_parts = np.zeros((a * a, n, c), delta.dtype)
-    du, parts = l.winograd_grad, l.winograd_parts
+        l.winograd_parts = np.zeros((n, c), delta.dtype)  # one position's: U's size / a^2
+    du, part = l.winograd_grad, l.winograd_parts
     du.fill(0)
     for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0
@@ -367,8 +367,9 @@ def backward(l, net, weights_u, m, delta, grad, dx):
         dy = delta[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
         delta_transform(dy, m, rows, tw, _slot(l, net, m, "wdy", (m, m, n, b, rows, tw)), wy)
         vv = v.reshape(a * a, c, -1)
-        np.matmul(wy, vv.transpose(0, 2, 1), out=parts)
-        du += parts
+        for ij in range(a * a):  # a piece's dU, one position at a time: added while in cache
+            np.matmul(wy[ij], vv[ij].T, out=part)
+            du[ij] += part
         if dx is not None:
             np.matmul(weights_u.transpose(0, 2, 1), wy, out=vv)  # dV over V
             adjoint = input_adjoint_gemm if TRANSFORM_GEMM[m] else input_adjoint
