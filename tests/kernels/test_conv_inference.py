@@ -108,3 +108,48 @@ def test_inference_bands_and_chunks_agree_on_a_first_layer(monkeypatch, bands):
     expected = naive_conv(x.reshape(2, 3, 21, 19), l.weights, l.biases, 1, 1, 1)
     expected = np.where(expected > 0, expected, 0.1 * expected).reshape(2, -1)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tiles", [(2, 4), (4, 2)])
+def test_measured_plan_transforms_each_tile_once(monkeypatch, tiles):
+    """The inference plan times the columns and each Winograd tile; every tile's
+    weights are transformed once (not on every timed run), the chosen tile's
+    kept, and the layer's output after the plan is the convolution's."""
+    import minidark.kernels.winograd as wino
+
+    calls = []
+    transform = wino.weight_transform
+    monkeypatch.setattr(wino, "weight_transform", lambda *a: calls.append(a[1]) or transform(*a))
+    monkeypatch.setattr(conv, "WINOGRAD_TILES", tiles)
+    net = build(
+        "[convolutional]\nfilters=6\nsize=3\nstride=1\npad=1\nactivation=leaky\n", 9, 10, 5, 2
+    )
+    l = net.layers[0]
+    x = np.random.default_rng(1).normal(size=(2, 5 * 9 * 10)).astype(np.float32)
+    first = net.forward(x, train=False).copy()
+    assert sorted(calls) == sorted(tiles) and l.winograd in (0, *tiles)
+    if l.winograd:
+        assert l.winograd_weights.shape == ((l.winograd + 2) ** 2, 6, 5)
+    else:
+        assert l.winograd_weights is None
+    second = net.forward(x, train=False)
+    assert len(calls) == 2  # the kept transform is reused
+    expected = naive_conv(x.reshape(2, 5, 9, 10), l.weights, l.biases, 1, 1, 1)
+    expected = np.where(expected > 0, expected, 0.1 * expected).reshape(2, -1)
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(second, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_plan_clock_is_cpu_time_with_one_blas_thread():
+    """With BLAS on one thread the plan times on this thread's CPU time (other
+    processes' load does not count); with more, on the wall clock."""
+    import time
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(1):
+        assert conv.plan_clock() is time.thread_time
+    with threadpool_limits(2):
+        threads = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+        expected = time.thread_time if threads == {1} else time.perf_counter  # a 1-CPU machine
+        assert conv.plan_clock() is expected
