@@ -353,31 +353,6 @@ def forward_winograd(l, net, finish, weights, biases):
     wino.forward(l, net, u, l.winograd, out, (biases, l.activation) if finish else None)
 
 
-def forward_columns(l, net, finish, weights, biases):
-    """im2col + GEMM, a chunk of images at a time (module docstring)."""
-    k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
-    if not l.cnhw and "ordered" not in l.prepared:
-        np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
-        l.prepared.add("ordered")
-    weights = (weights if l.cnhw else l.ordered).reshape(l.n, -1)
-    x = net.input.reshape(l.batch, l.c, l.h, l.w)
-    out = l.output.reshape(l.batch, l.n, rows)
-    if l.cnhw and finish:
-        bias_plane = l.bias_plane
-        np.copyto(bias_plane, biases[:, None])
-    for b0, b1, border in chunks(l, l.forward_chunk):
-        xpad, _, y, cols = scratch(l, net, b1 - b0)
-        (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
-        for g in range(l.groups):
-            group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
-            if l.cnhw:  # out_b (n, rows) = W @ cols_b, one GEMM per image, in place
-                im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
-                np.matmul(
-                    weights[group],
-                    cols.reshape(-1, b1 - b0, rows).transpose(1, 0, 2),
-                    out=out[b0:b1, group],
-                )
-            else:  # y (rows, n) = cols @ W.T
 def forward_cnhw_bands(l, net, finish, weights, biases):
     """Inference on the CNHW path, one image and one band of ``cnhw_band_rows(l)``
     output rows at a time: the band's columns stay in cache between im2col and
@@ -413,11 +388,36 @@ def cnhw_band_rows(l):
     return int(max(1, min(l.out_h, BAND_BYTES // (4 * l.size**2 * (l.c // l.groups) * l.out_w))))
 
 
-                if not l.direct:
-                    im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
+def forward_columns(l, net, finish, weights, biases):
+    """im2col + GEMM, a chunk of images at a time (module docstring)."""
     if l.cnhw and not net.train and INFERENCE_BANDS:
         forward_cnhw_bands(l, net, finish, weights, biases)
         return
+    k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
+    if not l.cnhw and "ordered" not in l.prepared:
+        np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
+        l.prepared.add("ordered")
+    weights = (weights if l.cnhw else l.ordered).reshape(l.n, -1)
+    x = net.input.reshape(l.batch, l.c, l.h, l.w)
+    out = l.output.reshape(l.batch, l.n, rows)
+    if l.cnhw and finish:
+        bias_plane = l.bias_plane
+        np.copyto(bias_plane, biases[:, None])
+    for b0, b1, border in chunks(l, l.forward_chunk):
+        xpad, _, y, cols = scratch(l, net, b1 - b0)
+        (to_padded_cnhw if l.cnhw else to_padded_nhwc)(x[b0:b1], l.pad, xpad, border)
+        for g in range(l.groups):
+            group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
+            if l.cnhw:  # out_b (n, rows) = W @ cols_b, one GEMM per image, in place
+                im2col_cnhw(xpad[channels], k, s, l.out_h, l.out_w, cols)
+                np.matmul(
+                    weights[group],
+                    cols.reshape(-1, b1 - b0, rows).transpose(1, 0, 2),
+                    out=out[b0:b1, group],
+                )
+            else:  # y (rows, n) = cols @ W.T
+                if not l.direct:
+                    im2col_nhwc(xpad[..., channels], k, s, l.out_h, l.out_w, cols)
                 np.matmul(cols, weights[group].T, out=y[:, group])
         if l.cnhw:
             y = out[b0:b1]
