@@ -118,7 +118,9 @@ def train_arguments(parser):
     train_options(parser)
 
 
-def train_options(parser):
+def train_options(parser, streaming=True):
+    """Options every training verb shares; ``streaming`` adds the classifier's
+    image-list loader workers (a detector reads its images per batch anyway)."""
     parser.add_argument(
         "--clear",
         action="store_true",
@@ -131,19 +133,20 @@ def train_options(parser):
         help="load WEIGHTS into layers 0..N-1 only (darknet's load_weights_upto): "
         "a backbone for a new head; usually with --clear",
     )
-    parser.add_argument(
-        "--workers",
-        type=positive_int,
-        metavar="N",
-        help="stream an image list through N loader workers (decoded and augmented per "
-        "batch at each image's own size, as darknet) instead of decoding it into memory",
-    )
-    parser.add_argument(
-        "--loader",
-        choices=("thread", "process"),
-        default="thread",
-        help="loader workers are threads (default) or processes",
-    )
+    if streaming:
+        parser.add_argument(
+            "--workers",
+            type=positive_int,
+            metavar="N",
+            help="stream an image list through N loader workers (decoded and augmented per "
+            "batch at each image's own size, as darknet) instead of decoding it into memory",
+        )
+        parser.add_argument(
+            "--loader",
+            choices=("thread", "process"),
+            default="thread",
+            help="loader workers are threads (default) or processes",
+        )
     parser.add_argument(
         "--no-exact-resume",
         dest="exact_resume",

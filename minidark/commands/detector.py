@@ -226,7 +226,7 @@ def train_detector_arguments(parser):
         metavar="N",
         help="evaluate on the first N valid images only (default: all)",
     )
-    train_options(parser)
+    train_options(parser, streaming=False)
 
 
 def run_train_detector(args):
@@ -258,7 +258,7 @@ def train_detector(args, group=None):
     if group is not None:
         seed = group.broadcast(seed)  # every rank: one initialisation, one data order
     net = minidark.load_network(
-        args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed
+        args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed, cutoff=args.cutoff
     )
     if group is not None:
         from ..train.distributed import attach

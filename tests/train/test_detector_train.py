@@ -252,3 +252,36 @@ def test_resume_is_byte_identical(tmp_path, random):
     trainer.on_iteration = stop_at(14)
     trainer.run()
     assert backup.read_bytes() == straight
+
+
+def test_cutoff_trains_from_the_backbone_only(trained, tmp_path):
+    """--cutoff 2 on whole weights trains exactly as the 2-layer backbone file
+    (``minidark partial``) does: the head starts fresh, not from the file."""
+    root, data, cfg, _ = trained
+    weights = root / "backup" / "tiny.weights"
+    backbone = tmp_path / "tiny.conv.2"
+    run = cli("partial", cfg, weights, backbone, "2")
+    assert run.returncode == 0, run.stderr
+    results = {}
+    for name, start, extra in (
+        ("cut", weights, ("--cutoff", "2")),
+        ("backbone", backbone, ()),
+        ("whole", weights, ()),
+    ):
+        tuned = tmp_path / f"{name}.data"
+        tuned.write_text(
+            data.read_text().replace(f"backup={root}/backup", f"backup={tmp_path}/{name}")
+        )
+        run = cli(
+            "detector", "train", tuned, cfg, start, "--clear", "--seed", "4", "--no-progress",
+            *extra, cwd=tmp_path,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        results[name] = (tmp_path / name / "tiny.weights").read_bytes()
+    assert results["cut"] == results["backbone"]
+    assert results["cut"] != results["whole"]
+
+
+def test_detector_train_has_no_stream_workers(tmp_path):
+    run = cli("detector", "train", "a.data", "b.cfg", "--workers", "2", cwd=tmp_path)
+    assert run.returncode == 2 and "unrecognized arguments: --workers 2" in run.stderr
