@@ -90,7 +90,10 @@ LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
 WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
 WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns (inference)
-WINOGRAD_TRAIN_CHANNELS = 64  # training: F(2,3) when min(c, n) reaches this
+WINOGRAD_TRAIN_CHANNELS = 128  # training: F(4,3) when min(c, n) reaches this ...
+WINOGRAD_TRAIN_WIDE_CHANNELS = 32  # ... or this, on images of WINOGRAD_TRAIN_TILES tiles
+WINOGRAD_TRAIN_TILES = 25  # 4x4 output tiles per image from which the lower count holds
+WINOGRAD_TRAIN_WASTE = 1.6  # most outputs F(4,3) computes per output kept (partial tiles)
 SLOTS = ("xpad", "dxpad", "y", "cols", "dypad", "grads")
 
 
@@ -262,13 +265,35 @@ def derived(l, fold):
 
 
 def training_tile(l):
-    """The path of a layer whose first pass trains: a rule on its shape, not a
-    timing, so that two runs with the same seed (and a run resumed from a
-    checkpoint) sum in the same order and stay byte-identical. F(2,3) does
-    32 multiplies per 2x2 tile where the columns do 4 x 9 = 36 per channel
-    pair, against transforms that touch every channel: worth it once both
-    channel counts are large (min(c, n) >= WINOGRAD_TRAIN_CHANNELS)."""
-    return 2 if min(l.c, l.n) >= WINOGRAD_TRAIN_CHANNELS else 0
+    """The path of a layer whose first pass trains: 4 (F(4,3)) or 0 (the columns),
+    from its shape alone, never a timing, so that two runs with the same seed (and
+    a run resumed from a checkpoint) sum in the same order and stay byte-identical.
+
+    With T = ceil(out_h / 4) ceil(out_w / 4) tiles per image, F(4,3) does
+    36 T C N multiplies where the columns do 9 out_h out_w C N, 4x fewer when
+    the tiles fit the output exactly; its transforms cost ~T (C + N) and, on
+    small images, move data across the images of a piece. So, for a training
+    step (forward, both gradients) measured per layer at one thread::
+
+        F(4,3)  when  16 T <= WINOGRAD_TRAIN_WASTE out_h out_w
+                and   min(c, n) >= WINOGRAD_TRAIN_CHANNELS (128),
+                      or >= WINOGRAD_TRAIN_WIDE_CHANNELS (32) once T >= WINOGRAD_TRAIN_TILES (25)
+
+    The waste bound keeps 7x7, 13x13 and 14x14 outputs (1.31, 1.51, 1.31
+    computed per kept output; F(4,3) faster from 128 channels) and drops 6x6
+    and 5x5 (1.78, 2.56; the columns faster even at 256). Below 128 channels
+    the transforms outweigh the saved multiplies on images of 16 tiles or fewer
+    (64 channels at 14x14 or 16x16), not on larger ones (32 to 64 channels
+    at 20x20 to 56x56); with 16 or fewer the columns win at any image size.
+    F(2,3) never won a training step (its 16 multiplies per 2x2 tile save
+    less than its transforms cost), so training leaves it to inference's plan.
+    The cifar.cfg and mnist_yolo.cfg rows of docs/benchmark.md give the figures."""
+    tiles = math.ceil(l.out_h / 4) * math.ceil(l.out_w / 4)
+    if 16 * tiles > WINOGRAD_TRAIN_WASTE * l.out_h * l.out_w:
+        return 0
+    wide = tiles >= WINOGRAD_TRAIN_TILES
+    needed = WINOGRAD_TRAIN_WIDE_CHANNELS if wide else WINOGRAD_TRAIN_CHANNELS
+    return 4 if min(l.c, l.n) >= needed else 0
 
 
 def measure(l, net, finish, weights, biases):

@@ -2,6 +2,8 @@
 inference batch norm folded into the filters; each against the im2col path or
 a float64 definition, forward and both gradients."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -277,7 +279,7 @@ def test_both_transform_forms_agree(monkeypatch, tile):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("channels, expected", [(8, 0), (64, 2)])
+@pytest.mark.parametrize("channels, expected", [(8, 0), (128, 4)])
 def test_training_path_follows_the_shape_not_a_timing(monkeypatch, channels, expected):
     """Two runs with the same seed must sum in the same order: a layer whose first
     pass trains takes its path from its shape even when every timing says otherwise."""
@@ -287,9 +289,46 @@ def test_training_path_follows_the_shape_not_a_timing(monkeypatch, channels, exp
 
     monkeypatch.setattr(conv_module, "measure", timed)
     monkeypatch.setattr(conv_module, "measure_backward", timed)
-    net = build(conv(channels, 3, 1, 1) + conv(channels, 3, 1, 1), h=6, w=6, c=channels)
-    x = np.random.default_rng(1).normal(size=(2, channels * 36)).astype(np.float32)
-    net.forward(x, np.zeros((2, channels * 36), np.float32), train=True)
+    net = build(conv(channels, 3, 1, 1) + conv(channels, 3, 1, 1), h=8, w=8, c=channels)
+    x = np.random.default_rng(1).normal(size=(2, channels * 64)).astype(np.float32)
+    net.forward(x, np.zeros((2, channels * 64), np.float32), train=True)
     net.backward()
     for l in net.layers:
         assert l.winograd == expected and l.winograd_backward == bool(expected)
+
+
+@pytest.mark.parametrize(
+    "c, n, side, expected",
+    [
+        (3, 128, 28, 0),  # cifar.cfg's first layer: too few input channels
+        (128, 128, 28, 4),  # cifar.cfg's 28x28 layers
+        (128, 256, 14, 4),  # 14x14: 1.31 outputs computed per output kept
+        (512, 512, 7, 4),  # 7x7: likewise
+        (256, 256, 13, 4),  # 13x13: 1.51, within the waste bound
+        (256, 256, 6, 0),  # 6x6: 1.78, beyond it
+        (512, 512, 5, 0),
+        (64, 64, 14, 0),  # 16 tiles per image: 64 channels are too few
+        (64, 128, 8, 0),
+        (64, 64, 20, 4),  # 25 tiles: from 32 channels
+        (32, 32, 56, 4),
+        (16, 32, 32, 0),  # below 32 channels: the columns at any size
+        (31, 64, 56, 0),
+    ],
+)
+def test_training_tile_is_a_function_of_the_shape(monkeypatch, c, n, side, expected):
+    """The training rule reads the layer's shape and nothing else: a record holding
+    only shape fields gives the pinned tile, the same each call, with every clock
+    and every timed plan unavailable (a timing swapped in fails here)."""
+
+    def clock(*args):
+        raise AssertionError("the training rule read a clock")
+
+    clocks = ("perf_counter", "perf_counter_ns", "time", "monotonic", "process_time")
+    monkeypatch.setattr(conv_module, "time", SimpleNamespace(**dict.fromkeys(clocks, clock)))
+    monkeypatch.setattr(conv_module, "measure", clock)
+    monkeypatch.setattr(conv_module, "measure_backward", clock)
+    shape = dict(c=c, n=n, h=side, w=side, out_h=side, out_w=side, size=3, stride=1, pad=1)
+    layer = SimpleNamespace(batch=32, groups=1, **shape)
+    assert [conv_module.training_tile(layer) for _ in range(3)] == [expected] * 3
+    layer.batch = 1  # the batch does not move the choice either
+    assert conv_module.training_tile(layer) == expected
