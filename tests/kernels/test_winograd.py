@@ -332,3 +332,24 @@ def test_training_tile_is_a_function_of_the_shape(monkeypatch, c, n, side, expec
     assert [conv_module.training_tile(layer) for _ in range(3)] == [expected] * 3
     layer.batch = 1  # the batch does not move the choice either
     assert conv_module.training_tile(layer) == expected
+
+
+def test_two_runs_training_by_f43_are_byte_identical():
+    """Same seed, same batches: the F(4,3) training path (partial tiles, pieces,
+    scratch reused across layers) gives the same bytes run after run."""
+    body = conv(128, 3, 1, 1, act="leaky", bn=1) + conv(128, 3, 1, 1, act="leaky", bn=1)
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(size=(2, 2, 128 * 49)).astype(np.float32) for _ in range(3)]
+    runs = []
+    for _ in range(2):
+        net = build(body, h=7, w=7, c=128, seed=4)
+        first = net.layers[0].weights.copy()
+        for x, delta in batches:
+            net.forward(x, train=True)
+            net.layers[-1].delta[:] = delta
+            net.backward()
+            net.update()
+        assert [l.winograd for l in net.layers] == [4, 4]
+        assert np.abs(net.layers[0].weights - first).max() > 1e-4  # it did train
+        runs.append([a.tobytes() for l in net.layers for a in (l.weights, l.output, l.delta)])
+    assert runs[0] == runs[1]
