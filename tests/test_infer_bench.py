@@ -1,0 +1,25 @@
+"""infer_bench's per-layer comparison: every layer of minidark beside OpenCV's own
+profile of the same layer (matched by darknet index)."""
+
+import re
+from pathlib import Path
+
+from minidark.tools.infer_bench import format_report, measure
+
+STOCK = Path(__file__).parent / "cfg" / "stock"
+
+
+def test_layers_lists_every_layer_beside_opencv():
+    result = measure(str(STOCK / "yolov3-tiny.cfg"), runs=2, size=64)
+    layers = result["layers"]
+    assert len(layers) == 24 and all(l["seconds"] > 0 for l in layers)
+    convs = [l for l in layers if l["type"] == "convolutional"]
+    assert all(l["opencv_seconds"] > 0 for l in convs)  # OpenCV's conv_N, BN and leaky fused
+    report = format_report("yolov3-tiny.cfg", result, every_layer=True)
+    rows = report.split("every layer")[1].splitlines()[1:]
+    rows = [r for r in rows if re.match(r"\s+\d+ ", r)]
+    assert [int(r.split()[0]) for r in rows] == list(range(24))
+    for row in rows:
+        if " convolutional " in row:
+            assert len(re.findall(r"\d+\.\d ms", row)) == 2  # minidark, OpenCV
+    assert "slowest layers" in format_report("yolov3-tiny.cfg", result)
