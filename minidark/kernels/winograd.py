@@ -16,8 +16,9 @@ im2col's 9 m^2 per tile: 2.25x fewer for F(2,3), 4x for F(4,3).
 F(2,3)'s input transform runs on strided views of the zero-padded NCHW input,
 rows then columns (``Bt`` is sparse, so each output is a sum of two shifted
 views), writing V in the (a^2, C, T) order the GEMMs read; F(4,3)'s gathers
-the a x a tiles (one strided copy per tile position) and multiplies them by
-kron(Bt, Bt) in one GEMM (``TRANSFORM_GEMM``); the output transform is
+the a x a tiles (one strided copy per tile position, from a channel-major
+padded copy, so that tiles and input share their (C, B) order) and multiplies
+them by kron(Bt, Bt) in one GEMM (``TRANSFORM_GEMM``); the output transform is
 one (m^2, a^2) @ (a^2, N T) GEMM, scattered to the m x m phases of the output.
 
 Backward is the exact adjoint of those linear maps (not a second convolution):
@@ -182,18 +183,18 @@ def input_transform(slab, m, th, tw, rows, v):
 
 
 def gather_tiles(slab, m, th, tw, tiles_):
-    """tiles_ (a, a, C, B, th, tw) = every a x a tile of ``slab``, one strided copy per (r, s)."""
+    """tiles_ (a, a, C, B, th, tw) = every a x a tile of the channel-major ``slab``
+    (C, B, m th + 2, ...), one strided copy per (r, s), in the same (C, B) order."""
     a = m + 2
     for r in range(a):
         for s in range(a):
-            np.copyto(
-                tiles_[r, s].transpose(1, 0, 2, 3), slab[:, :, _span(r, th, m), _span(s, tw, m)]
-            )
+            np.copyto(tiles_[r, s], slab[:, :, _span(r, th, m), _span(s, tw, m)])
 
 
 def input_transform_gemm(slab, m, th, tw, tiles_, v):
-    """input_transform as one (a^2, a^2) @ (a^2, C T) GEMM on the gathered tiles:
-    for F(4,3), whose Bt has coefficients 2, 4, 5, this beats elementwise passes."""
+    """input_transform as one (a^2, a^2) @ (a^2, C T) GEMM on the gathered tiles of
+    a channel-major ``slab`` (C, B, ...): for F(4,3), whose Bt has coefficients
+    2, 4, 5, this beats elementwise passes."""
     _, _, bt = matrices(m)
     gather_tiles(slab, m, th, tw, tiles_)
     kron = np.kron(bt, bt).astype(slab.dtype)
@@ -201,15 +202,15 @@ def input_transform_gemm(slab, m, th, tw, tiles_, v):
 
 
 def input_adjoint_gemm(dv, m, th, tw, tiles_, dslab):
-    """dslab += the adjoint of input_transform_gemm applied to dv: one GEMM, then
-    the tiles overlap-added back (one strided add per (r, s))."""
+    """dslab (C, B, ...) += the adjoint of input_transform_gemm applied to dv: one
+    GEMM, then the tiles overlap-added back (one strided add per (r, s))."""
     _, _, bt = matrices(m)
     a = m + 2
     kron = np.kron(bt, bt).astype(dv.dtype)
     np.matmul(kron.T, dv.reshape(len(kron), -1), out=tiles_.reshape(len(kron), -1))
     for r in range(a):
         for s in range(a):
-            dslab[:, :, _span(r, th, m), _span(s, tw, m)] += tiles_[r, s].transpose(1, 0, 2, 3)
+            dslab[:, :, _span(r, th, m), _span(s, tw, m)] += tiles_[r, s]
 
 
 def input_adjoint(dv, m, th, tw, rows, dslab):
@@ -288,10 +289,18 @@ def pieces(l, m, images, rows):
 
 
 def pad_images(l, m, x, xpad):
-    """xpad (B, C, m th + 2, m tw + 2) = x padded by l.pad, zero beyond the input."""
+    """xpad (B, C, m th + 2, m tw + 2) = x padded by l.pad, zero beyond the input;
+    channel-major, (C, B, ...), when the tile's transform is a GEMM (padded_shape)."""
     p, h, w = l.pad, l.h, l.w
     xpad.fill(0)
-    np.copyto(xpad[:, :, p : p + h, p : p + w], x)
+    np.copyto(xpad[:, :, p : p + h, p : p + w], x.transpose(1, 0, 2, 3) if TRANSFORM_GEMM[m] else x)
+
+
+def padded_shape(m, images, c, hp, wp):
+    """The padded slab's shape: (C, B, hp, wp) for the GEMM transform, whose gathered
+    tiles are (C, B, th, tw) (an NCHW slab would transpose C and B in every one of
+    its a^2 copies and overlap-adds: ~2x slower on small images), else (B, C, hp, wp)."""
+    return (c, images, hp, wp) if TRANSFORM_GEMM[m] else (images, c, hp, wp)
 
 
 SLOTS = ("wpad", "wdxpad", "wrows", "wv", "wm", "wdy")
@@ -318,7 +327,7 @@ def forward(l, net, weights_u, m, out, finish=None):
     x = net.input.reshape(l.batch, c, l.h, l.w)
     for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0
-        xpad = _slot(l, net, m, "wpad", (b, c, hp, wp))
+        xpad = _slot(l, net, m, "wpad", padded_shape(m, b, c, hp, wp))
         if first:
             pad_images(l, m, x[b0:b1], xpad)
         slab = xpad[:, :, m * ty0 : m * ty1 + 2]
@@ -349,8 +358,8 @@ def backward(l, net, weights_u, m, delta, grad, dx):
     du.fill(0)
     for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0
-        xpad = _slot(l, net, m, "wpad", (b, c, hp, wp))
-        dxpad = _slot(l, net, m, "wdxpad", (b, c, hp, wp))
+        xpad = _slot(l, net, m, "wpad", padded_shape(m, b, c, hp, wp))
+        dxpad = _slot(l, net, m, "wdxpad", padded_shape(m, b, c, hp, wp))
         if first:
             pad_images(l, m, x[b0:b1], xpad)
             if dx is not None:
@@ -375,5 +384,6 @@ def backward(l, net, weights_u, m, delta, grad, dx):
             adjoint = input_adjoint_gemm if TRANSFORM_GEMM[m] else input_adjoint
             adjoint(v, m, rows, tw, rows_scratch, dxpad[:, :, m * ty0 : m * ty1 + 2])
             if ty1 == th:
-                dx[b0:b1] += dxpad[:, :, p : p + l.h, p : p + l.w]
+                inner = dxpad[:, :, p : p + l.h, p : p + l.w]
+                dx[b0:b1] += inner.transpose(1, 0, 2, 3) if TRANSFORM_GEMM[m] else inner
     weight_gradient(du, m, grad)
