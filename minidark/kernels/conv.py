@@ -90,10 +90,11 @@ LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
 WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
 WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns (inference)
-WINOGRAD_TRAIN_CHANNELS = 128  # training: F(4,3) when min(c, n) reaches this ...
-WINOGRAD_TRAIN_WIDE_CHANNELS = 32  # ... or this, on images of WINOGRAD_TRAIN_TILES tiles
-WINOGRAD_TRAIN_TILES = 25  # 4x4 output tiles per image from which the lower count holds
-WINOGRAD_TRAIN_WASTE = 1.6  # most outputs F(4,3) computes per output kept (partial tiles)
+# training's shape rule (training_tile), in GEMM multiply-adds per output and channel:
+WINOGRAD_TRAIN_COLUMNS_COST = 560  # the columns' copies (im2col, col2im, layouts)
+WINOGRAD_TRAIN_TRANSFORM_COST = 680  # F(4,3)'s transforms, per output computed
+WINOGRAD_TRAIN_TILES = 25  # images of fewer 4x4 tiles than this ...
+WINOGRAD_TRAIN_SMALL_CHANNELS = 64  # ... also need c n / (c + n) >= this
 SLOTS = ("xpad", "dxpad", "y", "cols", "dypad", "grads")
 
 
@@ -269,31 +270,31 @@ def training_tile(l):
     from its shape alone, never a timing, so that two runs with the same seed (and
     a run resumed from a checkpoint) sum in the same order and stay byte-identical.
 
-    With T = ceil(out_h / 4) ceil(out_w / 4) tiles per image, F(4,3) does
-    36 T C N multiplies where the columns do 9 out_h out_w C N, 4x fewer when
-    the tiles fit the output exactly; its transforms cost ~T (C + N) and, on
-    small images, move data across the images of a piece. So, for a training
-    step (forward, both gradients) measured per layer at one thread::
+    A cost model per output pixel, with H = C N / (C + N) and w = 16 T / (out_h
+    out_w) the outputs F(4,3) computes per output kept (T = ceil(out_h / 4)
+    ceil(out_w / 4) tiles per image: w = 1 when 4 divides both sides)::
 
-        F(4,3)  when  16 T <= WINOGRAD_TRAIN_WASTE out_h out_w
-                and   min(c, n) >= WINOGRAD_TRAIN_CHANNELS (128),
-                      or >= WINOGRAD_TRAIN_WIDE_CHANNELS (32) once T >= WINOGRAD_TRAIN_TILES (25)
+        columns  (C + N) (9 H + COLUMNS_COST)         GEMM, then copies ~ C + N
+        F(4,3)   (C + N) w (2.25 H + TRANSFORM_COST)  36 / 16 multiplies per output
 
-    The waste bound keeps 7x7, 13x13 and 14x14 outputs (1.31, 1.51, 1.31
-    computed per kept output; F(4,3) faster from 128 channels) and drops 6x6
-    and 5x5 (1.78, 2.56; the columns faster even at 256). Below 128 channels
-    the transforms outweigh the saved multiplies on images of 16 tiles or fewer
-    (64 channels at 14x14 or 16x16), not on larger ones (32 to 64 channels
-    at 20x20 to 56x56); with 16 or fewer the columns win at any image size.
-    F(2,3) never won a training step (its 16 multiplies per 2x2 tile save
-    less than its transforms cost), so training leaves it to inference's plan.
-    The cifar.cfg and mnist_yolo.cfg rows of docs/benchmark.md give the figures."""
+    F(4,3) when it is the cheaper, and, on images of fewer than
+    WINOGRAD_TRAIN_TILES tiles, H >= WINOGRAD_TRAIN_SMALL_CHANNELS: a piece then
+    holds many images, and the transforms cost more than the model says. The
+    two costs are fitted to a training step (forward, both gradients) timed per
+    layer in CPU time at one thread, on cifar.cfg's and mnist_yolo.cfg's layers
+    and a grid of 3 to 512 channels at 4x4 to 128x128 (docs/benchmark.md): with
+    w = 1, F(4,3) from H > 17.8 (32 -> 64 channels, not 32 -> 32); at 14x14
+    (w = 1.31) from H = 54 (128 channels, not 96); at 10x10 (1.44) from 73;
+    at 13x13 (1.51) from 84; at 6x6 (1.78) from 130. F(2,3) never won a
+    training step (its 4 multiplies per output save less than its transforms
+    cost), so training leaves it to inference's measured plan."""
     tiles = math.ceil(l.out_h / 4) * math.ceil(l.out_w / 4)
-    if 16 * tiles > WINOGRAD_TRAIN_WASTE * l.out_h * l.out_w:
+    waste = 16 * tiles / (l.out_h * l.out_w)
+    h = l.c * l.n / (l.c + l.n)
+    if tiles < WINOGRAD_TRAIN_TILES and h < WINOGRAD_TRAIN_SMALL_CHANNELS:
         return 0
-    wide = tiles >= WINOGRAD_TRAIN_TILES
-    needed = WINOGRAD_TRAIN_WIDE_CHANNELS if wide else WINOGRAD_TRAIN_CHANNELS
-    return 4 if min(l.c, l.n) >= needed else 0
+    columns = 9 * h + WINOGRAD_TRAIN_COLUMNS_COST
+    return 4 if waste * (2.25 * h + WINOGRAD_TRAIN_TRANSFORM_COST) < columns else 0
 
 
 def measure(l, net, finish, weights, biases):

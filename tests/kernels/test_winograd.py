@@ -304,15 +304,17 @@ def test_training_path_follows_the_shape_not_a_timing(monkeypatch, channels, exp
         (128, 128, 28, 4),  # cifar.cfg's 28x28 layers
         (128, 256, 14, 4),  # 14x14: 1.31 outputs computed per output kept
         (512, 512, 7, 4),  # 7x7: likewise
-        (256, 256, 13, 4),  # 13x13: 1.51, within the waste bound
-        (256, 256, 6, 0),  # 6x6: 1.78, beyond it
+        (96, 96, 14, 0),  # 14x14 below H = 54
+        (256, 256, 13, 4),  # 13x13: 1.51
+        (128, 128, 10, 0),  # 10x10: 1.44, below H = 73
+        (256, 256, 6, 0),  # 6x6: 1.78, below H = 130
         (512, 512, 5, 0),
-        (64, 64, 14, 0),  # 16 tiles per image: 64 channels are too few
-        (64, 128, 8, 0),
-        (64, 64, 20, 4),  # 25 tiles: from 32 channels
-        (32, 32, 56, 4),
-        (16, 32, 32, 0),  # below 32 channels: the columns at any size
-        (31, 64, 56, 0),
+        (64, 128, 8, 0),  # 4 tiles per image: H = 43 is too few
+        (128, 256, 4, 4),
+        (64, 64, 20, 4),  # 25 tiles, exact: from H = 17.8
+        (32, 64, 32, 4),
+        (32, 32, 56, 0),
+        (16, 32, 32, 0),
     ],
 )
 def test_training_tile_is_a_function_of_the_shape(monkeypatch, c, n, side, expected):
