@@ -163,6 +163,7 @@ class Layer:
     forward_chunk: int = 0  # images per forward chunk (conv)
     band: int = 0  # conv: output rows per im2col band when one image's columns are too big; 0: none
     bias_plane: Array | None = None  # conv CNHW: biases broadcast over the pixels
+    bias_weights: Array | None = None  # conv CNHW inference: [filters | biases], (n, k k c/g + 1)
     slots: dict | None = None  # conv: offset of each scratch array in net.workspace
     pointwise: bool = False  # conv 1x1 unpadded ungrouped: out_b = W @ x_b on the NCHW input
     winograd: int | None = 0  # conv 3x3/1: tile m of Winograd F(m,3), 0: columns; None: measure

@@ -154,8 +154,10 @@ def plan(l):
         l.chunk = l.forward_chunk = 1
         band_rows = l.band * l.out_w
         sizes = [padded, padded, band_rows * n, band_rows * kk, 0, 0]
-    if l.cnhw:  # biases broadcast over the pixels
+    if l.cnhw:  # biases broadcast over the pixels; inference bands: [W | biases], ones
         l.bias_plane = np.zeros((n, rows), np.float32)
+        l.bias_weights = np.zeros((n, kk + 1), np.float32)
+        sizes[3] = max(sizes[3], (kk + 1) * cnhw_band_rows(l) * l.out_w)
     if l.pointwise:  # strided input, input gradient and per-image dW of a chunk
         l.chunk = l.forward_chunk = int(
             max(1, min(l.batch, CHUNK_BYTES // (4 * max(c * rows + n * c, 1))))
@@ -382,36 +384,46 @@ def forward_winograd(l, net, finish, weights, biases):
 def forward_cnhw_bands(l, net, finish, weights, biases):
     """Inference on the CNHW path, one image and one band of ``cnhw_band_rows(l)``
     output rows at a time: the band's columns stay in cache between im2col and
-    the GEMM, and its output between the GEMM and the epilogue. Training keeps
-    the per-chunk forward (its sums must follow the shape rule, module docstring)."""
+    the GEMM, and its output between the GEMM and the activation. The biases
+    ride in the GEMM, ``y = [W | b] @ [cols; 1]`` (a row of ones under the
+    columns), so no pass adds them. Training keeps the per-chunk forward (its
+    sums must follow the shape rule, module docstring)."""
     k, s, ng, cg, ow = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_w
-    band, kk = cnhw_band_rows(l), k * k * cg
+    kk = k * k * cg
+    capacity = (l.slots["dypad"] - l.slots["cols"]) // ((kk + 1) * ow)  # rows the slot holds
+    band, rows = min(cnhw_band_rows(l), capacity), kk + 1 if finish else kk
     weights = weights.reshape(l.n, -1)
+    if finish:
+        if "bias_weights" not in l.prepared:
+            np.copyto(l.bias_weights[:, :kk], weights)
+            l.prepared.add("bias_weights")
+        l.bias_weights[:, kk] = biases
+        weights = l.bias_weights
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, l.out_h * ow)
-    if finish:
-        np.copyto(l.bias_plane, biases[:, None])
     for b0, b1, border in chunks(l, l.forward_chunk):
-        xpad, _, _, cols = scratch(l, net, b1 - b0)
+        xpad = scratch(l, net, b1 - b0)[0]
         to_padded_cnhw(x[b0:b1], l.pad, xpad, border)
         for b in range(b1 - b0):
             for r0 in range(0, l.out_h, band):
                 r1 = min(r0 + band, l.out_h)
                 inputs, pixels = slice(r0 * s, (r1 - 1) * s + k), slice(r0 * ow, r1 * ow)
                 y = out[b0 + b, :, pixels]  # (n, band pixels), rows of the NCHW output
-                part = cols.reshape(-1)[: kk * (r1 - r0) * ow].reshape(kk, -1)
+                part = slot(l, net, "cols", (rows, (r1 - r0) * ow))
+                part[kk:] = 1  # the biases' row (none without finish)
                 for g in range(l.groups):
                     group, channels = slice(g * ng, (g + 1) * ng), slice(g * cg, (g + 1) * cg)
-                    im2col_cnhw(xpad[channels, b : b + 1, inputs], k, s, r1 - r0, ow, part)
+                    im2col_cnhw(xpad[channels, b : b + 1, inputs], k, s, r1 - r0, ow, part[:kk])
                     np.matmul(weights[group], part, out=y[group])
                 if finish:
-                    y += l.bias_plane[:, pixels]
                     activate(y, l.activation)
 
 
 def cnhw_band_rows(l):
-    """Output rows per band of forward_cnhw_bands: columns of about BAND_BYTES."""
-    return int(max(1, min(l.out_h, BAND_BYTES // (4 * l.size**2 * (l.c // l.groups) * l.out_w))))
+    """Output rows per band of forward_cnhw_bands: columns (and the biases' row)
+    of about BAND_BYTES."""
+    kk = l.size**2 * (l.c // l.groups) + 1
+    return int(max(1, min(l.out_h, BAND_BYTES // (4 * kk * l.out_w))))
 
 
 def forward_columns(l, net, finish, weights, biases):

@@ -66,7 +66,7 @@ def test_cnhw_bands_match_the_definition_and_the_chunks(
     try:
         net = build(body, h, w, c, batch)
         l = net.layers[0]
-        conv.BAND_BYTES = 4 * size * size * (c // groups) * l.out_w * band_rows
+        conv.BAND_BYTES = 4 * (size * size * (c // groups) + 1) * l.out_w * band_rows
         assert conv.cnhw_band_rows(l) == min(band_rows, l.out_h)
         rng = np.random.default_rng(band_rows)
         x = rng.normal(size=(batch, c, h, w)).astype(np.float32)
@@ -101,7 +101,7 @@ def test_inference_bands_and_chunks_agree_on_a_first_layer(monkeypatch, bands):
     l = net.layers[0]
     assert l.cnhw
     l.winograd = 0  # the columns, not a measured Winograd tile
-    monkeypatch.setattr(conv, "BAND_BYTES", 4 * 27 * l.out_w * 4)  # 4 rows a band: 6 bands
+    monkeypatch.setattr(conv, "BAND_BYTES", 4 * 28 * l.out_w * 4)  # 4 rows a band: 6 bands
     monkeypatch.setattr(conv, "INFERENCE_BANDS", bands)
     x = np.random.default_rng(0).normal(size=(2, 3 * 21 * 19)).astype(np.float32)
     out = net.forward(x, train=False)
