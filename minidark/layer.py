@@ -172,8 +172,6 @@ class Layer:
     weights_seen: Array | None = None  # conv: the weights its derived weights were made from
     scale_seen: Array | None = None  # conv + BN: the fold scale they were made with (None: no fold)
     prepared: set | None = None  # conv: derived weights now current (folded, ordered, winograd)
-    winograd_grad: Array | None = None  # conv Winograd: dU summed over the pieces
-    winograd_parts: Array | None = None  # conv Winograd: one piece's dU
     winograd_plans: dict | None = (
         None  # conv Winograd: tile m -> (images, tile rows, {slot: floats}) a piece
     )

@@ -167,7 +167,7 @@ def plan(l):
         zip(SLOTS, (int(a) for a in np.cumsum([0] + sizes)), strict=False)
     )  # starts; the last cumsum is the end
     l.workspace_size = int(sum(sizes))
-    l.winograd_weights = l.winograd_grad = l.winograd_parts = None
+    l.winograd_weights = None
     l.weights_seen, l.prepared = None, set()  # derived weights remade at the first forward
     tiles = WINOGRAD_TILES if l.winograd is None else (l.winograd,) if l.winograd else ()
     l.winograd_plans = {

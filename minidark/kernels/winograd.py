@@ -39,8 +39,9 @@ reference vectors' 1e-4 of the largest value.
 
 Scratch (net.workspace slots, sized in ``sizes``): a padded copy of the
 piece's input and its gradient, the row-transformed input, V, and M (or the
-transformed delta). An image whose scratch exceeds ``COLUMN_BYTES`` is
-processed in bands of tile rows, one image at a time.
+transformed delta); past them, backward's dU (``gradient_floats``). An image
+whose scratch exceeds ``COLUMN_BYTES`` is processed in bands of tile rows, one
+image at a time.
 """
 
 import math
@@ -306,16 +307,35 @@ def padded_shape(m, images, c, hp, wp):
 SLOTS = ("wpad", "wdxpad", "wrows", "wv", "wm", "wdy")
 
 
+def gradient_floats(l, m):
+    """Floats of backward's dU (a^2, N, C), summed over the pieces, and of one
+    position's part of it (N, C). They live in net.workspace after the slots,
+    not on the layer: layers run one at a time, so one network-wide buffer the
+    size of the largest layer's dU serves them all (cifar.cfg: 37 MB instead
+    of 4x every F(4,3) layer's weights, ~120 MB)."""
+    return ((m + 2) ** 2 + 1) * l.n * l.c
+
+
 def workspace(l, m):
     """Floats of net.workspace F(m, 3) needs (its slots start at 0: never used
-    together with the columns' slots), from the plan's ``l.winograd_plans``."""
-    return sum(l.winograd_plans[m][2].values())
+    together with the columns' slots), from the plan's ``l.winograd_plans``,
+    and past them backward's dU (not in the plan, whose pieces it must not
+    change)."""
+    return sum(l.winograd_plans[m][2].values()) + gradient_floats(l, m)
 
 
 def _slot(l, net, m, name, shape):
     scratch = l.winograd_plans[m][2]
     start = sum(scratch[other] for other in SLOTS[: SLOTS.index(name)])
     return net.workspace[start : start + math.prod(shape)].reshape(shape)
+
+
+def _gradient_slots(l, net, m):
+    """(dU (a^2, N, C), one position's part (N, C)): views of net.workspace past the slots."""
+    start, n, c = sum(l.winograd_plans[m][2].values()), l.n, l.c
+    du = net.workspace[start : start + (m + 2) ** 2 * n * c].reshape(-1, n, c)
+    part = net.workspace[start + du.size : start + du.size + n * c].reshape(n, c)
+    return du, part
 
 
 def forward(l, net, weights_u, m, out, finish=None):
@@ -351,10 +371,7 @@ def backward(l, net, weights_u, m, delta, grad, dx):
     hp, wp = m * th + 2, m * tw + 2
     p = l.pad
     x = net.input.reshape(l.batch, c, l.h, l.w)
-    if l.winograd_grad is None or len(l.winograd_grad) != a * a:  # first backward of this tile
-        l.winograd_grad = np.zeros((a * a, n, c), delta.dtype)
-        l.winograd_parts = np.zeros((n, c), delta.dtype)  # one position's: U's size / a^2
-    du, part = l.winograd_grad, l.winograd_parts
+    du, part = _gradient_slots(l, net, m)
     du.fill(0)
     for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0

@@ -355,3 +355,21 @@ def test_two_runs_training_by_f43_are_byte_identical():
         assert np.abs(net.layers[0].weights - first).max() > 1e-4  # it did train
         runs.append([a.tobytes() for l in net.layers for a in (l.weights, l.output, l.delta)])
     assert runs[0] == runs[1]
+
+
+def test_backward_gradient_scratch_is_the_networks_not_the_layers(monkeypatch):
+    """dU (a^2 N C floats, 4x the weights for F(4,3)) lives in net.workspace, which
+    all layers share: after training steps no layer holds an array that size
+    beyond U itself, and the workspace holds the largest layer's."""
+    body = conv(16, 3, 1, 1, act="leaky") + conv(32, 3, 1, 1, act="leaky")
+    net = winograd_net(monkeypatch, body, 4, h=8, w=8, c=8, batch=2)
+    x = np.random.default_rng(0).normal(size=(2, 8 * 64)).astype(np.float32)
+    for _ in range(2):
+        net.forward(x, train=True)
+        net.layers[-1].delta[:] = 1
+        net.backward()
+    for l in net.layers:
+        u_size = 36 * l.n * l.c
+        held = [v for v in vars(l).values() if isinstance(v, np.ndarray) and v.size >= u_size]
+        assert [id(v) for v in held] == [id(l.winograd_weights)], [v.shape for v in held]
+    assert net.workspace.size >= max(winograd.gradient_floats(l, 4) for l in net.layers)
