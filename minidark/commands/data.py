@@ -89,7 +89,9 @@ def run_export_detection(args):
     print(
         printable(
             f"wrote MNIST detection ({args.images} train, {args.valid} valid canvases) to "
-            f"{args.out}; train on it with: minidark detector train {data} cfg/mnist_yolo.cfg"
+            f"{args.out}; train on it with: OPENBLAS_NUM_THREADS=1 mpiexec -n 2 "
+            f"minidark detector train {data} cfg/mnist_yolo.cfg (or without mpiexec, "
+            f"on one core)"
         )
     )
     return 0
