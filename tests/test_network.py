@@ -37,15 +37,7 @@ def spy():
     def make_spy(options, params):
         l = Layer(
             type="spy",
-            batch=params.batch,
-            inputs=params.inputs,
-            outputs=params.inputs,
-            h=params.h,
-            w=params.w,
-            c=params.c,
-            out_h=params.h,
-            out_w=params.w,
-            out_c=params.c,
+            **params.same_shape(),
         )
         l.output = np.zeros((params.batch, params.inputs), np.float32)
         l.delta = np.zeros((params.batch, params.inputs), np.float32)

@@ -56,15 +56,7 @@ def make_identity(options, params):
 
     l = Layer(
         type="ident",
-        batch=params.batch,
-        inputs=params.inputs,
-        outputs=params.inputs,
-        h=params.h,
-        w=params.w,
-        c=params.c,
-        out_h=params.h,
-        out_w=params.w,
-        out_c=params.c,
+        **params.same_shape(),
     )
     l.output = np.zeros((params.batch, params.inputs), np.float32)
     l.delta = np.zeros_like(l.output)

@@ -20,15 +20,7 @@ def make_double(options, params):
     factor = options.float("factor", 2.0)
     l = Layer(
         type="double",
-        batch=params.batch,
-        inputs=params.inputs,
-        outputs=params.inputs,
-        h=params.h,
-        w=params.w,
-        c=params.c,
-        out_h=params.h,
-        out_w=params.w,
-        out_c=params.c,
+        **params.same_shape(),
         factor=factor,
     )
     l.output = np.zeros((params.batch, params.inputs), np.float32)

@@ -111,6 +111,22 @@ class SizeParams:
         self.h, self.w, self.c = net.h, net.w, net.c
         self.time_steps = net.time_steps
 
+    def same_shape(self):
+        """The shape fields of a layer whose output has its input's shape
+        (activation, dropout, cost, softmax, the YOLO heads, ...):
+        ``Layer(type=..., **params.same_shape(), ...)``."""
+        return dict(
+            batch=self.batch,
+            inputs=self.inputs,
+            outputs=self.inputs,
+            h=self.h,
+            w=self.w,
+            c=self.c,
+            out_h=self.h,
+            out_w=self.w,
+            out_c=self.c,
+        )
+
     def require_image(self, section):
         if not (self.h and self.w and self.c):
             raise section.error(

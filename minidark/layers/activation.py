@@ -27,15 +27,7 @@ def make_activation(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     l = Layer(
         type="activation",
-        batch=batch,
-        inputs=inputs,
-        outputs=inputs,
-        h=params.h,
-        w=params.w,
-        c=params.c,
-        out_h=params.h,
-        out_w=params.w,
-        out_c=params.c,
+        **params.same_shape(),
         activation=options.activation("activation", "linear"),
     )
     l.output = np.zeros((batch, inputs), np.float32)

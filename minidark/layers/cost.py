@@ -48,15 +48,7 @@ def make_cost(options: Section, params: SizeParams) -> Layer:
         )
     l = Layer(
         type="cost",
-        batch=batch,
-        inputs=inputs,
-        outputs=inputs,
-        h=params.h,
-        w=params.w,
-        c=params.c,
-        out_h=params.h,
-        out_w=params.w,
-        out_c=params.c,
+        **params.same_shape(),
         cost_type=cost_type,
         scale=options.float("scale", 1.0),
         cost=0.0,

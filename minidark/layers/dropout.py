@@ -35,15 +35,7 @@ def make_dropout(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     l = Layer(
         type="dropout",
-        batch=batch,
-        inputs=inputs,
-        outputs=inputs,
-        h=params.h,
-        w=params.w,
-        c=params.c,
-        out_h=params.h,
-        out_w=params.w,
-        out_c=params.c,
+        **params.same_shape(),
         probability=probability,
         scale=1.0 / (1.0 - probability),
         next_rand=None,

@@ -36,15 +36,7 @@ def make_logistic(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     l = Layer(
         type="logistic",
-        batch=batch,
-        inputs=inputs,
-        outputs=inputs,
-        h=params.h,
-        w=params.w,
-        c=params.c,
-        out_h=params.h,
-        out_w=params.w,
-        out_c=params.c,
+        **params.same_shape(),
         cost=0.0,
     )
     if not (l.out_h and l.out_w):

@@ -84,19 +84,11 @@ def make_region(options: Section, params: SizeParams) -> Layer:
     max_boxes = options.int("max", 30)
     if max_boxes < 1:
         raise options.error(f"max must be >= 1, got {max_boxes}", "max")
-    batch, h, w = params.batch, params.h, params.w
-    outputs = h * w * n * (coords + 1 + classes)
+    # check_channels made the input h w n (coords + 1 + classes) values: the output's size
+    batch, outputs = params.batch, params.inputs
     l = Layer(
         type="region",
-        batch=batch,
-        h=h,
-        w=w,
-        c=params.c,
-        out_h=h,
-        out_w=w,
-        out_c=params.c,
-        inputs=outputs,
-        outputs=outputs,
+        **params.same_shape(),
         n=n,
         classes=classes,
         coords=coords,

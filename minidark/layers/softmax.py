@@ -50,15 +50,7 @@ def make_softmax(options: Section, params: SizeParams) -> Layer:
     batch, inputs = params.batch, params.inputs
     l = Layer(
         type="softmax",
-        batch=batch,
-        inputs=inputs,
-        outputs=inputs,
-        h=params.h,
-        w=params.w,
-        c=params.c,
-        out_h=params.h,
-        out_w=params.w,
-        out_c=params.c,
+        **params.same_shape(),
         groups=options.int("groups", 1),
         temperature=options.float("temperature", 1.0, above=0),
         noloss=options.bool("noloss", False),

@@ -135,19 +135,11 @@ def make_yolo(options: Section, params: SizeParams) -> Layer:
     max_boxes = options.int("max", 90)
     if max_boxes < 1:
         raise options.error(f"max must be >= 1, got {max_boxes}", "max")
-    batch, h, w = params.batch, params.h, params.w
-    outputs = h * w * n * (5 + classes)
+    # check_channels made the input h w n (5 + classes) values: the output's size
+    batch, outputs = params.batch, params.inputs
     l = Layer(
         type="yolo",
-        batch=batch,
-        h=h,
-        w=w,
-        c=params.c,
-        out_h=h,
-        out_w=w,
-        out_c=params.c,
-        inputs=outputs,
-        outputs=outputs,
+        **params.same_shape(),
         n=n,
         total=total,
         mask=np.array(mask, np.int64),

@@ -15,15 +15,7 @@ def _make_scaled(options, params, factor, type):
     batch, inputs = params.batch, params.inputs
     l = Layer(
         type=type,
-        batch=batch,
-        inputs=inputs,
-        outputs=inputs,
-        h=params.h,
-        w=params.w,
-        c=params.c,
-        out_h=params.h,
-        out_w=params.w,
-        out_c=params.c,
+        **params.same_shape(),
         factor=factor,
     )
     l.output = np.zeros((batch, inputs), np.float32)
