@@ -36,10 +36,10 @@ import numpy as np
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
-from .connected import backward_connected, forward_connected, make_connected
+from .connected import backward_connected, forward_connected
 from .recurrent import (
     StepNet,
-    adopt,
+    adopt_connected,
     all_steps,
     at_step,
     backward_input_only,
@@ -47,7 +47,6 @@ from .recurrent import (
     clear_deltas,
     connected_record,
     steps_of,
-    sublayer,
 )
 
 if TYPE_CHECKING:
@@ -63,31 +62,12 @@ def make_gru(options: Section, params: SizeParams) -> Layer:
         "gru", options, params, tanh=use_tanh, candidate="tanh" if use_tanh else "logistic"
     )
     hidden, steps, batch, batch_normalize = l.outputs, l.steps, l.batch, l.batch_normalize
-    subs = [
-        (
-            name,
-            sublayer(
-                make_connected,
-                options,
-                params,
-                steps,
-                batch,
-                n_in,
-                output=hidden,
-                activation="linear",
-                batch_normalize=batch_normalize,
-            ),
-        )
-        for name, n_in in (
-            ("wz", hidden),
-            ("wr", hidden),
-            ("wh", hidden),
-            ("uz", params.inputs),
-            ("ur", params.inputs),
-            ("uh", params.inputs),
-        )
-    ]
-    adopt(l, subs)
+    adopt_connected(
+        l,
+        options,
+        params,
+        [(f"w{g}", hidden) for g in "zrh"] + [(f"u{g}", params.inputs) for g in "zrh"],
+    )
     shape = (steps, batch, hidden)
     l.output = np.zeros((steps * batch, hidden), np.float32)
     l.delta = np.zeros((steps * batch, hidden), np.float32)

@@ -37,17 +37,16 @@ import numpy as np
 from ..kernels.activations import activate
 from ..layer import Layer
 from ..registry import register_layer
-from .connected import backward_connected, forward_connected, make_connected
+from .connected import backward_connected, forward_connected
 from .recurrent import (
     StepNet,
-    adopt,
+    adopt_connected,
     all_steps,
     at_step,
     backward_params,
     clear_deltas,
     connected_record,
     steps_of,
-    sublayer,
 )
 
 if TYPE_CHECKING:
@@ -63,24 +62,9 @@ def make_lstm(options: Section, params: SizeParams) -> Layer:
     l = connected_record("lstm", options, params)
     hidden, steps, batch, batch_normalize = l.outputs, l.steps, l.batch, l.batch_normalize
     order = [f"w{g}" for g in "ifog"] + [f"u{g}" for g in "ifog"]  # .weights order
-    subs = [
-        (
-            name,
-            sublayer(
-                make_connected,
-                options,
-                params,
-                steps,
-                batch,
-                hidden if name[0] == "w" else params.inputs,
-                output=hidden,
-                activation="linear",
-                batch_normalize=batch_normalize,
-            ),
-        )
-        for name in order
-    ]
-    adopt(l, subs)
+    adopt_connected(
+        l, options, params, [(name, hidden if name[0] == "w" else params.inputs) for name in order]
+    )
     shape = (steps, batch, hidden)
     l.output = np.zeros((steps * batch, hidden), np.float32)
     l.delta = np.zeros((steps * batch, hidden), np.float32)

@@ -36,6 +36,7 @@ import numpy as np
 from ..kernels.activations import gradient
 from ..layer import Layer
 from ..optim import update_parameters
+from .connected import make_connected
 
 if TYPE_CHECKING:
     from ..network import UpdateArgs
@@ -174,6 +175,29 @@ def adopt(l, subs):
     l.workspace_size = max(sub.workspace_size for _, sub in subs)
     l.flops = sum(sub.flops for _, sub in subs)
     l.update = update_recurrent
+
+
+def adopt_connected(l, options, params, inputs, activation="linear"):
+    """Build a [connected] sublayer per ``(name, inputs)`` of ``inputs`` -- ``l.outputs``
+    wide, with ``l``'s batch norm, over its ``steps`` x ``batch`` -- and ``adopt`` them."""
+    subs = [
+        (
+            name,
+            sublayer(
+                make_connected,
+                options,
+                params,
+                l.steps,
+                l.batch,
+                n_in,
+                output=l.outputs,
+                activation=activation,
+                batch_normalize=l.batch_normalize,
+            ),
+        )
+        for name, n_in in inputs
+    ]
+    adopt(l, subs)
 
 
 def clear_deltas(l):

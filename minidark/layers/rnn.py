@@ -37,10 +37,10 @@ import numpy as np
 
 from ..layer import Layer
 from ..registry import register_layer
-from .connected import backward_connected, forward_connected, make_connected
+from .connected import backward_connected, forward_connected
 from .recurrent import (
     StepNet,
-    adopt,
+    adopt_connected,
     all_steps,
     at_step,
     backward_input_only,
@@ -48,7 +48,6 @@ from .recurrent import (
     clear_deltas,
     connected_record,
     steps_of,
-    sublayer,
 )
 
 if TYPE_CHECKING:
@@ -68,28 +67,13 @@ def make_rnn(options: Section, params: SizeParams) -> Layer:
     )
     hidden, steps, batch, batch_normalize = l.outputs, l.steps, l.batch, l.batch_normalize
     activation = l.activation
-    subs = [
-        (
-            name,
-            sublayer(
-                make_connected,
-                options,
-                params,
-                steps,
-                batch,
-                n_in,
-                output=hidden,
-                activation=activation,
-                batch_normalize=batch_normalize,
-            ),
-        )
-        for name, n_in in (
-            ("input_layer", params.inputs),
-            ("self_layer", hidden),
-            ("output_layer", hidden),
-        )
-    ]
-    adopt(l, subs)
+    adopt_connected(
+        l,
+        options,
+        params,
+        (("input_layer", params.inputs), ("self_layer", hidden), ("output_layer", hidden)),
+        activation,
+    )
     out = l.sublayers["output_layer"]
     l.output = out.output_steps.reshape(steps * batch, hidden)
     l.delta = out.delta_steps.reshape(steps * batch, hidden)
