@@ -31,7 +31,6 @@ saved in the sidecar (``detector/width``, ``detector/height``).
 """
 
 import math
-import time
 
 import numpy as np
 
@@ -153,34 +152,20 @@ class DetectionTrainer(Trainer):
         )
 
     def validate(self):
-        net, size = self.net, (self.net.w, self.net.h)
+        size = (self.net.w, self.net.h)
         self.resize(*self.cfg_size)  # evaluated at the cfg's size
         try:
-            result = self.evaluate_valid()
+            return super().validate()
         finally:
             self.resize(*size)
-        batch = net.current_batch
-        self.valid_history["iteration"].append(batch)
-        self.valid_history["top1"].append(result["map50"])
-        self.valid_history["topk"].append(max(result["map"], 0.0))
-        record = {
-            "iteration": batch,
-            "seen": net.seen,
-            "epoch": round(net.seen / self.n, 4),
-            "loss": self.history["loss"][-1] if self.history["loss"] else None,
-            "avg_loss": self.avg_loss,
-            "map50": result["map50"],
-            "map50_95": result["map"],
-            "images": result["images"],
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        self.append_metrics(record)
-        self.say(
-            f"{self.base}: iteration {batch}: valid mAP@0.5 = {result['map50']:.4f}, "
-            f"mAP@[.5:.95] = {result['map']:.4f} on {result['images']} images"
+
+    def describe_result(self, result):
+        fields = {"map50": result["map50"], "map50_95": result["map"], "images": result["images"]}
+        text = (
+            f"mAP@0.5 = {result['map50']:.4f}, mAP@[.5:.95] = {result['map']:.4f} "
+            f"on {result['images']} images"
         )
-        self.last_result = result
-        return result
+        return (result["map50"], max(result["map"], 0.0)), fields, text
 
     def _chart(self):
         from .chart import draw_chart

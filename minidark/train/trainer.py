@@ -579,25 +579,30 @@ class Trainer:
         net = self.net
         result = self.evaluate_valid()
         batch = net.current_batch
+        curves, fields, text = self.describe_result(result)
         self.valid_history["iteration"].append(batch)
-        self.valid_history["top1"].append(result["top1"])
-        self.valid_history["topk"].append(result["topk"])
+        self.valid_history["top1"].append(curves[0])
+        self.valid_history["topk"].append(curves[1])
         record = {
             "iteration": batch,
             "seen": net.seen,
             "epoch": round(net.seen / self.n, 4),
             "loss": self.history["loss"][-1] if self.history["loss"] else None,
             "avg_loss": self.avg_loss,
-            "top1": result["top1"],
-            "k": result["k"],
-            "topk": result["topk"],
-            "images": result["n"],
+            **fields,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         self.append_metrics(record)
-        self.say(f"{self.base}: iteration {batch}: valid {format_accuracy(result)}")
+        self.say(f"{self.base}: iteration {batch}: valid {text}")
         self.last_result = result
         return result
+
+    def describe_result(self, result):
+        """An evaluation as (the chart's two accuracy curves' values, the metrics
+        record's fields, the line's text)."""
+        fields = {"top1": result["top1"], "k": result["k"], "topk": result["topk"]}
+        fields["images"] = result["n"]
+        return (result["top1"], result["topk"]), fields, format_accuracy(result)
 
     def _chart(self):
         from .chart import draw_chart
