@@ -103,11 +103,15 @@ def read_hierarchy(data, net):
     return tree
 
 
-def train_arguments(parser):
-    parser.add_argument(
-        "data", metavar="DATA", help=".data file (classes, train, valid, names, backup, top)"
-    )
-    parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml")
+def train_arguments(
+    parser,
+    data_help=".data file (classes, train, valid, names, backup, top)",
+    cfg_help="network .cfg or .yaml",
+    streaming=True,
+):
+    """DATA CFG [WEIGHTS] and the training options (detector train shares them)."""
+    parser.add_argument("data", metavar="DATA", help=data_help)
+    parser.add_argument("cfg", metavar="CFG", help=cfg_help)
     parser.add_argument(
         "weights",
         metavar="WEIGHTS",
@@ -115,7 +119,7 @@ def train_arguments(parser):
         help="start from these weights (a .backup or .weights resumes "
         "exactly when its .state.npz sidecar is beside it)",
     )
-    train_options(parser)
+    train_options(parser, streaming)
 
 
 def train_options(parser, streaming=True):

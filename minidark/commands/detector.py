@@ -199,18 +199,13 @@ def _check_names(data, head):
 
 
 def train_detector_arguments(parser):
-    from .classifier import train_options
+    from .classifier import train_arguments
 
-    parser.add_argument(
-        "data", metavar="DATA", help=".data file (classes, train, valid, names, backup)"
-    )
-    parser.add_argument("cfg", metavar="CFG", help="network .cfg or .yaml with a YOLO head")
-    parser.add_argument(
-        "weights",
-        metavar="WEIGHTS",
-        nargs="?",
-        help="start from these weights (a .backup or .weights resumes exactly "
-        "when its .state.npz sidecar is beside it)",
+    train_arguments(
+        parser,
+        data_help=".data file (classes, train, valid, names, backup)",
+        cfg_help="network .cfg or .yaml with a YOLO head",
+        streaming=False,
     )
     parser.add_argument(
         "--points",
@@ -226,7 +221,6 @@ def train_detector_arguments(parser):
         metavar="N",
         help="evaluate on the first N valid images only (default: all)",
     )
-    train_options(parser, streaming=False)
 
 
 def run_train_detector(args):
