@@ -35,22 +35,19 @@ F32 = np.float32
 def resize_min(im, size):
     """darknet's resize_min: the short side to ``size``, keeping the aspect ratio."""
     _, h, w = im.shape
-    if w < h:
-        h, w = h * size // w, size
-    else:
-        w, h = w * size // h, size
-    if (h, w) == im.shape[1:]:
-        return im
-    return resize_image(im, w, h)
+    return _resize_side(im, size, width=w < h)
 
 
 def resize_max(im, size):
     """darknet's resize_max: the long side to ``size``, keeping the aspect ratio."""
     _, h, w = im.shape
-    if w > h:
-        h, w = h * size // w, size
-    else:
-        w, h = w * size // h, size
+    return _resize_side(im, size, width=w > h)
+
+
+def _resize_side(im, size, width):
+    """The width (else the height) to ``size``, the other side in proportion."""
+    _, h, w = im.shape
+    h, w = (h * size // w, size) if width else (size, w * size // h)
     if (h, w) == im.shape[1:]:
         return im
     return resize_image(im, w, h)
