@@ -161,12 +161,17 @@ def _combine(out, terms):
     else:
         np.multiply(x, first, out=out)
     for c, x in terms[1:]:
-        if c == 1:
-            out += x
-        elif c == -1:
-            out -= x
-        else:
-            out += c * x
+        _accumulate(out, c, x)
+
+
+def _accumulate(target, c, x):
+    """target += c x, without a product for c = +-1 (nothing for c = 0)."""
+    if c == 1:
+        target += x
+    elif c == -1:
+        target -= x
+    elif c:
+        target += c * x
 
 
 def input_transform(slab, m, th, tw, rows, v):
@@ -221,25 +226,13 @@ def input_adjoint(dv, m, th, tw, rows, dslab):
     rows.fill(0)
     for i in range(a):
         for s in range(a):
-            terms = [(bt[j, s], dv[i, j].transpose(1, 0, 2, 3)) for j in range(a) if bt[j, s]]
             target = rows[i][..., _span(s, tw, m)]
-            for c, x in terms:
-                if c == 1:
-                    target += x
-                elif c == -1:
-                    target -= x
-                else:
-                    target += c * x
+            for j in range(a):
+                _accumulate(target, bt[j, s], dv[i, j].transpose(1, 0, 2, 3))
     for r in range(a):
         target = dslab[:, :, _span(r, th, m)]
         for i in range(a):
-            c = bt[i, r]
-            if c == 1:
-                target += rows[i]
-            elif c == -1:
-                target -= rows[i]
-            elif c:
-                target += c * rows[i]
+            _accumulate(target, bt[i, r], rows[i])
 
 
 def output_transform(mm, m, y, out, finish=None):
