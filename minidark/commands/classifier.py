@@ -193,13 +193,14 @@ def run_train(args):
         return train(args, group)
 
 
-def train(args, group=None):
+def load_for_training(usage, args, group):
+    """What every training verb does first: the .data file, the seed (one for every
+    rank) and the network with its weights, attached to the MPI group if any."""
     import minidark
 
     from ..data.datafile import read_data_file
-    from ..train.trainer import Trainer, cfg_base, final_missing, format_accuracy, tidy
 
-    check_kinds(TRAIN_USAGE, args)
+    check_kinds(usage, args)
     data = read_data_file(args.data, strict=args.strict)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     if group is not None:
@@ -208,26 +209,46 @@ def train(args, group=None):
         args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed, cutoff=args.cutoff
     )
     if group is not None:
-        from ..train.distributed import DistributedTrainer, attach
+        from ..train.distributed import attach
 
         attach(net, group)  # before the max_batches check: it counts global updates
         say(group.describe(net))
-    check_classes(net, data)
-    base = cfg_base(args.cfg)
-    if (
+    return data, seed, net
+
+
+def already_trained(args, net, data, base):
+    """True, and said, when WEIGHTS are already trained to max_batches (and no
+    interrupted final checkpoint is left to complete)."""
+    from ..train.trainer import final_missing, tidy
+
+    if not (
         net.max_batches
         and net.current_batch >= net.max_batches
         and not (args.exact_resume and final_missing(args.weights, data.backup, base))
     ):
-        tidy(data.backup, base)  # what a run killed after its last checkpoint left
-        say(
-            f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
-            f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, "
-            f"or pass --clear to train again from these weights"
-        )
+        return False
+    tidy(data.backup, base)  # what a run killed after its last checkpoint left
+    say(
+        f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
+        f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, "
+        f"or pass --clear to train again from these weights"
+    )
+    return True
+
+
+def train(args, group=None):
+    from ..train.trainer import Trainer, cfg_base, format_accuracy
+
+    data, seed, net = load_for_training(TRAIN_USAGE, args, group)
+    check_classes(net, data)
+    base = cfg_base(args.cfg)
+    if already_trained(args, net, data, base):
         return 0
     extra = {} if group is None else {"group": group}
-    kind = Trainer if group is None else DistributedTrainer
+    if group is None:
+        kind = Trainer
+    else:
+        from ..train.distributed import DistributedTrainer as kind
     if args.workers and group is None and streamable(data, "train", net):
         from ..data.stream import ImageList
         from ..train.stream_trainer import StreamingTrainer

@@ -28,6 +28,7 @@ import time
 
 from ..errors import DataError, printable
 from .base import SUCCESS, USER_ERROR, add_command, check_file_kinds
+from .classifier import say
 
 TEST_USAGE = "minidark detector test DATA CFG WEIGHTS [IMAGE...]"
 
@@ -167,10 +168,6 @@ add_command(
 # detector train | valid | recall | map | calc-anchors (darknet's train_detector,
 # validate_detector, validate_detector_recall; AB's map and calc_anchors)
 # ---------------------------------------------------------------------------
-def _say(text):
-    from ..errors import printable
-
-    print(printable(text), flush=True)
 
 
 def _detection_split(data, key, classes):
@@ -237,41 +234,15 @@ def run_train_detector(args):
 
 
 def train_detector(args, group=None):
-    import secrets
-
-    import minidark
-
-    from ..data.datafile import read_data_file
     from ..train.detection_trainer import DetectionTrainer, DistributedDetectionTrainer
-    from ..train.trainer import cfg_base, final_missing
-    from .classifier import check_kinds
+    from ..train.trainer import cfg_base
+    from .classifier import already_trained, load_for_training
 
-    check_kinds("minidark detector train DATA CFG [WEIGHTS]", args)
-    data = read_data_file(args.data, strict=args.strict)
-    seed = args.seed if args.seed is not None else secrets.randbits(31)
-    if group is not None:
-        seed = group.broadcast(seed)  # every rank: one initialisation, one data order
-    net = minidark.load_network(
-        args.cfg, args.weights, clear=args.clear, strict=args.strict, seed=seed, cutoff=args.cutoff
-    )
-    if group is not None:
-        from ..train.distributed import attach
-
-        attach(net, group)  # before the max_batches check: it counts global updates
-        _say(group.describe(net))
+    data, seed, net = load_for_training("minidark detector train DATA CFG [WEIGHTS]", args, group)
     head = _last_head(net, args.cfg)
     _check_names(data, head)
     base = cfg_base(args.cfg)
-    if (
-        net.max_batches
-        and net.current_batch >= net.max_batches
-        and not (args.exact_resume and final_missing(args.weights, data.backup, base))
-    ):
-        _say(
-            f"{base}: {args.weights} is already trained to max_batches={net.max_batches} "
-            f"(seen {net.seen} images): nothing to do; raise max_batches in {args.cfg}, or "
-            f"pass --clear to train again from these weights"
-        )
+    if already_trained(args, net, data, base):
         return 0
     train_set = _detection_split(data, "train", head.classes)
     valid_set = _detection_split(data, "valid", head.classes) if data.valid else None
@@ -299,12 +270,10 @@ def train_detector(args, group=None):
             if args.clear
             else trainer.restore(args.weights, exact=args.exact_resume)
         )
-        _say(
-            f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; {state}"
-        )
+        say(f"{base}: from {args.weights}: iteration {net.current_batch}, seen {net.seen}; {state}")
     if not trainer.restored:
-        _say(f"{base}: seed {seed} (--seed {seed} repeats this run)")
-    _say(
+        say(f"{base}: seed {seed} (--seed {seed} repeats this run)")
+    say(
         f"{base}: {len(train_set)} training images ({train_set.objects} objects); "
         f"checkpoints, log and chart go to {data.backup}"
     )
@@ -313,8 +282,8 @@ def train_detector(args, group=None):
         return 130
     result = summary.get("accuracy")
     if result:
-        _say(f"mAP@0.5 = {result['map50']:.4f}")
-        _say(f"mAP@[.5:.95] = {result['map']:.4f}")
+        say(f"mAP@0.5 = {result['map50']:.4f}")
+        say(f"mAP@[.5:.95] = {result['map']:.4f}")
     return 0
 
 
@@ -444,7 +413,7 @@ def run_valid(args):
         with open(written, "w", encoding="utf-8") as handle:
             json.dump(records, handle)
     print(f"Total Detection Time: {time.perf_counter() - tick:f} Seconds", file=sys.stderr)
-    _say(
+    say(
         f"wrote {sum(len(r) for r in detections)} detections of {len(detections)} images to "
         f"{written}"
     )
