@@ -331,25 +331,35 @@ def _gradient_slots(l, net, m):
     return du, part
 
 
+def _piece_transform(l, net, m, x, ty0, ty1, first):
+    """V of one piece (images ``x``, tile rows ty0..ty1), padding the images into
+    the workspace at a piece's ``first`` tile row; returns (V, the row scratch)."""
+    a, c = m + 2, l.c
+    th, tw = tiles(l, m)
+    b, rows, wp = x.shape[0], ty1 - ty0, m * tw + 2
+    xpad = _slot(l, net, m, "wpad", padded_shape(m, b, c, m * th + 2, wp))
+    if first:
+        pad_images(l, m, x, xpad)
+    slab = xpad[:, :, m * ty0 : m * ty1 + 2]
+    v = _slot(l, net, m, "wv", (a, a, c, b, rows, tw))
+    if TRANSFORM_GEMM[m]:
+        scratch = _slot(l, net, m, "wrows", (a, a, c, b, rows, tw))
+        input_transform_gemm(slab, m, rows, tw, scratch, v)
+    else:
+        scratch = _slot(l, net, m, "wrows", (a, b, c, rows, wp))
+        input_transform(slab, m, rows, tw, scratch, v)
+    return v, scratch
+
+
 def forward(l, net, weights_u, m, out, finish=None):
     """out (B, N, out_h, out_w) = conv(net.input, W), U = weight_transform(W) given;
     ``finish`` (biases, activation): added and applied (output_transform)."""
     a, c, n = m + 2, l.c, l.n
-    th, tw = tiles(l, m)
-    hp, wp = m * th + 2, m * tw + 2
+    _, tw = tiles(l, m)
     x = net.input.reshape(l.batch, c, l.h, l.w)
     for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0
-        xpad = _slot(l, net, m, "wpad", padded_shape(m, b, c, hp, wp))
-        if first:
-            pad_images(l, m, x[b0:b1], xpad)
-        slab = xpad[:, :, m * ty0 : m * ty1 + 2]
-        v = _slot(l, net, m, "wv", (a, a, c, b, rows, tw))
-        if TRANSFORM_GEMM[m]:
-            scratch = _slot(l, net, m, "wrows", (a, a, c, b, rows, tw))
-            input_transform_gemm(slab, m, rows, tw, scratch, v)
-        else:
-            input_transform(slab, m, rows, tw, _slot(l, net, m, "wrows", (a, b, c, rows, wp)), v)
+        v, _ = _piece_transform(l, net, m, x[b0:b1], ty0, ty1, first)
         mm = _slot(l, net, m, "wm", (a * a, n, b * rows * tw))
         np.matmul(weights_u, v.reshape(a * a, c, -1), out=mm)
         target = out[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
@@ -368,20 +378,10 @@ def backward(l, net, weights_u, m, delta, grad, dx):
     du.fill(0)
     for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0
-        xpad = _slot(l, net, m, "wpad", padded_shape(m, b, c, hp, wp))
         dxpad = _slot(l, net, m, "wdxpad", padded_shape(m, b, c, hp, wp))
-        if first:
-            pad_images(l, m, x[b0:b1], xpad)
-            if dx is not None:
-                dxpad.fill(0)
-        slab = xpad[:, :, m * ty0 : m * ty1 + 2]
-        v = _slot(l, net, m, "wv", (a, a, c, b, rows, tw))
-        if TRANSFORM_GEMM[m]:
-            rows_scratch = _slot(l, net, m, "wrows", (a, a, c, b, rows, tw))
-            input_transform_gemm(slab, m, rows, tw, rows_scratch, v)
-        else:
-            rows_scratch = _slot(l, net, m, "wrows", (a, b, c, rows, wp))
-            input_transform(slab, m, rows, tw, rows_scratch, v)
+        if first and dx is not None:
+            dxpad.fill(0)
+        v, rows_scratch = _piece_transform(l, net, m, x[b0:b1], ty0, ty1, first)
         wy = _slot(l, net, m, "wm", (a * a, n, b * rows * tw))
         dy = delta[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
         delta_transform(dy, m, rows, tw, _slot(l, net, m, "wdy", (m, m, n, b, rows, tw)), wy)
