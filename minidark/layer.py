@@ -177,6 +177,8 @@ class Layer:
     )
     folded: Array | None = None  # conv + BN: scale * weights, inference BN folded in
     bn_folded: bool = False  # conv + BN: the last forward folded BN (its caches are stale)
+    pool_after: Any = None  # conv: the [maxpool] right after it, windows tiling its output
+    pooling: bool = False  # conv: this forward fills pool_after's output part by part
 
     # --- [deconvolutional], [local]
     input_cnhw: Array | None = None  # [deconvolutional]: the input as (c, pixels), for backward
@@ -197,6 +199,8 @@ class Layer:
     base: Array | None = None  # flat input index of each window's corner
     table: Array | None = None  # window cell -> offset from the corner
     tiled: bool = False  # windows tile the input exactly (size == stride)
+    prepooled: bool = False  # [maxpool]: the convolution before it already wrote this output
+    pool_scratch: Array | None = None  # [maxpool] after a conv: row maxima of its parts
 
     # --- [softmax]
     temperature: float = 1.0  # logits divided by it

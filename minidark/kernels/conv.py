@@ -16,7 +16,7 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
   ``l.winograd`` = 2 or 4, on NCHW (minidark/kernels/winograd.py), forward and
   both gradients. ``plan`` leaves it undecided (None); the first forward
   decides for the layer's life. In inference it times F(2,3), F(4,3) and the
-  columns (best of two each) and keeps the fastest (0: the columns), as
+  columns (best of three each) and keeps the fastest (0: the columns), as
   measured on the machine that runs it; the first backward of a Winograd
   layer likewise times Winograd's backward against the columns'. A layer
   whose first pass trains follows ``training_tile``, a rule on its shape:
@@ -81,6 +81,7 @@ from .im2col import (
     to_padded_cnhw,
     to_padded_nhwc,
 )
+from .pool import tiled_band
 
 CHUNK_BYTES = 4 << 20  # target size of one chunk's columns
 COLUMN_BYTES = 64 << 20  # largest columns of one image; beyond, bands of output rows
@@ -90,6 +91,7 @@ LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
 WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
 WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns (inference)
+PLAN_RUNS = 3  # timed runs of each path per layer (best of): two flipped on a busy machine
 # training's shape rule (training_tile), in GEMM multiply-adds per output and channel:
 WINOGRAD_TRAIN_COLUMNS_COST = 560  # the columns' copies (im2col, col2im, layouts)
 WINOGRAD_TRAIN_TRANSFORM_COST = 680  # F(4,3)'s transforms, per output computed
@@ -232,6 +234,10 @@ def forward(l, net, finish, fold=None):
             np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
             l.prepared.add("folded")
         weights = l.folded
+    pool = l.pool_after
+    if pool is not None:  # set again below when this pass fills the pool's output
+        pool.prepooled = False
+    l.pooling = pool is not None and bool(finish) and not net.train
     if l.winograd is None:  # first pass: decide the layer's path for its life
         l.winograd = training_tile(l) if net.train else measure(l, net, finish, weights, biases)
         if net.train:
@@ -241,9 +247,33 @@ def forward(l, net, finish, fold=None):
     elif l.winograd:
         forward_winograd(l, net, finish, weights, biases)
     elif l.band:
+        l.pooling = False  # an image too big for cache: the pool reads it itself
         forward_banded(l, net, finish, weights, biases)
     else:
         forward_columns(l, net, finish, weights, biases)
+    if l.pooling:
+        pool.prepooled = True
+
+
+def pool_part(l, images, r0, r1):
+    """With ``l.pooling`` (inference, and a [maxpool] whose windows tile this
+    layer's output right after it: ``l.pool_after``), that layer's output for
+    ``images`` (a slice) and output rows [r0, r1) (whole windows), computed
+    from this layer's just-finished part while it is in cache instead of
+    from memory by the pool's own pass (which then skips: ``prepooled``)."""
+    if not l.pooling:
+        return
+    pool = l.pool_after
+    k, count = pool.size, images.stop - images.start
+    x = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)[images, :, r0:r1]
+    target = pool.output.reshape(l.batch, l.n, pool.out_h, pool.out_w)[images]
+    target = target[:, :, r0 // k : r1 // k]
+    tiled_band(
+        pool,
+        x.reshape(count * l.n, r1 - r0, l.out_w),
+        target.reshape(count * l.n, (r1 - r0) // k, pool.out_w),
+        pool.pool_scratch,
+    )
 
 
 def derived(l, fold):
@@ -301,7 +331,7 @@ def training_tile(l):
 
 def measure(l, net, finish, weights, biases):
     """The fastest path for this layer: 0 (the columns) or a Winograd tile; best
-    of two alternated runs each, on ``plan_clock()``. Each tile's transformed
+    of PLAN_RUNS alternated runs each, on ``plan_clock()``. Each tile's transformed
     weights are made once, before the timing (a pass pays for them only when
     the weights change); the unused ones are dropped."""
     transformed = {}
@@ -310,7 +340,7 @@ def measure(l, net, finish, weights, biases):
         transformed[tile] = winograd_weights(l, weights)
     times = {tile: [] for tile in (0, *WINOGRAD_TILES)}
     clock = plan_clock()
-    for _ in range(2):
+    for _ in range(PLAN_RUNS):
         for tile in times:
             tick = clock()
             if tile:
@@ -359,6 +389,7 @@ def forward_pointwise(l, net, finish, weights, biases):
         if finish:
             out[b0:b1] += biases[:, None]
             activate(out[b0:b1], l.activation)
+            pool_part(l, slice(b0, b1), 0, l.out_h)
 
 
 def winograd_weights(l, weights):
@@ -378,7 +409,9 @@ def forward_winograd(l, net, finish, weights, biases):
     """3x3 stride 1 by Winograd F(m x m, 3 x 3), m = l.winograd (kernels/winograd.py), NCHW."""
     u = winograd_weights(l, weights)
     out = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)
-    wino.forward(l, net, u, l.winograd, out, (biases, l.activation) if finish else None)
+    finish = (biases, l.activation) if finish else None
+    done = lambda b0, b1: pool_part(l, slice(b0, b1), 0, l.out_h)  # noqa: E731
+    wino.forward(l, net, u, l.winograd, out, finish, done)
 
 
 def forward_cnhw_bands(l, net, finish, weights, biases):
@@ -392,6 +425,8 @@ def forward_cnhw_bands(l, net, finish, weights, biases):
     kk = k * k * cg
     capacity = (l.slots["dypad"] - l.slots["cols"]) // ((kk + 1) * ow)  # rows the slot holds
     band, rows = min(cnhw_band_rows(l), capacity), kk + 1 if finish else kk
+    if l.pooling and band % l.pool_after.size:
+        l.pooling = False  # bands of part windows (a slot too small): the pool's own pass
     weights = weights.reshape(l.n, -1)
     if finish:
         if "bias_weights" not in l.prepared:
@@ -417,13 +452,18 @@ def forward_cnhw_bands(l, net, finish, weights, biases):
                     np.matmul(weights[group], part, out=y[group])
                 if finish:
                     activate(y, l.activation)
+                    pool_part(l, slice(b0 + b, b0 + b + 1), r0, r1)
 
 
 def cnhw_band_rows(l):
     """Output rows per band of forward_cnhw_bands: columns (and the biases' row)
-    of about BAND_BYTES."""
+    of about BAND_BYTES; whole windows of the pool after the layer, if any."""
     kk = l.size**2 * (l.c // l.groups) + 1
-    return int(max(1, min(l.out_h, BAND_BYTES // (4 * kk * l.out_w))))
+    rows = int(max(1, min(l.out_h, BAND_BYTES // (4 * kk * l.out_w))))
+    if l.pool_after is not None:  # (its windows tile the output: size divides out_h)
+        k = l.pool_after.size
+        rows = max(k, rows - rows % k)
+    return rows
 
 
 def forward_columns(l, net, finish, weights, biases):
@@ -465,6 +505,8 @@ def forward_columns(l, net, finish, weights, biases):
         if not l.cnhw:
             target = in_layout(l, out[b0:b1])
             np.copyto(target, y.reshape(target.shape))
+        if finish:
+            pool_part(l, slice(b0, b1), 0, l.out_h)
 
 
 def backward(l, net, finish):

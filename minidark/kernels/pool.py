@@ -41,6 +41,7 @@ import numpy as np
 LOWEST = np.finfo(np.float32).min  # darknet's -FLT_MAX
 CHUNK_BYTES = 1 << 19  # input bytes per chunk of scan_tiles (stays in L2)
 MAX_CHUNK_BYTES = 1 << 20  # input bytes per chunk of forward_max (the row maxima stay in L2)
+BAND_SCRATCH_FLOATS = MAX_CHUNK_BYTES // 8  # row maxima of one piece of tiled_band
 
 
 def overlap(start, stride, outs, size):
@@ -109,11 +110,37 @@ def forward_max(l, x, workspace):
     for p0 in reversed(range(0, planes, step)):  # the last written first: likeliest in cache
         p1 = min(p0 + step, planes)
         row_max = workspace[: (p1 - p0) * l.out_h * l.w].reshape(p1 - p0, l.out_h, l.w)
-        max_of_views(row_max, [(row_max[:, o], x[p0:p1, i]) for o, i in rows])
-        target = out[p0:p1]
-        max_of_views(target, [(target[:, :, o], row_max[:, :, i]) for o, i in cols])
-        if not target.min() > LOWEST:  # NaN or -inf: -FLT_MAX, as darknet (min is ~6x
-            np.fmax(target, LOWEST, out=target)  # faster than fmax with a scalar)
+        window_maxima(x[p0:p1], out[p0:p1], row_max, rows, cols)
+
+
+def window_maxima(x, target, row_max, rows, cols):
+    """target (P, oh, ow) = the window maxima of x (P, ih, w): fmax over the row
+    offsets' (output, input) slices ``rows`` into row_max (P, oh, w), then over
+    the column offsets' ``cols``; floored at -FLT_MAX (NaN or -inf, as darknet)."""
+    max_of_views(row_max, [(row_max[:, o], x[:, i]) for o, i in rows])
+    max_of_views(target, [(target[:, :, o], row_max[:, :, i]) for o, i in cols])
+    if not target.min() > LOWEST:  # (min is ~6x faster than fmax with a scalar)
+        np.fmax(target, LOWEST, out=target)
+
+
+def tiled_band(l, x, target, scratch):
+    """target (P, r, out_w) = the maxima of the windows (``l.tiled``) of a band of
+    whole window rows x (P, size r, w): forward_max's operations on part of the
+    input, in pieces of planes and rows whose row maxima fit ``scratch``. A
+    convolution followed by this layer calls it on each part of its output while
+    the part is in cache (kernels/conv.py ``pool_part``)."""
+    k, planes, r = l.size, target.shape[0], target.shape[1]
+    rows_step = max(1, min(r, scratch.size // l.w))
+    planes_step = max(1, min(planes, scratch.size // (rows_step * l.w)))
+    cols = [overlap(d, k, l.out_w, l.w) for d in range(k)]
+    for p0 in range(0, planes, planes_step):
+        p1 = min(p0 + planes_step, planes)
+        for r0 in range(0, r, rows_step):
+            r1 = min(r0 + rows_step, r)
+            rows = [overlap(d, k, r1 - r0, k * (r1 - r0)) for d in range(k)]
+            row_max = scratch[: (p1 - p0) * (r1 - r0) * l.w].reshape(p1 - p0, r1 - r0, l.w)
+            part = x[p0:p1, k * r0 : k * r1]
+            window_maxima(part, target[p0:p1, r0:r1], row_max, rows, cols)
 
 
 def offset_views(l, o, *arrays):

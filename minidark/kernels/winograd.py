@@ -351,11 +351,12 @@ def _piece_transform(l, net, m, x, ty0, ty1, first):
     return v, scratch
 
 
-def forward(l, net, weights_u, m, out, finish=None):
+def forward(l, net, weights_u, m, out, finish=None, images_done=None):
     """out (B, N, out_h, out_w) = conv(net.input, W), U = weight_transform(W) given;
-    ``finish`` (biases, activation): added and applied (output_transform)."""
+    ``finish`` (biases, activation): added and applied (output_transform);
+    ``images_done(b0, b1)``: called once images [b0, b1) are complete."""
     a, c, n = m + 2, l.c, l.n
-    _, tw = tiles(l, m)
+    th, tw = tiles(l, m)
     x = net.input.reshape(l.batch, c, l.h, l.w)
     for b0, b1, ty0, ty1, first in pieces(l, m, *l.winograd_plans[m][:2]):
         b, rows = b1 - b0, ty1 - ty0
@@ -365,6 +366,8 @@ def forward(l, net, weights_u, m, out, finish=None):
         target = out[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
         y = _slot(l, net, m, "wdy", (m, m, n, b, rows, tw))
         output_transform(mm.reshape(a * a, n, b, rows, tw), m, y, target, finish)
+        if images_done is not None and ty1 == th:
+            images_done(b0, b1)
 
 
 def backward(l, net, weights_u, m, delta, grad, dx):

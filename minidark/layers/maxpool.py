@@ -20,6 +20,11 @@ the window maxima as maxima of shifted views (rows, then columns), the same
 output; a backward after an inference forward first reruns the scan for
 its indexes (``l.indexed``).
 
+A tiled pool right after a [convolutional] layer is filled by that layer in
+inference, part by part while each part of its output is still in cache
+(``tiled_band``, the same operations on part of the input); the pool's own
+pass then has nothing to do (``l.prepooled``).
+
 Kernels in ``minidark/kernels/pool.py``: an exact scan over the k*k window offsets
 for any geometry, and a faster one when the windows tile the input
 (size == stride, no offset, sizes divisible: LeNet's 2/2 pools), which
@@ -36,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.pool import (
+    BAND_SCRATCH_FLOATS,
     forward_max,
     plan,
     scan_offsets,
@@ -120,6 +126,10 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
         l.positions = np.zeros((batch, l.outputs), np.int64)
     l.complete = True  # every window had a winner in the last forward
     plan(l)  # offsets, base, table, tiled, chunk, workspace_size
+    previous = params.net.layers[-1] if params.net.layers else None
+    if l.tiled and previous is not None and previous.type == "convolutional":
+        previous.pool_after = l  # in inference it pools each part of its output as it goes
+        l.pool_scratch = np.zeros(max(w, BAND_SCRATCH_FLOATS), np.float32)
     l.desc = f"{size}x{size}/{stride}"
     l.flops = size * size * l.outputs
     l.forward, l.backward = forward_maxpool, backward_maxpool
@@ -129,6 +139,9 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
 def forward_maxpool(l: Layer, net: Network) -> None:
     l.indexed = net.train
     if not net.train:  # no backward follows: the maxima alone
+        if l.prepooled:  # written by the convolution before, from cache (kernels/conv.py)
+            l.prepooled = False
+            return
         forward_max(l, net.input, net.workspace)
         return
     scan(l, net)
