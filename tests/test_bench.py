@@ -4,6 +4,7 @@ No test asserts a timing."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -770,3 +771,27 @@ def test_workers_drop_a_pinned_blas_kernel_unless_kept(monkeypatch):
     bench.add_arguments(parser)
     assert parser.parse_args([]).native_blas is True
     assert parser.parse_args(["--keep-blas-kernel"]).native_blas is False
+
+
+def test_suite_runs_every_row_with_its_target(tmp_path, monkeypatch, capsys):
+    """--suite: inference rows against OpenCV (with each engine's peak RSS) and
+    training rows against PyTorch, each with its target, as a table and JSON
+    (here one small row of each kind, minidark alone on the training side)."""
+    from minidark.tools.bench import suite
+
+    cfg = write(tmp_path, MLP_CFG, batch=4, h=8, w=8)
+    monkeypatch.setattr(suite, "INFERENCE_ROWS", (("yolov3-tiny.cfg", 64, 1, 1, 0.8),))
+    monkeypatch.setattr(suite, "TRAINING_ROWS", ((cfg, 16, 2, 40, 1.2),))
+    flags = "--suite --no-torch --repeats 1 --warmup 1 --eval-passes 1 --gemm-size 64 --json"
+    assert cli.main(["bench", *flags.split()]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (row,) = result["inference"]
+    assert row["target"] == 0.8 and row["ratio"] > 0 and row["batch"] == 1
+    assert row["peak_rss_mb"]["minidark"] > 0 and row["peak_rss_mb"]["opencv"] > 0
+    (entry,) = result["training"]["results"]
+    assert entry["batch"] == 16 and entry["target"] == 1.2  # the batch override
+    assert entry["minidark"]["train_img_s"] > 0
+    table = suite.format_suite(result)
+    assert re.search(r"yolov3-tiny\.cfg 64x64 b1 +inference .* >=0\.8 +(yes|NO)", table)
+    assert re.search(r"yolov3-tiny\.cfg 64x64 b1 +inference +\d+ MB +OpenCV +\d+ MB", table)
+    assert re.search(r"b16 +training +\d+ img/s +PyTorch - ", table)

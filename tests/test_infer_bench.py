@@ -23,3 +23,27 @@ def test_layers_lists_every_layer_beside_opencv():
         if " convolutional " in row:
             assert len(re.findall(r"\d+\.\d ms", row)) == 2  # minidark, OpenCV
     assert "slowest layers" in format_report("yolov3-tiny.cfg", result)
+
+
+def test_peak_rss_is_each_engines_own(tmp_path):
+    """Each engine's peak is measured alone in a fresh process, from its own address
+    space: a parent holding 600 MB does not show in either (Linux carries
+    ru_maxrss over fork + exec; VmHWM starts again)."""
+    import numpy as np
+
+    import minidark
+    from minidark.tools.infer_bench import peak_rss_mb
+    from minidark.weights import save_weights
+
+    cfg = str(STOCK / "yolov3-tiny.cfg")
+    net = minidark.load_network(cfg, batch=1, seed=0)
+    weights = str(tmp_path / "random.weights")
+    save_weights(net, weights)
+    ballast = np.ones(600 * 2**20 // 8)  # touched: resident in this process
+    peaks = {
+        engine: peak_rss_mb(engine, cfg, weights, 1, (net.c, 64, 64), passes=1)
+        for engine in ("minidark", "opencv")
+    }
+    assert ballast.sum() > 0
+    for engine, peak in peaks.items():
+        assert peak is not None and 20 < peak < 500, (engine, peak)

@@ -40,12 +40,62 @@ KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _one_thread():
+def _threads(threads):
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return contextlib.nullcontext(), "threadpoolctl missing: BLAS threads not limited"
-    return threadpool_limits(1), None
+    return threadpool_limits(threads), None
+
+
+# One engine alone in a fresh process: load, then PASSES passes; prints its peak
+# RSS in MB (what each needs on its own; the timing shares a process): VmHWM,
+# the peak of this address space (ru_maxrss would carry the parent's over exec).
+PEAK_RSS = """
+def peak_mb():
+    with open("/proc/self/status") as handle:
+        return next(int(l.split()[1]) / 1024 for l in handle if l.startswith("VmHWM:"))
+"""
+RSS_PROGRAMS = {
+    "minidark": PEAK_RSS
+    + """
+import sys, numpy as np, minidark
+cfg, weights, batch, passes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+net = minidark.load_network(cfg, weights, batch=batch, seed=0)
+x = np.random.default_rng(0).uniform(size=(batch, net.inputs)).astype(np.float32)
+for _ in range(passes):
+    net.predict(x)
+print(peak_mb())
+""",
+    "opencv": PEAK_RSS
+    + """
+import sys, numpy as np, cv2
+cfg, weights, batch, passes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cv2.setNumThreads(int(sys.argv[5]))
+net = cv2.dnn.readNetFromDarknet(cfg, weights)
+names = net.getUnconnectedOutLayersNames()
+size = [int(v) for v in sys.argv[6:9]]
+x = np.random.default_rng(0).uniform(size=(batch, *size)).astype(np.float32)
+for _ in range(passes):
+    net.setInput(x)
+    net.forward(names)
+print(peak_mb())
+""",
+}
+
+
+def peak_rss_mb(engine, cfg, weights, batch, shape, threads=1, passes=3):
+    """Peak RSS (MB) of ``engine`` running the network alone in a fresh process,
+    or None if that process fails (e.g. OpenCV cannot read the cfg)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + path if path else "")
+    args = [cfg, weights, str(batch), str(passes), str(threads), *(str(v) for v in shape)]
+    done = subprocess.run(
+        [sys.executable, "-c", RSS_PROGRAMS[engine], *args], capture_output=True, text=True, env=env
+    )
+    lines = done.stdout.strip().splitlines()
+    return float(lines[-1]) if done.returncode == 0 and lines else None
 
 
 def _kernels():
@@ -113,8 +163,10 @@ def _resized(cfg, size, tmp):
     return path
 
 
-def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1):
-    """Time minidark and OpenCV in this process; return a JSON-ready dict."""
+def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1, threads=1, rss=False):
+    """Time minidark and OpenCV in this process, on ``threads`` threads each; with
+    ``rss``, also each one's peak RSS alone in a fresh process; return a
+    JSON-ready dict."""
     import minidark
 
     from ..weights import save_weights
@@ -135,16 +187,16 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1):
             try:
                 import cv2
 
-                cv2.setNumThreads(1)
+                cv2.setNumThreads(threads)
                 cv = cv2.dnn.readNetFromDarknet(cfg, weights)
                 outputs = cv.getUnconnectedOutLayersNames()
-                notes.append(f"OpenCV {cv2.__version__} dnn, {cv2.getNumThreads()} thread")
+                notes.append(f"OpenCV {cv2.__version__} dnn, {cv2.getNumThreads()} thread(s)")
             except ImportError:
                 notes.append("OpenCV not installed (pip install 'opencv-python-headless<5')")
             except Exception as exc:
                 notes.append(f"OpenCV cannot read this cfg: {str(exc).splitlines()[-1]}")
                 cv = None
-        limit, note = _one_thread()
+        limit, note = _threads(threads)
         if note:
             notes.append(note)
         ours, theirs = [], []
@@ -167,6 +219,12 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1):
             layers = _layer_times(net, flat, max(3, runs // 2))
             cv_layers = {} if cv is None else _opencv_layer_times(cv, x, outputs, max(3, runs // 2))
             kernels = _kernels()
+        peak_rss = {}
+        if rss:
+            shape = (net.c, net.h, net.w)
+            peak_rss["minidark"] = peak_rss_mb("minidark", cfg, weights, batch, shape, threads)
+            if cv is not None:
+                peak_rss["opencv"] = peak_rss_mb("opencv", cfg, weights, batch, shape, threads)
     pairs = [t / o for o, t in zip(ours, theirs, strict=False)]
     return {
         "cfg": os.path.basename(cfg),
@@ -174,6 +232,7 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1):
         "height": net.h,
         "channels": net.c,
         "batch": batch,
+        "threads": threads,
         "bflops": sum(l.flops for l in net.layers) / 1e9,
         "runs": runs,
         "minidark_s": statistics.median(ours) / batch,
@@ -193,6 +252,7 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1):
             for l in net.layers
         ],
         "kernels": kernels,
+        "peak_rss_mb": peak_rss,
         "blas_environment": {k: os.environ.get(k) for k in KERNEL_VARIABLES},
         "notes": notes,
     }
@@ -210,20 +270,22 @@ def _path(l):
 
 
 def bench_inference(
-    cfg, weights=None, runs=10, size=None, opencv=True, batch=1, keep_blas_kernel=False
-):
+    cfg, weights=None, runs=10, size=None, opencv=True, batch=1, keep_blas_kernel=False,
+    threads=1, rss=False,
+):  # fmt: skip
     """Run ``measure`` in a worker process without the OpenBLAS kernel pin (unless
     ``keep_blas_kernel`` or there is none), and return its dict; ``notes`` says
     which pin was dropped."""
     pinned = {k: os.environ[k] for k in KERNEL_VARIABLES if os.environ.get(k)}
     if keep_blas_kernel or not pinned:
-        return measure(cfg, weights, runs, size, opencv, batch)
+        return measure(cfg, weights, runs, size, opencv, batch, threads, rss)
     env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
     env["PYTHONPATH"] = REPO_ROOT + (
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
     )
     command = [sys.executable, "-m", "minidark.tools.infer_bench", "--worker", cfg,
-               "--runs", str(runs), "--batch", str(batch)]  # fmt: skip
+               "--runs", str(runs), "--batch", str(batch), "--threads", str(threads)]  # fmt: skip
+    command += ["--rss"] if rss else []
     command += ["--size", str(size)] if size else []
     command += ["--weights", weights] if weights else []
     command += [] if opencv else ["--no-opencv"]
@@ -249,7 +311,8 @@ def format_report(name, result, top=8, every_layer=False):
     ours, theirs = result["minidark_s"], result["opencv_s"]
     lines = [
         f"{name}: {result['width']}x{result['height']}x{result['channels']}, "
-        f"{result['bflops']:.3f} BFLOPs, batch {result['batch']}, 1 thread, "
+        f"{result['bflops']:.3f} BFLOPs, batch {result['batch']}, "
+        f"{result.get('threads', 1)} thread(s), "
         f"{result['runs']} interleaved pairs"
     ]
     lines.append(f"  {'':10} {'ms/image':>9} {'images/s':>9}")
@@ -261,6 +324,10 @@ def format_report(name, result, top=8, every_layer=False):
             f"  minidark / OpenCV speed: {result['ratio']:.2f}x (median of the pairs' "
             f"ratios; range {ratios[0]:.2f}-{ratios[-1]:.2f})"
         )
+    rss = result.get("peak_rss_mb") or {}
+    if rss:
+        alone = ", ".join(f"{k} {v:.0f} MB" if v else f"{k} failed" for k, v in rss.items())
+        lines.append(f"  peak RSS, each alone in a fresh process: {alone}")
     lines.append("  BLAS: " + "; ".join(result["kernels"]))
     layers = result["layers"]
     total = sum(l["seconds"] for l in layers) or 1.0
@@ -304,16 +371,24 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="one JSON document")
     every = "list every layer's time, minidark beside OpenCV (default: the slowest)"
     parser.add_argument("--layers", action="store_true", help=every)
+    parser.add_argument("--threads", type=int, default=1, help="threads per engine (1)")
+    rss = "also each engine's peak RSS, alone in a fresh process"
+    parser.add_argument("--rss", action="store_true", help=rss)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name in ("runs", "batch", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.worker:
-        result = measure(args.cfgs[0], args.weights, args.runs, args.size, args.opencv, args.batch)
+        result = measure(args.cfgs[0], args.weights, args.runs, args.size, args.opencv,
+                         args.batch, args.threads, args.rss)  # fmt: skip
         print(json.dumps(result))
         return 0
     results = []
     for cfg in args.cfgs:
         result = bench_inference(cfg, args.weights, args.runs, args.size, args.opencv,
-                                 args.batch, args.keep_blas_kernel)  # fmt: skip
+                                 args.batch, args.keep_blas_kernel, args.threads,
+                                 args.rss)  # fmt: skip
         results.append(result)
         if not args.json:
             print(format_report(os.path.basename(cfg), result, every_layer=args.layers), flush=True)

@@ -51,6 +51,15 @@ def run(args):
             )
     if args.warmup < 0:
         raise MinidarkError(f"--warmup must be >= 0, got {args.warmup}")
+    progress = None if args.json else (lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    if args.suite:
+        from .suite import format_suite, run_suite
+
+        if args.cfgs or args.rnn is not None or args.accuracy is not None:
+            raise MinidarkError("--suite runs its own networks: no CFG, --rnn or --accuracy")
+        result = run_suite(args, progress)
+        print(json.dumps(result, indent=1) if args.json else format_suite(result))
+        return 0
     cfgs = [resolve_cfg(c) for c in args.cfgs]
     if not cfgs:
         cfgs = [resolve_cfg(c) for c in DEFAULT_CFGS if os.path.exists(resolve_cfg(c))]
@@ -61,7 +70,6 @@ def run(args):
     for cfg in cfgs:
         if not os.path.exists(cfg):
             raise MinidarkError(f"{cfg}: no such cfg file")
-    progress = None if args.json else (lambda m: print(f"... {m}", file=sys.stderr, flush=True))
     if args.rnn is not None:
         from .recurrent import format_rnn_table, run_rnn
 

@@ -86,6 +86,14 @@ def add_arguments(parser):
         "the CPU's own kernel; the table names the kernel used)",
     )
     parser.add_argument(
+        "--suite",
+        action="store_true",
+        help="the speed table in one command: inference against OpenCV's dnn on darknet's "
+        "tiny.cfg, darknet19.cfg (224x224, batch 8) and yolov3-tiny.cfg (416x416), "
+        "training and inference against PyTorch on cifar.cfg (batch 32) and the MNIST "
+        "nets, peak RSS of each; every row with its target (takes ~15 minutes)",
+    )
+    parser.add_argument(
         "--no-torch",
         action="store_true",
         help="measure minidark only, even if PyTorch is installed",
