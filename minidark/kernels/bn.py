@@ -33,6 +33,8 @@ gives var 0 instead of inf.
 
 import numpy as np
 
+from .buffers import zeros
+
 FORWARD_EPS, BACKWARD_EPS = 1e-6, 1e-5
 
 
@@ -46,10 +48,10 @@ def make_bn(layer, channels, spatial):
     layer.rolling_variance = np.ones(channels, np.float32)
     layer.mean = np.zeros(channels, np.float32)
     layer.variance = np.ones(channels, np.float32)
-    layer.x = np.zeros(shape, np.float32)
-    layer.x_norm = np.zeros(shape, np.float32)
-    layer.bn_centered = np.zeros(shape, np.float32)  # backward scratch: x - mean
-    layer.bn_plane = np.zeros((channels, spatial), np.float32)
+    layer.x = zeros(shape)
+    layer.x_norm = zeros(shape)
+    layer.bn_centered = zeros(shape)  # backward scratch: x - mean
+    layer.bn_plane = zeros((channels, spatial))
 
 
 def _buffer(layer, name, like):

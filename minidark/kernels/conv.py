@@ -71,6 +71,7 @@ import numpy as np
 
 from . import winograd as wino
 from .activations import activate, gradient
+from .buffers import zeros
 from .im2col import (
     add_from_padded_cnhw,
     add_from_padded_nhwc,
@@ -110,7 +111,7 @@ def plan(l):
         l.winograd = WINOGRAD_TILE if WINOGRAD == "on" else 0
     # None: measured at the first backward of a Winograd layer
     l.winograd_backward = None if l.winograd is None else bool(l.winograd)
-    l.folded = np.zeros_like(l.weights) if l.batch_normalize else None
+    l.folded = zeros(l.weights.shape) if l.batch_normalize else None
     l.direct = k == 1 and s == 1 and g == 1 and LAYOUT != "cnhw"  # 1x1: NHWC = columns
     l.cnhw = LAYOUT == "cnhw" or (LAYOUT == "auto" and s == 1 and k * cg < l.out_w and not l.direct)
     l.transposed = not l.cnhw and not l.direct and s == 1 and g == 1 and l.pad <= k - 1
@@ -120,12 +121,12 @@ def plan(l):
         l.cnhw = l.transposed = False
         l.band = int(min(l.out_h, max(1, COLUMN_BYTES // (4 * l.out_w * max(kk, n)))))
     l.ordered = None if l.cnhw else np.zeros((n, k, k, cg), np.float32)  # W as (n, ky, kx, c)
-    l.ordered_grad = np.zeros((n, cg, k, k) if l.cnhw else (n, k, k, cg), np.float32)
-    l.chunk_grad = np.zeros((ng, kk), np.float32)  # one chunk's, one group's
+    l.ordered_grad = zeros((n, cg, k, k) if l.cnhw else (n, k, k, cg))
+    l.chunk_grad = zeros((ng, kk))  # one chunk's, one group's
     if l.transposed:  # F (k, k, n, c), and G (c, k, k, n) of one chunk and summed
-        l.flipped = np.zeros((k, k, n, c), np.float32)
-        l.flipped_grad = np.zeros((c, k, k, n), np.float32)
-        l.chunk_flipped_grad = np.zeros((c, k * k * n), np.float32)
+        l.flipped = zeros((k, k, n, c))
+        l.flipped_grad = zeros((c, k, k, n))
+        l.chunk_flipped_grad = zeros((c, k * k * n))
     # floats per image of each slot, in forward and in backward; a chunk of images
     # keeps its columns in cache. Forward takes larger chunks (fewer, longer GEMMs;
     # measured in docs/benchmark.md), with its output within CHUNK_BYTES (a first
@@ -157,7 +158,7 @@ def plan(l):
         band_rows = l.band * l.out_w
         sizes = [padded, padded, band_rows * n, band_rows * kk, 0, 0]
     if l.cnhw:  # biases broadcast over the pixels; inference bands: [W | biases], ones
-        l.bias_plane = np.zeros((n, rows), np.float32)
+        l.bias_plane = zeros((n, rows))
         l.bias_weights = np.zeros((n, kk + 1), np.float32)
         sizes[3] = max(sizes[3], (kk + 1) * cnhw_band_rows(l) * l.out_w)
     if l.pointwise:  # strided input, input gradient and per-image dW of a chunk

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..kernels.activations import activate, gradient
 from ..kernels.bn import backward_bn, forward_bn, make_bn
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..optim import update_parameters
 from ..registry import register_layer
@@ -63,14 +64,14 @@ def make_connected(options: Section, params: SizeParams) -> Layer:
     if params.h and params.w:
         l.h, l.w, l.c = params.h, params.w, params.c
     l.output = np.zeros((batch, outputs), np.float32)
-    l.delta = np.zeros((batch, outputs), np.float32)
+    l.delta = zeros((batch, outputs))
     scale = np.sqrt(2.0 / inputs)
     l.weights = (params.net.rng.uniform(-1, 1, (outputs, inputs)) * scale).astype(np.float32)
     l.biases = np.zeros(outputs, np.float32)
-    l.weight_updates = np.zeros_like(l.weights)
+    l.weight_updates = zeros(l.weights.shape)
     l.bias_updates = np.zeros_like(l.biases)
-    l.weight_grad = np.zeros_like(l.weights)  # scratch: this batch's gradient
-    l.input_grad = np.zeros((batch, inputs), np.float32)
+    l.weight_grad = zeros(l.weights.shape)  # scratch: this batch's gradient
+    l.input_grad = zeros((batch, inputs))
     l.saved = ("biases", "weights")
     if l.batch_normalize:
         make_bn(l, outputs, 1)

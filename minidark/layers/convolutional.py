@@ -41,6 +41,7 @@ import numpy as np
 from ..kernels import conv
 from ..kernels.activations import activate, gradient
 from ..kernels.bn import FORWARD_EPS, backward_bn, forward_bn, make_bn
+from ..kernels.buffers import zeros
 from ..kernels.im2col import conv_output_size
 from ..layer import Layer
 from ..optim import update_parameters
@@ -104,12 +105,12 @@ def make_convolutional(options: Section, params: SizeParams) -> Layer:
         batch_normalize=options.bool("batch_normalize", False),
     )
     l.output = np.zeros((batch, l.outputs), np.float32)
-    l.delta = np.zeros((batch, l.outputs), np.float32)
+    l.delta = zeros((batch, l.outputs))
     kk = k * k * (c // groups)
     scale = np.sqrt(2.0 / kk)
     l.weights = (params.net.rng.standard_normal((n, c // groups, k, k)) * scale).astype(np.float32)
     l.biases = np.zeros(n, np.float32)
-    l.weight_updates = np.zeros_like(l.weights)
+    l.weight_updates = zeros(l.weights.shape)
     l.bias_updates = np.zeros_like(l.biases)
     l.saved = ("biases", "weights")
     if l.batch_normalize:

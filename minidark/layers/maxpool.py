@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.buffers import zeros
 from ..kernels.pool import (
     BAND_SCRATCH_FLOATS,
     forward_max,
@@ -116,14 +117,14 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
         outputs=out_h * out_w * c,
     )
     l.output = np.zeros((batch, l.outputs), np.float32)
-    l.delta = np.zeros((batch, l.outputs), np.float32)
-    l.indexes = np.zeros((batch, l.outputs), np.int32)
+    l.delta = zeros((batch, l.outputs))
+    l.indexes = zeros((batch, l.outputs), np.int32)
     kind = np.uint8 if size * size < 255 else np.int32
-    l.winner = np.zeros((batch, l.outputs), kind)
-    l.mask = np.zeros((batch, l.outputs), kind)
-    l.scratch = np.zeros((batch, l.outputs), np.float32)
+    l.winner = zeros((batch, l.outputs), kind)
+    l.mask = zeros((batch, l.outputs), kind)
+    l.scratch = zeros((batch, l.outputs))
     if stride >= size:  # windows apart: int64 indexes for the scatter
-        l.positions = np.zeros((batch, l.outputs), np.int64)
+        l.positions = zeros((batch, l.outputs), np.int64)
     l.complete = True  # every window had a winner in the last forward
     plan(l)  # offsets, base, table, tiled, chunk, workspace_size
     previous = params.net.layers[-1] if params.net.layers else None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -73,7 +74,7 @@ def make_route(options: Section, params: SizeParams) -> Layer:
     )
     l.w, l.h, l.c = l.out_w, l.out_h, l.out_c
     l.output = np.zeros((batch, outputs), np.float32)
-    l.delta = np.zeros((batch, outputs), np.float32)
+    l.delta = zeros((batch, outputs))
     l.desc = "layers " + ",".join(str(i) for i in sources)
     l.forward, l.backward = forward_route, backward_route
     return l

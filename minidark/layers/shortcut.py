@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.activations import activate, gradient
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -105,7 +106,7 @@ def make_shortcut(options: Section, params: SizeParams) -> Layer:
     )
     l.same_shape = (w, h, c) == (w2, h2, c2)
     l.output = np.zeros((batch, l.outputs), np.float32)
-    l.delta = np.zeros((batch, l.outputs), np.float32)
+    l.delta = zeros((batch, l.outputs))
     l.desc = f"from {index}"
     l.flops = 2 * l.outputs
     l.forward, l.backward = forward_shortcut, backward_shortcut

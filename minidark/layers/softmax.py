@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.blas import axpy
+from ..kernels.buffers import zeros
 from ..kernels.tree import SECRET_NUM, read_tree
 from ..layer import Layer
 from ..registry import register_layer
@@ -73,8 +74,8 @@ def make_softmax(options: Section, params: SizeParams) -> Layer:
         l.group_starts = np.asarray(l.tree.group_offset)
         l.group_sizes = np.asarray(l.tree.group_size)
     l.output = np.zeros((batch, inputs), np.float32)
-    l.delta = np.zeros((batch, inputs), np.float32)
-    l.loss = np.zeros((batch, inputs), np.float32)
+    l.delta = zeros((batch, inputs))
+    l.loss = zeros((batch, inputs))
     l.desc = f"groups {l.groups}" if l.tree is None else f"tree {l.tree.groups}"
     l.flops = 3 * inputs
     l.forward, l.backward = forward_softmax, backward_softmax

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -69,9 +70,9 @@ def make_upsample(options: Section, params: SizeParams) -> Layer:
         scale=options.float("scale", 1.0),
     )
     l.output = np.zeros((batch, l.outputs), np.float32)
-    l.delta = np.zeros((batch, l.outputs), np.float32)
+    l.delta = zeros((batch, l.outputs))
     if not reverse:
-        l.input_grad = np.zeros((batch, l.inputs), np.float32)  # scratch for backward
+        l.input_grad = zeros((batch, l.inputs))  # scratch for backward
     l.desc = f"/{s}" if reverse else f"{s}x"
     l.flops = l.outputs if not reverse else l.inputs
     l.forward, l.backward = forward_upsample, backward_upsample

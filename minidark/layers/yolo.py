@@ -49,6 +49,7 @@ import numpy as np
 from ..kernels.activations import activate
 from ..kernels.blas import axpy
 from ..kernels.boxes import box_iou, decode_boxes
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -161,7 +162,7 @@ def make_yolo(options: Section, params: SizeParams) -> Layer:
     for slot, m in reversed(list(enumerate(mask))):
         l.mask_slot[m] = slot
     l.output = np.zeros((batch, outputs), F32)
-    l.delta = np.zeros((batch, outputs), F32)
+    l.delta = zeros((batch, outputs))
     l.desc = "mask " + ",".join(map(str, mask))
     l.gradcheck_gap = HEAD_GAP
     l.forward, l.backward = forward_yolo, backward_yolo
