@@ -247,7 +247,7 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1, threads
                 "flops": l.flops,
                 "seconds": layers.get(l.index, 0.0),
                 "opencv_seconds": cv_layers.get(l.index),
-                "path": _path(l),
+                "path": _path(l, net.layers),
             }
             for l in net.layers
         ],
@@ -258,8 +258,11 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1, threads
     }
 
 
-def _path(l):
-    """The convolution path a layer runs (its plan), '' for other layers."""
+def _path(l, layers):
+    """The convolution path a layer runs (its plan); for a max-pool filled by the
+    convolution before it, that; '' for other layers."""
+    if l.type == "maxpool" and l.index and layers[l.index - 1].pool_after is l:
+        return f"filled by layer {l.index - 1}'s pass"
     if l.type != "convolutional":
         return ""
     if l.pointwise:
@@ -348,7 +351,8 @@ def format_report(name, result, top=8, every_layer=False):
         shown = sorted(layers, key=lambda l: -l["seconds"])[:top]
     for l in shown:
         t, cv = l["seconds"], l.get("opencv_seconds")
-        rate = f"{l['flops'] * result['batch'] / t / 1e9:6.1f} GFLOP/s" if l["flops"] and t else ""
+        timed = l["flops"] and t > 1e-5  # (a pool filled by the convolution before it: ~0)
+        rate = f"{l['flops'] * result['batch'] / t / 1e9:6.1f} GFLOP/s" if timed else ""
         where = f"{l['index']:3} {l['type']:14} {l['desc']:18}"
         theirs = f" {1000 * cv:7.1f} ms" if every_layer and cv is not None else ""
         lines.append(f"    {where} {1000 * t:7.1f} ms{theirs}  {rate:15} {l['path']}".rstrip())
