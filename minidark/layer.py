@@ -97,11 +97,10 @@ class Layer:
     rolling_variance: Array | None = None  # running variance used at inference
     mean: Array | None = None  # this batch's mean per channel
     variance: Array | None = None  # this batch's (unbiased) variance per channel
-    x: Array | None = None  # the pre-normalisation output, kept for backward
+    x: Array | None = None  # the pre-normalisation output, kept for backward (x - mean after)
     x_norm: Array | None = None  # the normalised output, kept for backward
     bn_shape: tuple | None = None  # (batch, channels, pixels): how bn views the buffers
     bn_plane: Array | None = None  # scratch: (channels, pixels)
-    bn_centered: Array | None = None  # scratch: x - mean
     bn_train: bool = False  # whether the last forward used batch statistics
 
     # --- optimiser (optim/sgd.py, optim/adam.py)

@@ -50,7 +50,6 @@ def make_bn(layer, channels, spatial):
     layer.variance = np.ones(channels, np.float32)
     layer.x = zeros(shape)
     layer.x_norm = zeros(shape)
-    layer.bn_centered = zeros(shape)  # backward scratch: x - mean
     layer.bn_plane = zeros((channels, spatial))
 
 
@@ -110,7 +109,7 @@ def backward_bn(layer, delta):
         return
     delta *= _plane(layer, layer.scales, delta)
     inv_std = 1.0 / np.sqrt(layer.variance + BACKWARD_EPS)
-    centered = _buffer(layer, "bn_centered", layer.x)
+    centered = layer.x  # x - mean in place: backward is x's last reader before a forward
     np.subtract(layer.x, _plane(layer, layer.mean, delta), out=centered)
     mean_delta = -delta.sum(axis=(0, 2)) * inv_std
     var_delta = np.einsum("bcs,bcs->c", delta, centered) * -0.5 * inv_std**3
