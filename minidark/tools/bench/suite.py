@@ -126,7 +126,7 @@ def format_suite(result):
             )
     training = result["training"]
     for entry in training["results"]:
-        name = f"{entry['cfg']} b{entry['batch']}"
+        name = f"{os.path.basename(entry['cfg'])} b{entry['batch']}"
         ours, theirs, ratios = entry["minidark"] or {}, entry["torch"] or {}, entry["ratios"]
         for mode, target in (("train", entry["target"]), ("eval", None)):
             rate = ours.get(f"{mode}_img_s")
