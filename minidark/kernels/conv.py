@@ -352,28 +352,35 @@ def training_tile(l):
 
 def measure(l, net, finish, weights, biases):
     """The fastest path for this layer: 0 (the columns) or a Winograd tile; best
-    of PLAN_RUNS alternated runs each, on ``plan_clock()``. Each tile's transformed
-    weights are made once, before the timing (a pass pays for them only when
-    the weights change); the unused ones are dropped."""
-    transformed = {}
-    for tile in WINOGRAD_TILES:
-        l.winograd, l.winograd_weights = tile, None
-        transformed[tile] = winograd_weights(l, weights)
+    of PLAN_RUNS alternated runs each, on ``plan_clock()``. A tile's transformed
+    weights are made before each of its runs, outside the timing (a pass pays
+    for them only when the weights change), and dropped after it, so that one
+    tile's U at most is held at a time (F(4,3)'s is 4x the weights: holding
+    both tiles' raised yolov3-tiny's peak by 75 MB); the winner's is kept.
+    The columns' reordered weights are let go when a tile wins."""
     times = {tile: [] for tile in (0, *WINOGRAD_TILES)}
     clock = plan_clock()
     for _ in range(PLAN_RUNS):
         for tile in times:
+            l.winograd, l.winograd_weights = tile, None
+            if tile:
+                l.prepared.discard("winograd")
+                winograd_weights(l, weights)
             tick = clock()
             if tile:
-                l.winograd, l.winograd_weights = tile, transformed[tile]
                 forward_winograd(l, net, finish, weights, biases)
             else:
                 (forward_banded if l.band else forward_columns)(l, net, finish, weights, biases)
             times[tile].append(clock() - tick)
     best = min(times, key=lambda tile: min(times[tile]))
-    l.winograd_weights = transformed.get(best)
-    if not best:
+    if best != l.winograd:  # the last run's tile is not the winner
+        l.winograd, l.winograd_weights = best, None
         l.prepared.discard("winograd")
+        if best:
+            winograd_weights(l, weights)
+    if best and l.ordered is not None and "ordered" in l.prepared:
+        l.ordered = zeros(l.ordered.shape)  # (written by the columns' runs: resident)
+        l.prepared.discard("ordered")
     return best
 
 
