@@ -92,7 +92,6 @@ LAYOUT = "auto"  # column layout: "auto" (per layer), "nhwc" or "cnhw" (tests)
 WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
 WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
 WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns (inference)
-FOLD_CHECK_FLOATS = 1 << 16  # filter weights per chunk of folds_to
 PLAN_RUNS = 3  # timed runs of each path per layer (best of): two flipped on a busy machine
 # training's shape rule (training_tile), in GEMM multiply-adds per output and channel:
 WINOGRAD_TRAIN_COLUMNS_COST = 560  # the columns' copies (im2col, col2im, layouts)
@@ -281,41 +280,22 @@ def pool_part(l, images, r0, r1):
 def derived(l, fold):
     """Forget the weights derived from W (l.prepared: the folded filters, their
     column order, Winograd's U) when W or the batch-norm fold differs from what
-    they were made from; in-place edits, updates and loads are all seen.
-
-    Without a fold, one comparison of W with ``l.weights_seen``, a copy of the W
-    they were made from (a third of the reorder it replaces, docs/benchmark.md).
-    With a fold, everything derived comes from ``l.folded = scale W``, so it is
-    current exactly while ``scale W`` still gives ``l.folded`` bit for bit:
-    checked that way (``folds_to``), with no copy of W (inference on darknet19
-    would hold 79 MB more)."""
-    if fold is not None:
-        current = l.scale_seen is not None and "folded" in l.prepared
-        if current and folds_to(l.weights, fold[0], l.folded):
-            return
-        l.weights_seen, l.scale_seen = None, fold[0].copy()  # (marks derived as folded)
-        l.prepared = set()
-        return
+    they were made from. One comparison per pass (a third of the fold plus
+    reorder it replaces, docs/benchmark.md); in-place edits, updates and
+    loads are all seen."""
+    scale = None if fold is None else fold[0]
     seen = l.weights_seen
     same = seen is not None and seen.dtype == l.weights.dtype and np.array_equal(l.weights, seen)
-    if not same or l.scale_seen is not None:
+    if same and scale is None:
+        same = l.scale_seen is None
+    elif same:
+        same = l.scale_seen is not None and np.array_equal(scale, l.scale_seen)
+    if not same:
         if seen is None or seen.dtype != l.weights.dtype:
             l.weights_seen = np.empty_like(l.weights)
         np.copyto(l.weights_seen, l.weights)
-        l.scale_seen = None
+        l.scale_seen = None if scale is None else scale.copy()
         l.prepared = set()
-
-
-def folds_to(weights, scale, folded):
-    """Whether ``scale W`` (per filter) is ``folded``, bit for bit; a chunk of
-    filters at a time (no W-sized temporary)."""
-    step = max(1, FOLD_CHECK_FLOATS // max(1, weights[0].size))
-    for start in range(0, len(weights), step):
-        part = slice(start, start + step)
-        product = np.multiply(weights[part], scale[part, None, None, None])
-        if not np.array_equal(product, folded[part]):
-            return False
-    return True
 
 
 def training_tile(l):
