@@ -49,7 +49,9 @@ Inference batch norm arrives folded (``fold``): ``W' = scale W`` with
 biases - rolling_mean scale`` (darknet's fuse_batchnorm), so a conv+BN+
 activation layer is one GEMM plus one epilogue while y is in cache. The folded
 filters, their column order and Winograd's U are remade only when W or the
-fold changed since the last pass (``derived``: one comparison).
+fold changed since the last pass (``derived``: one comparison); a Winograd
+layer lets its folded filters go once U is made from them (U alone is what
+its passes read: 30 MB less on yolov3-tiny).
 
 The columns are recomputed in backward instead of being kept from forward
 (80 MB for LeNet's second conv): from cache that costs less than reading
@@ -231,7 +233,8 @@ def forward(l, net, finish, fold=None):
     derived(l, fold)
     if fold is not None:
         scale, biases = fold
-        if "folded" not in l.prepared:
+        made = l.winograd and "winograd" in l.prepared  # U is current: no need of the fold
+        if "folded" not in l.prepared and not made:
             np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
             l.prepared.add("folded")
         weights = l.folded
@@ -254,6 +257,10 @@ def forward(l, net, finish, fold=None):
         forward_columns(l, net, finish, weights, biases)
     if l.pooling:
         pool.prepooled = True
+    if fold is not None and l.winograd and "folded" in l.prepared:
+        # U was made from it: let the fold go until the weights or the fold change
+        l.folded = zeros(l.folded.shape)
+        l.prepared.discard("folded")
 
 
 def pool_part(l, images, r0, r1):

@@ -158,3 +158,48 @@ def test_plan_clock_is_cpu_time_with_one_blas_thread():
         threads = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
         expected = time.thread_time if threads == {1} else time.perf_counter  # a 1-CPU machine
         assert conv.plan_clock() is expected
+
+
+@pytest.mark.parametrize("winograd", ["off", "on"])
+def test_folded_weights_follow_every_change(monkeypatch, winograd):
+    """With batch norm folded (inference) the derived weights follow an in-place
+    edit of W, a new scale or rolling variance, and training passes in between;
+    a Winograd layer keeps only U, its folded filters let go (not resident)."""
+    monkeypatch.setattr(conv, "WINOGRAD", winograd)
+    net = build(
+        "[convolutional]\nfilters=4\nsize=3\nstride=1\npad=1\nbatch_normalize=1\n"
+        "activation=leaky\n",
+        8,
+        9,
+        3,
+        2,
+    )
+    l = net.layers[0]
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3 * 8 * 9)).astype(np.float32)
+    l.rolling_variance[:] = rng.uniform(0.5, 2, 4)
+
+    def expected():
+        scale = l.scales / (np.sqrt(l.rolling_variance.astype(np.float64)) + 1e-6)
+        weights = l.weights.astype(np.float64) * scale[:, None, None, None]
+        out = naive_conv(x.reshape(2, 3, 8, 9), weights, l.biases - l.rolling_mean * scale, 1, 1, 1)
+        return np.where(out > 0, out, 0.1 * out).reshape(2, -1)
+
+    for change in ("none", "weights", "scales", "variance", "train", "none"):
+        if change == "weights":
+            l.weights[1, 2, 0, 1] += 0.5
+        elif change == "scales":
+            l.scales[2] = -0.75
+        elif change == "variance":
+            l.rolling_variance[0] = 3.0
+        elif change == "train":  # an unfolded pass, then an update of W
+            net.forward(x, train=True)
+            l.weights *= 0.9
+        out = net.forward(x, train=False)
+        np.testing.assert_allclose(out, expected(), rtol=1e-5, atol=1e-5, err_msg=change)
+        assert ("folded" in l.prepared) == (winograd == "off")
+        if winograd == "on":
+            assert not l.folded.any()  # a fresh, untouched buffer
+    kept = l.folded
+    net.forward(x, train=False)
+    assert l.folded is kept  # nothing changed: nothing folded or let go again
