@@ -425,8 +425,11 @@ def forward_winograd(l, net, finish, weights, biases):
     u = winograd_weights(l, weights)
     out = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)
     finish = (biases, l.activation) if finish else None
-    done = lambda b0, b1: pool_part(l, slice(b0, b1), 0, l.out_h)  # noqa: E731
-    wino.forward(l, net, u, l.winograd, out, finish, done)
+
+    def images_done(b0, b1):
+        pool_part(l, slice(b0, b1), 0, l.out_h)
+
+    wino.forward(l, net, u, l.winograd, out, finish, images_done)
 
 
 def forward_cnhw_bands(l, net, finish, weights, biases):
