@@ -350,8 +350,7 @@ def measure(l, net, finish, weights, biases):
     for _ in range(PLAN_RUNS):
         for tile in times:
             l.winograd, l.winograd_weights = tile, None
-            if tile:
-                l.prepared.discard("winograd")
+            if tile:  # (a fresh U: winograd_weights makes it)
                 winograd_weights(l, weights)
             tick = clock()
             if tile:

@@ -152,12 +152,14 @@ def _opencv_layer_times(cv, x, outputs, runs):
     return {i: statistics.median(v) for i, v in samples.items()}
 
 
-def _resized(cfg, size, tmp):
+def rewritten_cfg(cfg, directory, **values):
+    """A copy of ``cfg`` in ``directory`` whose lines ``key=...`` read ``key=value``
+    for each of ``values`` (e.g. width, height; batch, subdivisions)."""
     with open(cfg, encoding="utf-8") as handle:
         text = handle.read()
-    text = re.sub(r"(?m)^width\s*=.*$", f"width={size}", text)
-    text = re.sub(r"(?m)^height\s*=.*$", f"height={size}", text)
-    path = os.path.join(tmp, os.path.basename(cfg))
+    for key, value in values.items():
+        text = re.sub(rf"(?m)^{key}\s*=.*$", f"{key}={value}", text)
+    path = os.path.join(directory, os.path.basename(cfg))
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
     return path
@@ -174,7 +176,7 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1, threads
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
         if size:
-            cfg = _resized(cfg, size, tmp)
+            cfg = rewritten_cfg(cfg, tmp, width=size, height=size)
         net = minidark.load_network(cfg, weights, batch=batch, seed=0)
         if weights is None:
             weights = os.path.join(tmp, "random.weights")

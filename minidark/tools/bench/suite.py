@@ -11,11 +11,10 @@ Every row names its target; ratios are medians of interleaved pairs.
 
 import copy
 import os
-import re
 import tempfile
 
 from ...errors import MinidarkError
-from ..infer_bench import bench_inference
+from ..infer_bench import bench_inference, rewritten_cfg
 from .common import REPO_ROOT
 from .runner import run_bench
 
@@ -32,18 +31,6 @@ TRAINING_ROWS = (
     (os.path.join(REPO_ROOT, "cfg", "mnist_mlp.cfg"), None, 30, 10000, 1.2),
     (os.path.join(REPO_ROOT, "cfg", "mnist_lenet.cfg"), None, 30, 10000, 1.0),
 )
-
-
-def _with_batch(cfg, batch, directory):
-    """A copy of ``cfg`` with ``batch`` images per update in one subdivision."""
-    with open(cfg, encoding="utf-8") as handle:
-        text = handle.read()
-    text = re.sub(r"(?m)^batch\s*=.*$", f"batch={batch}", text)
-    text = re.sub(r"(?m)^subdivisions\s*=.*$", "subdivisions=1", text)
-    path = os.path.join(directory, os.path.basename(cfg))
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return path
 
 
 def run_suite(options, progress=None):
@@ -73,7 +60,7 @@ def run_suite(options, progress=None):
             run_options = copy.copy(options)
             run_options.steps, run_options.eval_rows = steps, rows
             run_options.warmup = min(options.warmup, 2) if batch else options.warmup
-            path = _with_batch(cfg, batch, tmp) if batch else cfg
+            path = rewritten_cfg(cfg, tmp, batch=batch, subdivisions=1) if batch else cfg
             training = run_bench([path], run_options, progress)
             entry = training["results"][0]
             entry["cfg"], entry["target"] = os.path.relpath(cfg, REPO_ROOT), target
