@@ -195,7 +195,8 @@ class Layer:
     complete: bool = True  # every window had a winner in the last forward
     indexed: bool = False  # [maxpool]: indexes and winners belong to the last forward (training)
     offsets: list | None = None  # per window cell: the output ranges it overlaps
-    base: Array | None = None  # flat input index of each window's corner
+    corners: Array | None = None  # [maxpool] (out_h*out_w,) each window's corner in a plane
+    plane_starts: Array | None = None  # [maxpool] (batch*c, 1) index of each input plane's start
     table: Array | None = None  # window cell -> offset from the corner
     tiled: bool = False  # windows tile the input exactly (size == stride)
     prepooled: bool = False  # [maxpool]: the convolution before it already wrote this output

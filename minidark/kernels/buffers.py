@@ -32,3 +32,20 @@ def zeros(shape, dtype=np.float32):
     if nbytes >= HUGE_PAGE_BYTES and hasattr(mmap, "MADV_HUGEPAGE"):
         pages.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(pages, dtype, count).reshape(shape)
+
+
+DRAW_CHUNK = 1 << 18  # values drawn in float64 at a time (2 MB)
+
+
+def drawn(draw, shape, transform):
+    """float32 ``transform(draw(count))`` of ``shape``: a generator's float64 draws
+    (``draw(count)``, e.g. ``rng.standard_normal``) scaled, then rounded, a piece
+    at a time. The pieces continue one stream, so the values are those of one
+    call; but no float64 copy of the whole array is made (38 MB for one of
+    darknet19's 1024-filter layers, freed into the heap where it stayed)."""
+    out = np.empty(shape, np.float32)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, DRAW_CHUNK):
+        stop = min(start + DRAW_CHUNK, flat.size)
+        flat[start:stop] = transform(draw(stop - start))
+    return out

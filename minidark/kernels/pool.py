@@ -4,8 +4,9 @@ Notation: input ``x`` (B, C, h, w) NCHW, windows ``size`` x ``size`` every
 ``stride``, window (oy, ox) starting at ``(oy, ox) * stride + start`` with
 ``start = -(padding // 2)``; ``o = dy * size + dx`` numbers the window cells
 in darknet's scan order (rows, then columns). ``l.winner`` holds ``1 + o`` of
-each window's winner (0: no winner), and ``l.indexes = l.base + l.table[winner]``
-(``base`` = flat index of cell (0, 0), ``table[1 + o] = dy * w + dx``).
+each window's winner (0: no winner), and ``l.indexes = l.plane_starts + l.corners +
+l.table[winner]`` (the flat index of the window's plane, of its cell (0, 0) in the
+plane, and ``table[1 + o] = dy * w + dx``; broadcast, not stored per window).
 
 Two forward scans, both exact (strict ``>`` in scan order: the first maximum
 wins; NaN, -inf and -FLT_MAX never win):
@@ -56,7 +57,8 @@ def overlap(start, stride, outs, size):
 
 def plan(l):
     """Window geometry of a maxpool layer (sizes already set): per-offset slices,
-    base indexes, the winner -> index table, and the tiled fast path's chunking."""
+    the windows' corner indexes, the winner -> index table, and the tiled fast
+    path's chunking."""
     k, s, h, w = l.size, l.stride, l.h, l.w
     start = -(l.pad // 2)
     # per offset o = dy*size + dx: (output rows, input rows, output cols, input cols)
@@ -66,8 +68,8 @@ def plan(l):
         for dx in range(k)
     ]
     ys = (np.arange(l.out_h) * s + start)[:, None] * w + (np.arange(l.out_w) * s + start)
-    cells = (np.arange(l.batch * l.c) * h * w)[:, None, None] + ys
-    l.base = cells.reshape(l.batch, l.outputs).astype(np.int32)
+    l.corners = ys.reshape(-1).astype(np.int32)
+    l.plane_starts = (np.arange(l.batch * l.c) * h * w).astype(np.int32)[:, None]
     l.table = np.array([0] + [dy * w + dx for dy in range(k) for dx in range(k)], np.int32)
     l.tiled = k == s and start == 0 and l.out_h * k == h and l.out_w * k == w
     l.chunk = max(1, min(l.batch, CHUNK_BYTES // (4 * l.inputs))) if l.tiled else 0
@@ -198,8 +200,10 @@ def scan_tiles(l, x, workspace):
 
 def set_indexes(l, complete):
     """l.indexes from l.winner: flat input index of each winner, -1 for none."""
-    np.take(l.table, l.winner, out=l.indexes, mode="wrap")  # (no bounds check)
-    l.indexes += l.base
+    indexes = l.indexes.reshape(l.batch * l.c, l.out_h * l.out_w)  # (planes, windows)
+    np.take(l.table, l.winner.reshape(indexes.shape), out=indexes, mode="wrap")  # (no bounds check)
+    indexes += l.corners
+    indexes += l.plane_starts
     if not complete:
         np.copyto(l.indexes, -1, where=l.winner == 0)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.activations import activate, gradient
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -30,7 +31,7 @@ def make_activation(options: Section, params: SizeParams) -> Layer:
         **params.same_shape(),
         activation=options.activation("activation", "linear"),
     )
-    l.output = np.zeros((batch, inputs), np.float32)
+    l.output = zeros((batch, inputs))
     l.delta = np.zeros((batch, inputs), np.float32)
     l.desc = l.activation
     l.flops = inputs

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -37,7 +38,7 @@ def make_avgpool(options: Section, params: SizeParams) -> Layer:
         inputs=h * w * c,
         outputs=c,
     )
-    l.output = np.zeros((batch, c), np.float32)
+    l.output = zeros((batch, c))
     l.delta = np.zeros((batch, c), np.float32)
     l.desc = f"{w}x{h} -> 1x1"
     l.flops = h * w * c

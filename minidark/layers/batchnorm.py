@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.bn import backward_bn, forward_bn, make_bn
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..optim import update_parameters
 from ..registry import register_layer
@@ -60,7 +61,7 @@ def make_batchnorm(options: Section, params: SizeParams) -> Layer:
         inputs=h * w * c,
         outputs=h * w * c,
     )
-    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.output = zeros((batch, l.outputs))
     l.delta = np.zeros((batch, l.outputs), np.float32)
     l.biases = np.zeros(c, np.float32)
     l.bias_updates = np.zeros(c, np.float32)

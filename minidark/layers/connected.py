@@ -24,7 +24,7 @@ import numpy as np
 
 from ..kernels.activations import activate, gradient
 from ..kernels.bn import backward_bn, forward_bn, make_bn
-from ..kernels.buffers import zeros
+from ..kernels.buffers import drawn, zeros
 from ..layer import Layer
 from ..optim import update_parameters
 from ..registry import register_layer
@@ -63,10 +63,13 @@ def make_connected(options: Section, params: SizeParams) -> Layer:
     )
     if params.h and params.w:
         l.h, l.w, l.c = params.h, params.w, params.c
-    l.output = np.zeros((batch, outputs), np.float32)
+    l.output = zeros((batch, outputs))
     l.delta = zeros((batch, outputs))
     scale = np.sqrt(2.0 / inputs)
-    l.weights = (params.net.rng.uniform(-1, 1, (outputs, inputs)) * scale).astype(np.float32)
+    rng = params.net.rng
+    l.weights = drawn(
+        lambda count: rng.uniform(-1, 1, count), (outputs, inputs), lambda v: v * scale
+    )
     l.biases = np.zeros(outputs, np.float32)
     l.weight_updates = zeros(l.weights.shape)
     l.bias_updates = np.zeros_like(l.biases)

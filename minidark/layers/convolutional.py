@@ -41,7 +41,7 @@ import numpy as np
 from ..kernels import conv
 from ..kernels.activations import activate, gradient
 from ..kernels.bn import FORWARD_EPS, backward_bn, forward_bn, make_bn
-from ..kernels.buffers import zeros
+from ..kernels.buffers import drawn, zeros
 from ..kernels.im2col import conv_output_size
 from ..layer import Layer
 from ..optim import update_parameters
@@ -104,11 +104,11 @@ def make_convolutional(options: Section, params: SizeParams) -> Layer:
         activation=options.activation("activation", "logistic"),
         batch_normalize=options.bool("batch_normalize", False),
     )
-    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.output = zeros((batch, l.outputs))
     l.delta = zeros((batch, l.outputs))
     kk = k * k * (c // groups)
     scale = np.sqrt(2.0 / kk)
-    l.weights = (params.net.rng.standard_normal((n, c // groups, k, k)) * scale).astype(np.float32)
+    l.weights = drawn(params.net.rng.standard_normal, (n, c // groups, k, k), lambda v: v * scale)
     l.biases = np.zeros(n, np.float32)
     l.weight_updates = zeros(l.weights.shape)
     l.bias_updates = np.zeros_like(l.biases)

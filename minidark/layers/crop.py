@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -75,7 +76,7 @@ def make_crop(options: Section, params: SizeParams) -> Layer:
         flipped=False,
     )  # the window of the last forward
     l.multiplier, l.offset = (1.0, 0.0) if l.noadjust else (2.0, -1.0)
-    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.output = zeros((batch, l.outputs))
     l.delta = np.zeros((batch, l.outputs), np.float32)
     l.desc = f"{out_w}x{out_h}" + (" flip" if l.flip else "")
     l.flops = 2 * l.outputs

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..kernels.activations import activate, gradient
 from ..kernels.bn import backward_bn, forward_bn, make_bn
+from ..kernels.buffers import drawn, zeros
 from ..kernels.im2col import col2im_cnhw, im2col_cnhw
 from ..layer import Layer
 from ..optim import update_parameters
@@ -107,10 +108,11 @@ def make_deconvolutional(options: Section, params: SizeParams) -> Layer:
         activation=activation,
         batch_normalize=batch_normalize,
     )
-    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.output = zeros((batch, l.outputs))
     l.delta = np.zeros((batch, l.outputs), np.float32)
-    weights = params.net.rng.standard_normal((c, n, k, k)) * 0.02 * (out_h * out_w) / (h * w)
-    l.weights = weights.astype(np.float32)
+    l.weights = drawn(
+        params.net.rng.standard_normal, (c, n, k, k), lambda v: v * 0.02 * (out_h * out_w) / (h * w)
+    )
     l.biases = np.zeros(n, np.float32)
     l.weight_updates = np.zeros_like(l.weights)
     l.bias_updates = np.zeros_like(l.biases)

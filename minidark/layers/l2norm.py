@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -52,7 +53,7 @@ def make_l2norm(options: Section, params: SizeParams) -> Layer:
     )
     l.norms = np.zeros((batch, 1, w * h), np.float32)  # r at every position
     l.dots = np.zeros((batch, 1, w * h), np.float32)  # scratch: sum_c y_c delta_c
-    l.output = np.zeros((batch, outputs), np.float32)
+    l.output = zeros((batch, outputs))
     l.delta = np.zeros((batch, outputs), np.float32)
     l.flops = 3 * outputs
     l.forward, l.backward = forward_l2norm, backward_l2norm

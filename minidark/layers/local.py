@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.activations import activate, gradient
+from ..kernels.buffers import drawn, zeros
 from ..kernels.im2col import add_from_padded_nhwc, col2im, to_padded_nhwc, window_view
 from ..layer import Layer
 from ..optim import update_parameters
@@ -89,13 +90,16 @@ def make_local(options: Section, params: SizeParams) -> Layer:
         locations=locations,
     )
     scale = np.sqrt(2.0 / K)
-    l.weights = (params.net.rng.uniform(-1, 1, (locations, n, K)) * scale).astype(np.float32)
+    rng = params.net.rng
+    l.weights = drawn(
+        lambda count: rng.uniform(-1, 1, count), (locations, n, K), lambda v: v * scale
+    )
     l.biases = np.zeros(l.outputs, np.float32)
     l.weight_updates = np.zeros_like(l.weights)
     l.bias_updates = np.zeros_like(l.biases)
     l.weight_grad = np.zeros_like(l.weights)  # scratch: this batch's gradient
     l.result = np.zeros((locations, n, batch), np.float32)  # scratch: (L, n, B) products
-    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.output = zeros((batch, l.outputs))
     l.delta = np.zeros((batch, l.outputs), np.float32)
     l.saved = ("biases", "weights")
     l.padded_shape = (batch, h + 2 * padding, w + 2 * padding, c)

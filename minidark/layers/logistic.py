@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels.activations import activate
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -42,7 +43,7 @@ def make_logistic(options: Section, params: SizeParams) -> Layer:
     if not (l.out_h and l.out_w):
         l.h = l.w = l.out_h = l.out_w = 1
         l.c = l.out_c = inputs
-    l.output = np.zeros((batch, inputs), np.float32)
+    l.output = zeros((batch, inputs))
     l.delta = np.zeros((batch, inputs), np.float32)
     l.loss = np.zeros((batch, inputs), np.float32)
     l.desc = "x entropy"

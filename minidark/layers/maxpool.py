@@ -116,7 +116,7 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
         inputs=h * w * c,
         outputs=out_h * out_w * c,
     )
-    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.output = zeros((batch, l.outputs))
     l.delta = zeros((batch, l.outputs))
     l.indexes = zeros((batch, l.outputs), np.int32)
     kind = np.uint8 if size * size < 255 else np.int32
@@ -126,7 +126,7 @@ def make_maxpool(options: Section, params: SizeParams) -> Layer:
     if stride >= size:  # windows apart: int64 indexes for the scatter
         l.positions = zeros((batch, l.outputs), np.int64)
     l.complete = True  # every window had a winner in the last forward
-    plan(l)  # offsets, base, table, tiled, chunk, workspace_size
+    plan(l)  # offsets, corners, table, tiled, chunk, workspace_size
     previous = params.net.layers[-1] if params.net.layers else None
     if l.tiled and previous is not None and previous.type == "convolutional":
         previous.pool_after = l  # in inference it pools each part of its output as it goes

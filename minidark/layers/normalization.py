@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -78,7 +79,7 @@ def make_normalization(options: Section, params: SizeParams) -> Layer:
     l.missing = size // 2 if size // 2 < c else None  # darknet's never-added channel
     l.norms = np.zeros((batch, outputs), np.float32)
     l.sums = np.zeros((batch, c + 1, w * h), np.float32)  # scratch: prefix sums over channels
-    l.output = np.zeros((batch, outputs), np.float32)
+    l.output = zeros((batch, outputs))
     l.delta = np.zeros((batch, outputs), np.float32)
     l.desc = f"size {size}"
     l.flops = outputs * (size + 3)

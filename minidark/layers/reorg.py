@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels.buffers import zeros
 from ..layer import Layer
 from ..registry import register_layer
 
@@ -95,7 +96,7 @@ def make_reorg(options: Section, params: SizeParams) -> Layer:
         flatten=flatten,
         extra=extra,
     )
-    l.output = np.zeros((batch, outputs), np.float32)
+    l.output = zeros((batch, outputs))
     l.delta = np.zeros((batch, outputs), np.float32)
     l.desc = (
         "flatten" if flatten else f"extra {extra}" if extra else f"x{s}" if reverse else f"/{s}"

@@ -73,7 +73,7 @@ def make_route(options: Section, params: SizeParams) -> Layer:
         input_sizes=tuple(sizes),
     )
     l.w, l.h, l.c = l.out_w, l.out_h, l.out_c
-    l.output = np.zeros((batch, outputs), np.float32)
+    l.output = zeros((batch, outputs))
     l.delta = zeros((batch, outputs))
     l.desc = "layers " + ",".join(str(i) for i in sources)
     l.forward, l.backward = forward_route, backward_route

@@ -105,7 +105,7 @@ def make_shortcut(options: Section, params: SizeParams) -> Layer:
         slice(0, minw * stride, stride),
     )
     l.same_shape = (w, h, c) == (w2, h2, c2)
-    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.output = zeros((batch, l.outputs))
     l.delta = zeros((batch, l.outputs))
     l.desc = f"from {index}"
     l.flops = 2 * l.outputs

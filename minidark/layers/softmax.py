@@ -73,7 +73,7 @@ def make_softmax(options: Section, params: SizeParams) -> Layer:
             )
         l.group_starts = np.asarray(l.tree.group_offset)
         l.group_sizes = np.asarray(l.tree.group_size)
-    l.output = np.zeros((batch, inputs), np.float32)
+    l.output = zeros((batch, inputs))
     l.delta = zeros((batch, inputs))
     l.loss = zeros((batch, inputs))
     l.desc = f"groups {l.groups}" if l.tree is None else f"tree {l.tree.groups}"

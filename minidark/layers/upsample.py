@@ -69,7 +69,7 @@ def make_upsample(options: Section, params: SizeParams) -> Layer:
         reverse=reverse,
         scale=options.float("scale", 1.0),
     )
-    l.output = np.zeros((batch, l.outputs), np.float32)
+    l.output = zeros((batch, l.outputs))
     l.delta = zeros((batch, l.outputs))
     if not reverse:
         l.input_grad = zeros((batch, l.inputs))  # scratch for backward
