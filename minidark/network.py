@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
+from . import freeze as freezing
+from .errors import MinidarkError
 from .optim import policy
 from .optim.adam import allocate_adam_state
 
@@ -133,6 +135,9 @@ class Network:
         self.cfg_file = None
         self.sections = None  # the cfg's sections (for resize)
         self.rebuild_layers = None  # set by the cfg builder: sections -> layers, for resize
+        self.frozen = False  # freeze(): inference only, read-only parameters (freeze.py)
+        self.kept = ()  # frozen: layers whose outputs freeze() was asked to keep whole
+        self.shared_outputs = None  # frozen: (owner of each output, owners sharing buffers)
 
     # ------------------------------------------------------------------ build
     def finalize(self) -> None:
@@ -188,6 +193,8 @@ class Network:
         ``x`` has ``batch`` rows shaped ``(batch, inputs)`` or ``(batch, c, h, w)``;
         ``truth`` (``(batch, truths)``) makes loss layers compute cost and delta.
         """
+        if train and self.frozen:
+            self._refuse_frozen("train")
         if x is not None:
             self._load(self.input_buffer, x, "input")
         if truth is not None:
@@ -206,6 +213,8 @@ class Network:
 
     def backward(self) -> None:
         """Run every layer backward, from the last, accumulating deltas."""
+        if self.frozen:
+            self._refuse_frozen("run backward")
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             if layer.stopbackward:
@@ -220,6 +229,8 @@ class Network:
 
     def update(self) -> None:
         """Apply one SGD step (Adam with adam=1) to every layer with parameters."""
+        if self.frozen:
+            self._refuse_frozen("update")
         self.t += 1  # darknet: ++*net.t, then a.t = *net.t
         c = self.config
         args = UpdateArgs(
@@ -236,6 +247,23 @@ class Network:
         for layer in self.layers:
             if layer.update is not None:
                 layer.update(layer, args)
+
+    def freeze(self, keep: tuple = ()) -> None:
+        """Inference only, in the memory inference needs (minidark/freeze.py): the
+        parameters read-only, their derived forms made once, layer outputs sharing
+        buffers by liveness. Outputs read after a pass stay whole: the output
+        layer's, the detection heads', and those of the layers in ``keep``."""
+        freezing.freeze(self, keep)
+
+    def unfreeze(self) -> None:
+        """Undo freeze(): own outputs, writable parameters; training allowed."""
+        freezing.unfreeze(self)
+
+    def _refuse_frozen(self, what):
+        raise MinidarkError(
+            f"this network is frozen for inference (net.freeze()): it cannot {what}; "
+            f"call net.unfreeze() first"
+        )
 
     def resize(self, w: int, h: int) -> None:
         """Re-plan every layer for a ``w x h`` input (darknet's resize_network).
@@ -257,6 +285,14 @@ class Network:
             return
         if self.rebuild_layers is None:
             raise ValueError("this Network was not built from a cfg: it cannot be resized")
+        if self.frozen:  # the rebuilt layers are frozen again, keeping the same outputs
+            kept = self.kept
+            self.unfreeze()
+            try:
+                self.resize(w, h)
+            finally:
+                self.freeze(kept)
+            return
         old_layers, old_size = self.layers, (self.w, self.h, self.inputs)
         state = self.rng.bit_generator.state
         self.w, self.h, self.inputs = w, h, w * h * self.c

@@ -177,6 +177,13 @@ def load_weights(
     A partial load (the file ends at a layer boundary, or holds more than is
     read) is said in one line on stderr unless ``quiet``.
     """
+    if net.frozen:  # read-only parameters: thaw, load, freeze again
+        kept = net.kept
+        net.unfreeze()
+        try:
+            return load_weights(net, path, allow_nonfinite, cutoff=cutoff, quiet=quiet)
+        finally:
+            net.freeze(kept)
     path = os.fspath(path)
     shown = printable(path)
     if cutoff is not None and cutoff < 0:

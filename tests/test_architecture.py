@@ -40,7 +40,7 @@ ROOMS = {
     "optim": (2, ("minidark.optim",)),
     # the loops and what they call: network.py reads optim's policy; layers
     # call kernels and sgd; the network never imports a layer
-    "network": (3, ("minidark.network", "minidark.layers")),
+    "network": (3, ("minidark.network", "minidark.freeze", "minidark.layers")),
     "cfg": (4, ("minidark.cfg", "minidark.plugins")),
     "api": (5, ("minidark",)),  # minidark/__init__.py: load_network ...
     "data": (6, ("minidark.data",)),

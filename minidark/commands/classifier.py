@@ -352,6 +352,7 @@ def run_valid(args):
         strict=args.strict,
         verbose=args.verbose,
     )
+    net.freeze()
     check_classes(net, data, args.top)
     top = args.top or data.top
     if args.multi:
@@ -446,6 +447,7 @@ def run_predict(args):
     net = minidark.load_network(
         args.cfg, args.weights, batch=1, strict=args.strict, verbose=args.verbose
     )
+    net.freeze()
     check_classes(net, data, args.top)
     shape = input_shape(net)
     if shape is None:

@@ -88,6 +88,7 @@ def run_test(args):
     net = minidark.load_network(
         args.cfg, args.weights, batch=1, strict=args.strict, verbose=args.verbose
     )
+    net.freeze()
     heads = [l for l in net.layers if l.type in ("yolo", "region", "detection")]
     if not heads:
         raise DataError(f"{args.cfg}: no [yolo], [region] or [detection] layer to detect with")
@@ -316,6 +317,7 @@ def _eval_setup(args):
 
     data = read_data_file(args.data, strict=args.strict)
     net = minidark.load_network(args.cfg, args.weights, batch=args.batch, strict=args.strict)
+    net.freeze()
     head = _last_head(net, args.cfg)
     _check_names(data, head)
     return data, net, head, _detection_split(data, "valid", head.classes)

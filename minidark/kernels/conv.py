@@ -122,7 +122,7 @@ def plan(l):
     if 4 * image_columns > COLUMN_BYTES:  # one image is too big: bands of rows, NHWC
         l.cnhw = l.transposed = False
         l.band = int(min(l.out_h, max(1, COLUMN_BYTES // (4 * l.out_w * max(kk, n)))))
-    l.ordered = None if l.cnhw else np.zeros((n, k, k, cg), np.float32)  # W as (n, ky, kx, c)
+    l.ordered = None if l.cnhw else zeros((n, k, k, cg))  # W as (n, ky, kx, c)
     l.ordered_grad = zeros((n, cg, k, k) if l.cnhw else (n, k, k, cg))
     l.chunk_grad = zeros((ng, kk))  # one chunk's, one group's
     if l.transposed:  # F (k, k, n, c), and G (c, k, k, n) of one chunk and summed
@@ -161,7 +161,7 @@ def plan(l):
         sizes = [padded, padded, band_rows * n, band_rows * kk, 0, 0]
     if l.cnhw:  # biases broadcast over the pixels; inference bands: [W | biases], ones
         l.bias_plane = zeros((n, rows))
-        l.bias_weights = np.zeros((n, kk + 1), np.float32)
+        l.bias_weights = zeros((n, kk + 1))
         sizes[3] = max(sizes[3], (kk + 1) * cnhw_band_rows(l) * l.out_w)
     if l.pointwise:  # strided input, input gradient and per-image dW of a chunk
         l.chunk = l.forward_chunk = int(
@@ -230,7 +230,8 @@ def forward(l, net, finish, fold=None):
     norm folded into the filters, ``W' = scale W``, biases ``shift`` (darknet's
     fuse_batchnorm), so BN costs no pass over the output."""
     weights, biases = l.weights, l.biases
-    derived(l, fold)
+    if not net.frozen:  # (frozen: W and the fold are read-only, what was made stays)
+        derived(l, fold)
     if fold is not None:
         scale, biases = fold
         made = l.winograd and "winograd" in l.prepared  # U is current: no need of the fold

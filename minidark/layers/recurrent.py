@@ -217,7 +217,7 @@ class StepNet:
     """What a sublayer's forward/backward reads of the network at one step."""
 
     def __init__(self, net):
-        self.train, self.workspace = net.train, net.workspace
+        self.train, self.workspace, self.frozen = net.train, net.workspace, net.frozen
         self.input = self.delta = None
 
     def at(self, input, delta=None):

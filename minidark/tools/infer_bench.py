@@ -62,6 +62,7 @@ RSS_PROGRAMS = {
 import sys, numpy as np, minidark
 cfg, weights, batch, passes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 net = minidark.load_network(cfg, weights, batch=batch, seed=0)
+net.freeze()
 x = np.random.default_rng(0).uniform(size=(batch, net.inputs)).astype(np.float32)
 for _ in range(passes):
     net.predict(x)
@@ -182,6 +183,7 @@ def measure(cfg, weights=None, runs=10, size=None, opencv=True, batch=1, threads
             weights = os.path.join(tmp, "random.weights")
             save_weights(net, weights)
             notes.append("random weights (written by minidark, read by both)")
+        net.freeze()  # an inference engine, as OpenCV's net is
         x = np.random.default_rng(0).uniform(size=(batch, net.c, net.h, net.w))
         x = x.astype(np.float32)
         cv = outputs = None
