@@ -168,6 +168,7 @@ class Layer:
     winograd: int | None = 0  # conv 3x3/1: tile m of Winograd F(m,3), 0: columns; None: measure
     winograd_backward: bool | None = False  # conv Winograd layer: its backward too; None: measure
     winograd_weights: Array | None = None  # conv Winograd: U = G W Gt, ((m+2)^2, n, c)
+    winograd_streamed: bool = False  # conv Winograd: inference makes U in each pass (too large)
     weights_seen: Array | None = None  # conv: the weights its derived weights were made from
     scale_seen: Array | None = None  # conv + BN: the fold scale they were made with (None: no fold)
     prepared: set | None = None  # conv: derived weights now current (folded, ordered, winograd)

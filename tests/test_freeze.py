@@ -1,5 +1,5 @@
 """net.freeze(): inference only, outputs sharing buffers by liveness, parameters
-read-only (minidark/freeze.py)."""
+read-only (minidark/freeze.py); and Winograd's streamed U (kernels/winograd.py)."""
 
 import itertools
 import os
@@ -266,3 +266,55 @@ def test_an_unknown_layer_type_turns_sharing_off(tmp_path, isolated_registry):
     net = net_from(tmp_path, text, seed=0)
     net.freeze()
     assert net.shared_outputs[1] == set()
+
+
+def test_streamed_u_matches_the_columns(tmp_path, monkeypatch):
+    """A Winograd layer whose U is too large to keep (KEPT_U_BYTES, here 0) takes
+    the whole batch in one piece and streams U, a few filters at a time, with
+    batch norm's scale on its products (darknet19: BN) or not (no BN): the same
+    convolution as the columns', to Winograd's float32 accuracy; it keeps no U,
+    and a training pass afterwards makes the whole U as before."""
+    monkeypatch.setattr(conv_kernels, "KEPT_U_BYTES", 0)
+    monkeypatch.setattr(conv_kernels.wino, "STREAM_BLOCK_BYTES", 4 * 36 * 64 * 5)
+    for bn in ("1", "0"):
+        with open(os.path.join(STOCK, "darknet19.cfg"), encoding="utf-8") as handle:
+            text = handle.read()
+        text = re.sub(r"(?m)^batch_normalize=1$", f"batch_normalize={bn}", text)
+        text = re.sub(r"(?m)^(width|height)\s*=.*$", lambda m: f"{m.group(1)}=32", text)
+        text = re.sub(r"(?m)^batch\s*=.*$", "batch=2", text)
+        cfg = write_cfg(tmp_path, text, f"d19-{bn}.cfg")
+        x = np.random.default_rng(4).uniform(size=(2, 3 * 32 * 32)).astype(np.float32)
+        monkeypatch.setattr(conv_kernels, "WINOGRAD", "off")
+        want = minidark.load_network(cfg, seed=1).forward(x).copy()
+        monkeypatch.setattr(conv_kernels, "WINOGRAD", "auto")
+        net = minidark.load_network(cfg, seed=1)
+        net.freeze()
+        winograd = [l for l in net.layers if l.type == "convolutional" and l.size == 3][1:]
+        for l in winograd:  # the plan's choice, made here so the test does not time
+            l.winograd, l.winograd_streamed = 4, True
+            assert conv_kernels.streams_u(l, 4)
+        for _ in range(2):
+            np.testing.assert_allclose(net.forward(x), want, rtol=1e-4, atol=1e-6)
+            assert all(l.winograd_weights is None for l in winograd)
+        net.unfreeze()
+        truth = np.eye(net.outputs, dtype=np.float32)[:2]
+        net.forward(x, truth, train=True)
+        assert all(l.winograd_weights is not None for l in winograd)
+
+
+def test_the_plan_streams_only_what_it_cannot_keep(tmp_path, monkeypatch):
+    """measure: a tile whose U is above KEPT_U_BYTES and that takes the batch in one
+    piece runs streamed; with the cap above every U, nothing streams."""
+    cfg = stock(tmp_path, "darknet19.cfg", 32)
+    x = np.random.default_rng(4).uniform(size=(2, 3 * 32 * 32)).astype(np.float32)
+    for cap, streams in ((0, True), (1 << 40, False)):
+        monkeypatch.setattr(conv_kernels, "KEPT_U_BYTES", cap)
+        monkeypatch.setattr(conv_kernels, "PLAN_RUNS", 1)
+        net = minidark.load_network(cfg, seed=1)
+        net.freeze()
+        net.forward(x)
+        for l in net.layers:
+            if l.type == "convolutional" and l.winograd:
+                one_piece = conv_kernels.wino.one_piece(l, l.winograd)
+                assert l.winograd_streamed == (streams and one_piece)
+                assert (l.winograd_weights is None) == l.winograd_streamed

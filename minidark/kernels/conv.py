@@ -18,7 +18,10 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
   decides for the layer's life. In inference it times F(2,3), F(4,3) and the
   columns (best of three each) and keeps the fastest (0: the columns), as
   measured on the machine that runs it; the first backward of a Winograd
-  layer likewise times Winograd's backward against the columns'. A layer
+  layer likewise times Winograd's backward against the columns'. Inference
+  keeps no U above ``KEPT_U_BYTES``: such a tile, if it takes the batch in
+  one piece, is timed and run streamed (``l.winograd_streamed``: U made a
+  block of filters at a time in each pass). A layer
   whose first pass trains follows ``training_tile``, a rule on its shape:
   a timing could differ between two runs, and so would their float32 sums,
   and a resumed run must repeat an uninterrupted one byte for byte.
@@ -95,6 +98,7 @@ WINOGRAD = "auto"  # 3x3 stride 1: "auto" (measured per layer), "on" or "off"
 WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
 WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns (inference)
 PLAN_RUNS = 3  # timed runs of each path per layer (best of): two flipped on a busy machine
+KEPT_U_BYTES = COLUMN_BYTES  # inference: a larger U is made per pass, streamed (measure)
 # training's shape rule (training_tile), in GEMM multiply-adds per output and channel:
 WINOGRAD_TRAIN_COLUMNS_COST = 560  # the columns' copies (im2col, col2im, layouts)
 WINOGRAD_TRAIN_TRANSFORM_COST = 680  # F(4,3)'s transforms, per output computed
@@ -232,13 +236,18 @@ def forward(l, net, finish, fold=None):
     weights, biases = l.weights, l.biases
     if not net.frozen:  # (frozen: W and the fold are read-only, what was made stays)
         derived(l, fold)
+    scale = None  # a streamed U's products are scaled instead of W (wino.streamed_products)
+    streamed = l.winograd_streamed and not net.train
     if fold is not None:
         scale, biases = fold
         made = l.winograd and "winograd" in l.prepared  # U is current: no need of the fold
-        if "folded" not in l.prepared and not made:
-            np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
-            l.prepared.add("folded")
-        weights = l.folded
+        if streamed:
+            weights = l.weights
+        else:
+            if "folded" not in l.prepared and not made:
+                np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
+                l.prepared.add("folded")
+            weights, scale = l.folded, None
     pool = l.pool_after
     if pool is not None:  # set again below when this pass fills the pool's output
         pool.prepooled = False
@@ -250,7 +259,7 @@ def forward(l, net, finish, fold=None):
     if l.pointwise:
         forward_pointwise(l, net, finish, weights, biases)
     elif l.winograd:
-        forward_winograd(l, net, finish, weights, biases)
+        forward_winograd(l, net, finish, weights, biases, scale)
     elif l.band:
         l.pooling = False  # an image too big for cache: the pool reads it itself
         forward_banded(l, net, finish, weights, biases)
@@ -259,7 +268,8 @@ def forward(l, net, finish, fold=None):
     if l.pooling:
         pool.prepooled = True
     if fold is not None and l.winograd and "folded" in l.prepared:
-        # U was made from it: let the fold go until the weights or the fold change
+        # U was made from it (or is streamed from W): let the fold go until the
+        # weights or the fold change
         l.folded = zeros(l.folded.shape)
         l.prepared.discard("folded")
 
@@ -345,13 +355,20 @@ def measure(l, net, finish, weights, biases):
     for them only when the weights change), and dropped after it, so that one
     tile's U at most is held at a time (F(4,3)'s is 4x the weights: holding
     both tiles' raised yolov3-tiny's peak by 75 MB); the winner's is kept.
-    The columns' reordered weights are let go when a tile wins."""
+    A U above KEPT_U_BYTES is not kept at all when the tile takes the batch in
+    one piece: that tile is timed, and runs, streamed (``l.winograd_streamed``:
+    U made a block of filters at a time in each pass, wino.streamed_products),
+    so that inference holds no layer's U beyond the columns' cap (darknet19's
+    1024-filter layers: 72 MB each). The columns' reordered weights are let go
+    when a tile wins."""
     times = {tile: [] for tile in (0, *WINOGRAD_TILES)}
+    streams = {tile: bool(tile) and streams_u(l, tile) for tile in times}
     clock = plan_clock()
     for _ in range(PLAN_RUNS):
         for tile in times:
             l.winograd, l.winograd_weights = tile, None
-            if tile:  # (a fresh U: winograd_weights makes it)
+            l.winograd_streamed = streams[tile]
+            if tile and not streams[tile]:  # (a fresh U: winograd_weights makes it)
                 winograd_weights(l, weights)
             tick = clock()
             if tile:
@@ -360,15 +377,21 @@ def measure(l, net, finish, weights, biases):
                 (forward_banded if l.band else forward_columns)(l, net, finish, weights, biases)
             times[tile].append(clock() - tick)
     best = min(times, key=lambda tile: min(times[tile]))
+    l.winograd_streamed = streams[best]
     if best != l.winograd:  # the last run's tile is not the winner
         l.winograd, l.winograd_weights = best, None
         l.prepared.discard("winograd")
-        if best:
+        if best and not streams[best]:
             winograd_weights(l, weights)
     if best and l.ordered is not None and "ordered" in l.prepared:
         l.ordered = zeros(l.ordered.shape)  # (written by the columns' runs: resident)
         l.prepared.discard("ordered")
     return best
+
+
+def streams_u(l, tile):
+    """Whether inference streams F(tile, 3)'s U instead of keeping it (measure)."""
+    return 4 * (tile + 2) ** 2 * l.n * l.c > KEPT_U_BYTES and wino.one_piece(l, tile)
 
 
 def plan_clock():
@@ -420,16 +443,19 @@ def winograd_weights(l, weights):
     return l.winograd_weights
 
 
-def forward_winograd(l, net, finish, weights, biases):
-    """3x3 stride 1 by Winograd F(m x m, 3 x 3), m = l.winograd (kernels/winograd.py), NCHW."""
-    u = winograd_weights(l, weights)
+def forward_winograd(l, net, finish, weights, biases, scale=None):
+    """3x3 stride 1 by Winograd F(m x m, 3 x 3), m = l.winograd (kernels/winograd.py),
+    NCHW; a streamed U (inference) is made from ``weights`` in each pass, its
+    products multiplied by ``scale`` (the batch-norm fold), if given."""
+    streamed = l.winograd_streamed and not net.train
+    u = None if streamed else winograd_weights(l, weights)
     out = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)
     finish = (biases, l.activation) if finish else None
 
     def images_done(b0, b1):
         pool_part(l, slice(b0, b1), 0, l.out_h)
 
-    wino.forward(l, net, u, l.winograd, out, finish, images_done)
+    wino.forward(l, net, u, l.winograd, out, finish, images_done, (weights, scale))
 
 
 def forward_cnhw_bands(l, net, finish, weights, biases):

@@ -52,6 +52,7 @@ from .activations import activate
 
 TRANSFORM_GEMM = {2: False, 4: True}  # per tile: input transform as a GEMM on gathered tiles
 ONE_IMAGE_TILES = 196  # tiles of one image from which a piece holds one image
+STREAM_BLOCK_BYTES = 4 << 20  # streamed U: the filters' U made at a time (stays in cache)
 
 
 def matrices(m):
@@ -351,10 +352,12 @@ def _piece_transform(l, net, m, x, ty0, ty1, first):
     return v, scratch
 
 
-def forward(l, net, weights_u, m, out, finish=None, images_done=None):
+def forward(l, net, weights_u, m, out, finish=None, images_done=None, stream=None):
     """out (B, N, out_h, out_w) = conv(net.input, W), U = weight_transform(W) given;
-    ``finish`` (biases, activation): added and applied (output_transform);
-    ``images_done(b0, b1)``: called once images [b0, b1) are complete."""
+    or, ``weights_u`` None and ``stream`` = (W, scale or None), U made on the way
+    (``streamed_products``). ``finish`` (biases, activation): added and applied
+    (output_transform); ``images_done(b0, b1)``: called once images [b0, b1) are
+    complete."""
     a, c, n = m + 2, l.c, l.n
     th, tw = tiles(l, m)
     x = net.input.reshape(l.batch, c, l.h, l.w)
@@ -362,12 +365,46 @@ def forward(l, net, weights_u, m, out, finish=None, images_done=None):
         b, rows = b1 - b0, ty1 - ty0
         v, _ = _piece_transform(l, net, m, x[b0:b1], ty0, ty1, first)
         mm = _slot(l, net, m, "wm", (a * a, n, b * rows * tw))
-        np.matmul(weights_u, v.reshape(a * a, c, -1), out=mm)
+        if weights_u is None:
+            streamed_products(l, net, m, *stream, v.reshape(a * a, c, -1), mm)
+        else:
+            np.matmul(weights_u, v.reshape(a * a, c, -1), out=mm)
         target = out[b0:b1, :, m * ty0 : min(m * ty1, l.out_h)]
         y = _slot(l, net, m, "wdy", (m, m, n, b, rows, tw))
         output_transform(mm.reshape(a * a, n, b, rows, tw), m, y, target, finish)
         if images_done is not None and ty1 == th:
             images_done(b0, b1)
+
+
+def one_piece(l, m):
+    """Whether F(m, 3) takes the whole batch in one piece (its U read once a pass)."""
+    images, rows, _ = l.winograd_plans[m]
+    return images >= l.batch and rows >= tiles(l, m)[0]
+
+
+def stream_filters(l, m):
+    """Filters per block of streamed_products: their U within STREAM_BLOCK_BYTES."""
+    return int(max(1, min(l.n, STREAM_BLOCK_BYTES // (4 * (m + 2) ** 2 * l.c))))
+
+
+def streamed_products(l, net, m, weights, scale, v, mm):
+    """mm (a^2, N, T) = U @ v with U = weight_transform(W) made a block of filters
+    at a time into the workspace (where backward's dU goes: forward never needs
+    it), used while in cache, and forgotten: inference of a layer whose U is too
+    large to keep (4x the weights for F(4,3)). ``scale`` (N,), if given,
+    multiplies each filter's products: batch norm's fold, ``(s W) * x = s (W * x)``,
+    without a folded copy of W. The transform costs about half of the layer's
+    GEMMs again on darknet19's 7x7 layers at batch 8 (docs/benchmark.md)."""
+    a, c, n = m + 2, l.c, l.n
+    block = stream_filters(l, m)
+    start = sum(l.winograd_plans[m][2].values())
+    for n0 in range(0, n, block):
+        n1 = min(n0 + block, n)
+        u = net.workspace[start : start + a * a * (n1 - n0) * c].reshape(a * a, n1 - n0, c)
+        weight_transform(weights[n0:n1], m, u)
+        np.matmul(u, v, out=mm[:, n0:n1])
+        if scale is not None:
+            mm[:, n0:n1] *= scale[n0:n1, None]
 
 
 def backward(l, net, weights_u, m, delta, grad, dx):
