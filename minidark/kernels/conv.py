@@ -52,9 +52,11 @@ Inference batch norm arrives folded (``fold``): ``W' = scale W`` with
 biases - rolling_mean scale`` (darknet's fuse_batchnorm), so a conv+BN+
 activation layer is one GEMM plus one epilogue while y is in cache. The folded
 filters, their column order and Winograd's U are remade only when W or the
-fold changed since the last pass (``derived``: one comparison); a Winograd
-layer lets its folded filters go once U is made from them (U alone is what
-its passes read: 30 MB less on yolov3-tiny).
+fold changed since the last pass (``derived``: one comparison; none in a
+frozen network, whose W is read-only); a layer lets its folded filters go
+once the form its path reads is made from them (``fold_made``: U, the
+reordered filters, CNHW's [W | biases]; 30 MB less on yolov3-tiny, 54 MB on
+darknet19 at batch 1).
 
 The columns are recomputed in backward instead of being kept from forward
 (80 MB for LeNet's second conv): from cache that costs less than reading
@@ -240,7 +242,7 @@ def forward(l, net, finish, fold=None):
     streamed = l.winograd_streamed and not net.train
     if fold is not None:
         scale, biases = fold
-        made = l.winograd and "winograd" in l.prepared  # U is current: no need of the fold
+        made = fold_made(l)  # U or the reordered filters are current: no need of the fold
         if streamed:
             weights = l.weights
         else:
@@ -267,11 +269,24 @@ def forward(l, net, finish, fold=None):
         forward_columns(l, net, finish, weights, biases)
     if l.pooling:
         pool.prepooled = True
-    if fold is not None and l.winograd and "folded" in l.prepared:
-        # U was made from it (or is streamed from W): let the fold go until the
-        # weights or the fold change
-        l.folded = zeros(l.folded.shape)
+    if fold is not None and "folded" in l.prepared and (streamed or fold_made(l)):
+        # what this path reads was made from it (or U is streamed from W): let
+        # the fold go until the weights or the fold change
+        l.folded = zeros(l.folded.shape, l.folded.dtype)
         l.prepared.discard("folded")
+
+
+def fold_made(l):
+    """Whether the layer's inference path reads a form made from the folded filters
+    and still current (U; the reordered filters; CNHW's [W | biases]), not the
+    fold itself (1x1 layers read it: they have no other form)."""
+    if l.pointwise or l.winograd is None:
+        return False
+    if l.winograd:
+        return "winograd" in l.prepared
+    if l.cnhw:
+        return INFERENCE_BANDS and "bias_weights" in l.prepared
+    return "ordered" in l.prepared
 
 
 def pool_part(l, images, r0, r1):
@@ -384,7 +399,7 @@ def measure(l, net, finish, weights, biases):
         if best and not streams[best]:
             winograd_weights(l, weights)
     if best and l.ordered is not None and "ordered" in l.prepared:
-        l.ordered = zeros(l.ordered.shape)  # (written by the columns' runs: resident)
+        l.ordered = zeros(l.ordered.shape, l.ordered.dtype)  # (written by the columns' runs: resident)
         l.prepared.discard("ordered")
     return best
 

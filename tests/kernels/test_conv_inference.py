@@ -164,7 +164,8 @@ def test_plan_clock_is_cpu_time_with_one_blas_thread():
 def test_folded_weights_follow_every_change(monkeypatch, winograd):
     """With batch norm folded (inference) the derived weights follow an in-place
     edit of W, a new scale or rolling variance, and training passes in between;
-    a Winograd layer keeps only U, its folded filters let go (not resident)."""
+    the layer keeps only what its path reads (U, or the reordered filters), its
+    folded filters let go (not resident)."""
     monkeypatch.setattr(conv, "WINOGRAD", winograd)
     net = build(
         "[convolutional]\nfilters=4\nsize=3\nstride=1\npad=1\nbatch_normalize=1\n"
@@ -197,9 +198,8 @@ def test_folded_weights_follow_every_change(monkeypatch, winograd):
             l.weights *= 0.9
         out = net.forward(x, train=False)
         np.testing.assert_allclose(out, expected(), rtol=1e-5, atol=1e-5, err_msg=change)
-        assert ("folded" in l.prepared) == (winograd == "off")
-        if winograd == "on":
-            assert not l.folded.any()  # a fresh, untouched buffer
+        assert "folded" not in l.prepared
+        assert not l.folded.any()  # a fresh, untouched buffer
     kept = l.folded
     net.forward(x, train=False)
     assert l.folded is kept  # nothing changed: nothing folded or let go again
