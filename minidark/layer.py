@@ -175,7 +175,7 @@ class Layer:
     winograd_plans: dict | None = (
         None  # conv Winograd: tile m -> (images, tile rows, {slot: floats}) a piece
     )
-    folded: Array | None = None  # conv + BN: scale * weights (inference); let go once used
+    folded: Array | None = None  # conv + BN, 1x1 (or CNHW outside bands): scale * weights
     bn_folded: bool = False  # conv + BN: the last forward folded BN (its caches are stale)
     pool_after: Any = None  # conv: the [maxpool] right after it, windows tiling its output
     pooling: bool = False  # conv: this forward fills pool_after's output part by part

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import freeze as freezing
 from .errors import MinidarkError
+from .kernels.buffers import zeros
 from .optim import policy
 from .optim.adam import allocate_adam_state
 
@@ -148,7 +149,7 @@ class Network:
         self.input_buffer = np.zeros((self.batch, self.inputs), np.float32)
         self.truth_buffer = np.zeros((self.batch, self.truths), np.float32)
         size = max((l.workspace_size for l in self.layers), default=0)
-        self.workspace = np.zeros(size, np.float32)  # zeros: no garbage in float64 checks
+        self.workspace = zeros(size)  # zeros: no garbage in float64 checks
         self.input = self.input_buffer
         self.allocate_optimizer_state()
 

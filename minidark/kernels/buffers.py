@@ -49,3 +49,14 @@ def drawn(draw, shape, transform):
         stop = min(start + DRAW_CHUNK, flat.size)
         flat[start:stop] = transform(draw(stop - start))
     return out
+
+
+def release(array):
+    """Give the pages of a buffer made by ``zeros`` back to the system: it reads
+    as zeros again and costs no memory until written. Nothing for any other array
+    (a small buffer, a float64 copy in a gradient check)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    pages = array.base.obj if isinstance(array.base, memoryview) else None
+    if isinstance(pages, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        pages.madvise(mmap.MADV_DONTNEED)

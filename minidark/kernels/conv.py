@@ -50,13 +50,13 @@ Paths, picked per layer by ``plan`` (column layouts: minidark/im2col.py):
 Inference batch norm arrives folded (``fold``): ``W' = scale W`` with
 ``scale = scales / (sqrt(rolling_variance) + eps)`` and biases ``shift =
 biases - rolling_mean scale`` (darknet's fuse_batchnorm), so a conv+BN+
-activation layer is one GEMM plus one epilogue while y is in cache. The folded
-filters, their column order and Winograd's U are remade only when W or the
-fold changed since the last pass (``derived``: one comparison; none in a
-frozen network, whose W is read-only); a layer lets its folded filters go
-once the form its path reads is made from them (``fold_made``: U, the
-reordered filters, CNHW's [W | biases]; 30 MB less on yolov3-tiny, 54 MB on
-darknet19 at batch 1).
+activation layer is one GEMM plus one epilogue while y is in cache. Each path
+folds the scale into the form of W it reads, in one pass from W
+(``folded_into``: the reordered filters, CNHW's [W | biases], Winograd's U a
+block of filters at a time; only 1x1 layers keep a folded copy of W, which
+they read), and remakes it only when W or the fold changed since the last
+pass (``derived``: one comparison; none in a frozen network, whose W is
+read-only).
 
 The columns are recomputed in backward instead of being kept from forward
 (80 MB for LeNet's second conv): from cache that costs less than reading
@@ -78,7 +78,7 @@ import numpy as np
 
 from . import winograd as wino
 from .activations import activate, gradient
-from .buffers import zeros
+from .buffers import release, zeros
 from .im2col import (
     add_from_padded_cnhw,
     add_from_padded_nhwc,
@@ -101,6 +101,7 @@ WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
 WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns (inference)
 PLAN_RUNS = 3  # timed runs of each path per layer (best of): two flipped on a busy machine
 KEPT_U_BYTES = COLUMN_BYTES  # inference: a larger U is made per pass, streamed (measure)
+PLAN_TIE = 0.05  # paths within this of the fastest: the one keeping the least memory
 # training's shape rule (training_tile), in GEMM multiply-adds per output and channel:
 WINOGRAD_TRAIN_COLUMNS_COST = 560  # the columns' copies (im2col, col2im, layouts)
 WINOGRAD_TRAIN_TRANSFORM_COST = 680  # F(4,3)'s transforms, per output computed
@@ -238,55 +239,53 @@ def forward(l, net, finish, fold=None):
     weights, biases = l.weights, l.biases
     if not net.frozen:  # (frozen: W and the fold are read-only, what was made stays)
         derived(l, fold)
-    scale = None  # a streamed U's products are scaled instead of W (wino.streamed_products)
-    streamed = l.winograd_streamed and not net.train
+    scale = None  # each path folds it into the form of W it reads (folded_into)
     if fold is not None:
         scale, biases = fold
-        made = fold_made(l)  # U or the reordered filters are current: no need of the fold
-        if streamed:
-            weights = l.weights
-        else:
-            if "folded" not in l.prepared and not made:
-                np.multiply(l.weights, scale[:, None, None, None], out=l.folded)
-                l.prepared.add("folded")
-            weights, scale = l.folded, None
     pool = l.pool_after
     if pool is not None:  # set again below when this pass fills the pool's output
         pool.prepooled = False
     l.pooling = pool is not None and bool(finish) and not net.train
     if l.winograd is None:  # first pass: decide the layer's path for its life
-        l.winograd = training_tile(l) if net.train else measure(l, net, finish, weights, biases)
         if net.train:
+            l.winograd = training_tile(l)
             l.winograd_backward = bool(l.winograd)
+        else:
+            l.winograd = measure(l, net, finish, weights, biases, scale)
     if l.pointwise:
-        forward_pointwise(l, net, finish, weights, biases)
+        forward_pointwise(l, net, finish, weights, biases, scale)
     elif l.winograd:
         forward_winograd(l, net, finish, weights, biases, scale)
     elif l.band:
         l.pooling = False  # an image too big for cache: the pool reads it itself
-        forward_banded(l, net, finish, weights, biases)
+        forward_banded(l, net, finish, weights, biases, scale)
     else:
-        forward_columns(l, net, finish, weights, biases)
+        forward_columns(l, net, finish, weights, biases, scale)
     if l.pooling:
         pool.prepooled = True
-    if fold is not None and "folded" in l.prepared and (streamed or fold_made(l)):
-        # what this path reads was made from it (or U is streamed from W): let
-        # the fold go until the weights or the fold change
-        l.folded = zeros(l.folded.shape, l.folded.dtype)
-        l.prepared.discard("folded")
 
 
-def fold_made(l):
-    """Whether the layer's inference path reads a form made from the folded filters
-    and still current (U; the reordered filters; CNHW's [W | biases]), not the
-    fold itself (1x1 layers read it: they have no other form)."""
-    if l.pointwise or l.winograd is None:
-        return False
-    if l.winograd:
-        return "winograd" in l.prepared
-    if l.cnhw:
-        return INFERENCE_BANDS and "bias_weights" in l.prepared
-    return "ordered" in l.prepared
+def folded_into(out, weights, scale):
+    """out = ``weights`` (a view of W, filters first) with filter i times scale[i]
+    (batch norm's fold, darknet's fuse_batchnorm), or W itself if ``scale`` is
+    None: each path makes the form it reads (the reordered filters, CNHW's
+    [W | biases], Winograd's U, or for 1x1 layers W folded) in one pass from W,
+    with no folded copy of W beside it."""
+    if scale is None:
+        np.copyto(out, weights)
+    else:
+        np.multiply(weights, scale.reshape((-1,) + (1,) * (weights.ndim - 1)), out=out)
+
+
+def folded_filters(l, weights, scale):
+    """W with the fold (``l.folded``, made once per change), for the paths that read
+    W itself in every pass (1x1; CNHW outside the inference bands)."""
+    if scale is None:
+        return weights
+    if "folded" not in l.prepared:
+        folded_into(l.folded, weights, scale)
+        l.prepared.add("folded")
+    return l.folded
 
 
 def pool_part(l, images, r0, r1):
@@ -363,13 +362,19 @@ def training_tile(l):
     return 4 if waste * (2.25 * h + WINOGRAD_TRAIN_TRANSFORM_COST) < columns else 0
 
 
-def measure(l, net, finish, weights, biases):
+def measure(l, net, finish, weights, biases, scale):
     """The fastest path for this layer: 0 (the columns) or a Winograd tile; best
     of PLAN_RUNS alternated runs each, on ``plan_clock()``. A tile's transformed
     weights are made before each of its runs, outside the timing (a pass pays
     for them only when the weights change), and dropped after it, so that one
     tile's U at most is held at a time (F(4,3)'s is 4x the weights: holding
-    both tiles' raised yolov3-tiny's peak by 75 MB); the winner's is kept.
+    both tiles' raised yolov3-tiny's peak by 75 MB), and never beside the
+    columns' reordered filters, likewise made before each columns run and
+    let go before each tile's; the winner's form is kept. Paths within
+    PLAN_TIE of the fastest count as equally fast (best-of-3 timings on a
+    shared machine differ by a few percent): of those, the one that keeps the
+    least memory wins (``kept_bytes``; darknet19's 7x7 layers at batch 8 had
+    F(2,3) with a 32 MB U, F(4,3) streamed and the columns within 10%).
     A U above KEPT_U_BYTES is not kept at all when the tile takes the batch in
     one piece: that tile is timed, and runs, streamed (``l.winograd_streamed``:
     U made a block of filters at a time in each pass, wino.streamed_products),
@@ -384,24 +389,47 @@ def measure(l, net, finish, weights, biases):
             l.winograd, l.winograd_weights = tile, None
             l.winograd_streamed = streams[tile]
             if tile and not streams[tile]:  # (a fresh U: winograd_weights makes it)
-                winograd_weights(l, weights)
+                winograd_weights(l, weights, scale)
+            if tile:
+                release_ordered(l)
+            elif l.ordered is not None and "ordered" not in l.prepared:
+                folded_into(l.ordered, weights.transpose(0, 2, 3, 1), scale)
+                l.prepared.add("ordered")
             tick = clock()
             if tile:
-                forward_winograd(l, net, finish, weights, biases)
+                forward_winograd(l, net, finish, weights, biases, scale)
             else:
-                (forward_banded if l.band else forward_columns)(l, net, finish, weights, biases)
+                path = forward_banded if l.band else forward_columns
+                path(l, net, finish, weights, biases, scale)
             times[tile].append(clock() - tick)
-    best = min(times, key=lambda tile: min(times[tile]))
+    fastest = min(min(runs) for runs in times.values())
+    near = [tile for tile in times if min(times[tile]) <= fastest * (1 + PLAN_TIE)]
+    best = min(near, key=lambda tile: (kept_bytes(l, tile, streams[tile]), min(times[tile])))
     l.winograd_streamed = streams[best]
     if best != l.winograd:  # the last run's tile is not the winner
         l.winograd, l.winograd_weights = best, None
         l.prepared.discard("winograd")
         if best and not streams[best]:
-            winograd_weights(l, weights)
-    if best and l.ordered is not None and "ordered" in l.prepared:
-        l.ordered = zeros(l.ordered.shape, l.ordered.dtype)  # (written by the columns' runs: resident)
-        l.prepared.discard("ordered")
+            winograd_weights(l, weights, scale)
+    if best:
+        release_ordered(l)
+    release(net.workspace)  # the paths that lost leave no scratch resident
     return best
+
+
+def kept_bytes(l, tile, streamed):
+    """Bytes of the weights' form a path keeps: U (a^2 / 9 of W), none when
+    streamed, the reordered filters or [W | biases] (about W) for the columns."""
+    if not tile:
+        return l.weights.nbytes
+    return 0 if streamed else (tile + 2) ** 2 * l.weights.nbytes // 9
+
+
+def release_ordered(l):
+    """Let the columns' reordered filters go (written: resident) until they are needed."""
+    if l.ordered is not None and "ordered" in l.prepared:
+        l.ordered = zeros(l.ordered.shape, l.ordered.dtype)
+        l.prepared.discard("ordered")
 
 
 def streams_u(l, tile):
@@ -424,13 +452,13 @@ def plan_clock():
     return time.thread_time if threads and set(threads) == {1} else time.perf_counter
 
 
-def forward_pointwise(l, net, finish, weights, biases):
+def forward_pointwise(l, net, finish, weights, biases, scale=None):
     """1x1, no padding: out_b (n, rows) = W (n, c) @ x_b (c, rows), on the NCHW
     input itself (stride s: its every s-th row and column, gathered per chunk)."""
     s, rows = l.stride, l.out_h * l.out_w
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, rows)
-    w = weights.reshape(l.n, l.c)
+    w = folded_filters(l, weights, scale).reshape(l.n, l.c)
     for b0, b1, _ in chunks(l, l.forward_chunk):
         if s == 1:
             source = x[b0:b1].reshape(b1 - b0, l.c, rows)
@@ -445,15 +473,27 @@ def forward_pointwise(l, net, finish, weights, biases):
             pool_part(l, slice(b0, b1), 0, l.out_h)
 
 
-def winograd_weights(l, weights):
-    """U = G W Gt for the layer's tile, remade only when ``derived`` forgot it. Made
-    at the first use of a tile (the measured plan tries two)."""
+def winograd_weights(l, weights, scale=None):
+    """U = G W Gt for the layer's tile (W with the fold ``scale``, if given, folded
+    in a block of filters at a time), remade only when ``derived`` forgot it.
+    Made at the first use of a tile (the measured plan tries two)."""
     a = l.winograd + 2
     if l.winograd_weights is None or len(l.winograd_weights) != a * a:
         l.winograd_weights = np.zeros((a * a, l.n, l.c), weights.dtype)
         l.prepared.discard("winograd")
     if "winograd" not in l.prepared:
-        wino.weight_transform(weights, l.winograd, l.winograd_weights)
+        u = l.winograd_weights
+        if scale is None:
+            wino.weight_transform(weights, l.winograd, u)
+        else:
+            block = wino.stream_filters(l, l.winograd)
+            for n0 in range(0, l.n, block):
+                n1 = min(n0 + block, l.n)
+                part = np.empty_like(weights[n0:n1])
+                folded_into(part, weights[n0:n1], scale[n0:n1])
+                done = np.empty((a * a, n1 - n0, l.c), u.dtype)
+                wino.weight_transform(part, l.winograd, done)
+                u[:, n0:n1] = done
         l.prepared.add("winograd")
     return l.winograd_weights
 
@@ -463,7 +503,7 @@ def forward_winograd(l, net, finish, weights, biases, scale=None):
     NCHW; a streamed U (inference) is made from ``weights`` in each pass, its
     products multiplied by ``scale`` (the batch-norm fold), if given."""
     streamed = l.winograd_streamed and not net.train
-    u = None if streamed else winograd_weights(l, weights)
+    u = None if streamed else winograd_weights(l, weights, scale)
     out = l.output.reshape(l.batch, l.n, l.out_h, l.out_w)
     finish = (biases, l.activation) if finish else None
 
@@ -473,7 +513,7 @@ def forward_winograd(l, net, finish, weights, biases, scale=None):
     wino.forward(l, net, u, l.winograd, out, finish, images_done, (weights, scale))
 
 
-def forward_cnhw_bands(l, net, finish, weights, biases):
+def forward_cnhw_bands(l, net, finish, weights, biases, scale=None):
     """Inference on the CNHW path, one image and one band of ``cnhw_band_rows(l)``
     output rows at a time: the band's columns stay in cache between im2col and
     the GEMM, and its output between the GEMM and the activation. The biases
@@ -489,10 +529,12 @@ def forward_cnhw_bands(l, net, finish, weights, biases):
     weights = weights.reshape(l.n, -1)
     if finish:
         if "bias_weights" not in l.prepared:
-            np.copyto(l.bias_weights[:, :kk], weights)
+            folded_into(l.bias_weights[:, :kk], weights, scale)
             l.prepared.add("bias_weights")
         l.bias_weights[:, kk] = biases
         weights = l.bias_weights
+    else:
+        weights = folded_filters(l, weights, scale).reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, l.out_h * ow)
     for b0, b1, border in chunks(l, l.forward_chunk):
@@ -525,16 +567,16 @@ def cnhw_band_rows(l):
     return rows
 
 
-def forward_columns(l, net, finish, weights, biases):
+def forward_columns(l, net, finish, weights, biases, scale=None):
     """im2col + GEMM, a chunk of images at a time (module docstring)."""
     if l.cnhw and not net.train and INFERENCE_BANDS:
-        forward_cnhw_bands(l, net, finish, weights, biases)
+        forward_cnhw_bands(l, net, finish, weights, biases, scale)
         return
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
     if not l.cnhw and "ordered" not in l.prepared:
-        np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
+        folded_into(l.ordered, weights.transpose(0, 2, 3, 1), scale)
         l.prepared.add("ordered")
-    weights = (weights if l.cnhw else l.ordered).reshape(l.n, -1)
+    weights = (folded_filters(l, weights, scale) if l.cnhw else l.ordered).reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, rows)
     if l.cnhw and finish:
@@ -757,11 +799,11 @@ def bands(l):
         yield r0, r1, slice(r0 * l.stride, (r1 - 1) * l.stride + l.size)
 
 
-def forward_banded(l, net, finish, weights, biases):
+def forward_banded(l, net, finish, weights, biases, scale=None):
     """forward for an image too big for its columns: one image, one band of rows at a time."""
     k, s, ng, cg, w = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_w
     if "ordered" not in l.prepared:
-        np.copyto(l.ordered, weights.transpose(0, 2, 3, 1))
+        folded_into(l.ordered, weights.transpose(0, 2, 3, 1), scale)
         l.prepared.add("ordered")
     weights = l.ordered.reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
