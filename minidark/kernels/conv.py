@@ -101,7 +101,8 @@ WINOGRAD_TILE = 2  # the tile m of F(m x m, 3 x 3) that WINOGRAD = "on" forces
 WINOGRAD_TILES = (2, 4)  # the tiles "auto" times against the columns (inference)
 PLAN_RUNS = 3  # timed runs of each path per layer (best of): two flipped on a busy machine
 KEPT_U_BYTES = COLUMN_BYTES  # inference: a larger U is made per pass, streamed (measure)
-PLAN_TIE = 0.05  # paths within this of the fastest: the one keeping the least memory
+PLAN_TIE = 0.05  # a path this much slower than the fastest that keeps ...
+PLAN_TIE_BYTES = 16 << 20  # ... at least this much less memory is taken instead
 # training's shape rule (training_tile), in GEMM multiply-adds per output and channel:
 WINOGRAD_TRAIN_COLUMNS_COST = 560  # the columns' copies (im2col, col2im, layouts)
 WINOGRAD_TRAIN_TRANSFORM_COST = 680  # F(4,3)'s transforms, per output computed
@@ -372,9 +373,10 @@ def measure(l, net, finish, weights, biases, scale):
     columns' reordered filters, likewise made before each columns run and
     let go before each tile's; the winner's form is kept. Paths within
     PLAN_TIE of the fastest count as equally fast (best-of-3 timings on a
-    shared machine differ by a few percent): of those, the one that keeps the
-    least memory wins (``kept_bytes``; darknet19's 7x7 layers at batch 8 had
-    F(2,3) with a 32 MB U, F(4,3) streamed and the columns within 10%).
+    shared machine differ by a few percent): one of those that keeps at least
+    PLAN_TIE_BYTES less memory (``kept_bytes``) wins instead (darknet19's 7x7
+    layers at batch 8 had F(2,3) with a 32 MB U, F(4,3) streamed and the
+    columns within 10%, and the pick varied from run to run).
     A U above KEPT_U_BYTES is not kept at all when the tile takes the batch in
     one piece: that tile is timed, and runs, streamed (``l.winograd_streamed``:
     U made a block of filters at a time in each pass, wino.streamed_products),
@@ -402,9 +404,12 @@ def measure(l, net, finish, weights, biases, scale):
                 path = forward_banded if l.band else forward_columns
                 path(l, net, finish, weights, biases, scale)
             times[tile].append(clock() - tick)
-    fastest = min(min(runs) for runs in times.values())
-    near = [tile for tile in times if min(times[tile]) <= fastest * (1 + PLAN_TIE)]
-    best = min(near, key=lambda tile: (kept_bytes(l, tile, streams[tile]), min(times[tile])))
+    fastest = best = min(times, key=lambda tile: min(times[tile]))
+    kept = {tile: kept_bytes(l, tile, streams[tile]) for tile in times}
+    for tile in times:  # as fast within the noise, and much less memory kept
+        near = min(times[tile]) <= min(times[fastest]) * (1 + PLAN_TIE)
+        if near and kept[fastest] - kept[tile] >= PLAN_TIE_BYTES and kept[tile] < kept[best]:
+            best = tile
     l.winograd_streamed = streams[best]
     if best != l.winograd:  # the last run's tile is not the winner
         l.winograd, l.winograd_weights = best, None
