@@ -19,7 +19,6 @@
 import argparse
 import io
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from .bench.worker import process_peak_rss_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LABELS = ["cat", "dog"]
@@ -118,8 +119,7 @@ def train_child(list_path, iterations, workers):
     trainer.run()
     trainer.close()
     shutil.rmtree(folder)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{len(images)} {peak:.1f}")
+    print(f"{len(images)} {process_peak_rss_mb():.1f}")  # (ru_maxrss: the parent's)
 
 
 def measure_rss(folder, paths, iterations, workers):

@@ -30,7 +30,7 @@ def _rss_now_mb():
         return None
 
 
-def _peak_rss_mb():
+def process_peak_rss_mb():
     """This process's RSS high-water mark. On Linux /proc's VmHWM (the peak of
     this address space, reset by exec); ru_maxrss elsewhere. Linux carries
     ru_maxrss over fork + exec, so a worker would report its parent's peak."""
@@ -110,7 +110,7 @@ def _worker(args):
                 return 0
             measure = _torch_train if args.worker == "train" else _torch_eval
             result.update(measure(twin, data, labels, args))
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = process_peak_rss_mb()
     print(json.dumps(result))
     return 0
 
