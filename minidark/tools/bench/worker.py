@@ -151,6 +151,7 @@ def _minidark_train(net, data, labels, args):
 
 
 def _minidark_eval(net, data, labels, args):
+    net.freeze()  # inference only, as PyTorch's model runs under inference_mode
     net.predict(data[: 2 * net.batch])  # warm-up
     times = _timed_steps(lambda i: net.predict(data), args.eval_passes, 0)
     return {
