@@ -381,8 +381,8 @@ def measure(l, net, finish, weights, biases, scale):
     one piece: that tile is timed, and runs, streamed (``l.winograd_streamed``:
     U made a block of filters at a time in each pass, wino.streamed_products),
     so that inference holds no layer's U beyond the columns' cap (darknet19's
-    1024-filter layers: 72 MB each). The columns' reordered weights are let go
-    when a tile wins."""
+    1024-filter layers: 72 MB each). The workspace pages the runs touched are
+    given back at the end: the winner touches its own again."""
     times = {tile: [] for tile in (0, *WINOGRAD_TILES)}
     streams = {tile: bool(tile) and streams_u(l, tile) for tile in times}
     clock = plan_clock()
