@@ -28,6 +28,7 @@ parameters writable (the derived forms are remade at the next pass).
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -107,6 +108,21 @@ def unfreeze(net: Network) -> None:
         if layer.type == "convolutional":
             layer.prepared = set()
     net.frozen, net.kept, net.shared_outputs = False, (), None
+
+
+@contextlib.contextmanager
+def thawed(net: Network):
+    """The block runs on ``net`` unfrozen (writable parameters, own outputs); a
+    frozen net is frozen again after it, keeping the same layers whole."""
+    if not net.frozen:
+        yield
+        return
+    kept = net.kept
+    unfreeze(net)
+    try:
+        yield
+    finally:
+        freeze(net, kept)
 
 
 def output_plan(net: Network, keep=()):

@@ -260,6 +260,11 @@ class Network:
         """Undo freeze(): own outputs, writable parameters; training allowed."""
         freezing.unfreeze(self)
 
+    def thawed(self):
+        """``with net.thawed():`` the block runs unfrozen; a frozen net is frozen
+        again after it (what load_weights and resize need to write)."""
+        return freezing.thawed(self)
+
     def _refuse_frozen(self, what):
         raise MinidarkError(
             f"this network is frozen for inference (net.freeze()): it cannot {what}; "
@@ -287,12 +292,8 @@ class Network:
         if self.rebuild_layers is None:
             raise ValueError("this Network was not built from a cfg: it cannot be resized")
         if self.frozen:  # the rebuilt layers are frozen again, keeping the same outputs
-            kept = self.kept
-            self.unfreeze()
-            try:
+            with self.thawed():
                 self.resize(w, h)
-            finally:
-                self.freeze(kept)
             return
         old_layers, old_size = self.layers, (self.w, self.h, self.inputs)
         state = self.rng.bit_generator.state

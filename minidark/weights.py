@@ -178,12 +178,8 @@ def load_weights(
     read) is said in one line on stderr unless ``quiet``.
     """
     if net.frozen:  # read-only parameters: thaw, load, freeze again
-        kept = net.kept
-        net.unfreeze()
-        try:
+        with net.thawed():
             return load_weights(net, path, allow_nonfinite, cutoff=cutoff, quiet=quiet)
-        finally:
-            net.freeze(kept)
     path = os.fspath(path)
     shown = printable(path)
     if cutoff is not None and cutoff < 0:

@@ -3,7 +3,6 @@ read-only (minidark/freeze.py); and Winograd's streamed U (kernels/winograd.py).
 
 import itertools
 import os
-import re
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from minidark import MinidarkError
 from minidark.freeze import output_plan
 from minidark.kernels import conv as conv_kernels
 from minidark.registry import register_layer
+from minidark.tools.infer_bench import rewritten_cfg
 
-from conftest import net_from, write_cfg
+from conftest import net_from
 
 STOCK = os.path.join(os.path.dirname(__file__), "cfg", "stock")
 
@@ -62,16 +62,10 @@ activation=linear
 
 def stock(tmp_path, name, size=None, batch=2):
     """A stock cfg at another size and batch."""
-    with open(os.path.join(STOCK, name), encoding="utf-8") as handle:
-        text = handle.read()
-    text = re.sub(r"(?m)^batch\s*=.*$", f"batch={batch}", text)
-    text = re.sub(r"(?m)^subdivisions\s*=.*$", "subdivisions=1", text)
+    values = {"batch": batch, "subdivisions": 1}
     if size:
-        text = re.sub(r"(?m)^(width|height)\s*=.*$", lambda m: f"{m.group(1)}={size}", text)
-        text = re.sub(
-            r"(?m)^crop_(width|height)\s*=.*$", lambda m: f"crop_{m.group(1)}={size - 8}", text
-        )
-    return write_cfg(tmp_path, text, name)
+        values.update(width=size, height=size, crop_width=size - 8, crop_height=size - 8)
+    return rewritten_cfg(os.path.join(STOCK, name), tmp_path, **values)
 
 
 def shared_buffers(net):
@@ -278,12 +272,16 @@ def test_streamed_u_matches_the_columns(tmp_path, monkeypatch):
     monkeypatch.setattr(conv_kernels, "KEPT_U_BYTES", 0)
     monkeypatch.setattr(conv_kernels.wino, "STREAM_BLOCK_BYTES", 4 * 36 * 64 * 5)
     for bn in ("1", "0"):
-        with open(os.path.join(STOCK, "darknet19.cfg"), encoding="utf-8") as handle:
-            text = handle.read()
-        text = re.sub(r"(?m)^batch_normalize=1$", f"batch_normalize={bn}", text)
-        text = re.sub(r"(?m)^(width|height)\s*=.*$", lambda m: f"{m.group(1)}=32", text)
-        text = re.sub(r"(?m)^batch\s*=.*$", "batch=2", text)
-        cfg = write_cfg(tmp_path, text, f"d19-{bn}.cfg")
+        folder = tmp_path / f"bn{bn}"
+        folder.mkdir()
+        cfg = rewritten_cfg(
+            os.path.join(STOCK, "darknet19.cfg"),
+            folder,
+            batch_normalize=bn,
+            width=32,
+            height=32,
+            batch=2,
+        )
         x = np.random.default_rng(4).uniform(size=(2, 3 * 32 * 32)).astype(np.float32)
         monkeypatch.setattr(conv_kernels, "WINOGRAD", "off")
         want = minidark.load_network(cfg, seed=1).forward(x).copy()

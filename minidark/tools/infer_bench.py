@@ -88,9 +88,9 @@ print(peak_mb())
 def peak_rss_mb(engine, cfg, weights, batch, shape, threads=1, passes=3):
     """Peak RSS (MB) of ``engine`` running the network alone in a fresh process,
     or None if that process fails (e.g. OpenCV cannot read the cfg)."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + path if path else "")
+    from .bench.runner import worker_environment
+
+    env = worker_environment(threads)  # BLAS threads, this checkout first on the path
     args = [cfg, weights, str(batch), str(passes), str(threads), *(str(v) for v in shape)]
     done = subprocess.run(
         [sys.executable, "-c", RSS_PROGRAMS[engine], *args], capture_output=True, text=True, env=env
