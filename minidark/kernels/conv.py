@@ -627,10 +627,16 @@ def backward(l, net, finish):
     if l.winograd and l.winograd_backward:
         backward_winograd(l, net, finish)
         return
-    if not l.cnhw and "ordered" not in l.prepared:  # forward ran Winograd
+    reorder_for_columns(l)
+    backward_columns(l, net, finish)
+
+
+def reorder_for_columns(l):
+    """The NHWC columns' backward reads W as (n, ky, kx, c): made again when a
+    Winograd forward let it go (CNHW reads l.weights as it is)."""
+    if not l.cnhw and "ordered" not in l.prepared:
         np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
         l.prepared.add("ordered")
-    backward_columns(l, net, finish)
 
 
 def measure_backward(l, net, finish):
@@ -641,9 +647,7 @@ def measure_backward(l, net, finish):
     saved = [b.copy() for b in buffers]
     times = {False: [], True: []}
     run = {False: backward_columns, True: backward_winograd}
-    if "ordered" not in l.prepared:
-        np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
-        l.prepared.add("ordered")
+    reorder_for_columns(l)
     for _ in range(2):
         for choice in (False, True):
             tick = time.perf_counter()

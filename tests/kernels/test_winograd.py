@@ -373,3 +373,37 @@ def test_backward_gradient_scratch_is_the_networks_not_the_layers(monkeypatch):
         held = [v for v in vars(l).values() if isinstance(v, np.ndarray) and v.size >= u_size]
         assert [id(v) for v in held] == [id(l.winograd_weights)], [v.shape for v in held]
     assert net.workspace.size >= max(winograd.gradient_floats(l, 4) for l in net.layers)
+
+
+@pytest.mark.parametrize(
+    "c, side, column_bytes, layout",
+    [(1, 8, 64 << 20, "cnhw"), (16, 6, 64 << 20, "transposed"), (8, 12, 4096, "band")],
+)
+@pytest.mark.parametrize("tile", [2, 4])
+def test_measured_backward_after_a_winograd_inference(
+    monkeypatch, c, side, column_bytes, layout, tile
+):
+    """A layer whose first pass was inference on a Winograd tile times both
+    backwards at its first training step, on each columns layout: the columns'
+    backward makes the form of W it reads (CNHW reads l.weights as it is: it
+    had crashed on the reordered filters whenever the timing picked Winograd),
+    and the step's gradients equal those of a net that took the columns throughout."""
+    monkeypatch.setattr(conv_module, "COLUMN_BYTES", column_bytes)
+    body = conv(4, 3, 1, 1, act="leaky") + "[connected]\noutput=3\nactivation=linear\n[softmax]\n"
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, c * side * side)).astype(np.float32)
+    truth = np.eye(3, dtype=np.float32)[[0, 2, 1, 0]]
+    grads = []
+    for chosen in (tile, 0):
+        monkeypatch.setattr(conv_module, "measure", lambda *args, chosen=chosen: chosen)
+        net = build(body, h=side, w=side, c=c, batch=4, seed=4)
+        l = net.layers[0]
+        assert {"cnhw": l.cnhw, "transposed": l.transposed, "band": bool(l.band)}[layout]
+        net.forward(x, train=False)
+        assert l.winograd == chosen and l.winograd_backward is None
+        net.forward(x, truth, train=True)
+        net.backward()
+        assert l.winograd_backward in ((True, False) if chosen else (None,))
+        grads.append([a.copy() for a in (l.weight_updates, l.bias_updates, l.delta)])
+    for by_tile, by_columns in zip(*grads, strict=True):
+        np.testing.assert_allclose(by_tile, by_columns, rtol=1e-4, atol=1e-5)
