@@ -781,16 +781,20 @@ def test_suite_runs_every_row_with_its_target(tmp_path, monkeypatch, capsys):
 
     cfg = write(tmp_path, MLP_CFG, batch=4, h=8, w=8)
     monkeypatch.setattr(suite, "INFERENCE_ROWS", (("yolov3-tiny.cfg", 64, 1, 1, 0.8),))
-    monkeypatch.setattr(suite, "TRAINING_ROWS", ((cfg, 16, 2, 40, 1.2),))
+    monkeypatch.setattr(
+        suite, "TRAINING_ROWS", ((cfg, 16, 2, 40, None, 1.2), (cfg, 8, 2, 40, 2, 1.0))
+    )
     flags = "--suite --no-torch --repeats 1 --warmup 1 --eval-passes 1 --gemm-size 64 --json"
     assert cli.main(["bench", *flags.split()]) == 0
     result = json.loads(capsys.readouterr().out)
     (row,) = result["inference"]
     assert row["target"] == 0.8 and row["ratio"] > 0 and row["batch"] == 1
     assert row["peak_rss_mb"]["minidark"] > 0 and row["peak_rss_mb"]["opencv"] > 0
-    (entry,) = result["training"]["results"]
+    entry, more_pairs = result["training"]["results"]
     assert entry["batch"] == 16 and entry["target"] == 1.2  # the batch override
     assert entry["minidark"]["train_img_s"] > 0
+    assert entry["pairs"] == 1 and more_pairs["pairs"] == 2  # --repeats, or the row's own
+    assert more_pairs["batch"] == 8 and more_pairs["target"] == 1.0
     table = suite.format_suite(result)
     assert re.search(r"yolov3-tiny\.cfg 64x64 b1 +inference .* >=0\.8 +(yes|NO)", table)
     assert re.search(r"yolov3-tiny\.cfg 64x64 b1 +inference +\d+ MB +OpenCV +\d+ MB", table)
