@@ -100,7 +100,7 @@ def unfreeze(net: Network) -> None:
         owner = owners[layer.index]
         if owner in shared:
             if owner not in fresh:
-                fresh[owner] = np.zeros(net.layers[owner].output.shape, np.float32)
+                fresh[owner] = zeros(net.layers[owner].output.shape)
             layer.output = fresh[owner]
     for layer in _with_sublayers(net.layers):
         for name in layer.saved:

@@ -394,9 +394,8 @@ def measure(l, net, finish, weights, biases, scale):
                 winograd_weights(l, weights, scale)
             if tile:
                 release_ordered(l)
-            elif l.ordered is not None and "ordered" not in l.prepared:
-                folded_into(l.ordered, weights.transpose(0, 2, 3, 1), scale)
-                l.prepared.add("ordered")
+            else:
+                ordered_filters(l, weights, scale)
             tick = clock()
             if tile:
                 forward_winograd(l, net, finish, weights, biases, scale)
@@ -428,6 +427,16 @@ def kept_bytes(l, tile, streamed):
     if not tile:
         return l.weights.nbytes
     return 0 if streamed else (tile + 2) ** 2 * l.weights.nbytes // 9
+
+
+def ordered_filters(l, weights, scale=None):
+    """l.ordered: the NHWC columns' W as (n, ky, kx, c), with the fold ``scale`` if
+    given, made when missing (a Winograd path lets it go); None on CNHW, whose
+    columns read W as it is."""
+    if l.ordered is not None and "ordered" not in l.prepared:
+        folded_into(l.ordered, weights.transpose(0, 2, 3, 1), scale)
+        l.prepared.add("ordered")
+    return l.ordered
 
 
 def release_ordered(l):
@@ -578,10 +587,8 @@ def forward_columns(l, net, finish, weights, biases, scale=None):
         forward_cnhw_bands(l, net, finish, weights, biases, scale)
         return
     k, s, ng, cg, rows = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_h * l.out_w
-    if not l.cnhw and "ordered" not in l.prepared:
-        folded_into(l.ordered, weights.transpose(0, 2, 3, 1), scale)
-        l.prepared.add("ordered")
-    weights = (folded_filters(l, weights, scale) if l.cnhw else l.ordered).reshape(l.n, -1)
+    ordered = ordered_filters(l, weights, scale)
+    weights = (folded_filters(l, weights, scale) if l.cnhw else ordered).reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, rows)
     if l.cnhw and finish:
@@ -627,16 +634,8 @@ def backward(l, net, finish):
     if l.winograd and l.winograd_backward:
         backward_winograd(l, net, finish)
         return
-    reorder_for_columns(l)
+    ordered_filters(l, l.weights)  # (let go if the forward ran Winograd)
     backward_columns(l, net, finish)
-
-
-def reorder_for_columns(l):
-    """The NHWC columns' backward reads W as (n, ky, kx, c): made again when a
-    Winograd forward let it go (CNHW reads l.weights as it is)."""
-    if not l.cnhw and "ordered" not in l.prepared:
-        np.copyto(l.ordered, l.weights.transpose(0, 2, 3, 1))
-        l.prepared.add("ordered")
 
 
 def measure_backward(l, net, finish):
@@ -647,7 +646,7 @@ def measure_backward(l, net, finish):
     saved = [b.copy() for b in buffers]
     times = {False: [], True: []}
     run = {False: backward_columns, True: backward_winograd}
-    reorder_for_columns(l)
+    ordered_filters(l, l.weights)
     for _ in range(2):
         for choice in (False, True):
             tick = time.perf_counter()
@@ -811,10 +810,7 @@ def bands(l):
 def forward_banded(l, net, finish, weights, biases, scale=None):
     """forward for an image too big for its columns: one image, one band of rows at a time."""
     k, s, ng, cg, w = l.size, l.stride, l.n // l.groups, l.c // l.groups, l.out_w
-    if "ordered" not in l.prepared:
-        folded_into(l.ordered, weights.transpose(0, 2, 3, 1), scale)
-        l.prepared.add("ordered")
-    weights = l.ordered.reshape(l.n, -1)
+    weights = ordered_filters(l, weights, scale).reshape(l.n, -1)
     x = net.input.reshape(l.batch, l.c, l.h, l.w)
     out = l.output.reshape(l.batch, l.n, l.out_h * w)
     xpad = slot(l, net, "xpad", (1, l.h + 2 * l.pad, l.w + 2 * l.pad, l.c))
